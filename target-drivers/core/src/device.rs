@@ -1,0 +1,156 @@
+//! What a device says about itself, and its lock state.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::{Stage, TargetError};
+
+/// A contiguous memory area of the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MemoryRegion {
+    /// First address.
+    pub base: u32,
+    /// Size in bytes.
+    pub size: u32,
+    /// Programming granularity in bytes.
+    pub page_size: u32,
+}
+
+impl MemoryRegion {
+    /// One past the last address, as u64 so that a region ending at 4 GiB fits.
+    pub fn end(&self) -> u64 {
+        u64::from(self.base) + u64::from(self.size)
+    }
+
+    /// Whether `[address, address + length)` lies entirely inside the region.
+    pub fn contains_range(&self, address: u32, length: u32) -> bool {
+        address >= self.base && u64::from(address) + u64::from(length) <= self.end()
+    }
+}
+
+/// How strongly a device is locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LockLevel {
+    /// Not locked: flash and key store readable and writable over the programming interface.
+    None,
+    /// Readout protection: reads and debug refused; a full erase (which destroys keys too)
+    /// returns the device to [`LockLevel::None`].
+    Readout,
+    /// Permanent protection: cannot be undone, erase is refused.
+    Permanent,
+}
+
+impl LockLevel {
+    /// The lowercase name, e.g. `readout`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LockLevel::None => "none",
+            LockLevel::Readout => "readout",
+            LockLevel::Permanent => "permanent",
+        }
+    }
+}
+
+impl fmt::Display for LockLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LockLevel {
+    type Err = TargetError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(LockLevel::None),
+            "readout" => Ok(LockLevel::Readout),
+            "permanent" => Ok(LockLevel::Permanent),
+            _ => Err(TargetError::Parse {
+                what: "lock level",
+                input: s.to_owned(),
+                expected: "one of none, readout, permanent",
+            }),
+        }
+    }
+}
+
+/// Lock state as read back from the device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LockState {
+    /// The level the raw bytes mean.
+    pub level: LockLevel,
+    /// The bytes read back (e.g. the AVR lock byte, the STM32 RDP option byte), for the audit record.
+    pub raw: Vec<u8>,
+}
+
+/// Identity of the device on the programming interface.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeviceInfo {
+    /// Device type name as the driver knows it, e.g. `atmega328p`, `sim-secure-mcu`.
+    pub device_type: String,
+    /// Factory unique ID.
+    pub uid: Vec<u8>,
+    /// Device signature / part ID (AVR 3-byte signature, STM32 DBGMCU_IDCODE, ...).
+    pub signature: Vec<u8>,
+    /// Main flash.
+    pub flash: MemoryRegion,
+    /// Lock state at identify time.
+    pub lock: LockState,
+}
+
+impl DeviceInfo {
+    /// Fails with [`TargetError::WrongDevice`] unless the device type is `expected`.
+    pub fn expect_device_type(&self, expected: &str) -> Result<(), TargetError> {
+        if self.device_type == expected {
+            Ok(())
+        } else {
+            Err(TargetError::WrongDevice {
+                expected: expected.to_owned(),
+                found: self.device_type.clone(),
+            })
+        }
+    }
+
+    /// Fails with [`TargetError::AlreadyLocked`] (stage identify) if the board arrived locked.
+    ///
+    /// A board that is already locked may be a provisioned unit coming round again;
+    /// erasing it would destroy an identity that has an audit record, so refuse it.
+    pub fn expect_unlocked(&self) -> Result<(), TargetError> {
+        match self.lock.level {
+            LockLevel::None => Ok(()),
+            level => Err(TargetError::AlreadyLocked {
+                stage: Stage::Identify,
+                level,
+                address: None,
+            }),
+        }
+    }
+}
+
+/// Permission to lock one device.
+///
+/// Locking is irreversible or destroys the unit's keys, so [`Target::set_lock`](crate::Target::set_lock)
+/// takes this value, which has no `Default`, no public fields, is neither `Clone` nor `Copy`,
+/// and is consumed by the call. The only way to get one is [`LockPermission::allow`], so every
+/// lock in the code base is visible at a call site.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a LockPermission does nothing until it is passed to Target::set_lock"]
+pub struct LockPermission {
+    level: LockLevel,
+}
+
+impl LockPermission {
+    /// Allows one `set_lock` call at `level`.
+    ///
+    /// Construct this only after the device proved its key (the challenge reply verified
+    /// against the certificate just issued and the firmware digest matched) and every earlier
+    /// stage passed: a unit that failed anything must never be locked.
+    pub fn allow(level: LockLevel) -> Self {
+        LockPermission { level }
+    }
+
+    /// The level this permission allows.
+    pub fn level(&self) -> LockLevel {
+        self.level
+    }
+}
