@@ -1,2 +1,19 @@
 #![forbid(unsafe_code)]
-//! flashgate
+//! flashgate: a secure provisioning appliance for electronics manufacturing.
+//!
+//! The library carries everything; the `flashgate` binary is a thin command
+//! line over it, and a network service will be another front end.
+//!
+//! - [`hsm`]: the PKCS#11 token and the key-transport profiles it can run.
+//! - [`enrollment`]: the appliance's signed enrollment record.
+//! - [`oem`]: OEM keys (files or PKCS#11 URIs) and certificates.
+//! - [`package`]: job packages: format, OEM-side builder, parser.
+//! - [`appliance`]: the CM side: config, enrollment, import, job state.
+
+pub mod appliance;
+pub mod cose;
+pub mod display;
+pub mod enrollment;
+pub mod hsm;
+pub mod oem;
+pub mod package;

@@ -1,0 +1,348 @@
+//! `job import`: verify a package and move its secrets into the token.
+//! Any failure leaves nothing behind: keys created so far are destroyed and
+//! no file is written. The commit point is the `fg-imported:<id>` marker,
+//! created last; [`Appliance::recover`] undoes an import a crash interrupted.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use cryptoki::object::ObjectHandle;
+use flashgate_policy::{Policy, PolicyError};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::{io_err, write_atomic, Appliance, ApplianceError, IMPORTED_PREFIX, JOB_KEY_PREFIX, SVN_PREFIX};
+use crate::cose::{self, ALG_A256KWP_CONTENT};
+use crate::hsm::{EcdhKdf, HsmError, KeyUse, Profile, Token};
+use crate::package::encrypt::{recipient_alg, EncryptObject, KdfInput, RecipientContext, ALG_A256GCM};
+use crate::package::{chunk_external_aad, chunk_nonce, Manifest, PackageError, SignedPackage, UnverifiedPackage};
+
+/// Why an import was refused. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImportError {
+    /// The package itself is bad.
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    /// The signed policy does not parse (an OEM tooling bug or version skew).
+    #[error("the job's policy is invalid: {0}")]
+    Policy(#[from] PolicyError),
+    /// Built for another appliance.
+    #[error("this job was built for appliance {job_for}, but this is appliance {this}; ask the OEM to build it for {this}")]
+    WrongAppliance { job_for: String, this: String },
+    /// Built from another enrollment record of this appliance.
+    #[error("this job was built from a different enrollment record than the one this appliance holds; ask the OEM to build it from the current record")]
+    WrongEnrollment,
+    /// Not valid yet.
+    #[error("this job is not valid until {not_before} (Unix time {0}); check the appliance clock or wait", not_before = crate::display::time(*.0))]
+    NotYetValid(u64),
+    /// Expired.
+    #[error("this job expired at {not_after} (Unix time {0}); ask the OEM for a new job", not_after = crate::display::time(*.0))]
+    Expired(u64),
+    /// Security version lower than one already imported.
+    #[error("this job has security version {svn} for product '{product}', but version {floor} was already imported; older firmware is refused (anti-rollback)")]
+    Rollback { product: String, svn: u32, floor: u32 },
+    /// The same job again.
+    #[error("job {id} was already imported on this appliance (a job can be imported only once, even after removal)")]
+    AlreadyImported { id: String },
+    /// Unwrapping failed: wrong appliance key or altered wrapped key.
+    #[error("this package was not made for this appliance, or was altered ({what} could not be unwrapped); ask the OEM for a fresh package built for this appliance")]
+    NotForThisAppliance { what: String },
+    /// Decryption failed.
+    #[error("this package was altered: {what} failed its integrity check; ask the OEM for a fresh copy")]
+    Altered { what: String },
+    /// The decrypted firmware is not what the manifest says.
+    #[error("the decrypted image {index} does not match its signed digest; the package was altered or built wrongly")]
+    ImageDigest { index: usize },
+    /// Token failure.
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+    /// Appliance state failure.
+    #[error(transparent)]
+    Appliance(#[from] ApplianceError),
+    /// File could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A job that has been imported (its package re-verified from disk).
+#[derive(Debug)]
+pub struct ImportedJob {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The policy.
+    pub policy: Policy,
+    /// Where the package is.
+    pub package_path: PathBuf,
+    /// When it was imported (file modification time).
+    pub imported_at: u64,
+}
+
+impl ImportedJob {
+    /// Loads and re-verifies a job directory.
+    pub fn load(dir: &Path, trusted: &[[u8; 65]]) -> Result<Self, ImportError> {
+        let package_path = dir.join("package.fgj");
+        let bytes = fs::read(&package_path).map_err(|source| ImportError::Read {
+            path: package_path.clone(),
+            source,
+        })?;
+        let signed = UnverifiedPackage::parse(&bytes)?.verify(trusted)?;
+        let policy = Policy::from_toml_str(&signed.manifest.policy_toml)?;
+        let imported_at = fs::metadata(&package_path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        Ok(Self {
+            manifest: signed.manifest,
+            policy,
+            package_path,
+            imported_at,
+        })
+    }
+}
+
+/// Destroys the objects it holds unless disarmed.
+struct Created<'t> {
+    token: &'t Token,
+    handles: Vec<ObjectHandle>,
+}
+
+impl Drop for Created<'_> {
+    fn drop(&mut self) {
+        for h in self.handles.drain(..) {
+            let _ = self.token.destroy(h);
+        }
+    }
+}
+
+/// Label of a job key.
+pub(crate) fn job_key_label(id: &str, name: &str) -> String {
+    format!("{JOB_KEY_PREFIX}{id}:{name}")
+}
+
+impl Appliance {
+    /// Imports a package file. Returns the imported job.
+    pub fn import(&self, path: &Path) -> Result<ImportedJob, ImportError> {
+        self.recover()?;
+        let bytes = fs::read(path).map_err(|source| ImportError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let signed = UnverifiedPackage::parse(&bytes)?.verify(&self.config.trust.keys)?;
+        let policy = Policy::from_toml_str(&signed.manifest.policy_toml)?;
+        let m = &signed.manifest;
+        let id = m.job_id_hex();
+
+        // Binding, validity, anti-rollback, replay.
+        let enrollment = self.enrollment()?;
+        if m.appliance_id != enrollment.record.appliance_id || m.recipient_kid != enrollment.record.ka_kid() {
+            return Err(ImportError::WrongAppliance {
+                job_for: m.appliance_id.clone(),
+                this: enrollment.record.appliance_id,
+            });
+        }
+        if m.enrollment_digest != enrollment.digest {
+            return Err(ImportError::WrongEnrollment);
+        }
+        let now = super::unix_now();
+        let job = policy.job();
+        if now < job.not_before {
+            return Err(ImportError::NotYetValid(job.not_before));
+        }
+        if now >= job.not_after {
+            return Err(ImportError::Expired(job.not_after));
+        }
+        let floor = self.svn_floor(job.product.as_str())?;
+        if job.security_version < floor {
+            return Err(ImportError::Rollback {
+                product: job.product.as_str().to_owned(),
+                svn: job.security_version,
+                floor,
+            });
+        }
+        if !self.token.find_by_label(&format!("{IMPORTED_PREFIX}{id}"))?.is_empty() {
+            return Err(ImportError::AlreadyImported { id });
+        }
+        self.token.require(m.profile)?;
+
+        // Secrets into the token.
+        let ka = self.ka_private()?;
+        let mut created = Created {
+            token: &self.token,
+            handles: Vec::new(),
+        };
+        let ctx = RecipientContext {
+            profile: m.profile,
+            job_id: &m.job_id,
+            kid: &m.recipient_kid,
+        };
+        let master = open_secret(&self.token, ka, ctx, signed.device_master, "device-master key", KeyUse::HmacSign, &job_key_label(&id, "master"), &m.job_id)?;
+        created.handles.push(master);
+        let ca = open_secret(&self.token, ka, ctx, signed.job_ca_key, "job CA key", KeyUse::EcSign, &job_key_label(&id, "ca"), &m.job_id)?;
+        created.handles.push(ca);
+        for i in 0..signed.images.len() {
+            let cek = open_image_key(&self.token, ka, ctx, &signed, i, Some((&job_key_label(&id, &format!("image{i}")), &m.job_id)))?;
+            created.handles.push(cek);
+            // Decrypt only to check the digest; the plaintext is dropped (and zeroized) per chunk.
+            let digest = decrypt_image(&self.token, cek, &signed, i, |_| {})?;
+            if digest != m.images[i].digest {
+                return Err(ImportError::ImageDigest { index: i + 1 });
+            }
+        }
+
+        // Keep the package as received, then commit.
+        let dir = self.job_dir(&id);
+        fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+        let result = (|| -> Result<(), ImportError> {
+            write_atomic(&dir.join("package.fgj"), &bytes)?;
+            if job.security_version > floor {
+                let old = self.token.find_by_label(&format!("{SVN_PREFIX}{}", job.product.as_str()))?;
+                self.token
+                    .create_data(&format!("{SVN_PREFIX}{}", job.product.as_str()), &job.security_version.to_be_bytes())?;
+                for h in old {
+                    self.token.destroy(h)?;
+                }
+            }
+            let record = cose::encode(&ciborium::value::Value::Integer(now.into()));
+            self.token.create_data(&format!("{IMPORTED_PREFIX}{id}"), &record)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        created.handles.clear();
+        Ok(ImportedJob {
+            manifest: signed.manifest,
+            policy,
+            package_path: dir.join("package.fgj"),
+            imported_at: now,
+        })
+    }
+}
+
+/// ECDH + KDF in the token for one recipient; the result can only unwrap.
+fn recipient_kek(token: &Token, ka: ObjectHandle, ctx: RecipientContext<'_>, obj: &EncryptObject, what: &str) -> Result<ObjectHandle, ImportError> {
+    let r = &obj.recipient;
+    if r.protected != cose::recipient_protected(recipient_alg(ctx.profile)) || r.kid != *ctx.kid {
+        return Err(ImportError::NotForThisAppliance { what: what.to_owned() });
+    }
+    let input = ctx.kdf_input(&r.protected, &r.ephemeral);
+    let kdf = match &input {
+        KdfInput::Hkdf(info) => EcdhKdf::Hkdf { info },
+        KdfInput::AesCbc(c) => EcdhKdf::AesCbc { context: c },
+    };
+    token
+        .ecdh_kek(ka, &r.ephemeral, kdf)
+        .map_err(|_| ImportError::NotForThisAppliance { what: what.to_owned() })
+}
+
+/// Unwraps a secret `COSE_Encrypt` into a token object.
+#[allow(clippy::too_many_arguments)]
+fn open_secret(
+    token: &Token,
+    ka: ObjectHandle,
+    ctx: RecipientContext<'_>,
+    bytes: &[u8],
+    what: &'static str,
+    usage: KeyUse,
+    label: &str,
+    id: &[u8],
+) -> Result<ObjectHandle, ImportError> {
+    let obj = EncryptObject::parse(bytes, what)?;
+    let kek = recipient_kek(token, ka, ctx, &obj, what)?;
+    let cek = token.unwrap_aes_kw(kek, &obj.recipient.wrapped_cek, KeyUse::AesUnwrap, None);
+    let _ = token.destroy(kek);
+    let cek = cek.map_err(|_| ImportError::NotForThisAppliance { what: what.to_owned() })?;
+    let ct = obj.ciphertext.as_deref().unwrap_or_default();
+    let result = match (ctx.profile, obj.alg, obj.iv) {
+        (Profile::CoseEcdhEsA256kw, ALG_A256GCM, Some(iv)) => {
+            let aad = cose::enc_structure(&obj.protected, b"");
+            token.unwrap_aes_gcm(cek, &iv, &aad, ct, usage, Some((label, id)))
+        }
+        (Profile::P11v2EcdhAesKdf, ALG_A256KWP_CONTENT, None) => token.unwrap_aes_kwp(cek, ct, usage, Some((label, id))),
+        _ => {
+            let _ = token.destroy(cek);
+            return Err(PackageError::Malformed {
+                detail: format!("the {what} uses a content algorithm the {} profile does not allow", ctx.profile),
+            }
+            .into());
+        }
+    };
+    let _ = token.destroy(cek);
+    result.map_err(|_| ImportError::Altered { what: format!("the wrapped {what}") })
+}
+
+/// Unwraps an image's content key (a token object if `persist` names it).
+pub(crate) fn open_image_key(
+    token: &Token,
+    ka: ObjectHandle,
+    ctx: RecipientContext<'_>,
+    signed: &SignedPackage<'_>,
+    index: usize,
+    persist: Option<(&str, &[u8])>,
+) -> Result<ObjectHandle, ImportError> {
+    let what = format!("image {}", index + 1);
+    let obj = EncryptObject::parse(signed.images[index].header, "image header")?;
+    if obj.alg != ALG_A256GCM || obj.iv.is_none() || obj.ciphertext.is_some() {
+        return Err(PackageError::Malformed {
+            detail: format!("{what} is not detached A256GCM"),
+        }
+        .into());
+    }
+    let kek = recipient_kek(token, ka, ctx, &obj, &what)?;
+    let cek = token.unwrap_aes_kw(kek, &obj.recipient.wrapped_cek, KeyUse::AesDecrypt, persist);
+    let _ = token.destroy(kek);
+    cek.map_err(|_| ImportError::NotForThisAppliance { what })
+}
+
+/// Decrypts image `index` chunk by chunk in the token, handing each
+/// plaintext chunk to `sink`; returns the SHA-256 of the plaintext.
+pub fn decrypt_image(
+    token: &Token,
+    cek: ObjectHandle,
+    signed: &SignedPackage<'_>,
+    index: usize,
+    mut sink: impl FnMut(&[u8]),
+) -> Result<[u8; 32], ImportError> {
+    let obj = EncryptObject::parse(signed.images[index].header, "image header")?;
+    let Some(base_iv) = obj.iv else {
+        return Err(PackageError::Malformed {
+            detail: "image header has no IV".to_owned(),
+        }
+        .into());
+    };
+    let entry = &signed.manifest.images[index];
+    let chunks = &signed.images[index].chunks;
+    let mut hasher = Sha256::new();
+    let mut total: u64 = 0;
+    for (i, ct) in chunks.iter().enumerate() {
+        let idx = u32::try_from(i).map_err(|_| PackageError::Malformed {
+            detail: "too many chunks".to_owned(),
+        })?;
+        let last = i + 1 == chunks.len();
+        let aad = cose::enc_structure(&obj.protected, &chunk_external_aad(idx, last));
+        let plain: Zeroizing<Vec<u8>> = token
+            .aes_gcm_decrypt(cek, &chunk_nonce(&base_iv, idx), &aad, ct)
+            .map_err(|_| ImportError::Altered {
+                what: format!("chunk {} of image {}", i + 1, index + 1),
+            })?;
+        if (!last && plain.len() != entry.chunk_size as usize) || plain.is_empty() {
+            return Err(ImportError::Altered {
+                what: format!("chunk {} of image {}", i + 1, index + 1),
+            });
+        }
+        total += plain.len() as u64;
+        hasher.update(plain.as_slice());
+        sink(&plain);
+    }
+    if total != entry.size {
+        return Err(ImportError::ImageDigest { index: index + 1 });
+    }
+    Ok(hasher.finalize().into())
+}

@@ -1,0 +1,323 @@
+//! The CM side: the appliance's configuration, enrollment, and its imported jobs.
+//!
+//! State lives in two places. The token holds keys and the facts that must
+//! not be rolled back by editing files (job markers, security-version
+//! floors); the state directory holds the enrollment record and each job's
+//! package exactly as received.
+
+mod config;
+mod import;
+
+pub use config::{ApplianceConfig, ConfigError};
+pub use import::{ImportError, ImportedJob};
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::cose::{Es256Signer, SignerError};
+use crate::enrollment::{appliance_id, Enrollment, EnrollmentError, VerifiedEnrollment};
+use crate::hsm::{HsmError, KeyPair, KeyUse, Token};
+
+/// Label of the key-agreement key pair.
+pub const KA_LABEL: &str = "flashgate-appliance-ka";
+/// Label of the log-signing key pair.
+pub const LOG_LABEL: &str = "flashgate-appliance-log";
+/// Label prefix of a job's keys: `fg-job:<id>:<name>`.
+pub const JOB_KEY_PREFIX: &str = "fg-job:";
+/// Label prefix of the marker that commits an import: `fg-imported:<id>`.
+pub const IMPORTED_PREFIX: &str = "fg-imported:";
+/// Label prefix of a product's security-version floor: `fg-svn:<product>`.
+pub const SVN_PREFIX: &str = "fg-svn:";
+
+/// Errors of appliance commands (other than import).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplianceError {
+    /// Config problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Token problem.
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+    /// Already enrolled.
+    #[error("the token '{label}' already holds appliance keys; this appliance is enrolled (see `flashgate appliance show`). To re-enroll, use a fresh token")]
+    AlreadyEnrolled { label: String },
+    /// Not enrolled yet.
+    #[error("this appliance is not enrolled yet; run `flashgate appliance init` first")]
+    NotEnrolled,
+    /// The enrollment record on disk does not match the token.
+    #[error("the enrollment record in {path} does not match the keys in the token; restore the record from backup or re-enroll")]
+    EnrollmentMismatch { path: PathBuf },
+    /// The enrollment record on disk is bad.
+    #[error("{path}: {source}")]
+    Enrollment {
+        path: PathBuf,
+        #[source]
+        source: EnrollmentError,
+    },
+    /// File I/O.
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Signing failed.
+    #[error(transparent)]
+    Signer(#[from] SignerError),
+    /// No such job.
+    #[error("no imported job has id {id}; see `flashgate job list`")]
+    NoSuchJob { id: String },
+}
+
+pub(crate) fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ApplianceError + 'a {
+    move |source| ApplianceError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The log-signing key, as a signer.
+pub struct LogSigner<'a> {
+    token: &'a Token,
+    key: cryptoki::object::ObjectHandle,
+    public: [u8; 65],
+}
+
+impl std::fmt::Debug for LogSigner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogSigner")
+    }
+}
+
+impl Es256Signer for LogSigner<'_> {
+    fn public_key(&self) -> [u8; 65] {
+        self.public
+    }
+    fn sign_digest(&self, digest: &[u8; 32]) -> Result<[u8; 64], SignerError> {
+        self.token
+            .sign_prehash(self.key, digest)
+            .map_err(|e| SignerError(e.to_string()))
+    }
+}
+
+/// An open appliance: config, token and enrollment.
+#[derive(Debug)]
+pub struct Appliance {
+    /// The configuration.
+    pub config: ApplianceConfig,
+    /// The token.
+    pub token: Token,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Appliance {
+    /// Opens the token named in the config.
+    pub fn open(config: ApplianceConfig) -> Result<Self, ApplianceError> {
+        let token = Token::open(&config.token)?;
+        Ok(Self { config, token })
+    }
+
+    fn key_pair(&self, label: &str) -> Result<Option<KeyPair>, ApplianceError> {
+        let mut public = None;
+        let mut private = None;
+        for h in self.token.find_by_label(label)? {
+            let class = self.token.object_class(h)?;
+            if class == cryptoki::object::ObjectClass::PUBLIC_KEY {
+                public = Some(h);
+            } else if class == cryptoki::object::ObjectClass::PRIVATE_KEY {
+                private = Some(h);
+            }
+        }
+        Ok(match (public, private) {
+            (Some(public), Some(private)) => Some(KeyPair { public, private }),
+            _ => None,
+        })
+    }
+
+    /// `appliance init`: creates both key pairs in the token and writes the
+    /// signed enrollment record to the state directory. Returns its bytes.
+    pub fn enroll(&self) -> Result<(Vec<u8>, VerifiedEnrollment), ApplianceError> {
+        if !self.token.find_by_label(KA_LABEL)?.is_empty() || !self.token.find_by_label(LOG_LABEL)?.is_empty() {
+            return Err(ApplianceError::AlreadyEnrolled {
+                label: self.config.token.label.clone(),
+            });
+        }
+        let profiles = self.token.mechanisms().supported_profiles();
+        let ka = self.token.generate_p256(KA_LABEL, KA_LABEL.as_bytes(), KeyUse::AesUnwrap)?;
+        let log = self.token.generate_p256(LOG_LABEL, LOG_LABEL.as_bytes(), KeyUse::EcSign)?;
+        let ka_public = self.token.ec_point(ka.public)?;
+        let log_public = self.token.ec_point(log.public)?;
+        let record = Enrollment {
+            appliance_id: appliance_id(&ka_public, &log_public),
+            ka_public,
+            log_public,
+            token: self.token.description().clone(),
+            profiles,
+            created: now(),
+        };
+        let signer = LogSigner {
+            token: &self.token,
+            key: log.private,
+            public: log_public,
+        };
+        let bytes = record.sign(&signer)?;
+        let verified = VerifiedEnrollment::parse(&bytes).map_err(|source| ApplianceError::Enrollment {
+            path: self.enrollment_path(),
+            source,
+        })?;
+        fs::create_dir_all(&self.config.state_dir).map_err(io_err("cannot create", &self.config.state_dir))?;
+        write_atomic(&self.enrollment_path(), &bytes)?;
+        Ok((bytes, verified))
+    }
+
+    /// Where the enrollment record lives.
+    pub fn enrollment_path(&self) -> PathBuf {
+        self.config.state_dir.join("enrollment.cbor")
+    }
+
+    /// The enrollment record, checked against the keys in the token.
+    pub fn enrollment(&self) -> Result<VerifiedEnrollment, ApplianceError> {
+        let path = self.enrollment_path();
+        let (Some(ka), Some(log)) = (self.key_pair(KA_LABEL)?, self.key_pair(LOG_LABEL)?) else {
+            return Err(ApplianceError::NotEnrolled);
+        };
+        let bytes = fs::read(&path).map_err(io_err("cannot read", &path))?;
+        let e = VerifiedEnrollment::parse(&bytes).map_err(|source| ApplianceError::Enrollment {
+            path: path.clone(),
+            source,
+        })?;
+        if e.record.ka_public != self.token.ec_point(ka.public)? || e.record.log_public != self.token.ec_point(log.public)? {
+            return Err(ApplianceError::EnrollmentMismatch { path });
+        }
+        Ok(e)
+    }
+
+    /// The key-agreement private key handle.
+    pub(crate) fn ka_private(&self) -> Result<cryptoki::object::ObjectHandle, ApplianceError> {
+        self.key_pair(KA_LABEL)?
+            .map(|k| k.private)
+            .ok_or(ApplianceError::NotEnrolled)
+    }
+
+    /// The log-signing key as a signer.
+    pub fn log_signer(&self) -> Result<LogSigner<'_>, ApplianceError> {
+        let kp = self.key_pair(LOG_LABEL)?.ok_or(ApplianceError::NotEnrolled)?;
+        Ok(LogSigner {
+            token: &self.token,
+            key: kp.private,
+            public: self.token.ec_point(kp.public)?,
+        })
+    }
+
+    /// Directory of one job.
+    pub fn job_dir(&self, id_hex: &str) -> PathBuf {
+        self.config.state_dir.join("jobs").join(id_hex)
+    }
+
+    /// Finishes or undoes anything a crash left half done: job keys without
+    /// a commit marker are destroyed, job directories without one removed,
+    /// and a committed job whose directory is gone has its keys destroyed.
+    /// Returns what was cleaned, for the log.
+    pub fn recover(&self) -> Result<Vec<String>, ApplianceError> {
+        let mut cleaned = Vec::new();
+        let objects = self.token.labelled_objects()?;
+        let committed: std::collections::HashSet<String> = objects
+            .iter()
+            .filter_map(|(_, l)| l.strip_prefix(IMPORTED_PREFIX).map(str::to_owned))
+            .collect();
+        for (h, label) in &objects {
+            let Some(rest) = label.strip_prefix(JOB_KEY_PREFIX) else { continue };
+            let id = rest.split(':').next().unwrap_or_default();
+            let dir_ok = self.job_dir(id).join("package.fgj").exists();
+            if !committed.contains(id) || !dir_ok {
+                self.token.destroy(*h)?;
+                cleaned.push(format!("destroyed leftover key {label}"));
+            }
+        }
+        let jobs = self.config.state_dir.join("jobs");
+        if let Ok(rd) = fs::read_dir(&jobs) {
+            for entry in rd.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !committed.contains(&name) || !entry.path().join("package.fgj").exists() {
+                    fs::remove_dir_all(entry.path()).map_err(io_err("cannot remove", &entry.path()))?;
+                    cleaned.push(format!("removed incomplete job directory {name}"));
+                }
+            }
+        }
+        Ok(cleaned)
+    }
+
+    /// The imported jobs, oldest first.
+    pub fn jobs(&self) -> Result<Vec<ImportedJob>, ApplianceError> {
+        let jobs = self.config.state_dir.join("jobs");
+        let mut out = Vec::new();
+        let Ok(rd) = fs::read_dir(&jobs) else {
+            return Ok(out);
+        };
+        for entry in rd.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if self.token.find_by_label(&format!("{IMPORTED_PREFIX}{id}"))?.is_empty() {
+                continue;
+            }
+            if let Ok(job) = ImportedJob::load(&entry.path(), &self.config.trust.keys) {
+                out.push(job);
+            }
+        }
+        out.sort_by_key(|j| j.imported_at);
+        Ok(out)
+    }
+
+    /// Removes a job: destroys its keys, then its directory. The commit
+    /// marker stays, so the same job can never be imported again.
+    pub fn remove_job(&self, id: &str) -> Result<(), ApplianceError> {
+        let dir = self.job_dir(id);
+        if !dir.join("package.fgj").exists() || self.token.find_by_label(&format!("{IMPORTED_PREFIX}{id}"))?.is_empty() {
+            return Err(ApplianceError::NoSuchJob { id: id.to_owned() });
+        }
+        for (h, label) in self.token.labelled_objects()? {
+            if label.starts_with(&format!("{JOB_KEY_PREFIX}{id}:")) {
+                self.token.destroy(h)?;
+            }
+        }
+        fs::remove_dir_all(&dir).map_err(io_err("cannot remove", &dir))?;
+        Ok(())
+    }
+
+    /// The security-version floor of a product (0 if none was imported).
+    pub fn svn_floor(&self, product: &str) -> Result<u32, ApplianceError> {
+        let mut floor = 0;
+        for h in self.token.find_by_label(&format!("{SVN_PREFIX}{product}"))? {
+            let v = self.token.data_value(h)?;
+            if let Ok(b) = <[u8; 4]>::try_from(v.as_slice()) {
+                floor = floor.max(u32::from_be_bytes(b));
+            }
+        }
+        Ok(floor)
+    }
+}
+
+/// Writes a file atomically: temporary file, fsync, rename, fsync the directory.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ApplianceError> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
+    f.write_all(bytes).map_err(io_err("cannot write", &tmp))?;
+    f.sync_all().map_err(io_err("cannot sync", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("cannot rename", path))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("cannot sync", dir))
+}
+
+pub(crate) fn unix_now() -> u64 {
+    now()
+}

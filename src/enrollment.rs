@@ -1,0 +1,186 @@
+//! The enrollment record: who an appliance is, which keys it holds in its
+//! HSM and which key-transport profiles that HSM can run. Signed by the
+//! appliance's log key (a `COSE_Sign1`); the OEM pins it.
+
+use ciborium::value::Value;
+use sha2::{Digest, Sha256};
+
+use crate::cose::{self, CoseError, Es256Signer, SignerError, UnverifiedSign1};
+use crate::hsm::{Profile, TokenDescription};
+use crate::package::manifest::Fields;
+use crate::package::PackageError;
+
+/// Content type of the enrollment `COSE_Sign1`.
+pub const ENROLLMENT_CONTENT_TYPE: &str = "application/vnd.flashgate.enrollment+cbor";
+const VERSION: u64 = 1;
+
+/// An enrollment record's contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrollment {
+    /// Appliance id: `fga-` and 16 hex digits of SHA-256(ka || log).
+    pub appliance_id: String,
+    /// Key-agreement public key (uncompressed SEC1).
+    pub ka_public: [u8; 65],
+    /// Log-signing public key (uncompressed SEC1).
+    pub log_public: [u8; 65],
+    /// The token.
+    pub token: TokenDescription,
+    /// Profiles the token can run, strongest first.
+    pub profiles: Vec<Profile>,
+    /// When it was enrolled (Unix seconds).
+    pub created: u64,
+}
+
+/// Why an enrollment record was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnrollmentError {
+    /// Not a valid record.
+    #[error("the enrollment record is damaged or was altered: {0}")]
+    Malformed(String),
+    /// Signature failed.
+    #[error("the enrollment record's signature does not verify; ask the CM for the record again and compare its fingerprint")]
+    BadSignature,
+    /// The record's fingerprint does not match the one pinned.
+    #[error("the enrollment record has fingerprint {found}, not the pinned {expected}")]
+    FingerprintMismatch { expected: String, found: String },
+}
+
+impl From<CoseError> for EnrollmentError {
+    fn from(e: CoseError) -> Self {
+        match e {
+            CoseError::BadSignature { .. } => Self::BadSignature,
+            other => Self::Malformed(other.to_string()),
+        }
+    }
+}
+
+impl From<PackageError> for EnrollmentError {
+    fn from(e: PackageError) -> Self {
+        Self::Malformed(e.to_string())
+    }
+}
+
+/// The appliance id for a pair of public keys.
+pub fn appliance_id(ka_public: &[u8; 65], log_public: &[u8; 65]) -> String {
+    let mut h = Sha256::new();
+    h.update(ka_public);
+    h.update(log_public);
+    format!("fga-{}", hex::encode(&h.finalize()[..8]))
+}
+
+impl Enrollment {
+    /// Deterministic CBOR of the payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let int = |i: u64| Value::Integer(i.into());
+        let token = Value::Map(vec![
+            (int(1), Value::Text(self.token.manufacturer.clone())),
+            (int(2), Value::Text(self.token.model.clone())),
+            (int(3), Value::Text(self.token.serial.clone())),
+            (int(4), Value::Text(self.token.label.clone())),
+        ]);
+        cose::encode(&Value::Map(vec![
+            (int(1), int(VERSION)),
+            (int(2), Value::Text(self.appliance_id.clone())),
+            (int(3), Value::Bytes(self.ka_public.to_vec())),
+            (int(4), Value::Bytes(self.log_public.to_vec())),
+            (int(5), token),
+            (
+                int(6),
+                Value::Array(self.profiles.iter().map(|p| Value::Text(p.name().to_owned())).collect()),
+            ),
+            (int(7), int(self.created)),
+        ]))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, EnrollmentError> {
+        let value: Value = ciborium::de::from_reader(bytes).map_err(|e| EnrollmentError::Malformed(e.to_string()))?;
+        let mut f = Fields::new(value, "enrollment record")?;
+        if f.uint(1)? != VERSION {
+            return Err(EnrollmentError::Malformed("unsupported version".to_owned()));
+        }
+        let id = f.text(2)?;
+        let ka_public = f.fixed::<65>(3)?;
+        let log_public = f.fixed::<65>(4)?;
+        let mut t = Fields::new(f.take(5)?, "token description")?;
+        let token = TokenDescription {
+            manufacturer: t.text(1)?,
+            model: t.text(2)?,
+            serial: t.text(3)?,
+            label: t.text(4)?,
+        };
+        t.finish()?;
+        let Value::Array(raw) = f.take(6)? else {
+            return Err(EnrollmentError::Malformed("profiles is not an array".to_owned()));
+        };
+        // Unknown profiles (from a newer appliance) are skipped, not fatal.
+        let profiles = raw
+            .iter()
+            .filter_map(|v| match v {
+                Value::Text(t) => Profile::from_name(t),
+                _ => None,
+            })
+            .collect();
+        let created = f.uint(7)?;
+        f.finish()?;
+        let e = Self {
+            appliance_id: id,
+            ka_public,
+            log_public,
+            token,
+            profiles,
+            created,
+        };
+        if e.appliance_id != appliance_id(&e.ka_public, &e.log_public) {
+            return Err(EnrollmentError::Malformed("the appliance id does not match its keys".to_owned()));
+        }
+        for k in [&e.ka_public, &e.log_public] {
+            p256::PublicKey::from_sec1_bytes(k).map_err(|_| EnrollmentError::Malformed("a public key is not a P-256 point".to_owned()))?;
+        }
+        Ok(e)
+    }
+
+    /// Signs the record with the log key.
+    pub fn sign(&self, log_key: &dyn Es256Signer) -> Result<Vec<u8>, SignerError> {
+        cose::sign1(log_key, ENROLLMENT_CONTENT_TYPE, self.encode())
+    }
+
+    /// Key id of the key-agreement key.
+    pub fn ka_kid(&self) -> [u8; 16] {
+        cose::key_id(&self.ka_public)
+    }
+}
+
+/// A verified enrollment record with the exact bytes it came from.
+#[derive(Debug, Clone)]
+pub struct VerifiedEnrollment {
+    /// The contents.
+    pub record: Enrollment,
+    /// SHA-256 of the signed bytes: the fingerprint the OEM pins.
+    pub digest: [u8; 32],
+}
+
+impl VerifiedEnrollment {
+    /// Parses a signed record and verifies it with the log key inside it
+    /// (proof of possession). Trust comes from pinning the fingerprint.
+    pub fn parse(bytes: &[u8]) -> Result<Self, EnrollmentError> {
+        let sign1 = UnverifiedSign1::parse(bytes, "enrollment record")?;
+        if sign1.content_type() != Some(ENROLLMENT_CONTENT_TYPE) {
+            return Err(EnrollmentError::Malformed("this is not an enrollment record".to_owned()));
+        }
+        let record = Enrollment::decode(sign1.payload_unverified())?;
+        if sign1.key_id() != cose::key_id(&record.log_public) {
+            return Err(EnrollmentError::BadSignature);
+        }
+        sign1.verify(&record.log_public)?;
+        Ok(Self {
+            record,
+            digest: Sha256::digest(bytes).into(),
+        })
+    }
+
+    /// The fingerprint as hex.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(self.digest)
+    }
+}

@@ -1,0 +1,305 @@
+//! The `flashgate` command line: a thin front end over the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use flashgate::appliance::{Appliance, ApplianceConfig};
+use flashgate::display;
+use flashgate::enrollment::VerifiedEnrollment;
+use flashgate::hsm::Profile;
+use flashgate::oem::{self, KeyStore, Oem, Pkcs11Uri};
+use flashgate::package::build::{build, JobInput};
+use flashgate::package::UnverifiedPackage;
+
+#[derive(Parser)]
+#[command(name = "flashgate", version, about = "Secure provisioning appliance: protected jobs, HSM-held keys, verifiable audit")]
+struct Cli {
+    /// Appliance configuration file.
+    #[arg(long, global = true, env = "FLASHGATE_CONFIG", default_value = "appliance.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// CM: enroll this appliance and show its identity.
+    #[command(subcommand)]
+    Appliance(ApplianceCmd),
+    /// OEM: create the job-signing key and device-root CA.
+    #[command(subcommand)]
+    Oem(OemCmd),
+    /// Build, inspect, import, list and remove jobs.
+    #[command(subcommand)]
+    Job(JobCmd),
+}
+
+#[derive(Subcommand)]
+enum ApplianceCmd {
+    /// Create the appliance keys in the token and write the enrollment record.
+    Init {
+        /// Also write the enrollment record here (to send to the OEM).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// Show the appliance identity, profiles and token objects.
+    Show,
+}
+
+#[derive(Subcommand)]
+enum OemCmd {
+    /// Create OEM keys and the device-root certificate in a new directory.
+    Init {
+        /// Directory to create (holds oem.toml).
+        #[arg(long)]
+        out: PathBuf,
+        /// Organisation name for certificates.
+        #[arg(long)]
+        name: String,
+        /// Keep the keys in this PKCS#11 token (RFC 7512 URI with module-path and pin-source) instead of key files.
+        #[arg(long)]
+        pkcs11_uri: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCmd {
+    /// OEM: build a job package for one appliance.
+    Build {
+        /// OEM directory (from `flashgate oem init`).
+        #[arg(long)]
+        oem: PathBuf,
+        /// Job policy (TOML).
+        #[arg(long)]
+        policy: PathBuf,
+        /// Firmware: Intel HEX, ELF, or raw binary as FILE@ADDRESS. Repeat for more images.
+        #[arg(long, required = true)]
+        firmware: Vec<String>,
+        /// The appliance's enrollment record.
+        #[arg(long)]
+        appliance: PathBuf,
+        /// Expected enrollment fingerprint (SHA-256, hex), as pinned out of band.
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// Force a key-transport profile instead of the strongest the appliance offers.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Output package.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Show what a package allows (never its secrets).
+    Inspect { package: PathBuf },
+    /// CM: verify a package and move its secrets into the HSM.
+    Import { package: PathBuf },
+    /// CM: list imported jobs.
+    List,
+    /// CM: remove a job and destroy its HSM keys.
+    Remove { id: String },
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn open_appliance(config: &Path) -> Result<Appliance> {
+    let cfg = ApplianceConfig::load(config)?;
+    let appliance = Appliance::open(cfg)?;
+    for line in appliance.recover()? {
+        eprintln!("recovered: {line}");
+    }
+    Ok(appliance)
+}
+
+fn run(cli: Cli, w: &mut String) -> Result<()> {
+    use std::fmt::Write as _;
+    match cli.command {
+        Command::Appliance(ApplianceCmd::Init { out }) => {
+            let appliance = Appliance::open(ApplianceConfig::load(&cli.config)?)?;
+            let (bytes, e) = appliance.enroll()?;
+            if let Some(out) = out {
+                std::fs::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+            }
+            print_enrollment(w, &e);
+            let _ = writeln!(w, "record:       {}", appliance.enrollment_path().display());
+        }
+        Command::Appliance(ApplianceCmd::Show) => {
+            let appliance = open_appliance(&cli.config)?;
+            let e = appliance.enrollment()?;
+            print_enrollment(w, &e);
+            let _ = writeln!(w, "token objects:");
+            for (_, label) in appliance.token.labelled_objects()? {
+                let _ = writeln!(w, "  {label}");
+            }
+        }
+        Command::Oem(OemCmd::Init { out, name, pkcs11_uri }) => {
+            let store = match pkcs11_uri {
+                Some(uri) => KeyStore::Token(Pkcs11Uri::parse(&uri)?),
+                None => KeyStore::Files,
+            };
+            let cfg = oem::init(&out, &name, &store, now())?;
+            let _ = writeln!(w, "OEM material for '{}' written to {}", cfg.name, out.display());
+            let _ = writeln!(w, "  signing key:     {}", cfg.signing_key);
+            let _ = writeln!(w, "  device root key: {}", cfg.root_key);
+            let _ = writeln!(w, "  root cert:       {}", out.join(&cfg.root_cert).display());
+            let _ = writeln!(w, "  give the CM:     {}", out.join("signing-key.pub.pem").display());
+        }
+        Command::Job(JobCmd::Build {
+            oem: oem_dir,
+            policy,
+            firmware,
+            appliance,
+            fingerprint,
+            profile,
+            out,
+        }) => {
+            let policy_toml = std::fs::read_to_string(&policy).with_context(|| format!("cannot read {}", policy.display()))?;
+            let parsed = flashgate_policy::Policy::from_toml_str(&policy_toml).with_context(|| format!("{}", policy.display()))?;
+            let mut images = Vec::new();
+            for spec in &firmware {
+                let (path, base) = flashgate_firmware::parse_source_arg(spec)?;
+                let segs = flashgate_firmware::load_path(&path, base).with_context(|| format!("{}", path.display()))?;
+                images.extend(segs);
+            }
+            let record = std::fs::read(&appliance).with_context(|| format!("cannot read {}", appliance.display()))?;
+            let enrollment = VerifiedEnrollment::parse(&record).with_context(|| format!("{}", appliance.display()))?;
+            if let Some(fp) = fingerprint {
+                if !fp.eq_ignore_ascii_case(&enrollment.fingerprint()) {
+                    bail!(
+                        "the enrollment record {} has fingerprint {}, not the pinned {fp}; get the record from the CM again",
+                        appliance.display(),
+                        enrollment.fingerprint()
+                    );
+                }
+            }
+            let profile = match profile {
+                Some(p) => Some(Profile::from_name(&p).with_context(|| format!("unknown profile '{p}' (cose-ecdh-es-a256kw or p11v2-ecdh-aes-kdf)"))?),
+                None => None,
+            };
+            let oem = Oem::load(&oem_dir)?;
+            let job = build(&JobInput {
+                policy_toml: &policy_toml,
+                policy: &parsed,
+                images: &images,
+                enrollment: &enrollment,
+                oem: &oem,
+                now: now(),
+                profile,
+            })?;
+            std::fs::write(&out, &job.bytes).with_context(|| format!("cannot write {}", out.display()))?;
+            let _ = writeln!(w, 
+                "built job {} for appliance {} ({}, {} image(s), {}) -> {}",
+                job.manifest.job_id_hex(),
+                job.manifest.appliance_id,
+                job.manifest.profile,
+                job.manifest.images.len(),
+                display::size(job.bytes.len() as u64),
+                out.display()
+            );
+        }
+        Command::Job(JobCmd::Inspect { package }) => {
+            let bytes = std::fs::read(&package).with_context(|| format!("cannot read {}", package.display()))?;
+            let parsed = UnverifiedPackage::parse(&bytes)?;
+            let (m, kid) = parsed.manifest_unverified()?;
+            let _ = writeln!(w, "job {}  (signature NOT checked here; `job import` checks it)", m.job_id_hex());
+            let _ = writeln!(w, "  signed by OEM key id  {}", hex::encode(kid));
+            let _ = writeln!(w, "  for appliance         {} (enrollment {})", m.appliance_id, hex::encode(m.enrollment_digest));
+            let _ = writeln!(w, "  key transport         {}", m.profile);
+            let _ = writeln!(w, "  built                 {}", display::time(m.created));
+            for (i, im) in m.images.iter().enumerate() {
+                let _ = writeln!(w, 
+                    "  image {}               0x{:08x}  {} ({} bytes)  sha256 {}",
+                    i + 1,
+                    im.address,
+                    display::size(im.size),
+                    im.size,
+                    hex::encode(im.digest)
+                );
+            }
+            match flashgate_policy::Policy::from_toml_str(&m.policy_toml) {
+                Ok(p) => {
+                    let j = p.job();
+                    let _ = writeln!(w, "  product               {} (security version {})", j.product.as_str(), j.security_version);
+                    let _ = writeln!(w, "  valid                 {} .. {}", display::time(j.not_before), display::time(j.not_after));
+                    let _ = writeln!(w, "  quota                 {} units", j.quota);
+                }
+                Err(e) => {
+                    let _ = writeln!(w, "  policy                INVALID: {e}");
+                }
+            }
+            let _ = writeln!(w, "  policy text:");
+            for line in m.policy_toml.lines() {
+                let _ = writeln!(w, "    | {line}");
+            }
+        }
+        Command::Job(JobCmd::Import { package }) => {
+            let appliance = open_appliance(&cli.config)?;
+            let job = appliance.import(&package)?;
+            let j = job.policy.job();
+            let _ = writeln!(w, 
+                "imported job {}: product {} (security version {}), quota {}, valid until {}",
+                job.manifest.job_id_hex(),
+                j.product.as_str(),
+                j.security_version,
+                j.quota,
+                display::time(j.not_after)
+            );
+        }
+        Command::Job(JobCmd::List) => {
+            let appliance = open_appliance(&cli.config)?;
+            let jobs = appliance.jobs()?;
+            if jobs.is_empty() {
+                let _ = writeln!(w, "no jobs imported");
+            }
+            for job in jobs {
+                let j = job.policy.job();
+                let _ = writeln!(w, 
+                    "{}  {}  svn {}  quota {}  until {}  {} image(s)",
+                    job.manifest.job_id_hex(),
+                    j.product.as_str(),
+                    j.security_version,
+                    j.quota,
+                    display::time(j.not_after),
+                    job.manifest.images.len()
+                );
+            }
+        }
+        Command::Job(JobCmd::Remove { id }) => {
+            let appliance = open_appliance(&cli.config)?;
+            appliance.remove_job(&id)?;
+            let _ = writeln!(w, "removed job {id} and destroyed its HSM keys");
+        }
+    }
+    Ok(())
+}
+
+fn print_enrollment(w: &mut String, e: &VerifiedEnrollment) {
+    use std::fmt::Write as _;
+    let r = &e.record;
+    let _ = writeln!(w, "appliance:    {}", r.appliance_id);
+    let _ = writeln!(w, "token:        {} {} serial {} label '{}'", r.token.manufacturer, r.token.model, r.token.serial, r.token.label);
+    let _ = writeln!(w, "profiles:     {}", r.profiles.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "));
+    let _ = writeln!(w, "enrolled:     {}", display::time(r.created));
+    let _ = writeln!(w, "fingerprint:  {}", e.fingerprint());
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut out = String::new();
+    let result = run(cli, &mut out);
+    // Output goes out in one write; a closed pipe (`| head`) is not an error.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the outermost context, then the causes.
+            let msg = e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ");
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! X.509 certificates: the OEM device root and the per-job issuing CA.
+//! Built with rcgen; every signature is made by an [`Es256Signer`], so the
+//! same code signs with a key file or inside a token.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyUsagePurpose, PublicKeyData,
+    SerialNumber, SigningKey,
+};
+use time::OffsetDateTime;
+
+use super::OemError;
+use crate::cose::Es256Signer;
+
+/// Adapts an [`Es256Signer`] to rcgen (X.509 wants DER-encoded ECDSA signatures).
+pub struct RcgenSigner<'a> {
+    signer: &'a dyn Es256Signer,
+    public: [u8; 65],
+}
+
+impl<'a> RcgenSigner<'a> {
+    /// Wraps a signer.
+    pub fn new(signer: &'a dyn Es256Signer) -> Self {
+        Self {
+            public: signer.public_key(),
+            signer,
+        }
+    }
+}
+
+impl std::fmt::Debug for RcgenSigner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RcgenSigner")
+    }
+}
+
+impl PublicKeyData for RcgenSigner<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        &self.public
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+impl SigningKey for RcgenSigner<'_> {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(msg).into();
+        let raw = self
+            .signer
+            .sign_digest(&digest)
+            .map_err(|_| rcgen::Error::RemoteKeyError)?;
+        let sig = p256::ecdsa::Signature::from_slice(&raw).map_err(|_| rcgen::Error::RemoteKeyError)?;
+        Ok(sig.to_der().as_bytes().to_vec())
+    }
+}
+
+/// A public key on its own, for the subject of a certificate.
+#[derive(Debug)]
+pub struct SubjectKey(pub [u8; 65]);
+
+impl PublicKeyData for SubjectKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+fn at(unix: u64) -> Result<OffsetDateTime, OemError> {
+    let secs = i64::try_from(unix).map_err(|_| OemError::Certificate("time out of range".to_owned()))?;
+    OffsetDateTime::from_unix_timestamp(secs).map_err(|e| OemError::Certificate(e.to_string()))
+}
+
+fn random_serial() -> Result<SerialNumber, OemError> {
+    let mut s = [0u8; 16];
+    getrandom::fill(&mut s).map_err(|e| OemError::Certificate(e.to_string()))?;
+    s[0] &= 0x7f; // positive
+    s[0] |= 0x40; // and full length
+    Ok(SerialNumber::from_slice(&s))
+}
+
+fn root_params(name: &str, now: u64) -> Result<CertificateParams, OemError> {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, name);
+    dn.push(DnType::CommonName, format!("{name} device root CA"));
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.not_before = at(now.saturating_sub(60))?;
+    p.not_after = at(now + 25 * 365 * 86_400)?;
+    p.serial_number = Some(SerialNumber::from_slice(&[0x01]));
+    p.use_authority_key_identifier_extension = false;
+    Ok(p)
+}
+
+/// The OEM's self-signed device-root CA certificate (DER).
+pub fn oem_root_certificate(root: &dyn Es256Signer, name: &str, now: u64) -> Result<Vec<u8>, OemError> {
+    let p = root_params(name, now)?;
+    let signer = RcgenSigner::new(root);
+    let cert = p
+        .self_signed(&signer)
+        .map_err(|e| OemError::Certificate(e.to_string()))?;
+    Ok(cert.der().to_vec())
+}
+
+/// The per-job issuing CA: pathLen 0, validity no longer than the job,
+/// signed by the OEM root.
+pub fn job_ca_certificate(
+    root: &dyn Es256Signer,
+    root_cert_der: &[u8],
+    oem_name: &str,
+    job_ca_public: &[u8; 65],
+    job_id_hex: &str,
+    product: &str,
+    not_before: u64,
+    not_after: u64,
+) -> Result<Vec<u8>, OemError> {
+    // The issuer name is rebuilt from the OEM name exactly as `oem init`
+    // made the root; the tests check the chain with `openssl verify`.
+    let root_params = root_params(oem_name, 0)?;
+    let _ = root_cert_der;
+    let root_signer = RcgenSigner::new(root);
+    let issuer = Issuer::new(root_params, &root_signer);
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, oem_name);
+    dn.push(DnType::OrganizationalUnitName, product);
+    dn.push(DnType::CommonName, format!("flashgate job {job_id_hex}"));
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.not_before = at(not_before)?;
+    p.not_after = at(not_after)?;
+    p.serial_number = Some(random_serial()?);
+    p.use_authority_key_identifier_extension = true;
+    let cert = p
+        .signed_by(&SubjectKey(*job_ca_public), &issuer)
+        .map_err(|e| OemError::Certificate(e.to_string()))?;
+    Ok(cert.der().to_vec())
+}
+
+/// PEM armour for DER.
+pub fn der_to_pem(der: &[u8], label: &str) -> String {
+    pem::encode(&pem::Pem::new(label, der.to_vec()))
+}
+
+/// The DER inside the first PEM block with `label`.
+pub fn pem_to_der(text: &str, label: &str) -> Option<Vec<u8>> {
+    pem::parse_many(text)
+        .ok()?
+        .into_iter()
+        .find(|p| p.tag() == label)
+        .map(|p| p.contents().to_vec())
+}

@@ -1,0 +1,273 @@
+//! `COSE_Encrypt` objects with one ECDH-ES key-agreement recipient, as used
+//! for firmware images (detached, chunked ciphertext) and for wrapped secrets.
+
+use aes_kw::KwAes256;
+use aes_gcm::aead::KeyInit;
+use ciborium::value::Value;
+use zeroize::Zeroizing;
+
+use crate::cose::{self, KekDerivation, ALG_A256KWP_CONTENT, ALG_P11V2_ECDH_AES_KDF_A256KW, KDF_OTHER};
+use crate::hsm::Profile;
+
+use super::PackageError;
+
+/// COSE algorithm ECDH-ES + A256KW.
+pub const ALG_ECDH_ES_A256KW: i64 = -31;
+/// COSE algorithm A256KW.
+pub const ALG_A256KW: i64 = -5;
+/// COSE algorithm A256GCM.
+pub const ALG_A256GCM: i64 = 3;
+const TAG_COSE_ENCRYPT: u64 = 96;
+
+/// The recipient's key agreement algorithm for a profile.
+pub fn recipient_alg(profile: Profile) -> i64 {
+    match profile {
+        Profile::CoseEcdhEsA256kw => ALG_ECDH_ES_A256KW,
+        Profile::P11v2EcdhAesKdf => ALG_P11V2_ECDH_AES_KDF_A256KW,
+    }
+}
+
+/// The content algorithm of wrapped secrets for a profile.
+pub fn secret_content_alg(profile: Profile) -> i64 {
+    match profile {
+        Profile::CoseEcdhEsA256kw => ALG_A256GCM,
+        Profile::P11v2EcdhAesKdf => ALG_A256KWP_CONTENT,
+    }
+}
+
+/// A parsed recipient.
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    /// The recipient's protected header bytes.
+    pub protected: Vec<u8>,
+    /// The key id of the appliance key it is for.
+    pub kid: [u8; 16],
+    /// The sender's ephemeral public point.
+    pub ephemeral: [u8; 65],
+    /// The AES-KW wrapped CEK (40 bytes).
+    pub wrapped_cek: Vec<u8>,
+}
+
+/// A parsed `COSE_Encrypt` with exactly one recipient.
+#[derive(Debug, Clone)]
+pub struct EncryptObject {
+    /// The body's protected header bytes.
+    pub protected: Vec<u8>,
+    /// The content algorithm.
+    pub alg: i64,
+    /// IV (A256GCM only).
+    pub iv: Option<[u8; 12]>,
+    /// Ciphertext, or `None` when detached.
+    pub ciphertext: Option<Vec<u8>>,
+    /// The recipient.
+    pub recipient: Recipient,
+}
+
+fn malformed(detail: &str) -> PackageError {
+    PackageError::Malformed {
+        detail: detail.to_owned(),
+    }
+}
+
+fn int_is(v: &Value, want: i64) -> bool {
+    matches!(v, Value::Integer(i) if i128::from(*i) == i128::from(want))
+}
+
+fn alg_of(protected: &[u8]) -> Result<i64, PackageError> {
+    let v: Value = ciborium::de::from_reader(protected).map_err(|_| malformed("a protected header is not CBOR"))?;
+    match v {
+        Value::Map(entries) if entries.len() == 1 && int_is(&entries[0].0, 1) => match &entries[0].1 {
+            Value::Integer(i) => i64::try_from(*i).map_err(|_| malformed("algorithm out of range")),
+            _ => Err(malformed("algorithm is not an integer")),
+        },
+        _ => Err(malformed("a protected header must hold exactly the algorithm")),
+    }
+}
+
+impl EncryptObject {
+    /// Parses and checks canonical encoding (re-encoding gives the same bytes).
+    pub fn parse(bytes: &[u8], what: &'static str) -> Result<Self, PackageError> {
+        let v: Value = ciborium::de::from_reader(bytes).map_err(|_| malformed("a COSE_Encrypt is not CBOR"))?;
+        let Value::Tag(TAG_COSE_ENCRYPT, inner) = v else {
+            return Err(malformed("expected a tagged COSE_Encrypt"));
+        };
+        let Value::Array(items) = *inner else {
+            return Err(malformed("a COSE_Encrypt is not an array"));
+        };
+        let [Value::Bytes(protected), Value::Map(unprotected), ct, Value::Array(recipients)] = <[Value; 4]>::try_from(items)
+            .map_err(|_| malformed("a COSE_Encrypt does not have four entries"))?
+        else {
+            return Err(malformed("a COSE_Encrypt has entries of the wrong type"));
+        };
+        let alg = alg_of(&protected)?;
+        let iv = match unprotected.as_slice() {
+            [] => None,
+            [(k, Value::Bytes(iv))] if int_is(k, 5) => {
+                Some(<[u8; 12]>::try_from(iv.as_slice()).map_err(|_| malformed("IV is not 12 bytes"))?)
+            }
+            _ => return Err(malformed("unexpected unprotected header in a COSE_Encrypt")),
+        };
+        let ciphertext = match ct {
+            Value::Null => None,
+            Value::Bytes(b) => Some(b),
+            _ => return Err(malformed("ciphertext is neither bytes nor nil")),
+        };
+        let [recipient] = <[Value; 1]>::try_from(recipients).map_err(|_| malformed("a COSE_Encrypt must have exactly one recipient"))?;
+        let recipient = parse_recipient(recipient)?;
+        let object = Self {
+            protected,
+            alg,
+            iv,
+            ciphertext,
+            recipient,
+        };
+        if object.encode() != bytes {
+            return Err(PackageError::NotCanonical { what });
+        }
+        Ok(object)
+    }
+
+    /// Deterministic encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let unprotected = match &self.iv {
+            Some(iv) => vec![(Value::Integer(5.into()), Value::Bytes(iv.to_vec()))],
+            None => vec![],
+        };
+        let r = &self.recipient;
+        let recipient = Value::Array(vec![
+            Value::Bytes(r.protected.clone()),
+            Value::Map(vec![
+                (Value::Integer(4.into()), Value::Bytes(r.kid.to_vec())),
+                (Value::Integer((-1).into()), cose::cose_key_from_point(&r.ephemeral)),
+            ]),
+            Value::Bytes(r.wrapped_cek.clone()),
+        ]);
+        let v = Value::Tag(
+            TAG_COSE_ENCRYPT,
+            Box::new(Value::Array(vec![
+                Value::Bytes(self.protected.clone()),
+                Value::Map(unprotected),
+                self.ciphertext.clone().map_or(Value::Null, Value::Bytes),
+                Value::Array(vec![recipient]),
+            ])),
+        );
+        cose::encode(&v)
+    }
+}
+
+fn parse_recipient(v: Value) -> Result<Recipient, PackageError> {
+    let Value::Array(items) = v else {
+        return Err(malformed("a recipient is not an array"));
+    };
+    let [Value::Bytes(protected), Value::Map(unprotected), Value::Bytes(wrapped_cek)] =
+        <[Value; 3]>::try_from(items).map_err(|_| malformed("a recipient does not have three entries"))?
+    else {
+        return Err(malformed("a recipient has entries of the wrong type"));
+    };
+    let [(k1, Value::Bytes(kid)), (k2, key)] = <[(Value, Value); 2]>::try_from(unprotected)
+        .map_err(|_| malformed("a recipient header must hold the kid and the ephemeral key"))?
+    else {
+        return Err(malformed("a recipient kid is not bytes"));
+    };
+    if !int_is(&k1, 4) || !int_is(&k2, -1) {
+        return Err(malformed("a recipient header must hold the kid and the ephemeral key"));
+    }
+    let kid = <[u8; 16]>::try_from(kid.as_slice()).map_err(|_| malformed("a recipient kid is not 16 bytes"))?;
+    let ephemeral = cose::ephemeral_point_from_cose_key(&key)?;
+    if wrapped_cek.len() != 40 {
+        return Err(malformed("a wrapped content key is not 40 bytes"));
+    }
+    Ok(Recipient {
+        protected,
+        kid,
+        ephemeral,
+        wrapped_cek,
+    })
+}
+
+/// What the recipient layer needs to know to seal or open, besides keys.
+#[derive(Debug, Clone, Copy)]
+pub struct RecipientContext<'a> {
+    /// The profile.
+    pub profile: Profile,
+    /// The job id (bound by the compatibility profile's KDF).
+    pub job_id: &'a [u8; 16],
+    /// The appliance key-agreement key id.
+    pub kid: &'a [u8; 16],
+}
+
+impl RecipientContext<'_> {
+    /// The KDF input for this recipient, by profile.
+    pub fn kdf_input(&self, protected: &[u8], ephemeral: &[u8; 65]) -> KdfInput {
+        match self.profile {
+            Profile::CoseEcdhEsA256kw => {
+                KdfInput::Hkdf(cose::kdf_context(ALG_A256KW, 256, protected, &Value::Bytes(KDF_OTHER.to_vec())))
+            }
+            Profile::P11v2EcdhAesKdf => KdfInput::AesCbc(cose::p11v2_context(self.job_id, self.kid, ephemeral)),
+        }
+    }
+}
+
+/// KDF input bytes, by profile.
+#[derive(Debug, Clone)]
+pub enum KdfInput {
+    /// HKDF info (the COSE KDF context).
+    Hkdf(Vec<u8>),
+    /// The 32-byte AES-CBC context block.
+    AesCbc([u8; 32]),
+}
+
+impl KdfInput {
+    /// As a host-side derivation.
+    pub fn as_host(&self) -> KekDerivation<'_> {
+        match self {
+            Self::Hkdf(info) => KekDerivation::Hkdf { info },
+            Self::AesCbc(c) => KekDerivation::AesCbc { context: c },
+        }
+    }
+}
+
+/// Host-side: wraps `cek` to the appliance public key `recipient_public`.
+pub fn seal_recipient(
+    ctx: RecipientContext<'_>,
+    recipient_public: &[u8; 65],
+    cek: &[u8; 32],
+) -> Result<Recipient, crate::package::build::BuildError> {
+    use crate::package::build::BuildError;
+    let eph = cose::random_secret_key().map_err(|e| BuildError::Random(e.to_string()))?;
+    let ephemeral = cose::sec1_uncompressed(&eph.public_key());
+    let z = cose::ecdh_x(&eph, recipient_public).map_err(|_| BuildError::BadEnrollment("the appliance key is not a P-256 point".to_owned()))?;
+    let protected = cose::recipient_protected(recipient_alg(ctx.profile));
+    let input = ctx.kdf_input(&protected, &ephemeral);
+    let kek = cose::derive_kek(&z, input.as_host());
+    let kw = KwAes256::new(&(*kek).into());
+    let mut buf = [0u8; 40];
+    let wrapped = kw
+        .wrap_key(cek, &mut buf)
+        .map_err(|_| BuildError::Random("AES key wrap failed".to_owned()))?
+        .to_vec();
+    Ok(Recipient {
+        protected,
+        kid: *ctx.kid,
+        ephemeral,
+        wrapped_cek: wrapped,
+    })
+}
+
+/// Host-side: opens a recipient with the appliance private key (tests,
+/// known-answer vectors and independent verification; the appliance itself
+/// does this in the token).
+pub fn open_recipient(
+    ctx: RecipientContext<'_>,
+    private: &p256::SecretKey,
+    recipient: &Recipient,
+) -> Result<Zeroizing<[u8; 32]>, PackageError> {
+    let z = cose::ecdh_x(private, &recipient.ephemeral)?;
+    let input = ctx.kdf_input(&recipient.protected, &recipient.ephemeral);
+    let kek = cose::derive_kek(&z, input.as_host());
+    let kw = KwAes256::new(&(*kek).into());
+    let mut out = Zeroizing::new([0u8; 32]);
+    kw.unwrap_key(&recipient.wrapped_cek, out.as_mut_slice())
+        .map_err(|_| PackageError::Cose(cose::CoseError::Integrity { what: "wrapped content key" }))?;
+    Ok(out)
+}
