@@ -3,7 +3,7 @@
 use std::fmt;
 
 use flashgate_agent::{AgentDevice, AgentEndpoint, AgentError};
-use flashgate_target::{LockLevel, LockState, Location, Space};
+use flashgate_target::{Location, LockLevel, LockState, Space};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::fault::Fault;
@@ -186,6 +186,8 @@ impl SimChip {
             chip.arrive_provisioned(level);
             chip.fire(Fault::AlreadyLocked(level));
         }
+        // The device type is fixed when the board is made (see `SimConfig::chip`).
+        chip.fire(Fault::WrongDevice);
         chip
     }
 

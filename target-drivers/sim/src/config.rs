@@ -3,7 +3,7 @@
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use flashgate_target::{LockLevel, Location, Space, Stage};
+use flashgate_target::{Location, LockLevel, Space, Stage};
 
 use crate::chip::{ChipSpec, SimChip};
 use crate::fault::{Fault, FaultPlan};
@@ -99,7 +99,10 @@ impl SimConfig {
             return invalid("flash base must be page aligned".to_owned());
         }
         if !(0.0..=1.0).contains(&self.fault_rate) {
-            return invalid(format!("fault rate {} is not between 0 and 1", self.fault_rate));
+            return invalid(format!(
+                "fault rate {} is not between 0 and 1",
+                self.fault_rate
+            ));
         }
         let space = match self.identity.space {
             Space::KeyStore => self.keystore_size,
@@ -116,7 +119,9 @@ impl SimConfig {
             || self.device_type.len() > flashgate_agent::MAX_DEVICE_TYPE_LEN
             || !self.device_type.bytes().all(|b| (0x21..=0x7E).contains(&b))
         {
-            return invalid("device type must be 1 to 32 printable characters without spaces".to_owned());
+            return invalid(
+                "device type must be 1 to 32 printable characters without spaces".to_owned(),
+            );
         }
         Ok(())
     }
@@ -167,7 +172,10 @@ impl SimConfig {
     pub fn chip(&self, index: u64, plan: FaultPlan) -> Arc<Mutex<SimChip>> {
         let wrong = plan.faults.contains(&Fault::WrongDevice);
         let (device_type, signature) = if wrong {
-            (WRONG_DEVICE_TYPE.to_owned(), WRONG_DEVICE_SIGNATURE.to_vec())
+            (
+                WRONG_DEVICE_TYPE.to_owned(),
+                WRONG_DEVICE_SIGNATURE.to_vec(),
+            )
         } else {
             (self.device_type.clone(), DEVICE_SIGNATURE.to_vec())
         };
@@ -262,7 +270,8 @@ impl FromStr for SimConfig {
                     let (i, f) = v
                         .split_once(':')
                         .ok_or_else(|| bad("fault", v, "INDEX:FAULT, e.g. 3:brown-out"))?;
-                    let index = int(i).ok_or_else(|| bad("fault", v, "INDEX:FAULT, e.g. 3:brown-out"))?;
+                    let index =
+                        int(i).ok_or_else(|| bad("fault", v, "INDEX:FAULT, e.g. 3:brown-out"))?;
                     c.faults.push((index, f.parse()?));
                 }
                 "device-type" => c.device_type = v.to_owned(),
@@ -275,7 +284,9 @@ impl FromStr for SimConfig {
                         .parse()
                         .map_err(|_| bad("identity", v, "a location such as keystore:0x0000"))?
                 }
-                "bus-hz" => c.timing.bus_hz = int(v).ok_or_else(|| bad("bus-hz", v, "a rate in Hz"))?,
+                "bus-hz" => {
+                    c.timing.bus_hz = int(v).ok_or_else(|| bad("bus-hz", v, "a rate in Hz"))?
+                }
                 "agent-baud" => {
                     c.timing.agent_baud = int(v)
                         .and_then(|b| u32::try_from(b).ok())
@@ -325,5 +336,11 @@ fn u32_size(key: &'static str, v: &str) -> Result<u32, SimError> {
     int(num)
         .and_then(|n| n.checked_mul(mult))
         .and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| bad(key, v, "a size in bytes (decimal, 0x hex, or with a k/m suffix) below 4 GiB"))
+        .ok_or_else(|| {
+            bad(
+                key,
+                v,
+                "a size in bytes (decimal, 0x hex, or with a k/m suffix) below 4 GiB",
+            )
+        })
 }

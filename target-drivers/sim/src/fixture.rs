@@ -86,7 +86,11 @@ impl SimFixture {
 
     /// Board `index`, if it was handed out and kept.
     pub fn board(&self, index: u64) -> Option<SimBoard> {
-        self.lock().boards.iter().find(|b| b.index == index).cloned()
+        self.lock()
+            .boards
+            .iter()
+            .find(|b| b.index == index)
+            .cloned()
     }
 
     /// Simulated time of all kept boards together.

@@ -399,7 +399,8 @@ impl Target for SimTarget {
             op.ns += us(op.timing.keygen_us);
             let scalar = op.chip.random_scalar();
             op.write_secret(at, &scalar[..])?;
-            let public = flashgate_agent::public_key(&scalar).map_err(|e| e.at_stage(Stage::Keygen))?;
+            let public =
+                flashgate_agent::public_key(&scalar).map_err(|e| e.at_stage(Stage::Keygen))?;
             op.transfer(public.len() as u64);
             Ok(public)
         })
@@ -434,7 +435,9 @@ impl Target for SimTarget {
             if level == LockLevel::None {
                 return Err(TargetError::InvalidRequest {
                     stage: Stage::Lock,
-                    detail: "a lock permission for level none locks nothing: allow readout or permanent".to_owned(),
+                    detail:
+                        "a lock permission for level none locks nothing: allow readout or permanent"
+                            .to_owned(),
                 });
             }
             op.transfer(COMMAND_BYTES + 1);

@@ -124,7 +124,11 @@ fn ns_for_bits(bits: u64, hz: u64) -> u64 {
 }
 
 /// Splits `[offset, offset + length)` at page boundaries: `(chunk offset, chunk length)`.
-pub(crate) fn page_chunks(offset: u32, length: u32, page_size: u32) -> impl Iterator<Item = (u32, u32)> {
+pub(crate) fn page_chunks(
+    offset: u32,
+    length: u32,
+    page_size: u32,
+) -> impl Iterator<Item = (u32, u32)> {
     let page = u64::from(page_size.max(1));
     let end = u64::from(offset) + u64::from(length);
     let mut at = u64::from(offset);
@@ -164,7 +168,9 @@ impl SimClock {
     pub(crate) fn charge(&mut self, ns: u64) {
         self.bus_ns = self.bus_ns.saturating_add(ns);
         if self.pace {
-            self.owed_ns = self.owed_ns.saturating_add(i64::try_from(ns).unwrap_or(i64::MAX));
+            self.owed_ns = self
+                .owed_ns
+                .saturating_add(i64::try_from(ns).unwrap_or(i64::MAX));
             if self.owed_ns >= MIN_SLEEP_NS {
                 self.sleep_owed();
             }
