@@ -326,7 +326,10 @@ pub fn parse_source_arg(s: &str) -> Result<(PathBuf, Option<u32>), FirmwareError
                 return Err(invalid("the file name before '@' is empty"));
             }
             let address = parse_u32(address).ok_or_else(|| {
-                invalid("the load address after '@' must be a decimal or 0x-prefixed hex number below 4 GiB")
+                invalid(
+                    "the load address after '@' must be a decimal \
+                     or 0x-prefixed hex number below 4 GiB",
+                )
             })?;
             Ok((PathBuf::from(file), Some(address)))
         }
@@ -443,6 +446,8 @@ fn ihex_pieces(bytes: &[u8]) -> Result<(Vec<u8>, Vec<(u64, Range<usize>)>), Firm
                     continue;
                 }
                 // base <= 0xFFFF_0000 and offset <= 0xFFFF: no overflow in u64.
+                // Addresses are linear: a record does not wrap at a 64 KiB
+                // boundary, as no toolchain emits one that would.
                 let address = base + u64::from(offset);
                 let len = value.len() as u64;
                 check_range(address, len)?;

@@ -709,7 +709,8 @@ fn validate_serial(raw: raw::RawSerial, quota: u64) -> Result<SerialPolicy, Poli
         return Err(invalid(
             "serial.end",
             format!(
-                "has {digits} digits, more than serial.width = {width}; widen serial.width or lower serial.end"
+                "has {digits} digits, more than serial.width = {width}; \
+                 widen serial.width or lower serial.end"
             ),
         ));
     }
@@ -718,8 +719,9 @@ fn validate_serial(raw: raw::RawSerial, quota: u64) -> Result<SerialPolicy, Poli
         return Err(invalid(
             "serial.end",
             format!(
-                "leaves room for {} serials, fewer than job.quota = {quota}; widen the serial range or lower the quota",
-                (raw.end - raw.start) + 1
+                "leaves room for {} serials, fewer than job.quota = {quota}; \
+                 widen the serial range or lower the quota",
+                (raw.end - raw.start).saturating_add(1)
             ),
         ));
     }
@@ -787,13 +789,16 @@ fn validate_keys(raw: Vec<raw::RawKey>) -> Result<(Vec<KeySpec>, usize), PolicyE
         let location = location::parse_location(&key.location)
             .map_err(|p| invalid(format!("keys[{i}].location"), p))?;
         match locations.entry(location) {
-            Entry::Occupied(other) => return Err(invalid(
-                format!("keys[{i}].location"),
-                format!(
-                    "is {location}, which keys[{}] already uses; give each key its own location",
-                    other.get()
-                ),
-            )),
+            Entry::Occupied(other) => {
+                return Err(invalid(
+                    format!("keys[{i}].location"),
+                    format!(
+                        "is {location}, which keys[{}] already uses; \
+                         give each key its own location",
+                        other.get()
+                    ),
+                ))
+            }
             Entry::Vacant(slot) => {
                 slot.insert(i);
             }
@@ -802,7 +807,10 @@ fn validate_keys(raw: Vec<raw::RawKey>) -> Result<(Vec<KeySpec>, usize), PolicyE
             if let Some(first) = identity {
                 return Err(invalid(
                     format!("keys[{i}].role"),
-                    format!("is \"identity\", but keys[{first}] already is; exactly one key has role \"identity\""),
+                    format!(
+                        "is \"identity\", but keys[{first}] already is; \
+                         exactly one key has role \"identity\""
+                    ),
                 ));
             }
             if key.key_type != KeyType::P256 {
@@ -836,6 +844,17 @@ fn is_uri_pchar(c: char) -> bool {
     c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@".contains(c)
 }
 
+/// Whether `text` starts with `scheme:` (RFC 3986: a letter, then letters,
+/// digits, `+`, `-` or `.`). Placeholders cannot be part of the scheme.
+fn has_uri_scheme(text: &str) -> bool {
+    let Some((scheme, _)) = text.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+}
+
 fn validate_certificate(
     raw: raw::RawCertificate,
     job: &Job,
@@ -852,7 +871,8 @@ fn validate_certificate(
         return Err(invalid(
             "certificate.location",
             format!(
-                "is {location}, which keys[{i}] ({:?}) already uses; move the certificate or the key",
+                "is {location}, which keys[{i}] ({:?}) already uses; \
+                 move the certificate or the key",
                 key.name.as_str()
             ),
         ));
@@ -895,7 +915,8 @@ fn validate_certificate(
             if not_after <= job.not_after {
                 return Err(invalid(
                     "certificate.not_after",
-                    "must be later than job.not_after, or certificates would be issued already expired",
+                    "must be later than job.not_after, \
+                     or certificates would be issued already expired",
                 ));
             }
             CertValidity::NotAfter(not_after)
@@ -922,19 +943,7 @@ fn validate_certificate(
         Some(text) => {
             let t = template("san_uri", &text)?;
             let literal: String = t.literal_text().collect();
-            let scheme_len = text
-                .find(':')
-                .filter(|&n| n > 0 && !text[..n].contains(['{', '}']))
-                .unwrap_or(0);
-            let scheme_ok = scheme_len > 0
-                && text[..scheme_len]
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_alphabetic())
-                && text[..scheme_len]
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
-            if !scheme_ok {
+            if !has_uri_scheme(&text) {
                 return Err(invalid(
                     "certificate.san_uri",
                     "must start with a URI scheme such as \"urn:\"",
@@ -953,7 +962,10 @@ fn validate_certificate(
                 if let Some(c) = serial.prefix.chars().find(|&c| !is_uri_pchar(c)) {
                     return Err(invalid(
                         "certificate.san_uri",
-                        format!("uses {{serial}}, but serial.prefix contains {c:?}, which would need escaping in a URI"),
+                        format!(
+                            "uses {{serial}}, but serial.prefix contains {c:?}, \
+                             which would need escaping in a URI"
+                        ),
                     ));
                 }
             }
@@ -980,7 +992,8 @@ fn validate_lock(raw: raw::RawLock, driver: Driver) -> Result<LockPolicy, Policy
         return Err(invalid(
             "lock.require_challenge",
             format!(
-                "must be true when lock.level is {:?}: never lock a chip that has not proved it holds its key",
+                "must be true when lock.level is {:?}: \
+                 never lock a chip that has not proved it holds its key",
                 raw.level.as_str()
             ),
         ));

@@ -73,7 +73,8 @@ impl FromStr for Location {
 
 /// Parses a location, returning the problem (without field name) on error.
 pub(crate) fn parse_location(s: &str) -> Result<Location, String> {
-    const SHAPE: &str = "must look like \"keystore:0x0100\" (space keystore, flash, eeprom or otp; offset in hex with 0x or decimal)";
+    const SHAPE: &str = "must look like \"keystore:0x0100\" \
+        (space keystore, flash, eeprom or otp; offset in hex with 0x or decimal)";
     let Some((space, offset)) = s.split_once(':') else {
         return Err(SHAPE.to_owned());
     };

@@ -553,7 +553,8 @@ fn too_many_keys() {
     let mut text = BASE.to_owned();
     for i in 0..MAX_KEYS {
         text.push_str(&format!(
-            "\n[[keys]]\nname = \"k{i}\"\ntype = \"aes128\"\nsource = \"random\"\nlocation = \"flash:{i}\"\n"
+            "\n[[keys]]\nname = \"k{i}\"\ntype = \"aes128\"\n\
+             source = \"random\"\nlocation = \"flash:{i}\"\n"
         ));
     }
     assert_invalid(&text, "keys");

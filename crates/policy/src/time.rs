@@ -1,8 +1,8 @@
 //! RFC 3339 UTC timestamps, restricted to the `YYYY-MM-DDTHH:MM:SSZ` form.
 
 /// What a timestamp must look like, for error messages.
-pub(crate) const EXPECTED: &str =
-    "must be an RFC 3339 UTC time like \"2026-11-01T00:00:00Z\" (ending in Z, no fractional seconds)";
+pub(crate) const EXPECTED: &str = "must be an RFC 3339 UTC time like \"2026-11-01T00:00:00Z\" \
+    (ending in Z, no fractional seconds)";
 
 /// Parses `YYYY-MM-DDTHH:MM:SSZ` into seconds since the Unix epoch.
 ///
