@@ -108,10 +108,13 @@ impl UnverifiedSign1 {
             what,
             detail: e.to_string(),
         })?;
-        let again = inner.clone().to_tagged_vec().map_err(|e| CoseError::Malformed {
-            what,
-            detail: e.to_string(),
-        })?;
+        let again = inner
+            .clone()
+            .to_tagged_vec()
+            .map_err(|e| CoseError::Malformed {
+                what,
+                detail: e.to_string(),
+            })?;
         if again != bytes {
             return Err(CoseError::NotCanonical { what });
         }
@@ -162,7 +165,8 @@ impl UnverifiedSign1 {
         let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(public_key)
             .map_err(|_| CoseError::BadSignature { what })?;
         self.inner.verify_signature(b"", |sig, tbs| {
-            let sig = p256::ecdsa::Signature::from_slice(sig).map_err(|_| CoseError::BadSignature { what })?;
+            let sig = p256::ecdsa::Signature::from_slice(sig)
+                .map_err(|_| CoseError::BadSignature { what })?;
             let digest = Sha256::digest(tbs);
             vk.verify_prehash(&digest, &sig)
                 .map_err(|_| CoseError::BadSignature { what })
@@ -173,7 +177,12 @@ impl UnverifiedSign1 {
 
 /// The COSE_KDF_Context (RFC 9053 §5.2) with null PartyU/PartyV info:
 /// `[alg, [nil,nil,nil], [nil,nil,nil], [key_bits, protected, other]]`.
-pub fn kdf_context(key_wrap_alg: i64, key_bits: u64, recipient_protected: &[u8], other: &Value) -> Vec<u8> {
+pub fn kdf_context(
+    key_wrap_alg: i64,
+    key_bits: u64,
+    recipient_protected: &[u8],
+    other: &Value,
+) -> Vec<u8> {
     let nil3 = || Value::Array(vec![Value::Null, Value::Null, Value::Null]);
     let ctx = Value::Array(vec![
         Value::Integer(key_wrap_alg.into()),
@@ -207,7 +216,11 @@ pub fn encode(value: &Value) -> Vec<u8> {
 
 /// The 32-byte context block of the `p11v2-ecdh-aes-kdf` profile:
 /// `SHA-256("flashgate/p11v2-ecdh-aes-kdf/v1" || 0x00 || job id || recipient kid || ephemeral point)`.
-pub fn p11v2_context(job_id: &[u8; 16], recipient_kid: &[u8; 16], ephemeral_point: &[u8; 65]) -> [u8; 32] {
+pub fn p11v2_context(
+    job_id: &[u8; 16],
+    recipient_kid: &[u8; 16],
+    ephemeral_point: &[u8; 65],
+) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"flashgate/p11v2-ecdh-aes-kdf/v1\0");
     h.update(job_id);
@@ -217,10 +230,7 @@ pub fn p11v2_context(job_id: &[u8; 16], recipient_kid: &[u8; 16], ephemeral_poin
 }
 
 /// Host-side key derivation for both profiles, given the ECDH x-coordinate.
-pub fn derive_kek(
-    z: &[u8; 32],
-    kdf: KekDerivation<'_>,
-) -> Zeroizing<[u8; 32]> {
+pub fn derive_kek(z: &[u8; 32], kdf: KekDerivation<'_>) -> Zeroizing<[u8; 32]> {
     let mut kek = Zeroizing::new([0u8; 32]);
     match kdf {
         KekDerivation::Hkdf { info } => {
@@ -259,7 +269,10 @@ pub enum KekDerivation<'a> {
 /// The recipient protected header for a profile's key agreement algorithm:
 /// `{1: alg}` in deterministic CBOR.
 pub fn recipient_protected(alg: i64) -> Vec<u8> {
-    encode(&Value::Map(vec![(Value::Integer(1.into()), Value::Integer(alg.into()))]))
+    encode(&Value::Map(vec![(
+        Value::Integer(1.into()),
+        Value::Integer(alg.into()),
+    )]))
 }
 
 /// The content protected header `{1: alg}`.
@@ -337,8 +350,14 @@ pub fn cose_key_from_point(point: &[u8; 65]) -> Value {
     Value::Map(vec![
         (Value::Integer(1.into()), Value::Integer(2.into())),
         (Value::Integer((-1).into()), Value::Integer(1.into())),
-        (Value::Integer((-2).into()), Value::Bytes(point[1..33].to_vec())),
-        (Value::Integer((-3).into()), Value::Bytes(point[33..].to_vec())),
+        (
+            Value::Integer((-2).into()),
+            Value::Bytes(point[1..33].to_vec()),
+        ),
+        (
+            Value::Integer((-3).into()),
+            Value::Bytes(point[33..].to_vec()),
+        ),
     ])
 }
 
@@ -364,7 +383,15 @@ mod tests {
     #[test]
     fn kdf_context_matches_suit_layout() {
         // [-3, [nil,nil,nil], [nil,nil,nil], [128, h'a101381c', "SUIT Payload Encryption"]]
-        let ctx = kdf_context(-3, 128, &[0xa1, 0x01, 0x38, 0x1c], &Value::Text("SUIT Payload Encryption".into()));
-        assert_eq!(&ctx[..9], &[0x84, 0x22, 0x83, 0xf6, 0xf6, 0xf6, 0x83, 0xf6, 0xf6]);
+        let ctx = kdf_context(
+            -3,
+            128,
+            &[0xa1, 0x01, 0x38, 0x1c],
+            &Value::Text("SUIT Payload Encryption".into()),
+        );
+        assert_eq!(
+            &ctx[..9],
+            &[0x84, 0x22, 0x83, 0xf6, 0xf6, 0xf6, 0x83, 0xf6, 0xf6]
+        );
     }
 }

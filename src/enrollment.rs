@@ -87,14 +87,20 @@ impl Enrollment {
             (int(5), token),
             (
                 int(6),
-                Value::Array(self.profiles.iter().map(|p| Value::Text(p.name().to_owned())).collect()),
+                Value::Array(
+                    self.profiles
+                        .iter()
+                        .map(|p| Value::Text(p.name().to_owned()))
+                        .collect(),
+                ),
             ),
             (int(7), int(self.created)),
         ]))
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, EnrollmentError> {
-        let value: Value = ciborium::de::from_reader(bytes).map_err(|e| EnrollmentError::Malformed(e.to_string()))?;
+        let value: Value = ciborium::de::from_reader(bytes)
+            .map_err(|e| EnrollmentError::Malformed(e.to_string()))?;
         let mut f = Fields::new(value, "enrollment record")?;
         if f.uint(1)? != VERSION {
             return Err(EnrollmentError::Malformed("unsupported version".to_owned()));
@@ -111,7 +117,9 @@ impl Enrollment {
         };
         t.finish()?;
         let Value::Array(raw) = f.take(6)? else {
-            return Err(EnrollmentError::Malformed("profiles is not an array".to_owned()));
+            return Err(EnrollmentError::Malformed(
+                "profiles is not an array".to_owned(),
+            ));
         };
         // Unknown profiles (from a newer appliance) are skipped, not fatal.
         let profiles = raw
@@ -132,10 +140,14 @@ impl Enrollment {
             created,
         };
         if e.appliance_id != appliance_id(&e.ka_public, &e.log_public) {
-            return Err(EnrollmentError::Malformed("the appliance id does not match its keys".to_owned()));
+            return Err(EnrollmentError::Malformed(
+                "the appliance id does not match its keys".to_owned(),
+            ));
         }
         for k in [&e.ka_public, &e.log_public] {
-            p256::PublicKey::from_sec1_bytes(k).map_err(|_| EnrollmentError::Malformed("a public key is not a P-256 point".to_owned()))?;
+            p256::PublicKey::from_sec1_bytes(k).map_err(|_| {
+                EnrollmentError::Malformed("a public key is not a P-256 point".to_owned())
+            })?;
         }
         Ok(e)
     }
@@ -166,7 +178,9 @@ impl VerifiedEnrollment {
     pub fn parse(bytes: &[u8]) -> Result<Self, EnrollmentError> {
         let sign1 = UnverifiedSign1::parse(bytes, "enrollment record")?;
         if sign1.content_type() != Some(ENROLLMENT_CONTENT_TYPE) {
-            return Err(EnrollmentError::Malformed("this is not an enrollment record".to_owned()));
+            return Err(EnrollmentError::Malformed(
+                "this is not an enrollment record".to_owned(),
+            ));
         }
         let record = Enrollment::decode(sign1.payload_unverified())?;
         if sign1.key_id() != cose::key_id(&record.log_public) {

@@ -14,10 +14,19 @@ use flashgate::package::build::{build, JobInput};
 use flashgate::package::UnverifiedPackage;
 
 #[derive(Parser)]
-#[command(name = "flashgate", version, about = "Secure provisioning appliance: protected jobs, HSM-held keys, verifiable audit")]
+#[command(
+    name = "flashgate",
+    version,
+    about = "Secure provisioning appliance: protected jobs, HSM-held keys, verifiable audit"
+)]
 struct Cli {
     /// Appliance configuration file.
-    #[arg(long, global = true, env = "FLASHGATE_CONFIG", default_value = "appliance.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLASHGATE_CONFIG",
+        default_value = "appliance.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -122,7 +131,8 @@ fn run(cli: Cli, w: &mut String) -> Result<()> {
             let appliance = Appliance::open(ApplianceConfig::load(&cli.config)?)?;
             let (bytes, e) = appliance.enroll()?;
             if let Some(out) = out {
-                std::fs::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+                std::fs::write(&out, &bytes)
+                    .with_context(|| format!("cannot write {}", out.display()))?;
             }
             print_enrollment(w, &e);
             let _ = writeln!(w, "record:       {}", appliance.enrollment_path().display());
@@ -132,21 +142,61 @@ fn run(cli: Cli, w: &mut String) -> Result<()> {
             let e = appliance.enrollment()?;
             print_enrollment(w, &e);
             let _ = writeln!(w, "token objects:");
-            for (_, label) in appliance.token.labelled_objects()? {
-                let _ = writeln!(w, "  {label}");
+            for (h, label) in appliance.token.labelled_objects()? {
+                let class = appliance.token.object_class(h)?;
+                let a = appliance.token.key_attributes(h)?;
+                let uses: Vec<&str> = [
+                    (a.sign, "sign"),
+                    (a.derive, "derive"),
+                    (a.decrypt, "decrypt"),
+                    (a.unwrap, "unwrap"),
+                    (a.encrypt, "encrypt"),
+                    (a.wrap, "wrap"),
+                ]
+                .into_iter()
+                .filter_map(|(on, n)| on.then_some(n))
+                .collect();
+                let _ = writeln!(
+                    w,
+                    "  {label}  class={class} sensitive={} extractable={} usage={}",
+                    a.sensitive,
+                    a.extractable,
+                    if uses.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        uses.join(",")
+                    }
+                );
             }
         }
-        Command::Oem(OemCmd::Init { out, name, pkcs11_uri }) => {
+        Command::Oem(OemCmd::Init {
+            out,
+            name,
+            pkcs11_uri,
+        }) => {
             let store = match pkcs11_uri {
                 Some(uri) => KeyStore::Token(Pkcs11Uri::parse(&uri)?),
                 None => KeyStore::Files,
             };
             let cfg = oem::init(&out, &name, &store, now())?;
-            let _ = writeln!(w, "OEM material for '{}' written to {}", cfg.name, out.display());
+            let _ = writeln!(
+                w,
+                "OEM material for '{}' written to {}",
+                cfg.name,
+                out.display()
+            );
             let _ = writeln!(w, "  signing key:     {}", cfg.signing_key);
             let _ = writeln!(w, "  device root key: {}", cfg.root_key);
-            let _ = writeln!(w, "  root cert:       {}", out.join(&cfg.root_cert).display());
-            let _ = writeln!(w, "  give the CM:     {}", out.join("signing-key.pub.pem").display());
+            let _ = writeln!(
+                w,
+                "  root cert:       {}",
+                out.join(&cfg.root_cert).display()
+            );
+            let _ = writeln!(
+                w,
+                "  give the CM:     {}",
+                out.join("signing-key.pub.pem").display()
+            );
         }
         Command::Job(JobCmd::Build {
             oem: oem_dir,
@@ -157,16 +207,21 @@ fn run(cli: Cli, w: &mut String) -> Result<()> {
             profile,
             out,
         }) => {
-            let policy_toml = std::fs::read_to_string(&policy).with_context(|| format!("cannot read {}", policy.display()))?;
-            let parsed = flashgate_policy::Policy::from_toml_str(&policy_toml).with_context(|| format!("{}", policy.display()))?;
+            let policy_toml = std::fs::read_to_string(&policy)
+                .with_context(|| format!("cannot read {}", policy.display()))?;
+            let parsed = flashgate_policy::Policy::from_toml_str(&policy_toml)
+                .with_context(|| format!("{}", policy.display()))?;
             let mut images = Vec::new();
             for spec in &firmware {
                 let (path, base) = flashgate_firmware::parse_source_arg(spec)?;
-                let segs = flashgate_firmware::load_path(&path, base).with_context(|| format!("{}", path.display()))?;
+                let segs = flashgate_firmware::load_path(&path, base)
+                    .with_context(|| format!("{}", path.display()))?;
                 images.extend(segs);
             }
-            let record = std::fs::read(&appliance).with_context(|| format!("cannot read {}", appliance.display()))?;
-            let enrollment = VerifiedEnrollment::parse(&record).with_context(|| format!("{}", appliance.display()))?;
+            let record = std::fs::read(&appliance)
+                .with_context(|| format!("cannot read {}", appliance.display()))?;
+            let enrollment = VerifiedEnrollment::parse(&record)
+                .with_context(|| format!("{}", appliance.display()))?;
             if let Some(fp) = fingerprint {
                 if !fp.eq_ignore_ascii_case(&enrollment.fingerprint()) {
                     bail!(
@@ -177,7 +232,9 @@ fn run(cli: Cli, w: &mut String) -> Result<()> {
                 }
             }
             let profile = match profile {
-                Some(p) => Some(Profile::from_name(&p).with_context(|| format!("unknown profile '{p}' (cose-ecdh-es-a256kw or p11v2-ecdh-aes-kdf)"))?),
+                Some(p) => Some(Profile::from_name(&p).with_context(|| {
+                    format!("unknown profile '{p}' (cose-ecdh-es-a256kw or p11v2-ecdh-aes-kdf)")
+                })?),
                 None => None,
             };
             let oem = Oem::load(&oem_dir)?;
@@ -190,8 +247,10 @@ fn run(cli: Cli, w: &mut String) -> Result<()> {
                 now: now(),
                 profile,
             })?;
-            std::fs::write(&out, &job.bytes).with_context(|| format!("cannot write {}", out.display()))?;
-            let _ = writeln!(w, 
+            std::fs::write(&out, &job.bytes)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            let _ = writeln!(
+                w,
                 "built job {} for appliance {} ({}, {} image(s), {}) -> {}",
                 job.manifest.job_id_hex(),
                 job.manifest.appliance_id,
@@ -202,16 +261,27 @@ fn run(cli: Cli, w: &mut String) -> Result<()> {
             );
         }
         Command::Job(JobCmd::Inspect { package }) => {
-            let bytes = std::fs::read(&package).with_context(|| format!("cannot read {}", package.display()))?;
+            let bytes = std::fs::read(&package)
+                .with_context(|| format!("cannot read {}", package.display()))?;
             let parsed = UnverifiedPackage::parse(&bytes)?;
             let (m, kid) = parsed.manifest_unverified()?;
-            let _ = writeln!(w, "job {}  (signature NOT checked here; `job import` checks it)", m.job_id_hex());
+            let _ = writeln!(
+                w,
+                "job {}  (signature NOT checked here; `job import` checks it)",
+                m.job_id_hex()
+            );
             let _ = writeln!(w, "  signed by OEM key id  {}", hex::encode(kid));
-            let _ = writeln!(w, "  for appliance         {} (enrollment {})", m.appliance_id, hex::encode(m.enrollment_digest));
+            let _ = writeln!(
+                w,
+                "  for appliance         {} (enrollment {})",
+                m.appliance_id,
+                hex::encode(m.enrollment_digest)
+            );
             let _ = writeln!(w, "  key transport         {}", m.profile);
             let _ = writeln!(w, "  built                 {}", display::time(m.created));
             for (i, im) in m.images.iter().enumerate() {
-                let _ = writeln!(w, 
+                let _ = writeln!(
+                    w,
                     "  image {}               0x{:08x}  {} ({} bytes)  sha256 {}",
                     i + 1,
                     im.address,
@@ -223,8 +293,18 @@ fn run(cli: Cli, w: &mut String) -> Result<()> {
             match flashgate_policy::Policy::from_toml_str(&m.policy_toml) {
                 Ok(p) => {
                     let j = p.job();
-                    let _ = writeln!(w, "  product               {} (security version {})", j.product.as_str(), j.security_version);
-                    let _ = writeln!(w, "  valid                 {} .. {}", display::time(j.not_before), display::time(j.not_after));
+                    let _ = writeln!(
+                        w,
+                        "  product               {} (security version {})",
+                        j.product.as_str(),
+                        j.security_version
+                    );
+                    let _ = writeln!(
+                        w,
+                        "  valid                 {} .. {}",
+                        display::time(j.not_before),
+                        display::time(j.not_after)
+                    );
                     let _ = writeln!(w, "  quota                 {} units", j.quota);
                 }
                 Err(e) => {
@@ -240,7 +320,8 @@ fn run(cli: Cli, w: &mut String) -> Result<()> {
             let appliance = open_appliance(&cli.config)?;
             let job = appliance.import(&package)?;
             let j = job.policy.job();
-            let _ = writeln!(w, 
+            let _ = writeln!(
+                w,
                 "imported job {}: product {} (security version {}), quota {}, valid until {}",
                 job.manifest.job_id_hex(),
                 j.product.as_str(),
@@ -257,7 +338,8 @@ fn run(cli: Cli, w: &mut String) -> Result<()> {
             }
             for job in jobs {
                 let j = job.policy.job();
-                let _ = writeln!(w, 
+                let _ = writeln!(
+                    w,
                     "{}  {}  svn {}  quota {}  until {}  {} image(s)",
                     job.manifest.job_id_hex(),
                     j.product.as_str(),
@@ -281,8 +363,20 @@ fn print_enrollment(w: &mut String, e: &VerifiedEnrollment) {
     use std::fmt::Write as _;
     let r = &e.record;
     let _ = writeln!(w, "appliance:    {}", r.appliance_id);
-    let _ = writeln!(w, "token:        {} {} serial {} label '{}'", r.token.manufacturer, r.token.model, r.token.serial, r.token.label);
-    let _ = writeln!(w, "profiles:     {}", r.profiles.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "));
+    let _ = writeln!(
+        w,
+        "token:        {} {} serial {} label '{}'",
+        r.token.manufacturer, r.token.model, r.token.serial, r.token.label
+    );
+    let _ = writeln!(
+        w,
+        "profiles:     {}",
+        r.profiles
+            .iter()
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let _ = writeln!(w, "enrolled:     {}", display::time(r.created));
     let _ = writeln!(w, "fingerprint:  {}", e.fingerprint());
 }
@@ -297,7 +391,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the outermost context, then the causes.
-            let msg = e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ");
+            // Causes already quoted by their parent's message are not repeated.
+            let mut parts: Vec<String> = Vec::new();
+            for cause in e.chain() {
+                let text = cause.to_string();
+                if !parts.last().is_some_and(|p| p.contains(&text)) {
+                    parts.push(text);
+                }
+            }
+            let msg = parts.join(": ");
             eprintln!("error: {msg}");
             ExitCode::from(2)
         }

@@ -56,7 +56,9 @@ struct RawTrust {
 #[non_exhaustive]
 pub enum ConfigError {
     /// Unreadable.
-    #[error("cannot read the appliance config {path}: {source}; pass --config or set FLASHGATE_CONFIG")]
+    #[error(
+        "cannot read the appliance config {path}: {source}; pass --config or set FLASHGATE_CONFIG"
+    )]
     Read {
         path: PathBuf,
         #[source]

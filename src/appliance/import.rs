@@ -11,11 +11,17 @@ use flashgate_policy::{Policy, PolicyError};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::{io_err, write_atomic, Appliance, ApplianceError, IMPORTED_PREFIX, JOB_KEY_PREFIX, SVN_PREFIX};
+use super::{
+    io_err, write_atomic, Appliance, ApplianceError, IMPORTED_PREFIX, JOB_KEY_PREFIX, SVN_PREFIX,
+};
 use crate::cose::{self, ALG_A256KWP_CONTENT};
 use crate::hsm::{EcdhKdf, HsmError, KeyUse, Profile, Token};
-use crate::package::encrypt::{recipient_alg, EncryptObject, KdfInput, RecipientContext, ALG_A256GCM};
-use crate::package::{chunk_external_aad, chunk_nonce, Manifest, PackageError, SignedPackage, UnverifiedPackage};
+use crate::package::encrypt::{
+    recipient_alg, EncryptObject, KdfInput, RecipientContext, ALG_A256GCM,
+};
+use crate::package::{
+    chunk_external_aad, chunk_nonce, Manifest, PackageError, SignedPackage, UnverifiedPackage,
+};
 
 /// Why an import was refused. Each message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +47,11 @@ pub enum ImportError {
     Expired(u64),
     /// Security version lower than one already imported.
     #[error("this job has security version {svn} for product '{product}', but version {floor} was already imported; older firmware is refused (anti-rollback)")]
-    Rollback { product: String, svn: u32, floor: u32 },
+    Rollback {
+        product: String,
+        svn: u32,
+        floor: u32,
+    },
     /// The same job again.
     #[error("job {id} was already imported on this appliance (a job can be imported only once, even after removal)")]
     AlreadyImported { id: String },
@@ -49,7 +59,9 @@ pub enum ImportError {
     #[error("this package was not made for this appliance, or was altered ({what} could not be unwrapped); ask the OEM for a fresh package built for this appliance")]
     NotForThisAppliance { what: String },
     /// Decryption failed.
-    #[error("this package was altered: {what} failed its integrity check; ask the OEM for a fresh copy")]
+    #[error(
+        "this package was altered: {what} failed its integrity check; ask the OEM for a fresh copy"
+    )]
     Altered { what: String },
     /// The decrypted firmware is not what the manifest says.
     #[error("the decrypted image {index} does not match its signed digest; the package was altered or built wrongly")]
@@ -140,7 +152,9 @@ impl Appliance {
 
         // Binding, validity, anti-rollback, replay.
         let enrollment = self.enrollment()?;
-        if m.appliance_id != enrollment.record.appliance_id || m.recipient_kid != enrollment.record.ka_kid() {
+        if m.appliance_id != enrollment.record.appliance_id
+            || m.recipient_kid != enrollment.record.ka_kid()
+        {
             return Err(ImportError::WrongAppliance {
                 job_for: m.appliance_id.clone(),
                 this: enrollment.record.appliance_id,
@@ -165,7 +179,11 @@ impl Appliance {
                 floor,
             });
         }
-        if !self.token.find_by_label(&format!("{IMPORTED_PREFIX}{id}"))?.is_empty() {
+        if !self
+            .token
+            .find_by_label(&format!("{IMPORTED_PREFIX}{id}"))?
+            .is_empty()
+        {
             return Err(ImportError::AlreadyImported { id });
         }
         self.token.require(m.profile)?;
@@ -181,12 +199,37 @@ impl Appliance {
             job_id: &m.job_id,
             kid: &m.recipient_kid,
         };
-        let master = open_secret(&self.token, ka, ctx, signed.device_master, "device-master key", KeyUse::HmacSign, &job_key_label(&id, "master"), &m.job_id)?;
+        let master = open_secret(
+            &self.token,
+            ka,
+            ctx,
+            signed.device_master,
+            "device-master key",
+            KeyUse::HmacSign,
+            &job_key_label(&id, "master"),
+            &m.job_id,
+        )?;
         created.handles.push(master);
-        let ca = open_secret(&self.token, ka, ctx, signed.job_ca_key, "job CA key", KeyUse::EcSign, &job_key_label(&id, "ca"), &m.job_id)?;
+        let ca = open_secret(
+            &self.token,
+            ka,
+            ctx,
+            signed.job_ca_key,
+            "job CA key",
+            KeyUse::EcSign,
+            &job_key_label(&id, "ca"),
+            &m.job_id,
+        )?;
         created.handles.push(ca);
         for i in 0..signed.images.len() {
-            let cek = open_image_key(&self.token, ka, ctx, &signed, i, Some((&job_key_label(&id, &format!("image{i}")), &m.job_id)))?;
+            let cek = open_image_key(
+                &self.token,
+                ka,
+                ctx,
+                &signed,
+                i,
+                Some((&job_key_label(&id, &format!("image{i}")), &m.job_id)),
+            )?;
             created.handles.push(cek);
             // Decrypt only to check the digest; the plaintext is dropped (and zeroized) per chunk.
             let digest = decrypt_image(&self.token, cek, &signed, i, |_| {})?;
@@ -201,15 +244,20 @@ impl Appliance {
         let result = (|| -> Result<(), ImportError> {
             write_atomic(&dir.join("package.fgj"), &bytes)?;
             if job.security_version > floor {
-                let old = self.token.find_by_label(&format!("{SVN_PREFIX}{}", job.product.as_str()))?;
-                self.token
-                    .create_data(&format!("{SVN_PREFIX}{}", job.product.as_str()), &job.security_version.to_be_bytes())?;
+                let old = self
+                    .token
+                    .find_by_label(&format!("{SVN_PREFIX}{}", job.product.as_str()))?;
+                self.token.create_data(
+                    &format!("{SVN_PREFIX}{}", job.product.as_str()),
+                    &job.security_version.to_be_bytes(),
+                )?;
                 for h in old {
                     self.token.destroy(h)?;
                 }
             }
             let record = cose::encode(&ciborium::value::Value::Integer(now.into()));
-            self.token.create_data(&format!("{IMPORTED_PREFIX}{id}"), &record)?;
+            self.token
+                .create_data(&format!("{IMPORTED_PREFIX}{id}"), &record)?;
             Ok(())
         })();
         if let Err(e) = result {
@@ -227,10 +275,18 @@ impl Appliance {
 }
 
 /// ECDH + KDF in the token for one recipient; the result can only unwrap.
-fn recipient_kek(token: &Token, ka: ObjectHandle, ctx: RecipientContext<'_>, obj: &EncryptObject, what: &str) -> Result<ObjectHandle, ImportError> {
+fn recipient_kek(
+    token: &Token,
+    ka: ObjectHandle,
+    ctx: RecipientContext<'_>,
+    obj: &EncryptObject,
+    what: &str,
+) -> Result<ObjectHandle, ImportError> {
     let r = &obj.recipient;
     if r.protected != cose::recipient_protected(recipient_alg(ctx.profile)) || r.kid != *ctx.kid {
-        return Err(ImportError::NotForThisAppliance { what: what.to_owned() });
+        return Err(ImportError::NotForThisAppliance {
+            what: what.to_owned(),
+        });
     }
     let input = ctx.kdf_input(&r.protected, &r.ephemeral);
     let kdf = match &input {
@@ -239,7 +295,9 @@ fn recipient_kek(token: &Token, ka: ObjectHandle, ctx: RecipientContext<'_>, obj
     };
     token
         .ecdh_kek(ka, &r.ephemeral, kdf)
-        .map_err(|_| ImportError::NotForThisAppliance { what: what.to_owned() })
+        .map_err(|_| ImportError::NotForThisAppliance {
+            what: what.to_owned(),
+        })
 }
 
 /// Unwraps a secret `COSE_Encrypt` into a token object.
@@ -258,24 +316,33 @@ fn open_secret(
     let kek = recipient_kek(token, ka, ctx, &obj, what)?;
     let cek = token.unwrap_aes_kw(kek, &obj.recipient.wrapped_cek, KeyUse::AesUnwrap, None);
     let _ = token.destroy(kek);
-    let cek = cek.map_err(|_| ImportError::NotForThisAppliance { what: what.to_owned() })?;
+    let cek = cek.map_err(|_| ImportError::NotForThisAppliance {
+        what: what.to_owned(),
+    })?;
     let ct = obj.ciphertext.as_deref().unwrap_or_default();
     let result = match (ctx.profile, obj.alg, obj.iv) {
         (Profile::CoseEcdhEsA256kw, ALG_A256GCM, Some(iv)) => {
             let aad = cose::enc_structure(&obj.protected, b"");
             token.unwrap_aes_gcm(cek, &iv, &aad, ct, usage, Some((label, id)))
         }
-        (Profile::P11v2EcdhAesKdf, ALG_A256KWP_CONTENT, None) => token.unwrap_aes_kwp(cek, ct, usage, Some((label, id))),
+        (Profile::P11v2EcdhAesKdf, ALG_A256KWP_CONTENT, None) => {
+            token.unwrap_aes_kwp(cek, ct, usage, Some((label, id)))
+        }
         _ => {
             let _ = token.destroy(cek);
             return Err(PackageError::Malformed {
-                detail: format!("the {what} uses a content algorithm the {} profile does not allow", ctx.profile),
+                detail: format!(
+                    "the {what} uses a content algorithm the {} profile does not allow",
+                    ctx.profile
+                ),
             }
             .into());
         }
     };
     let _ = token.destroy(cek);
-    result.map_err(|_| ImportError::Altered { what: format!("the wrapped {what}") })
+    result.map_err(|_| ImportError::Altered {
+        what: format!("the wrapped {what}"),
+    })
 }
 
 /// Unwraps an image's content key (a token object if `persist` names it).

@@ -71,7 +71,10 @@ pub enum ApplianceError {
     NoSuchJob { id: String },
 }
 
-pub(crate) fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ApplianceError + 'a {
+pub(crate) fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ApplianceError + 'a {
     move |source| ApplianceError::Io {
         action,
         path: path.to_owned(),
@@ -145,14 +148,20 @@ impl Appliance {
     /// `appliance init`: creates both key pairs in the token and writes the
     /// signed enrollment record to the state directory. Returns its bytes.
     pub fn enroll(&self) -> Result<(Vec<u8>, VerifiedEnrollment), ApplianceError> {
-        if !self.token.find_by_label(KA_LABEL)?.is_empty() || !self.token.find_by_label(LOG_LABEL)?.is_empty() {
+        if !self.token.find_by_label(KA_LABEL)?.is_empty()
+            || !self.token.find_by_label(LOG_LABEL)?.is_empty()
+        {
             return Err(ApplianceError::AlreadyEnrolled {
                 label: self.config.token.label.clone(),
             });
         }
         let profiles = self.token.mechanisms().supported_profiles();
-        let ka = self.token.generate_p256(KA_LABEL, KA_LABEL.as_bytes(), KeyUse::AesUnwrap)?;
-        let log = self.token.generate_p256(LOG_LABEL, LOG_LABEL.as_bytes(), KeyUse::EcSign)?;
+        let ka = self
+            .token
+            .generate_p256(KA_LABEL, KA_LABEL.as_bytes(), KeyUse::AesUnwrap)?;
+        let log = self
+            .token
+            .generate_p256(LOG_LABEL, LOG_LABEL.as_bytes(), KeyUse::EcSign)?;
         let ka_public = self.token.ec_point(ka.public)?;
         let log_public = self.token.ec_point(log.public)?;
         let record = Enrollment {
@@ -169,11 +178,13 @@ impl Appliance {
             public: log_public,
         };
         let bytes = record.sign(&signer)?;
-        let verified = VerifiedEnrollment::parse(&bytes).map_err(|source| ApplianceError::Enrollment {
-            path: self.enrollment_path(),
-            source,
-        })?;
-        fs::create_dir_all(&self.config.state_dir).map_err(io_err("cannot create", &self.config.state_dir))?;
+        let verified =
+            VerifiedEnrollment::parse(&bytes).map_err(|source| ApplianceError::Enrollment {
+                path: self.enrollment_path(),
+                source,
+            })?;
+        fs::create_dir_all(&self.config.state_dir)
+            .map_err(io_err("cannot create", &self.config.state_dir))?;
         write_atomic(&self.enrollment_path(), &bytes)?;
         Ok((bytes, verified))
     }
@@ -194,7 +205,9 @@ impl Appliance {
             path: path.clone(),
             source,
         })?;
-        if e.record.ka_public != self.token.ec_point(ka.public)? || e.record.log_public != self.token.ec_point(log.public)? {
+        if e.record.ka_public != self.token.ec_point(ka.public)?
+            || e.record.log_public != self.token.ec_point(log.public)?
+        {
             return Err(ApplianceError::EnrollmentMismatch { path });
         }
         Ok(e)
@@ -209,7 +222,9 @@ impl Appliance {
 
     /// The log-signing key as a signer.
     pub fn log_signer(&self) -> Result<LogSigner<'_>, ApplianceError> {
-        let kp = self.key_pair(LOG_LABEL)?.ok_or(ApplianceError::NotEnrolled)?;
+        let kp = self
+            .key_pair(LOG_LABEL)?
+            .ok_or(ApplianceError::NotEnrolled)?;
         Ok(LogSigner {
             token: &self.token,
             key: kp.private,
@@ -234,7 +249,9 @@ impl Appliance {
             .filter_map(|(_, l)| l.strip_prefix(IMPORTED_PREFIX).map(str::to_owned))
             .collect();
         for (h, label) in &objects {
-            let Some(rest) = label.strip_prefix(JOB_KEY_PREFIX) else { continue };
+            let Some(rest) = label.strip_prefix(JOB_KEY_PREFIX) else {
+                continue;
+            };
             let id = rest.split(':').next().unwrap_or_default();
             let dir_ok = self.job_dir(id).join("package.fgj").exists();
             if !committed.contains(id) || !dir_ok {
@@ -247,7 +264,8 @@ impl Appliance {
             for entry in rd.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if !committed.contains(&name) || !entry.path().join("package.fgj").exists() {
-                    fs::remove_dir_all(entry.path()).map_err(io_err("cannot remove", &entry.path()))?;
+                    fs::remove_dir_all(entry.path())
+                        .map_err(io_err("cannot remove", &entry.path()))?;
                     cleaned.push(format!("removed incomplete job directory {name}"));
                 }
             }
@@ -264,7 +282,11 @@ impl Appliance {
         };
         for entry in rd.flatten() {
             let id = entry.file_name().to_string_lossy().into_owned();
-            if self.token.find_by_label(&format!("{IMPORTED_PREFIX}{id}"))?.is_empty() {
+            if self
+                .token
+                .find_by_label(&format!("{IMPORTED_PREFIX}{id}"))?
+                .is_empty()
+            {
                 continue;
             }
             if let Ok(job) = ImportedJob::load(&entry.path(), &self.config.trust.keys) {
@@ -279,7 +301,12 @@ impl Appliance {
     /// marker stays, so the same job can never be imported again.
     pub fn remove_job(&self, id: &str) -> Result<(), ApplianceError> {
         let dir = self.job_dir(id);
-        if !dir.join("package.fgj").exists() || self.token.find_by_label(&format!("{IMPORTED_PREFIX}{id}"))?.is_empty() {
+        if !dir.join("package.fgj").exists()
+            || self
+                .token
+                .find_by_label(&format!("{IMPORTED_PREFIX}{id}"))?
+                .is_empty()
+        {
             return Err(ApplianceError::NoSuchJob { id: id.to_owned() });
         }
         for (h, label) in self.token.labelled_objects()? {
@@ -294,7 +321,10 @@ impl Appliance {
     /// The security-version floor of a product (0 if none was imported).
     pub fn svn_floor(&self, product: &str) -> Result<u32, ApplianceError> {
         let mut floor = 0;
-        for h in self.token.find_by_label(&format!("{SVN_PREFIX}{product}"))? {
+        for h in self
+            .token
+            .find_by_label(&format!("{SVN_PREFIX}{product}"))?
+        {
             let v = self.token.data_value(h)?;
             if let Ok(b) = <[u8; 4]>::try_from(v.as_slice()) {
                 floor = floor.max(u32::from_be_bytes(b));

@@ -18,7 +18,9 @@ pub enum HsmError {
     #[error("the token '{label}' refused the PIN; check the PIN file or variable named in the appliance config")]
     WrongPin { label: String },
     /// Too many wrong PINs.
-    #[error("the user PIN of token '{label}' is locked; the token's security officer must reset it")]
+    #[error(
+        "the user PIN of token '{label}' is locked; the token's security officer must reset it"
+    )]
     PinLocked { label: String },
     /// The PIN source could not be read.
     #[error("cannot read the token PIN: {0}")]

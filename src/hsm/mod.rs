@@ -211,7 +211,12 @@ impl Token {
     /// Generates a P-256 key pair that never leaves the token.
     /// `usage` is [`KeyUse::EcSign`] for a signing key; any other value makes
     /// a derive-only (key-agreement) key.
-    pub fn generate_p256(&self, label: &str, id: &[u8], usage: KeyUse) -> Result<KeyPair, HsmError> {
+    pub fn generate_p256(
+        &self,
+        label: &str,
+        id: &[u8],
+        usage: KeyUse,
+    ) -> Result<KeyPair, HsmError> {
         let sign = usage == KeyUse::EcSign;
         let public = [
             Attribute::Token(true),
@@ -260,7 +265,11 @@ impl Token {
         let point: &[u8] = match raw.as_slice() {
             [0x04, 0x41, rest @ ..] if rest.len() == 65 => rest,
             p if p.len() == 65 => p,
-            _ => return Err(HsmError::Unexpected("CKA_EC_POINT is not an uncompressed P-256 point")),
+            _ => {
+                return Err(HsmError::Unexpected(
+                    "CKA_EC_POINT is not an uncompressed P-256 point",
+                ))
+            }
         };
         let mut out = [0u8; 65];
         out.copy_from_slice(point);
@@ -273,13 +282,17 @@ impl Token {
             .session
             .sign(&Mechanism::Ecdsa, key, digest)
             .map_err(|e| HsmError::op("sign with ECDSA", e))?;
-        sig.as_slice()
-            .try_into()
-            .map_err(|_| HsmError::Unexpected("the token returned an ECDSA signature that is not 64 bytes"))
+        sig.as_slice().try_into().map_err(|_| {
+            HsmError::Unexpected("the token returned an ECDSA signature that is not 64 bytes")
+        })
     }
 
     /// HMAC-SHA256 with a generic-secret key held in the token.
-    pub fn hmac_sha256(&self, key: ObjectHandle, data: &[u8]) -> Result<Zeroizing<[u8; 32]>, HsmError> {
+    pub fn hmac_sha256(
+        &self,
+        key: ObjectHandle,
+        data: &[u8],
+    ) -> Result<Zeroizing<[u8; 32]>, HsmError> {
         let mac = Zeroizing::new(
             self.session
                 .sign(&Mechanism::Sha256Hmac, key, data)
@@ -287,7 +300,9 @@ impl Token {
         );
         let mut out = Zeroizing::new([0u8; 32]);
         if mac.len() != 32 {
-            return Err(HsmError::Unexpected("the token returned an HMAC that is not 32 bytes"));
+            return Err(HsmError::Unexpected(
+                "the token returned an HMAC that is not 32 bytes",
+            ));
         }
         out.copy_from_slice(&mac);
         Ok(out)
@@ -337,14 +352,18 @@ impl Token {
         ];
         let result = match kdf {
             EcdhKdf::Hkdf { info } => {
-                let params = HkdfParams::new(MechanismType::SHA256_HMAC, Some(HkdfSalt::Null), Some(info));
+                let params =
+                    HkdfParams::new(MechanismType::SHA256_HMAC, Some(HkdfSalt::Null), Some(info));
                 self.session
                     .derive_key(&Mechanism::HkdfDerive(params), shared, &kek_template)
             }
             EcdhKdf::AesCbc { context } => {
                 let params = AesCbcDeriveParams::new([0u8; 16], context);
-                self.session
-                    .derive_key(&Mechanism::AesCbcEncryptData(params), shared, &kek_template)
+                self.session.derive_key(
+                    &Mechanism::AesCbcEncryptData(params),
+                    shared,
+                    &kek_template,
+                )
             }
         };
         let _ = self.session.destroy_object(shared);
@@ -407,22 +426,31 @@ impl Token {
             template.push(Attribute::Label(label.as_bytes().to_vec()));
             template.push(Attribute::Id(id.to_vec()));
         }
+        // Every usage flag is set explicitly: some tokens default the ones a
+        // template leaves out to true (SoftHSM does for unwrapped secrets).
         match usage {
-            KeyUse::AesDecrypt | KeyUse::AesUnwrap => {
+            KeyUse::AesDecrypt | KeyUse::AesUnwrap | KeyUse::HmacSign => {
                 template.push(Attribute::Class(ObjectClass::SECRET_KEY));
-                template.push(Attribute::KeyType(KeyType::AES));
+                template.push(Attribute::KeyType(if usage == KeyUse::HmacSign {
+                    KeyType::GENERIC_SECRET
+                } else {
+                    KeyType::AES
+                }));
                 template.push(Attribute::Decrypt(usage == KeyUse::AesDecrypt));
                 template.push(Attribute::Unwrap(usage == KeyUse::AesUnwrap));
-            }
-            KeyUse::HmacSign => {
-                template.push(Attribute::Class(ObjectClass::SECRET_KEY));
-                template.push(Attribute::KeyType(KeyType::GENERIC_SECRET));
-                template.push(Attribute::Sign(true));
+                template.push(Attribute::Sign(usage == KeyUse::HmacSign));
+                template.push(Attribute::Encrypt(false));
+                template.push(Attribute::Wrap(false));
+                template.push(Attribute::Verify(false));
+                template.push(Attribute::Derive(false));
             }
             KeyUse::EcSign => {
                 template.push(Attribute::Class(ObjectClass::PRIVATE_KEY));
                 template.push(Attribute::KeyType(KeyType::EC));
                 template.push(Attribute::Sign(true));
+                template.push(Attribute::Decrypt(false));
+                template.push(Attribute::Unwrap(false));
+                template.push(Attribute::Derive(false));
             }
         }
         self.session
@@ -543,7 +571,9 @@ fn find_slot(pkcs11: &Pkcs11, label: &str) -> Result<Slot, HsmError> {
         .map_err(|e| HsmError::op("list the token slots", e))?;
     let mut seen = Vec::new();
     for slot in slots {
-        let Ok(info) = pkcs11.get_token_info(slot) else { continue };
+        let Ok(info) = pkcs11.get_token_info(slot) else {
+            continue;
+        };
         if !info.token_initialized() {
             continue;
         }

@@ -3,8 +3,8 @@
 //! same code signs with a key file or inside a token.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyUsagePurpose, PublicKeyData,
-    SerialNumber, SigningKey,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyUsagePurpose,
+    PublicKeyData, SerialNumber, SigningKey,
 };
 use time::OffsetDateTime;
 
@@ -50,7 +50,8 @@ impl SigningKey for RcgenSigner<'_> {
             .signer
             .sign_digest(&digest)
             .map_err(|_| rcgen::Error::RemoteKeyError)?;
-        let sig = p256::ecdsa::Signature::from_slice(&raw).map_err(|_| rcgen::Error::RemoteKeyError)?;
+        let sig =
+            p256::ecdsa::Signature::from_slice(&raw).map_err(|_| rcgen::Error::RemoteKeyError)?;
         Ok(sig.to_der().as_bytes().to_vec())
     }
 }
@@ -69,7 +70,8 @@ impl PublicKeyData for SubjectKey {
 }
 
 fn at(unix: u64) -> Result<OffsetDateTime, OemError> {
-    let secs = i64::try_from(unix).map_err(|_| OemError::Certificate("time out of range".to_owned()))?;
+    let secs =
+        i64::try_from(unix).map_err(|_| OemError::Certificate("time out of range".to_owned()))?;
     OffsetDateTime::from_unix_timestamp(secs).map_err(|e| OemError::Certificate(e.to_string()))
 }
 
@@ -97,7 +99,11 @@ fn root_params(name: &str, now: u64) -> Result<CertificateParams, OemError> {
 }
 
 /// The OEM's self-signed device-root CA certificate (DER).
-pub fn oem_root_certificate(root: &dyn Es256Signer, name: &str, now: u64) -> Result<Vec<u8>, OemError> {
+pub fn oem_root_certificate(
+    root: &dyn Es256Signer,
+    name: &str,
+    now: u64,
+) -> Result<Vec<u8>, OemError> {
     let p = root_params(name, now)?;
     let signer = RcgenSigner::new(root);
     let cert = p

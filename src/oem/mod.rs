@@ -54,10 +54,14 @@ pub enum OemError {
     #[error(transparent)]
     Hsm(#[from] HsmError),
     /// No key with that label in the OEM token.
-    #[error("the OEM token has no key labelled '{label}'; run `flashgate oem init` with this URI first")]
+    #[error(
+        "the OEM token has no key labelled '{label}'; run `flashgate oem init` with this URI first"
+    )]
     KeyNotFound { label: String },
     /// Refusing to overwrite.
-    #[error("{path} already exists; refusing to overwrite OEM keys (choose another --out directory)")]
+    #[error(
+        "{path} already exists; refusing to overwrite OEM keys (choose another --out directory)"
+    )]
     Exists { path: PathBuf },
     /// Certificate generation failed.
     #[error("cannot issue a certificate: {0}")]
@@ -113,8 +117,16 @@ impl std::fmt::Debug for OemSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
         match self {
-            Self::File { public, .. } => write!(f, "OemSigner::File(kid {})", hex::encode(cose::key_id(public))),
-            Self::Token { public, .. } => write!(f, "OemSigner::Token(kid {})", hex::encode(cose::key_id(public))),
+            Self::File { public, .. } => write!(
+                f,
+                "OemSigner::File(kid {})",
+                hex::encode(cose::key_id(public))
+            ),
+            Self::Token { public, .. } => write!(
+                f,
+                "OemSigner::Token(kid {})",
+                hex::encode(cose::key_id(public))
+            ),
         }
     }
 }
@@ -137,7 +149,9 @@ impl Es256Signer for OemSigner {
                 out.copy_from_slice(&sig.to_bytes());
                 Ok(out)
             }
-            Self::Token { token, key, .. } => token.sign_prehash(*key, digest).map_err(|e| SignerError(e.to_string())),
+            Self::Token { token, key, .. } => token
+                .sign_prehash(*key, digest)
+                .map_err(|e| SignerError(e.to_string())),
         }
     }
 }
@@ -146,13 +160,10 @@ impl Es256Signer for OemSigner {
 pub fn load_signer(reference: &str, base: &Path) -> Result<OemSigner, OemError> {
     if reference.starts_with("pkcs11:") {
         let uri = Pkcs11Uri::parse(reference)?;
-        let label = uri
-            .object
-            .clone()
-            .ok_or_else(|| OemError::Config {
-                path: base.to_owned(),
-                detail: format!("the URI '{reference}' names no object="),
-            })?;
+        let label = uri.object.clone().ok_or_else(|| OemError::Config {
+            path: base.to_owned(),
+            detail: format!("the URI '{reference}' names no object="),
+        })?;
         let token = Token::open(&uri.token_config())?;
         let handles = token.find_by_label(&label)?;
         let mut private = None;
@@ -160,7 +171,9 @@ pub fn load_signer(reference: &str, base: &Path) -> Result<OemSigner, OemError> 
         for h in handles {
             match token.object_class(h)? {
                 c if c == cryptoki::object::ObjectClass::PRIVATE_KEY => private = Some(h),
-                c if c == cryptoki::object::ObjectClass::PUBLIC_KEY => public = Some(token.ec_point(h)?),
+                c if c == cryptoki::object::ObjectClass::PUBLIC_KEY => {
+                    public = Some(token.ec_point(h)?)
+                }
                 _ => {}
             }
         }
@@ -175,7 +188,8 @@ pub fn load_signer(reference: &str, base: &Path) -> Result<OemSigner, OemError> 
     } else {
         let path = base.join(reference);
         let pem = Zeroizing::new(fs::read_to_string(&path).map_err(io("cannot read", &path))?);
-        let key = p256::ecdsa::SigningKey::from_pkcs8_pem(&pem).map_err(|_| OemError::BadKeyFile { path: path.clone() })?;
+        let key = p256::ecdsa::SigningKey::from_pkcs8_pem(&pem)
+            .map_err(|_| OemError::BadKeyFile { path: path.clone() })?;
         let public = cose::sec1_uncompressed(&p256::PublicKey::from(key.verifying_key()));
         Ok(OemSigner::File { key, public })
     }
@@ -207,10 +221,11 @@ impl Oem {
         let root = load_signer(&config.root_key, dir)?;
         let cert_path = dir.join(&config.root_cert);
         let pem_text = fs::read_to_string(&cert_path).map_err(io("cannot read", &cert_path))?;
-        let root_cert_der = certs::pem_to_der(&pem_text, "CERTIFICATE").ok_or_else(|| OemError::Config {
-            path: cert_path.clone(),
-            detail: "not a PEM certificate".to_owned(),
-        })?;
+        let root_cert_der =
+            certs::pem_to_der(&pem_text, "CERTIFICATE").ok_or_else(|| OemError::Config {
+                path: cert_path.clone(),
+                detail: "not a PEM certificate".to_owned(),
+            })?;
         Ok(Self {
             config,
             signing,
@@ -260,7 +275,11 @@ pub fn init(dir: &Path, name: &str, store: &KeyStore, now: u64) -> Result<OemCon
     };
     let root = load_signer(&root_ref, dir)?;
     let cert = certs::oem_root_certificate(&root, name, now)?;
-    write_file(&dir.join("root-cert.pem"), certs::der_to_pem(&cert, "CERTIFICATE").as_bytes(), 0o644)?;
+    write_file(
+        &dir.join("root-cert.pem"),
+        certs::der_to_pem(&cert, "CERTIFICATE").as_bytes(),
+        0o644,
+    )?;
     let signing = load_signer(&signing_ref, dir)?;
     let spki = p256::PublicKey::from_sec1_bytes(&signing.public_key())
         .ok()
@@ -296,7 +315,9 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), OemError> 
         .open(path)
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
-                OemError::Exists { path: path.to_owned() }
+                OemError::Exists {
+                    path: path.to_owned(),
+                }
             } else {
                 OemError::Io {
                     action: "cannot create",

@@ -76,8 +76,16 @@ impl Pkcs11Uri {
                 "object" => object = Some(v),
                 "type" if v == "private" => {}
                 "type" => return Err(UriError(format!("type={v}: only private keys can sign"))),
-                "id" | "manufacturer" | "model" | "serial" | "library-description" | "library-manufacturer"
-                | "library-version" | "slot-description" | "slot-id" | "slot-manufacturer" => {}
+                "id"
+                | "manufacturer"
+                | "model"
+                | "serial"
+                | "library-description"
+                | "library-manufacturer"
+                | "library-version"
+                | "slot-description"
+                | "slot-id"
+                | "slot-manufacturer" => {}
                 other => return Err(UriError(format!("unknown path attribute '{other}'"))),
             }
         }
@@ -90,10 +98,13 @@ impl Pkcs11Uri {
             let v = pct_decode(v)?;
             match k {
                 "module-path" => module_path = Some(PathBuf::from(v)),
-                "pin-source" => pin_source = Some(PathBuf::from(v.strip_prefix("file:").unwrap_or(&v))),
+                "pin-source" => {
+                    pin_source = Some(PathBuf::from(v.strip_prefix("file:").unwrap_or(&v)))
+                }
                 "pin-value" => {
                     return Err(UriError(
-                        "pin-value is refused: put the PIN in a file and name it with pin-source".to_owned(),
+                        "pin-value is refused: put the PIN in a file and name it with pin-source"
+                            .to_owned(),
                     ))
                 }
                 "module-name" => {}
@@ -103,7 +114,8 @@ impl Pkcs11Uri {
         Ok(Self {
             token: token.ok_or_else(|| UriError("token= is required".to_owned()))?,
             object,
-            module_path: module_path.ok_or_else(|| UriError("module-path= is required".to_owned()))?,
+            module_path: module_path
+                .ok_or_else(|| UriError("module-path= is required".to_owned()))?,
             pin_source: pin_source.ok_or_else(|| UriError("pin-source= is required".to_owned()))?,
         })
     }

@@ -11,7 +11,9 @@ use zeroize::Zeroizing;
 
 use super::encrypt::{seal_recipient, EncryptObject, RecipientContext, ALG_A256GCM};
 use super::manifest::{ImageEntry, Manifest, CHUNK_SIZE, MAX_IMAGES, MAX_IMAGE_SIZE};
-use super::{chunk_external_aad, chunk_nonce, encode_image_element, encode_package, MANIFEST_CONTENT_TYPE};
+use super::{
+    chunk_external_aad, chunk_nonce, encode_image_element, encode_package, MANIFEST_CONTENT_TYPE,
+};
 use crate::cose::{self, ALG_A256KWP_CONTENT};
 use crate::enrollment::VerifiedEnrollment;
 use crate::hsm::Profile;
@@ -90,7 +92,12 @@ pub fn build(input: &JobInput<'_>) -> Result<BuiltJob, BuildError> {
             .find(|p| enrollment.profiles.contains(p))
             .ok_or_else(|| BuildError::NoCommonProfile {
                 appliance: enrollment.appliance_id.clone(),
-                offered: enrollment.profiles.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
+                offered: enrollment
+                    .profiles
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })?,
     };
     if input.images.is_empty() || input.images.len() > MAX_IMAGES {
@@ -124,11 +131,16 @@ pub fn build(input: &JobInput<'_>) -> Result<BuiltJob, BuildError> {
         let n = seg.data.chunks(CHUNK_SIZE as usize).count();
         let mut chunks = Vec::with_capacity(n);
         for (i, plain) in seg.data.chunks(CHUNK_SIZE as usize).enumerate() {
-            let index = u32::try_from(i).map_err(|_| BuildError::Firmware("too many chunks".to_owned()))?;
+            let index =
+                u32::try_from(i).map_err(|_| BuildError::Firmware("too many chunks".to_owned()))?;
             let aad = cose::enc_structure(&protected, &chunk_external_aad(index, i + 1 == n));
             let mut buf = plain.to_vec();
             let tag = cipher
-                .encrypt_inout_detached(&chunk_nonce(&base_iv, index).into(), &aad, buf.as_mut_slice().into())
+                .encrypt_inout_detached(
+                    &chunk_nonce(&base_iv, index).into(),
+                    &aad,
+                    buf.as_mut_slice().into(),
+                )
                 .map_err(|_| BuildError::Random("AES-GCM encryption failed".to_owned()))?;
             buf.extend_from_slice(&tag);
             chunks.push(buf);
@@ -192,14 +204,24 @@ pub fn build(input: &JobInput<'_>) -> Result<BuiltJob, BuildError> {
         job_ca_cert,
         oem_root_cert: input.oem.root_cert_der.clone(),
     };
-    let signed = cose::sign1(&input.oem.signing, MANIFEST_CONTENT_TYPE, manifest.encode()).map_err(OemError::from)?;
-    let bytes = encode_package(&signed, &device_master_obj, &job_ca_key_obj, &image_elements);
+    let signed = cose::sign1(&input.oem.signing, MANIFEST_CONTENT_TYPE, manifest.encode())
+        .map_err(OemError::from)?;
+    let bytes = encode_package(
+        &signed,
+        &device_master_obj,
+        &job_ca_key_obj,
+        &image_elements,
+    );
     Ok(BuiltJob { bytes, manifest })
 }
 
 /// Wraps a secret to the appliance: A256GCM content (standard profile) or
 /// RFC 5649 key wrap with padding under the CEK (compatibility profile).
-fn seal_secret(ctx: RecipientContext<'_>, appliance: &[u8; 65], secret: &[u8]) -> Result<Vec<u8>, BuildError> {
+fn seal_secret(
+    ctx: RecipientContext<'_>,
+    appliance: &[u8; 65],
+    secret: &[u8],
+) -> Result<Vec<u8>, BuildError> {
     let cek = random::<32>()?;
     let recipient = seal_recipient(ctx, appliance, &cek)?;
     let obj = match ctx.profile {

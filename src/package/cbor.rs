@@ -40,7 +40,10 @@ impl<'a> Reader<'a> {
     }
 
     fn byte(&mut self) -> Result<u8, CborError> {
-        let b = *self.buf.get(self.pos).ok_or_else(|| self.err("unexpected end of data"))?;
+        let b = *self
+            .buf
+            .get(self.pos)
+            .ok_or_else(|| self.err("unexpected end of data"))?;
         self.pos += 1;
         Ok(b)
     }
@@ -59,8 +62,14 @@ impl<'a> Reader<'a> {
             0..=23 => u64::from(info),
             24..=27 => {
                 let n = 1usize << (info - 24);
-                let end = self.pos.checked_add(n).ok_or_else(|| self.err("length overflow"))?;
-                let bytes = self.buf.get(self.pos..end).ok_or_else(|| self.err("unexpected end of data"))?;
+                let end = self
+                    .pos
+                    .checked_add(n)
+                    .ok_or_else(|| self.err("length overflow"))?;
+                let bytes = self
+                    .buf
+                    .get(self.pos..end)
+                    .ok_or_else(|| self.err("unexpected end of data"))?;
                 self.pos = end;
                 let v = bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
                 let shortest = match info {
@@ -104,8 +113,14 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, len: u64) -> Result<&'a [u8], CborError> {
         let len = usize::try_from(len).map_err(|_| self.err("length too large"))?;
-        let end = self.pos.checked_add(len).ok_or_else(|| self.err("length overflow"))?;
-        let out = self.buf.get(self.pos..end).ok_or_else(|| self.err("length runs past the end of the data"))?;
+        let end = self
+            .pos
+            .checked_add(len)
+            .ok_or_else(|| self.err("length overflow"))?;
+        let out = self
+            .buf
+            .get(self.pos..end)
+            .ok_or_else(|| self.err("length runs past the end of the data"))?;
         self.pos = end;
         Ok(out)
     }
@@ -162,7 +177,17 @@ mod tests {
 
     #[test]
     fn round_trips_heads() {
-        for v in [0u64, 23, 24, 255, 256, 65535, 65536, u64::from(u32::MAX), u64::MAX] {
+        for v in [
+            0u64,
+            23,
+            24,
+            255,
+            256,
+            65535,
+            65536,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
             let mut out = Vec::new();
             write_uint(&mut out, v);
             let mut r = Reader::new(&out);
@@ -173,6 +198,8 @@ mod tests {
 
     #[test]
     fn byte_string_past_end_is_an_error() {
-        assert!(Reader::new(&[0x5a, 0xff, 0xff, 0xff, 0xff, 0x00]).bytes().is_err());
+        assert!(Reader::new(&[0x5a, 0xff, 0xff, 0xff, 0xff, 0x00])
+            .bytes()
+            .is_err());
     }
 }

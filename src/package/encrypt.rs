@@ -1,12 +1,14 @@
 //! `COSE_Encrypt` objects with one ECDH-ES key-agreement recipient, as used
 //! for firmware images (detached, chunked ciphertext) and for wrapped secrets.
 
-use aes_kw::KwAes256;
 use aes_gcm::aead::KeyInit;
+use aes_kw::KwAes256;
 use ciborium::value::Value;
 use zeroize::Zeroizing;
 
-use crate::cose::{self, KekDerivation, ALG_A256KWP_CONTENT, ALG_P11V2_ECDH_AES_KDF_A256KW, KDF_OTHER};
+use crate::cose::{
+    self, KekDerivation, ALG_A256KWP_CONTENT, ALG_P11V2_ECDH_AES_KDF_A256KW, KDF_OTHER,
+};
 use crate::hsm::Profile;
 
 use super::PackageError;
@@ -74,37 +76,46 @@ fn int_is(v: &Value, want: i64) -> bool {
 }
 
 fn alg_of(protected: &[u8]) -> Result<i64, PackageError> {
-    let v: Value = ciborium::de::from_reader(protected).map_err(|_| malformed("a protected header is not CBOR"))?;
+    let v: Value = ciborium::de::from_reader(protected)
+        .map_err(|_| malformed("a protected header is not CBOR"))?;
     match v {
-        Value::Map(entries) if entries.len() == 1 && int_is(&entries[0].0, 1) => match &entries[0].1 {
-            Value::Integer(i) => i64::try_from(*i).map_err(|_| malformed("algorithm out of range")),
-            _ => Err(malformed("algorithm is not an integer")),
-        },
-        _ => Err(malformed("a protected header must hold exactly the algorithm")),
+        Value::Map(entries) if entries.len() == 1 && int_is(&entries[0].0, 1) => {
+            match &entries[0].1 {
+                Value::Integer(i) => {
+                    i64::try_from(*i).map_err(|_| malformed("algorithm out of range"))
+                }
+                _ => Err(malformed("algorithm is not an integer")),
+            }
+        }
+        _ => Err(malformed(
+            "a protected header must hold exactly the algorithm",
+        )),
     }
 }
 
 impl EncryptObject {
     /// Parses and checks canonical encoding (re-encoding gives the same bytes).
     pub fn parse(bytes: &[u8], what: &'static str) -> Result<Self, PackageError> {
-        let v: Value = ciborium::de::from_reader(bytes).map_err(|_| malformed("a COSE_Encrypt is not CBOR"))?;
+        let v: Value = ciborium::de::from_reader(bytes)
+            .map_err(|_| malformed("a COSE_Encrypt is not CBOR"))?;
         let Value::Tag(TAG_COSE_ENCRYPT, inner) = v else {
             return Err(malformed("expected a tagged COSE_Encrypt"));
         };
         let Value::Array(items) = *inner else {
             return Err(malformed("a COSE_Encrypt is not an array"));
         };
-        let [Value::Bytes(protected), Value::Map(unprotected), ct, Value::Array(recipients)] = <[Value; 4]>::try_from(items)
-            .map_err(|_| malformed("a COSE_Encrypt does not have four entries"))?
+        let [Value::Bytes(protected), Value::Map(unprotected), ct, Value::Array(recipients)] =
+            <[Value; 4]>::try_from(items)
+                .map_err(|_| malformed("a COSE_Encrypt does not have four entries"))?
         else {
             return Err(malformed("a COSE_Encrypt has entries of the wrong type"));
         };
         let alg = alg_of(&protected)?;
         let iv = match unprotected.as_slice() {
             [] => None,
-            [(k, Value::Bytes(iv))] if int_is(k, 5) => {
-                Some(<[u8; 12]>::try_from(iv.as_slice()).map_err(|_| malformed("IV is not 12 bytes"))?)
-            }
+            [(k, Value::Bytes(iv))] if int_is(k, 5) => Some(
+                <[u8; 12]>::try_from(iv.as_slice()).map_err(|_| malformed("IV is not 12 bytes"))?,
+            ),
             _ => return Err(malformed("unexpected unprotected header in a COSE_Encrypt")),
         };
         let ciphertext = match ct {
@@ -112,7 +123,8 @@ impl EncryptObject {
             Value::Bytes(b) => Some(b),
             _ => return Err(malformed("ciphertext is neither bytes nor nil")),
         };
-        let [recipient] = <[Value; 1]>::try_from(recipients).map_err(|_| malformed("a COSE_Encrypt must have exactly one recipient"))?;
+        let [recipient] = <[Value; 1]>::try_from(recipients)
+            .map_err(|_| malformed("a COSE_Encrypt must have exactly one recipient"))?;
         let recipient = parse_recipient(recipient)?;
         let object = Self {
             protected,
@@ -138,7 +150,10 @@ impl EncryptObject {
             Value::Bytes(r.protected.clone()),
             Value::Map(vec![
                 (Value::Integer(4.into()), Value::Bytes(r.kid.to_vec())),
-                (Value::Integer((-1).into()), cose::cose_key_from_point(&r.ephemeral)),
+                (
+                    Value::Integer((-1).into()),
+                    cose::cose_key_from_point(&r.ephemeral),
+                ),
             ]),
             Value::Bytes(r.wrapped_cek.clone()),
         ]);
@@ -160,7 +175,8 @@ fn parse_recipient(v: Value) -> Result<Recipient, PackageError> {
         return Err(malformed("a recipient is not an array"));
     };
     let [Value::Bytes(protected), Value::Map(unprotected), Value::Bytes(wrapped_cek)] =
-        <[Value; 3]>::try_from(items).map_err(|_| malformed("a recipient does not have three entries"))?
+        <[Value; 3]>::try_from(items)
+            .map_err(|_| malformed("a recipient does not have three entries"))?
     else {
         return Err(malformed("a recipient has entries of the wrong type"));
     };
@@ -170,9 +186,12 @@ fn parse_recipient(v: Value) -> Result<Recipient, PackageError> {
         return Err(malformed("a recipient kid is not bytes"));
     };
     if !int_is(&k1, 4) || !int_is(&k2, -1) {
-        return Err(malformed("a recipient header must hold the kid and the ephemeral key"));
+        return Err(malformed(
+            "a recipient header must hold the kid and the ephemeral key",
+        ));
     }
-    let kid = <[u8; 16]>::try_from(kid.as_slice()).map_err(|_| malformed("a recipient kid is not 16 bytes"))?;
+    let kid = <[u8; 16]>::try_from(kid.as_slice())
+        .map_err(|_| malformed("a recipient kid is not 16 bytes"))?;
     let ephemeral = cose::ephemeral_point_from_cose_key(&key)?;
     if wrapped_cek.len() != 40 {
         return Err(malformed("a wrapped content key is not 40 bytes"));
@@ -200,10 +219,15 @@ impl RecipientContext<'_> {
     /// The KDF input for this recipient, by profile.
     pub fn kdf_input(&self, protected: &[u8], ephemeral: &[u8; 65]) -> KdfInput {
         match self.profile {
-            Profile::CoseEcdhEsA256kw => {
-                KdfInput::Hkdf(cose::kdf_context(ALG_A256KW, 256, protected, &Value::Bytes(KDF_OTHER.to_vec())))
+            Profile::CoseEcdhEsA256kw => KdfInput::Hkdf(cose::kdf_context(
+                ALG_A256KW,
+                256,
+                protected,
+                &Value::Bytes(KDF_OTHER.to_vec()),
+            )),
+            Profile::P11v2EcdhAesKdf => {
+                KdfInput::AesCbc(cose::p11v2_context(self.job_id, self.kid, ephemeral))
             }
-            Profile::P11v2EcdhAesKdf => KdfInput::AesCbc(cose::p11v2_context(self.job_id, self.kid, ephemeral)),
         }
     }
 }
@@ -236,7 +260,9 @@ pub fn seal_recipient(
     use crate::package::build::BuildError;
     let eph = cose::random_secret_key().map_err(|e| BuildError::Random(e.to_string()))?;
     let ephemeral = cose::sec1_uncompressed(&eph.public_key());
-    let z = cose::ecdh_x(&eph, recipient_public).map_err(|_| BuildError::BadEnrollment("the appliance key is not a P-256 point".to_owned()))?;
+    let z = cose::ecdh_x(&eph, recipient_public).map_err(|_| {
+        BuildError::BadEnrollment("the appliance key is not a P-256 point".to_owned())
+    })?;
     let protected = cose::recipient_protected(recipient_alg(ctx.profile));
     let input = ctx.kdf_input(&protected, &ephemeral);
     let kek = cose::derive_kek(&z, input.as_host());
@@ -268,6 +294,10 @@ pub fn open_recipient(
     let kw = KwAes256::new(&(*kek).into());
     let mut out = Zeroizing::new([0u8; 32]);
     kw.unwrap_key(&recipient.wrapped_cek, out.as_mut_slice())
-        .map_err(|_| PackageError::Cose(cose::CoseError::Integrity { what: "wrapped content key" }))?;
+        .map_err(|_| {
+            PackageError::Cose(cose::CoseError::Integrity {
+                what: "wrapped content key",
+            })
+        })?;
     Ok(out)
 }

@@ -102,7 +102,8 @@ impl Manifest {
 
     /// Parses a manifest, refusing anything but the exact deterministic encoding.
     pub fn decode(bytes: &[u8]) -> Result<Self, PackageError> {
-        let value: Value = ciborium::de::from_reader(bytes).map_err(|e| malformed(format!("not CBOR: {e}")))?;
+        let value: Value =
+            ciborium::de::from_reader(bytes).map_err(|e| malformed(format!("not CBOR: {e}")))?;
         let mut fields = Fields::new(value, "manifest")?;
         let version = fields.uint(1)?;
         if version != MANIFEST_VERSION {
@@ -126,21 +127,30 @@ impl Manifest {
         let mut images = Vec::with_capacity(raw_images.len());
         for raw in raw_images {
             let mut f = Fields::new(raw, "image entry")?;
-            let address = u32::try_from(f.uint(1)?).map_err(|_| malformed("image address exceeds 32 bits".to_owned()))?;
+            let address = u32::try_from(f.uint(1)?)
+                .map_err(|_| malformed("image address exceeds 32 bits".to_owned()))?;
             let size = f.uint(2)?;
             let digest = f.fixed::<32>(3)?;
-            let chunk_size = u32::try_from(f.uint(4)?).map_err(|_| malformed("chunk size exceeds 32 bits".to_owned()))?;
-            let chunks = u32::try_from(f.uint(5)?).map_err(|_| malformed("chunk count exceeds 32 bits".to_owned()))?;
+            let chunk_size = u32::try_from(f.uint(4)?)
+                .map_err(|_| malformed("chunk size exceeds 32 bits".to_owned()))?;
+            let chunks = u32::try_from(f.uint(5)?)
+                .map_err(|_| malformed("chunk count exceeds 32 bits".to_owned()))?;
             let object_digest = f.fixed::<32>(6)?;
             f.finish()?;
             if size == 0 || size > MAX_IMAGE_SIZE {
-                return Err(malformed(format!("image size {size} is outside 1..={MAX_IMAGE_SIZE}")));
+                return Err(malformed(format!(
+                    "image size {size} is outside 1..={MAX_IMAGE_SIZE}"
+                )));
             }
             if chunk_size != CHUNK_SIZE {
-                return Err(malformed(format!("chunk size {chunk_size} is not {CHUNK_SIZE}")));
+                return Err(malformed(format!(
+                    "chunk size {chunk_size} is not {CHUNK_SIZE}"
+                )));
             }
             if u64::from(chunks) != size.div_ceil(u64::from(chunk_size)) {
-                return Err(malformed("chunk count does not match the image size".to_owned()));
+                return Err(malformed(
+                    "chunk count does not match the image size".to_owned(),
+                ));
             }
             images.push(ImageEntry {
                 address,
@@ -206,14 +216,25 @@ impl Fields {
     pub(crate) fn take(&mut self, key: u64) -> Result<Value, PackageError> {
         match self.entries.next() {
             Some((Value::Integer(k), v)) if k == Integer::from(key) => Ok(v),
-            _ => Err(malformed(format!("{} field {key} is missing or out of order", self.what))),
+            _ => Err(malformed(format!(
+                "{} field {key} is missing or out of order",
+                self.what
+            ))),
         }
     }
 
     pub(crate) fn uint(&mut self, key: u64) -> Result<u64, PackageError> {
         match self.take(key)? {
-            Value::Integer(i) => u64::try_from(i).map_err(|_| malformed(format!("{} field {key} is not an unsigned integer", self.what))),
-            _ => Err(malformed(format!("{} field {key} is not an integer", self.what))),
+            Value::Integer(i) => u64::try_from(i).map_err(|_| {
+                malformed(format!(
+                    "{} field {key} is not an unsigned integer",
+                    self.what
+                ))
+            }),
+            _ => Err(malformed(format!(
+                "{} field {key} is not an integer",
+                self.what
+            ))),
         }
     }
 
@@ -227,7 +248,10 @@ impl Fields {
     pub(crate) fn bytes(&mut self, key: u64) -> Result<Vec<u8>, PackageError> {
         match self.take(key)? {
             Value::Bytes(b) => Ok(b),
-            _ => Err(malformed(format!("{} field {key} is not a byte string", self.what))),
+            _ => Err(malformed(format!(
+                "{} field {key} is not a byte string",
+                self.what
+            ))),
         }
     }
 

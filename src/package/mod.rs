@@ -153,6 +153,18 @@ impl<'a> UnverifiedPackage<'a> {
         })
     }
 
+    /// The stored parts: manifest `COSE_Sign1`, device-master and job-CA-key
+    /// `COSE_Encrypt`s, and the images. For tools and tests that take a
+    /// package apart.
+    pub fn parts(&self) -> (&'a [u8], &'a [u8], &'a [u8], &[RawImage<'a>]) {
+        (
+            self.manifest_sign1,
+            self.device_master,
+            self.job_ca_key,
+            &self.images,
+        )
+    }
+
     /// The manifest without checking its signature, for `job inspect`.
     pub fn manifest_unverified(&self) -> Result<(Manifest, Vec<u8>), PackageError> {
         let sign1 = UnverifiedSign1::parse(self.manifest_sign1, "manifest signature")?;
@@ -173,10 +185,16 @@ impl<'a> UnverifiedPackage<'a> {
         let key = trusted
             .iter()
             .find(|k| crate::cose::key_id(k).as_slice() == kid.as_slice())
-            .ok_or_else(|| PackageError::UntrustedSigner { kid: hex::encode(&kid) })?;
+            .ok_or_else(|| PackageError::UntrustedSigner {
+                kid: hex::encode(&kid),
+            })?;
         let payload = sign1.verify(key)?;
         let manifest = Manifest::decode(&payload)?;
-        check_digest(self.device_master, &manifest.device_master_digest, "device-master key")?;
+        check_digest(
+            self.device_master,
+            &manifest.device_master_digest,
+            "device-master key",
+        )?;
         check_digest(self.job_ca_key, &manifest.job_ca_key_digest, "job CA key")?;
         if manifest.images.len() != self.images.len() {
             return Err(PackageError::DigestMismatch {
@@ -184,7 +202,11 @@ impl<'a> UnverifiedPackage<'a> {
             });
         }
         for (i, (entry, raw)) in manifest.images.iter().zip(&self.images).enumerate() {
-            check_digest(raw.element, &entry.object_digest, &format!("image {}", i + 1))?;
+            check_digest(
+                raw.element,
+                &entry.object_digest,
+                &format!("image {}", i + 1),
+            )?;
             if raw.chunks.len() as u64 != u64::from(entry.chunks) {
                 return Err(PackageError::DigestMismatch {
                     what: format!("chunk count of image {}", i + 1),
@@ -205,7 +227,9 @@ fn check_digest(bytes: &[u8], expected: &[u8; 32], what: &str) -> Result<(), Pac
     if Sha256::digest(bytes).as_slice() == expected {
         Ok(())
     } else {
-        Err(PackageError::DigestMismatch { what: what.to_owned() })
+        Err(PackageError::DigestMismatch {
+            what: what.to_owned(),
+        })
     }
 }
 
@@ -227,7 +251,12 @@ pub struct SignedPackage<'a> {
 }
 
 /// Encodes a package from its parts (the inverse of [`UnverifiedPackage::parse`]).
-pub fn encode_package(manifest_sign1: &[u8], device_master: &[u8], job_ca_key: &[u8], images: &[(Vec<u8>, Vec<Vec<u8>>)]) -> Vec<u8> {
+pub fn encode_package(
+    manifest_sign1: &[u8],
+    device_master: &[u8],
+    job_ca_key: &[u8],
+    images: &[(Vec<u8>, Vec<Vec<u8>>)],
+) -> Vec<u8> {
     let mut out = Vec::new();
     cbor::write_array(&mut out, 5);
     cbor::write_text(&mut out, MAGIC);
@@ -261,9 +290,19 @@ impl UnverifiedPackage<'_> {
         let images: Vec<(Vec<u8>, Vec<Vec<u8>>)> = self
             .images
             .iter()
-            .map(|im| (im.header.to_vec(), im.chunks.iter().map(|c| c.to_vec()).collect()))
+            .map(|im| {
+                (
+                    im.header.to_vec(),
+                    im.chunks.iter().map(|c| c.to_vec()).collect(),
+                )
+            })
             .collect();
-        encode_package(self.manifest_sign1, self.device_master, self.job_ca_key, &images)
+        encode_package(
+            self.manifest_sign1,
+            self.device_master,
+            self.job_ca_key,
+            &images,
+        )
     }
 }
 

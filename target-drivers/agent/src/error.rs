@@ -50,23 +50,42 @@ impl ErrorCode {
         }
     }
 
-    /// What the operator should do about it.
+    /// Short name, as in `docs/AGENT.md`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "BadFrame",
+            ErrorCode::UnknownType => "UnknownType",
+            ErrorCode::Malformed => "Malformed",
+            ErrorCode::NoKey => "NoKey",
+            ErrorCode::BadRegion => "BadRegion",
+            ErrorCode::Internal => "Internal",
+            ErrorCode::Other(_) => "unknown",
+        }
+    }
+
+    /// What it means, then what the operator should do about it.
     fn advice(self) -> &'static str {
         match self {
-            ErrorCode::BadFrame => "the agent received a corrupted frame: check the UART wiring, baud rate and ground",
-            ErrorCode::UnknownType => "the agent does not know this request: check that the firmware's agent speaks protocol version 1",
-            ErrorCode::Malformed => "the agent could not parse the request: check that the firmware's agent speaks protocol version 1",
-            ErrorCode::NoKey => "the agent found no valid identity key: check that key injection wrote the key where the firmware reads it",
-            ErrorCode::BadRegion => "a measured region lies outside the device's flash: check the job's challenge regions against the device",
-            ErrorCode::Internal => "the agent failed internally: retry the board, and scrap it if this repeats",
-            ErrorCode::Other(_) => "the agent sent an unknown error code: check the firmware's agent version",
+            ErrorCode::BadFrame => "it received a corrupted frame: check the UART wiring, baud rate and ground",
+            ErrorCode::UnknownType => "it does not know the request: check that the firmware's agent speaks protocol version 1",
+            ErrorCode::Malformed => "it could not parse the request: check that the firmware's agent speaks protocol version 1",
+            ErrorCode::NoKey => "it found no valid identity key: check that key injection wrote the key where the firmware reads it",
+            ErrorCode::BadRegion => "a measured region lies outside its flash: check the job's challenge regions against the device",
+            ErrorCode::Internal => "it failed internally: retry the board, and scrap it if this repeats",
+            ErrorCode::Other(_) => "it sent a code this appliance does not know: check the firmware's agent version",
         }
     }
 }
 
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "error 0x{:02x}: {}", self.to_u8(), self.advice())
+        write!(
+            f,
+            "error 0x{:02x} ({}): {}",
+            self.to_u8(),
+            self.name(),
+            self.advice()
+        )
     }
 }
 

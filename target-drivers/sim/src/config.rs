@@ -25,7 +25,40 @@ pub const UID_LEN: usize = 12;
 
 /// Everything that defines a simulated line of boards.
 ///
-/// Parse it from an option string (see [`SimConfig::from_str`]) or build it in code.
+/// Build it in code or parse it from an option string:
+///
+/// ```
+/// let c: flashgate_target_sim::SimConfig = "sim:seed=7,timing=realistic,fault-rate=0.02,boards=200".parse()?;
+/// assert_eq!(c.boards, Some(200));
+/// # Ok::<(), flashgate_target_sim::SimError>(())
+/// ```
+///
+/// # Option string
+///
+/// `sim:key=value,key=value,...` (the `sim:` prefix is optional), parsed with `str::parse`:
+///
+/// | key | value | default |
+/// |-----|-------|---------|
+/// | `seed` | u64, decimal or `0x` hex | 0 |
+/// | `timing` | `realistic` or `zero` (sets every timing value) | `zero` |
+/// | `pace` | `on`/`off`: whether real time passes | `on` |
+/// | `boards` | number of boards the fixture hands out | unlimited |
+/// | `fault-rate` | probability 0..1 of one random fault per board | 0 |
+/// | `fault` | `INDEX:FAULT`, repeatable, e.g. `fault=3:contact-lost@program`; replaces the random draw for that board | none |
+/// | `device-type` | device type of normal boards | `sim-secure-mcu` |
+/// | `flash-base` | flash bus address | 0 |
+/// | `flash-size` | flash bytes; `k`/`m` suffix for KiB/MiB | `1m` |
+/// | `page-size` | flash page bytes (after `timing`) | 256 |
+/// | `keystore-size` | key-store bytes; `k` suffix allowed | `4k` |
+/// | `identity` | identity key location, e.g. `keystore:0x0000` | `keystore:0x0000` |
+/// | `bus-hz` | programming bus rate (after `timing`) | per `timing` |
+/// | `agent-baud` | agent UART baud rate (after `timing`) | per `timing` |
+/// | `keep` | `on`/`off`: keep boards for inspection | `on` |
+///
+/// Faults: `contact-lost@STAGE`, `timeout@STAGE`, `bit-error`, `brown-out`,
+/// `wrong-signature`, `wrong-device`, `already-locked[@readout|@permanent]`; stages as in
+/// [`Stage`]'s names (`connect`, `identify`, `erase`, `blank-check`, `program`, `verify`,
+/// `store-secret`, `keygen`, `challenge`, `lock`, `lock-readback`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimConfig {
     /// Seed of everything random: UIDs, random faults, generated keys, bit-error positions.
@@ -200,30 +233,7 @@ impl SimConfig {
     }
 }
 
-/// Parses `sim:key=value,key=value,...` (the `sim:` prefix is optional).
-///
-/// | key | value | default |
-/// |-----|-------|---------|
-/// | `seed` | u64, decimal or `0x` hex | 0 |
-/// | `timing` | `realistic` or `zero` (sets every timing value) | `zero` |
-/// | `pace` | `on`/`off`: whether real time passes | `on` |
-/// | `boards` | number of boards the fixture hands out | unlimited |
-/// | `fault-rate` | probability 0..1 of one random fault per board | 0 |
-/// | `fault` | `INDEX:FAULT`, repeatable, e.g. `fault=3:contact-lost@program` | none |
-/// | `device-type` | device type of normal boards | `sim-secure-mcu` |
-/// | `flash-base` | flash bus address | 0 |
-/// | `flash-size` | flash bytes; `k`/`m` suffix for KiB/MiB | `1m` |
-/// | `page-size` | flash page bytes (after `timing`) | 256 |
-/// | `keystore-size` | key-store bytes; `k` suffix allowed | `4k` |
-/// | `identity` | identity key location, e.g. `keystore:0x0000` | `keystore:0x0000` |
-/// | `bus-hz` | programming bus rate (after `timing`) | per `timing` |
-/// | `agent-baud` | agent UART baud rate (after `timing`) | per `timing` |
-/// | `keep` | `on`/`off`: keep boards for inspection | `on` |
-///
-/// Faults: `contact-lost@STAGE`, `timeout@STAGE`, `bit-error`, `brown-out`,
-/// `wrong-signature`, `wrong-device`, `already-locked[@readout|@permanent]`; stages as in
-/// [`Stage`]'s names (`connect`, `identify`, `erase`, `blank-check`, `program`, `verify`,
-/// `store-secret`, `keygen`, `challenge`, `lock`, `lock-readback`).
+/// Parses an option string; the keys are listed on [`SimConfig`].
 impl FromStr for SimConfig {
     type Err = SimError;
 

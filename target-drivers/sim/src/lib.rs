@@ -19,7 +19,7 @@
 //!
 //! Boards come from a [`SimFixture`] (`flashgate_target::Fixture`), configured in code
 //! ([`SimConfig`]) or from an option string such as
-//! `sim:seed=7,timing=realistic,fault-rate=0.02,boards=200` (keys in [`SimConfig::from_str`]).
+//! `sim:seed=7,timing=realistic,fault-rate=0.02,boards=200` (keys listed on [`SimConfig`]).
 //!
 //! Random values come from [`SimRng`] (SplitMix64), which is **not cryptographic**: keys the
 //! simulated chip generates are predictable from the seed. Simulation only.

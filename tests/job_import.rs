@@ -1,0 +1,461 @@
+//! Job packages end to end on both tokens: enrollment, build, import, the
+//! key attributes the token reports, and every way a package or a command
+//! can be wrong (each must fail with a clear sentence and leave nothing).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{both, Kind, Lab};
+use flashgate::cose;
+use flashgate::oem::load_signer;
+use flashgate::package::{
+    encode_image_element, encode_package, Manifest, UnverifiedPackage, MANIFEST_CONTENT_TYPE,
+};
+use sha2::{Digest, Sha256};
+
+const POLICY: &str = "policies/sim-secure-mcu.toml";
+
+fn policy_path() -> String {
+    common::repo().join(POLICY).to_string_lossy().into_owned()
+}
+
+fn assert_nothing_left(lab: &Lab) {
+    assert!(
+        lab.job_objects().is_empty(),
+        "job objects left in the token: {:?}",
+        lab.job_objects()
+    );
+    assert_eq!(lab.job_dirs(), 0, "a job directory was left behind");
+}
+
+#[test]
+fn round_trip_and_key_attributes_on_both_tokens() {
+    for kind in both() {
+        let lab = Lab::new(kind);
+        lab.enroll();
+        let show = lab.ok(&["appliance", "show"]);
+        let profile = match kind {
+            Kind::SoftHsm => "p11v2-ecdh-aes-kdf",
+            Kind::Kryoptic => "cose-ecdh-es-a256kw",
+        };
+        assert!(show.contains(&format!("profiles:     {profile}")), "{show}");
+        // Appliance keys: private halves sensitive, never extractable, one use each.
+        assert!(show.contains("flashgate-appliance-ka  class=CKO_PRIVATE_KEY sensitive=true extractable=false usage=derive"), "{show}");
+        assert!(show.contains("flashgate-appliance-log  class=CKO_PRIVATE_KEY sensitive=true extractable=false usage=sign"), "{show}");
+
+        // Enrolling twice is refused.
+        let err = lab.fails(&["appliance", "init"]);
+        assert!(err.contains("already holds appliance keys"), "{err}");
+
+        lab.build_job("job.fgj", &policy_path(), 300_000);
+        let out = lab.ok(&["job", "import", "job.fgj"]);
+        assert!(out.contains("imported job"), "{out}");
+        let show = lab.ok(&["appliance", "show"]);
+        for (name, class, usage) in [
+            ("master", "CKO_SECRET_KEY", "sign"),
+            ("ca", "CKO_PRIVATE_KEY", "sign"),
+            ("image0", "CKO_SECRET_KEY", "decrypt"),
+        ] {
+            let line = show
+                .lines()
+                .find(|l| l.contains(&format!(":{name} ")))
+                .unwrap_or_else(|| panic!("{kind:?}: no {name} key in {show}"));
+            assert!(
+                line.ends_with(&format!(
+                    "class={class} sensitive=true extractable=false usage={usage}"
+                )),
+                "{kind:?}: {line}"
+            );
+        }
+        let list = lab.ok(&["job", "list"]);
+        assert!(list.contains("acme-thermo  svn 3  quota 1000"), "{list}");
+
+        // The same job again is refused, also after removal.
+        let err = lab.fails(&["job", "import", "job.fgj"]);
+        assert!(err.contains("already imported"), "{err}");
+        let id = list.split_whitespace().next().unwrap().to_owned();
+        lab.ok(&["job", "remove", &id]);
+        assert!(
+            lab.job_objects()
+                .iter()
+                .all(|l| l.starts_with("fg-imported:")),
+            "{:?}",
+            lab.job_objects()
+        );
+        assert_eq!(lab.job_dirs(), 0);
+        let err = lab.fails(&["job", "import", "job.fgj"]);
+        assert!(err.contains("already imported"), "{err}");
+    }
+}
+
+/// Offsets of the parts of a package, for flipping bytes inside each.
+fn parts(bytes: &[u8]) -> Vec<(&'static str, usize)> {
+    let p = UnverifiedPackage::parse(bytes).unwrap();
+    let (manifest, master, ca, images) = p.parts();
+    let off = |s: &[u8]| s.as_ptr() as usize - bytes.as_ptr() as usize;
+    vec![
+        ("signature", off(manifest) + manifest.len() - 5),
+        ("manifest", off(manifest) + manifest.len() / 2),
+        (
+            "recipient header",
+            off(images[0].header) + images[0].header.len() - 50,
+        ),
+        ("wrapped key", off(master) + master.len() - 3),
+        ("job CA key", off(ca) + ca.len() / 2),
+        ("ciphertext chunk", off(images[0].chunks[1]) + 100),
+        (
+            "last chunk tag",
+            off(images[0].chunks[4]) + images[0].chunks[4].len() - 1,
+        ),
+    ]
+}
+
+#[test]
+fn tampered_packages_are_refused_and_leave_nothing() {
+    for kind in both() {
+        let lab = Lab::new(kind);
+        lab.enroll();
+        lab.build_job("job.fgj", &policy_path(), 300_000);
+        let good = std::fs::read(lab.path("job.fgj")).unwrap();
+        for (what, at) in parts(&good) {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            std::fs::write(lab.path("bad.fgj"), &bad).unwrap();
+            let err = lab.fails(&["job", "import", "bad.fgj"]);
+            assert!(
+                err.contains("altered")
+                    || err.contains("does not verify")
+                    || err.contains("damaged"),
+                "{kind:?} {what}: {err}"
+            );
+            assert_eq!(err.trim().lines().count(), 1, "one sentence, got: {err}");
+            assert_nothing_left(&lab);
+        }
+        // Truncation, a removed chunk, swapped chunks, trailing data.
+        let p = UnverifiedPackage::parse(&good).unwrap();
+        let (m, dm, ca, images) = p.parts();
+        let chunks: Vec<Vec<u8>> = images[0].chunks.iter().map(|c| c.to_vec()).collect();
+        let mut variants: Vec<(&str, Vec<u8>)> =
+            vec![("truncated", good[..good.len() - 1000].to_vec())];
+        let mut removed = chunks.clone();
+        removed.remove(2);
+        variants.push((
+            "chunk removed",
+            encode_package(m, dm, ca, &[(images[0].header.to_vec(), removed)]),
+        ));
+        let mut swapped = chunks.clone();
+        swapped.swap(1, 2);
+        variants.push((
+            "chunks reordered",
+            encode_package(m, dm, ca, &[(images[0].header.to_vec(), swapped)]),
+        ));
+        let mut trailing = good.clone();
+        trailing.push(0);
+        variants.push(("trailing byte", trailing));
+        for (what, bytes) in variants {
+            std::fs::write(lab.path("bad.fgj"), &bytes).unwrap();
+            let err = lab.fails(&["job", "import", "bad.fgj"]);
+            assert!(
+                err.contains("altered") || err.contains("damaged"),
+                "{kind:?} {what}: {err}"
+            );
+            assert_nothing_left(&lab);
+        }
+        // The good package still imports afterwards.
+        lab.ok(&["job", "import", "job.fgj"]);
+    }
+}
+
+/// Someone holding the OEM key re-signs a manifest over an altered chunk or
+/// wrapped key: the digests match, so the token's own integrity checks must
+/// catch it, and the keys unwrapped before the failure must be destroyed.
+#[test]
+fn resigned_alterations_are_caught_in_the_token() {
+    for kind in both() {
+        let lab = Lab::new(kind);
+        lab.enroll();
+        lab.build_job("job.fgj", &policy_path(), 200_000);
+        let good = std::fs::read(lab.path("job.fgj")).unwrap();
+        let signer = load_signer("signing-key.pem", &lab.path("oem")).unwrap();
+        let p = UnverifiedPackage::parse(&good).unwrap();
+        let (m_bytes, dm, ca, images) = p.parts();
+        let (manifest, _) = p.manifest_unverified().unwrap();
+        let _ = m_bytes;
+
+        for case in ["chunk", "job CA key"] {
+            let mut manifest: Manifest = manifest.clone();
+            let mut chunks: Vec<Vec<u8>> = images[0].chunks.iter().map(|c| c.to_vec()).collect();
+            let mut ca_obj = ca.to_vec();
+            match case {
+                "chunk" => chunks[2][10] ^= 0x80,
+                _ => {
+                    // Flip a byte inside the wrapped ciphertext (before the recipient).
+                    let at = ca_obj.len() / 3;
+                    ca_obj[at] ^= 0x01;
+                    manifest.job_ca_key_digest = Sha256::digest(&ca_obj).into();
+                }
+            }
+            let element = encode_image_element(images[0].header, &chunks);
+            manifest.images[0].object_digest = Sha256::digest(&element).into();
+            let signed = cose::sign1(&signer, MANIFEST_CONTENT_TYPE, manifest.encode()).unwrap();
+            let bytes =
+                encode_package(&signed, dm, &ca_obj, &[(images[0].header.to_vec(), chunks)]);
+            std::fs::write(lab.path("resigned.fgj"), bytes).unwrap();
+            let err = lab.fails(&["job", "import", "resigned.fgj"]);
+            assert!(
+                err.contains("altered") || err.contains("damaged"),
+                "{kind:?} {case}: {err}"
+            );
+            assert_nothing_left(&lab);
+        }
+    }
+}
+
+#[test]
+fn wrong_appliance_untrusted_oem_and_validity() {
+    let lab = Lab::new(Kind::SoftHsm);
+    lab.enroll();
+    // Another appliance (its own token) builds... the job is for it, not us.
+    let other = Lab::new(Kind::SoftHsm);
+    other.enroll();
+    std::fs::copy(
+        other.path("enrollment.cbor"),
+        lab.path("other-enrollment.cbor"),
+    )
+    .unwrap();
+    std::fs::write(lab.path("fw.bin"), vec![0x5a; 70_000]).unwrap();
+    lab.ok(&[
+        "job",
+        "build",
+        "--oem",
+        "oem",
+        "--policy",
+        &policy_path(),
+        "--firmware",
+        "fw.bin@0x0",
+        "--appliance",
+        "other-enrollment.cbor",
+        "-o",
+        "other.fgj",
+    ]);
+    let err = lab.fails(&["job", "import", "other.fgj"]);
+    assert!(err.contains("built for appliance"), "{err}");
+    assert_nothing_left(&lab);
+
+    // A job signed by an OEM key the appliance does not trust.
+    other.build_job("foreign.fgj", &policy_path(), 1000);
+    std::fs::copy(other.path("foreign.fgj"), lab.path("foreign.fgj")).unwrap();
+    let err = lab.fails(&["job", "import", "foreign.fgj"]);
+    assert!(err.contains("does not trust"), "{err}");
+
+    // Expired and not yet valid.
+    let expired = lab.policy("expired.toml", |t| {
+        t.replace(
+            "not_before = \"2026-11-01T00:00:00Z\"",
+            "not_before = \"2020-01-01T00:00:00Z\"",
+        )
+        .replace(
+            "not_after = \"2027-05-01T00:00:00Z\"",
+            "not_after = \"2021-01-01T00:00:00Z\"",
+        )
+    });
+    lab.build_job("expired.fgj", &expired, 1000);
+    let err = lab.fails(&["job", "import", "expired.fgj"]);
+    assert!(err.contains("expired"), "{err}");
+    let future = lab.policy("future.toml", |t| {
+        t.replace(
+            "not_before = \"2026-11-01T00:00:00Z\"",
+            "not_before = \"2099-01-01T00:00:00Z\"",
+        )
+        .replace(
+            "not_after = \"2027-05-01T00:00:00Z\"",
+            "not_after = \"2099-05-01T00:00:00Z\"",
+        )
+    });
+    lab.build_job("future.fgj", &future, 1000);
+    let err = lab.fails(&["job", "import", "future.fgj"]);
+    assert!(err.contains("not valid until"), "{err}");
+    assert_nothing_left(&lab);
+}
+
+#[test]
+fn security_version_never_goes_down() {
+    let lab = Lab::new(Kind::SoftHsm);
+    lab.enroll();
+    let v5 = lab.policy("v5.toml", |t| {
+        t.replace("security_version = 3", "security_version = 5")
+    });
+    lab.build_job("v5.fgj", &v5, 1000);
+    lab.build_job("v3.fgj", &policy_path(), 1000);
+    lab.ok(&["job", "import", "v5.fgj"]);
+    let err = lab.fails(&["job", "import", "v3.fgj"]);
+    assert!(
+        err.contains("security version 3") && err.contains("version 5 was already imported"),
+        "{err}"
+    );
+    // Removing the newer job does not lower the floor.
+    let id = lab
+        .ok(&["job", "list"])
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    lab.ok(&["job", "remove", &id]);
+    let err = lab.fails(&["job", "import", "v3.fgj"]);
+    assert!(err.contains("anti-rollback"), "{err}");
+}
+
+#[test]
+fn wrong_pin_missing_token_and_bad_build_inputs() {
+    let lab = Lab::new(Kind::SoftHsm);
+    std::fs::write(lab.path("wrong-pin"), "0000\n").unwrap();
+    lab.write_config("wrong.toml", "appliance", "wrong-pin");
+    let err = lab.fails(&["--config", "wrong.toml", "appliance", "init"]);
+    assert!(err.contains("refused the PIN"), "{err}");
+    lab.write_config("absent.toml", "no-such-token", "user-pin");
+    let err = lab.fails(&["--config", "absent.toml", "appliance", "init"]);
+    assert!(err.contains("no token labelled 'no-such-token'"), "{err}");
+    lab.enroll();
+
+    // A malformed policy names the line.
+    std::fs::write(
+        lab.path("broken.toml"),
+        "[job]\nproduct = \"x\"\nquota = \n",
+    )
+    .unwrap();
+    std::fs::write(lab.path("fw.bin"), vec![1u8; 100]).unwrap();
+    let err = lab.fails(&[
+        "job",
+        "build",
+        "--oem",
+        "oem",
+        "--policy",
+        "broken.toml",
+        "--firmware",
+        "fw.bin@0",
+        "--appliance",
+        "enrollment.cbor",
+        "-o",
+        "x.fgj",
+    ]);
+    assert!(err.contains("line 3"), "{err}");
+    // A malformed Intel HEX file names the line.
+    std::fs::write(
+        lab.path("bad.hex"),
+        ":0400000001020304F1\n:0400040001020304EE\n:00000001FF\n",
+    )
+    .unwrap();
+    let err = lab.fails(&[
+        "job",
+        "build",
+        "--oem",
+        "oem",
+        "--policy",
+        &policy_path(),
+        "--firmware",
+        "bad.hex",
+        "--appliance",
+        "enrollment.cbor",
+        "-o",
+        "x.fgj",
+    ]);
+    assert!(err.contains("line 1") || err.contains("line 2"), "{err}");
+    // A pinned fingerprint that does not match.
+    let err = lab.fails(&[
+        "job",
+        "build",
+        "--oem",
+        "oem",
+        "--policy",
+        &policy_path(),
+        "--firmware",
+        "fw.bin@0",
+        "--appliance",
+        "enrollment.cbor",
+        "--fingerprint",
+        "00",
+        "-o",
+        "x.fgj",
+    ]);
+    assert!(err.contains("fingerprint"), "{err}");
+    // A profile the appliance cannot run.
+    let err = lab.fails(&[
+        "job",
+        "build",
+        "--oem",
+        "oem",
+        "--policy",
+        &policy_path(),
+        "--firmware",
+        "fw.bin@0",
+        "--appliance",
+        "enrollment.cbor",
+        "--profile",
+        "cose-ecdh-es-a256kw",
+        "-o",
+        "x.fgj",
+    ]);
+    assert!(
+        err.contains("cannot run the cose-ecdh-es-a256kw profile"),
+        "{err}"
+    );
+    // Not a package at all.
+    std::fs::write(lab.path("junk.fgj"), b"hello").unwrap();
+    let err = lab.fails(&["job", "import", "junk.fgj"]);
+    assert!(err.contains("not a flashgate job package"), "{err}");
+}
+
+#[test]
+fn job_ca_chains_to_the_oem_root_with_openssl() {
+    let lab = Lab::new(Kind::SoftHsm);
+    lab.enroll();
+    lab.build_job("job.fgj", &policy_path(), 1000);
+    let bytes = std::fs::read(lab.path("job.fgj")).unwrap();
+    let (m, _) = UnverifiedPackage::parse(&bytes)
+        .unwrap()
+        .manifest_unverified()
+        .unwrap();
+    std::fs::write(lab.path("job-ca.der"), &m.job_ca_cert).unwrap();
+    let pem = std::process::Command::new("openssl")
+        .args([
+            "x509",
+            "-inform",
+            "DER",
+            "-in",
+            "job-ca.der",
+            "-out",
+            "job-ca.pem",
+        ])
+        .current_dir(lab.dir.path())
+        .status()
+        .unwrap();
+    assert!(pem.success());
+    let out = std::process::Command::new("openssl")
+        .args([
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            "oem/root-cert.pem",
+            "job-ca.pem",
+        ])
+        .current_dir(lab.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in", "job-ca.pem"])
+        .current_dir(lab.dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
+    assert!(
+        text.contains("Not After : May  1 00:00:00 2027 GMT"),
+        "{text}"
+    );
+}
