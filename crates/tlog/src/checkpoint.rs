@@ -93,7 +93,8 @@ impl Checkpoint {
     ///
     /// The text must be UTF-8 and consist of at least three lines, each
     /// non-empty, free of control characters (so no carriage return) and
-    /// terminated by a newline. The origin is any such line; the tree size
+    /// terminated by a newline. C2SP signed-note forbids only the ASCII
+    /// controls below U+0020; this also refuses U+007F and U+0080 to U+009F. The origin is any such line; the tree size
     /// is ASCII decimal with no sign and no leading zero except for `0`, and
     /// must fit in a `u64`; the root hash is the padded standard base64
     /// (RFC 4648 §4) encoding of exactly 32 bytes, with zero padding bits.

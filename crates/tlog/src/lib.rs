@@ -16,6 +16,36 @@
 //!
 //! Every function that reads untrusted input returns an [`Error`] instead of
 //! panicking, and no allocation is sized from a length taken from the input.
+//!
+//! ```
+//! use flashgate_tlog::{
+//!     consistency_proof, inclusion_proof, leaf_hash, verify_consistency, verify_inclusion,
+//!     Checkpoint, Tree,
+//! };
+//!
+//! let records: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 16]).collect();
+//! let leaves: Vec<_> = records.iter().map(|r| leaf_hash(r)).collect();
+//!
+//! let mut tree = Tree::new();
+//! let mut old_root = tree.root();
+//! for (i, leaf) in leaves.iter().enumerate() {
+//!     tree.push_leaf_hash(*leaf)?;
+//!     if i == 5 {
+//!         old_root = tree.root();
+//!     }
+//! }
+//!
+//! let cp = Checkpoint::new("flashgate.example/line-1", tree.size(), tree.root())?;
+//! let text = cp.to_text();
+//! let cp = Checkpoint::parse(text.as_bytes())?;
+//!
+//! let proof = inclusion_proof(&leaves, 3, cp.size)?;
+//! verify_inclusion(&leaves[3], 3, cp.size, &proof, &cp.root)?;
+//!
+//! let proof = consistency_proof(&leaves, 6, cp.size)?;
+//! verify_consistency(6, cp.size, &proof, &old_root, &cp.root)?;
+//! # Ok::<(), flashgate_tlog::Error>(())
+//! ```
 
 #![warn(missing_docs)]
 
