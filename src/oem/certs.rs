@@ -112,38 +112,50 @@ pub fn oem_root_certificate(
     Ok(cert.der().to_vec())
 }
 
+/// What the per-job issuing CA certificate says.
+#[derive(Debug, Clone, Copy)]
+pub struct JobCa<'a> {
+    /// The job CA's public key (uncompressed SEC1).
+    pub public_key: &'a [u8; 65],
+    /// Job id (hex), named in the subject.
+    pub job_id_hex: &'a str,
+    /// Product, the subject's OU.
+    pub product: &'a str,
+    /// Start of validity (the job's `not_before`).
+    pub not_before: u64,
+    /// End of validity (the job's `not_after`).
+    pub not_after: u64,
+}
+
 /// The per-job issuing CA: pathLen 0, validity no longer than the job,
 /// signed by the OEM root.
 pub fn job_ca_certificate(
     root: &dyn Es256Signer,
-    root_cert_der: &[u8],
     oem_name: &str,
-    job_ca_public: &[u8; 65],
-    job_id_hex: &str,
-    product: &str,
-    not_before: u64,
-    not_after: u64,
+    ca: &JobCa<'_>,
 ) -> Result<Vec<u8>, OemError> {
     // The issuer name is rebuilt from the OEM name exactly as `oem init`
     // made the root; the tests check the chain with `openssl verify`.
     let root_params = root_params(oem_name, 0)?;
-    let _ = root_cert_der;
     let root_signer = RcgenSigner::new(root);
     let issuer = Issuer::new(root_params, &root_signer);
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, oem_name);
-    dn.push(DnType::OrganizationalUnitName, product);
-    dn.push(DnType::CommonName, format!("flashgate job {job_id_hex}"));
+    dn.push(DnType::OrganizationalUnitName, ca.product);
+    dn.push(
+        DnType::CommonName,
+        format!("flashgate job {}", ca.job_id_hex),
+    );
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    p.not_before = at(not_before)?;
-    p.not_after = at(not_after)?;
+    p.not_before = at(ca.not_before)?;
+    p.not_after = at(ca.not_after)?;
     p.serial_number = Some(random_serial()?);
     p.use_authority_key_identifier_extension = true;
     let cert = p
-        .signed_by(&SubjectKey(*job_ca_public), &issuer)
+        .signed_by(&SubjectKey(*ca.public_key), &issuer)
         .map_err(|e| OemError::Certificate(e.to_string()))?;
     Ok(cert.der().to_vec())
 }

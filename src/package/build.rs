@@ -179,15 +179,17 @@ pub fn build(input: &JobInput<'_>) -> Result<BuiltJob, BuildError> {
     let job_ca_key_obj = seal_secret(ctx, &enrollment.ka_public, &job_ca_pkcs8)?;
 
     let job = input.policy.job();
+    let job_ca_public = cose::sec1_uncompressed(&job_ca.public_key());
     let job_ca_cert = certs::job_ca_certificate(
         &input.oem.root,
-        &input.oem.root_cert_der,
         &input.oem.config.name,
-        &cose::sec1_uncompressed(&job_ca.public_key()),
-        &hex::encode(job_id),
-        job.product.as_str(),
-        job.not_before,
-        job.not_after,
+        &certs::JobCa {
+            public_key: &job_ca_public,
+            job_id_hex: &hex::encode(job_id),
+            product: job.product.as_str(),
+            not_before: job.not_before,
+            not_after: job.not_after,
+        },
     )?;
 
     let manifest = Manifest {

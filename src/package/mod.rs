@@ -51,7 +51,7 @@ pub enum PackageError {
     #[error("the package is signed by an OEM key this appliance does not trust (key id {kid}); add the OEM's public key to trust.oem_keys in the appliance config")]
     UntrustedSigner { kid: String },
     /// A part of the package does not match the digest in the signed manifest.
-    #[error("the package was altered: the {what} does not match the signed manifest; ask the OEM for a fresh copy")]
+    #[error("the package was altered: {what} does not match the signed manifest; ask the OEM for a fresh copy")]
     DigestMismatch { what: String },
 }
 
@@ -195,10 +195,14 @@ impl<'a> UnverifiedPackage<'a> {
             &manifest.device_master_digest,
             "device-master key",
         )?;
-        check_digest(self.job_ca_key, &manifest.job_ca_key_digest, "job CA key")?;
+        check_digest(
+            self.job_ca_key,
+            &manifest.job_ca_key_digest,
+            "the job CA key",
+        )?;
         if manifest.images.len() != self.images.len() {
             return Err(PackageError::DigestMismatch {
-                what: "number of images".to_owned(),
+                what: "the number of images".to_owned(),
             });
         }
         for (i, (entry, raw)) in manifest.images.iter().zip(&self.images).enumerate() {
@@ -209,7 +213,7 @@ impl<'a> UnverifiedPackage<'a> {
             )?;
             if raw.chunks.len() as u64 != u64::from(entry.chunks) {
                 return Err(PackageError::DigestMismatch {
-                    what: format!("chunk count of image {}", i + 1),
+                    what: format!("the chunk count of image {}", i + 1),
                 });
             }
         }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what flashgate's demo and tests need on a fresh Debian machine
+# with Rust: the PKCS#11 tokens (SoftHSM2 from Debian, Kryoptic built from
+# crates.io), OpenSC's pkcs11-tool, OpenSSL, and the Python packages the
+# independent-verifier test uses. Safe to run again.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+need=()
+for pkg in softhsm2 opensc libclang-dev libssl-dev pkg-config clang openssl avrdude stm32flash; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}" >&2
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! python3 -c 'import pycose, cryptography, cbor2' 2>/dev/null; then
+  echo "installing Python packages: pycose cryptography cbor2" >&2
+  python3 -m pip install -q pycose cryptography cbor2 >&2
+fi
+
+"$root/scripts/tokens.sh" modules >/dev/null
