@@ -38,8 +38,8 @@ case "${1:-}" in
       kryoptic)
         build_kryoptic
         printf '[[slots]]\nslot = 1\ndbtype = "sqlite"\ndbargs = "%s/token.sql"\n' "$dir" > "$dir/kryoptic.conf"
-        KRYOPTIC_CONF="$dir/kryoptic.conf" pkcs11-tool --module "$kryoptic_module" --init-token --label "$label" --so-pin "$so_pin" >/dev/null
-        KRYOPTIC_CONF="$dir/kryoptic.conf" pkcs11-tool --module "$kryoptic_module" --login --login-type so --so-pin "$so_pin" --init-pin --pin "$pin" >/dev/null
+        KRYOPTIC_CONF="$dir/kryoptic.conf" pkcs11-tool --module "$kryoptic_module" --init-token --label "$label" --so-pin "$so_pin" 2> >(grep -v "^Using slot" >&2) >/dev/null
+        KRYOPTIC_CONF="$dir/kryoptic.conf" pkcs11-tool --module "$kryoptic_module" --login --login-type so --so-pin "$so_pin" --init-pin --pin "$pin" 2> >(grep -v "^Using slot" >&2) >/dev/null
         echo "KRYOPTIC_CONF=$dir/kryoptic.conf"
         ;;
       *) echo "unknown token kind '$kind' (softhsm|kryoptic)" >&2; exit 2 ;;

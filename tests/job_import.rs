@@ -459,3 +459,96 @@ fn job_ca_chains_to_the_oem_root_with_openssl() {
         "{text}"
     );
 }
+
+/// The OEM keeps its keys in its own PKCS#11 token, named by an RFC 7512 URI.
+#[test]
+fn oem_keys_in_a_pkcs11_token() {
+    let lab = Lab::new(Kind::SoftHsm);
+    lab.enroll();
+    // The OEM's token lives in the same SoftHSM directory, under another label.
+    let oem_pin = lab.path("oem-pin");
+    std::fs::write(&oem_pin, "oem-pin-0000\n").unwrap();
+    let conf = lab.path("token/softhsm2.conf");
+    let init = std::process::Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "oem-keys",
+            "--so-pin",
+            "so-pin-0000",
+            "--pin",
+            "oem-pin-0000",
+        ])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let uri = format!(
+        "pkcs11:token=oem-keys?module-path={}&pin-source=file:{}",
+        Kind::SoftHsm.module().display(),
+        oem_pin.display()
+    );
+    let out = lab.ok(&[
+        "oem",
+        "init",
+        "--out",
+        "oem-hsm",
+        "--name",
+        "Acme Corp",
+        "--pkcs11-uri",
+        &uri,
+    ]);
+    assert!(
+        out.contains("pkcs11:token=oem-keys;object=flashgate-oem-signing"),
+        "{out}"
+    );
+    // No private key file was written.
+    assert!(!lab.path("oem-hsm/signing-key.pem").exists());
+    // A PIN on the command line is refused.
+    let err = lab.fails(&[
+        "oem",
+        "init",
+        "--out",
+        "x",
+        "--name",
+        "A",
+        "--pkcs11-uri",
+        "pkcs11:token=oem-keys?module-path=/m.so&pin-value=1",
+    ]);
+    assert!(err.contains("pin-value is refused"), "{err}");
+
+    std::fs::write(lab.path("fw.bin"), vec![0xa5u8; 5000]).unwrap();
+    lab.ok(&[
+        "job",
+        "build",
+        "--oem",
+        "oem-hsm",
+        "--policy",
+        &policy_path(),
+        "--firmware",
+        "fw.bin@0x0",
+        "--appliance",
+        "enrollment.cbor",
+        "-o",
+        "hsm.fgj",
+    ]);
+    // The appliance trusts only the file-based OEM key so far: refused...
+    let err = lab.fails(&["job", "import", "hsm.fgj"]);
+    assert!(err.contains("does not trust"), "{err}");
+    // ...until the token-held key is added to the trust anchors.
+    let cfg = std::fs::read_to_string(lab.path("appliance.toml")).unwrap();
+    std::fs::write(
+        lab.path("appliance.toml"),
+        cfg.replace(
+            "oem_keys = [\"oem/signing-key.pub.pem\"]",
+            "oem_keys = [\"oem/signing-key.pub.pem\", \"oem-hsm/signing-key.pub.pem\"]",
+        ),
+    )
+    .unwrap();
+    lab.ok(&["job", "import", "hsm.fgj"]);
+}

@@ -104,8 +104,8 @@ pub enum OemSigner {
     },
     /// A key in a PKCS#11 token.
     Token {
-        /// The open token.
-        token: Box<Token>,
+        /// The open token (shared by the keys that live in it).
+        token: std::rc::Rc<Token>,
         /// The private key handle.
         key: cryptoki::object::ObjectHandle,
         /// Its public point.
@@ -158,13 +158,37 @@ impl Es256Signer for OemSigner {
 
 /// Loads a signer from a key file path or a `pkcs11:` URI.
 pub fn load_signer(reference: &str, base: &Path) -> Result<OemSigner, OemError> {
+    load_signer_with(reference, base, &mut Vec::new())
+}
+
+/// Open tokens, so that two keys in one token share one module load (a
+/// PKCS#11 module is initialised once per process).
+type TokenCache = Vec<(crate::hsm::TokenConfig, std::rc::Rc<Token>)>;
+
+fn open_cached(
+    cache: &mut TokenCache,
+    config: crate::hsm::TokenConfig,
+) -> Result<std::rc::Rc<Token>, OemError> {
+    if let Some((_, t)) = cache.iter().find(|(c, _)| *c == config) {
+        return Ok(t.clone());
+    }
+    let t = std::rc::Rc::new(Token::open(&config)?);
+    cache.push((config, t.clone()));
+    Ok(t)
+}
+
+fn load_signer_with(
+    reference: &str,
+    base: &Path,
+    cache: &mut TokenCache,
+) -> Result<OemSigner, OemError> {
     if reference.starts_with("pkcs11:") {
         let uri = Pkcs11Uri::parse(reference)?;
         let label = uri.object.clone().ok_or_else(|| OemError::Config {
             path: base.to_owned(),
             detail: format!("the URI '{reference}' names no object="),
         })?;
-        let token = Token::open(&uri.token_config())?;
+        let token = open_cached(cache, uri.token_config())?;
         let handles = token.find_by_label(&label)?;
         let mut private = None;
         let mut public = None;
@@ -180,11 +204,7 @@ pub fn load_signer(reference: &str, base: &Path) -> Result<OemSigner, OemError> 
         let (Some(key), Some(public)) = (private, public) else {
             return Err(OemError::KeyNotFound { label });
         };
-        Ok(OemSigner::Token {
-            token: Box::new(token),
-            key,
-            public,
-        })
+        Ok(OemSigner::Token { token, key, public })
     } else {
         let path = base.join(reference);
         let pem = Zeroizing::new(fs::read_to_string(&path).map_err(io("cannot read", &path))?);
@@ -217,8 +237,9 @@ impl Oem {
             path: path.clone(),
             detail: e.to_string(),
         })?;
-        let signing = load_signer(&config.signing_key, dir)?;
-        let root = load_signer(&config.root_key, dir)?;
+        let mut cache = TokenCache::new();
+        let signing = load_signer_with(&config.signing_key, dir, &mut cache)?;
+        let root = load_signer_with(&config.root_key, dir, &mut cache)?;
         let cert_path = dir.join(&config.root_cert);
         let pem_text = fs::read_to_string(&cert_path).map_err(io("cannot read", &cert_path))?;
         let root_cert_der =
@@ -251,6 +272,7 @@ pub fn init(dir: &Path, name: &str, store: &KeyStore, now: u64) -> Result<OemCon
         return Err(OemError::Exists { path: config_path });
     }
     fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
+    let mut cache = TokenCache::new();
     let (signing_ref, root_ref) = match store {
         KeyStore::Files => {
             write_new_key(&dir.join("signing-key.pem"))?;
@@ -258,7 +280,7 @@ pub fn init(dir: &Path, name: &str, store: &KeyStore, now: u64) -> Result<OemCon
             ("signing-key.pem".to_owned(), "root-key.pem".to_owned())
         }
         KeyStore::Token(uri) => {
-            let token = Token::open(&uri.token_config())?;
+            let token = open_cached(&mut cache, uri.token_config())?;
             for label in [SIGNING_KEY_LABEL, ROOT_KEY_LABEL] {
                 if !token.find_by_label(label)?.is_empty() {
                     return Err(OemError::Exists {
@@ -273,14 +295,14 @@ pub fn init(dir: &Path, name: &str, store: &KeyStore, now: u64) -> Result<OemCon
             )
         }
     };
-    let root = load_signer(&root_ref, dir)?;
+    let root = load_signer_with(&root_ref, dir, &mut cache)?;
     let cert = certs::oem_root_certificate(&root, name, now)?;
     write_file(
         &dir.join("root-cert.pem"),
         certs::der_to_pem(&cert, "CERTIFICATE").as_bytes(),
         0o644,
     )?;
-    let signing = load_signer(&signing_ref, dir)?;
+    let signing = load_signer_with(&signing_ref, dir, &mut cache)?;
     let spki = p256::PublicKey::from_sec1_bytes(&signing.public_key())
         .ok()
         .and_then(|k| k.to_public_key_pem(p256::pkcs8::LineEnding::LF).ok())
