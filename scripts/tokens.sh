@@ -13,7 +13,7 @@ kryoptic_module="$kryoptic_dir/target/release/libkryoptic_pkcs11.so"
 build_kryoptic() {
   if [ ! -f "$kryoptic_module" ]; then
     echo "building the Kryoptic PKCS#11 module (once)..." >&2
-    (cd "$kryoptic_dir" && cargo build --release --locked -p kryoptic >&2)
+    (cd "$kryoptic_dir" && CARGO_TARGET_DIR="$kryoptic_dir/target" cargo build --release --locked -p kryoptic >&2)
   fi
 }
 
