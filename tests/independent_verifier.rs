@@ -17,10 +17,13 @@ use flashgate::enrollment::{appliance_id, Enrollment, VerifiedEnrollment};
 use flashgate::hsm::{Profile, TokenDescription};
 use flashgate::oem::{KeyStore, Oem, OemSigner};
 use flashgate::package::build::{build, JobInput};
-use flashgate::package::UnverifiedPackage;
+use flashgate::package::{
+    encode_image_element, encode_package, UnverifiedPackage, MANIFEST_CONTENT_TYPE,
+};
 use flashgate_firmware::Segment;
 use flashgate_policy::Policy;
 use p256::pkcs8::{EncodePrivateKey, LineEnding};
+use sha2::{Digest, Sha256};
 
 const FIRMWARE_SIZE: usize = 300_000;
 const FIRMWARE_ADDRESS: u32 = 0x0800_0000;
@@ -140,7 +143,14 @@ fn build_package(dir: &Path, ka: &p256::SecretKey, fw: &[u8]) -> PathBuf {
     path
 }
 
-fn run_verifier(package: &Path, ka_pem: &Path, oem_pub: &Path, fw: &Path) -> (bool, String) {
+/// What the verifier said: success, stdout, stderr.
+struct Verdict {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn run_verifier(package: &Path, ka_pem: &Path, oem_pub: &Path, fw: &Path) -> Verdict {
     let out = Command::new("python3")
         .arg(repo().join("tests/independent/open_package.py"))
         .arg(package)
@@ -150,9 +160,36 @@ fn run_verifier(package: &Path, ka_pem: &Path, oem_pub: &Path, fw: &Path) -> (bo
         .output()
         .expect("run python3");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     println!("--- open_package.py stdout ---\n{stdout}--- stderr ---\n{stderr}");
-    (out.status.success(), stdout)
+    Verdict {
+        ok: out.status.success(),
+        stdout,
+        stderr,
+    }
+}
+
+/// The package with one ciphertext bit of image 0 changed and the manifest
+/// re-signed with the OEM key over the new object digest, so that only the
+/// AES-GCM tag can catch it.
+fn resigned_with_changed_chunk(bytes: &[u8], oem: &Oem) -> Vec<u8> {
+    let package = UnverifiedPackage::parse(bytes).unwrap();
+    let (mut manifest, _) = package.manifest_unverified().unwrap();
+    let (_, master, ca, images) = package.parts();
+    let mut elements: Vec<(Vec<u8>, Vec<Vec<u8>>)> = images
+        .iter()
+        .map(|im| {
+            (
+                im.header.to_vec(),
+                im.chunks.iter().map(|c| c.to_vec()).collect(),
+            )
+        })
+        .collect();
+    elements[0].1[1][1000] ^= 0x80;
+    let element = encode_image_element(&elements[0].0, &elements[0].1);
+    manifest.images[0].object_digest = Sha256::digest(&element).into();
+    let signed = cose::sign1(&oem.signing, MANIFEST_CONTENT_TYPE, manifest.encode()).unwrap();
+    encode_package(&signed, master, ca, &elements)
 }
 
 #[test]
@@ -171,32 +208,55 @@ fn python_cose_opens_a_standard_profile_package() {
     std::fs::write(&fw_path, &fw).unwrap();
     let oem_pub = dir.path().join("oem/signing-key.pub.pem");
 
-    let (ok, stdout) = run_verifier(&package, &ka_pem, &oem_pub, &fw_path);
+    let v = run_verifier(&package, &ka_pem, &oem_pub, &fw_path);
     assert!(
-        ok,
-        "the independent verifier refused the package:\n{stdout}"
+        v.ok,
+        "the independent verifier refused the package:\n{}{}",
+        v.stdout, v.stderr
     );
     assert!(
-        stdout.lines().any(|l| l.trim() == "OK"),
-        "no OK from the independent verifier:\n{stdout}"
+        v.stdout.lines().any(|l| l.trim() == "OK"),
+        "no OK from the independent verifier:\n{}",
+        v.stdout
     );
 
-    // The verifier must also refuse: a wrong expected firmware, a package
-    // with one ciphertext byte changed, and the wrong appliance key.
+    // The verifier must also refuse: a wrong expected firmware, a changed
+    // chunk (caught by the signed digest, and with the manifest re-signed by
+    // the AES-GCM tag), and the wrong appliance key.
     let mut wrong_fw = fw.clone();
     wrong_fw[FIRMWARE_SIZE / 2] ^= 1;
     let wrong_fw_path = dir.path().join("wrong-firmware.bin");
     std::fs::write(&wrong_fw_path, &wrong_fw).unwrap();
-    let (ok, _) = run_verifier(&package, &ka_pem, &oem_pub, &wrong_fw_path);
-    assert!(!ok, "the verifier accepted firmware that differs");
+    let v = run_verifier(&package, &ka_pem, &oem_pub, &wrong_fw_path);
+    assert!(!v.ok, "the verifier accepted firmware that differs");
+    assert!(
+        v.stderr.contains("differs from the expected firmware"),
+        "{}",
+        v.stderr
+    );
 
     let mut bytes = std::fs::read(&package).unwrap();
     let at = bytes.len() - 100;
     bytes[at] ^= 0x01;
     let tampered = dir.path().join("tampered.fgj");
     std::fs::write(&tampered, &bytes).unwrap();
-    let (ok, _) = run_verifier(&tampered, &ka_pem, &oem_pub, &fw_path);
-    assert!(!ok, "the verifier accepted a package with a changed chunk");
+    let v = run_verifier(&tampered, &ka_pem, &oem_pub, &fw_path);
+    assert!(
+        !v.ok,
+        "the verifier accepted a package with a changed chunk"
+    );
+    assert!(v.stderr.contains("object digest"), "{}", v.stderr);
+
+    let oem = Oem::load(&dir.path().join("oem")).unwrap();
+    let resigned = dir.path().join("resigned.fgj");
+    std::fs::write(
+        &resigned,
+        resigned_with_changed_chunk(&std::fs::read(&package).unwrap(), &oem),
+    )
+    .unwrap();
+    let v = run_verifier(&resigned, &ka_pem, &oem_pub, &fw_path);
+    assert!(!v.ok, "the verifier decrypted a changed chunk");
+    assert!(v.stderr.contains("fails its AES-GCM tag"), "{}", v.stderr);
 
     let other = cose::random_secret_key().unwrap();
     let other_pem = dir.path().join("other-key.pem");
@@ -205,6 +265,6 @@ fn python_cose_opens_a_standard_profile_package() {
         other.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
     )
     .unwrap();
-    let (ok, _) = run_verifier(&package, &other_pem, &oem_pub, &fw_path);
-    assert!(!ok, "the verifier opened the package with another key");
+    let v = run_verifier(&package, &other_pem, &oem_pub, &fw_path);
+    assert!(!v.ok, "the verifier opened the package with another key");
 }

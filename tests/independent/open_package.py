@@ -10,7 +10,7 @@ OEM_SIGNING_PUB_PEM the OEM job-signing public key (SubjectPublicKeyInfo
 PEM). Prints what it checked and "OK" at the end; exits non-zero on the first
 thing that does not hold. Secret values are never printed.
 
-The layout checked here is the one docs/FORMATS.md specifies:
+The package layout:
   ["flashgate-job", 1, manifest: bstr, [master: bstr, ca_key: bstr],
    [* [image_header: bstr, [+ chunk: bstr]]]]
 """
@@ -21,6 +21,7 @@ from collections.abc import Mapping
 
 import cbor2
 from cryptography import x509
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -113,7 +114,7 @@ def thaw(value):
     if isinstance(value, (list, tuple)):
         return [thaw(v) for v in value]
     if isinstance(value, Mapping):
-        return {thaw(k) if not isinstance(k, (list, tuple)) else k: thaw(v) for k, v in value.items()}
+        return {k: thaw(v) for k, v in value.items()}
     return value
 
 
@@ -139,7 +140,7 @@ def kid_of(public_key):
 
 
 def documented_kdf_context(recipient_protected):
-    """COSE_KDF_Context per RFC 9053 5.2 as docs/FORMATS.md gives it:
+    """COSE_KDF_Context per RFC 9053 5.2 with flashgate's parameters:
     [A256KW, [nil,nil,nil], [nil,nil,nil], [256, protected, other]]."""
     return cbor2.dumps(
         [-5, [None, None, None], [None, None, None], [256, recipient_protected, KDF_OTHER]]
@@ -275,7 +276,10 @@ def main(argv):
             nonce = base_iv[:8] + bytes(a ^ b for a, b in zip(base_iv[8:], index.to_bytes(4, "big")))
             ext = index.to_bytes(4, "big") + bytes([1 if last else 0])
             aad = cbor2.dumps(["Encrypt", body_protected, ext])
-            part = gcm.decrypt(nonce, chunk, aad)
+            try:
+                part = gcm.decrypt(nonce, chunk, aad)
+            except InvalidTag:
+                raise Refused(f"image {i}: chunk {index} fails its AES-GCM tag") from None
             check(len(part) == CHUNK_SIZE or last, f"image {i}: chunk {index} is short")
             plain += part
         check(len(plain) == entry[2], f"image {i}: size")
