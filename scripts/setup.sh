@@ -20,7 +20,7 @@ fi
 
 if ! python3 -c 'import pycose, cryptography, cbor2' 2>/dev/null; then
   echo "installing Python packages: pycose cryptography cbor2" >&2
-  python3 -m pip install -q pycose cryptography cbor2 >&2
+  python3 -m pip install -q pycose cryptography "cbor2<6" >&2
 fi
 
 "$root/scripts/tokens.sh" modules >/dev/null

@@ -382,12 +382,12 @@ mod tests {
 
     #[test]
     fn kdf_context_matches_suit_layout() {
-        // [-3, [nil,nil,nil], [nil,nil,nil], [128, h'a101381c', "SUIT Payload Encryption"]]
+        // [-3, [nil,nil,nil], [nil,nil,nil], [128, h'a101381c', 'SUIT Payload Encryption' (a byte string)]]
         let ctx = kdf_context(
             -3,
             128,
             &[0xa1, 0x01, 0x38, 0x1c],
-            &Value::Text("SUIT Payload Encryption".into()),
+            &Value::Bytes(b"SUIT Payload Encryption".to_vec()),
         );
         assert_eq!(
             &ctx[..9],
