@@ -248,6 +248,26 @@ impl Token {
         Ok(KeyPair { public, private })
     }
 
+    /// Imports a P-256 private scalar as a non-extractable, derive-only
+    /// session key. Only for known-answer tests with published keys: real
+    /// appliance keys are generated inside the token.
+    pub fn import_p256_derive_key(&self, scalar: &[u8; 32]) -> Result<ObjectHandle, HsmError> {
+        self.session
+            .create_object(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::KeyType(KeyType::EC),
+                Attribute::Token(false),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Derive(true),
+                Attribute::Sign(false),
+                Attribute::EcParams(P256_EC_PARAMS.to_vec()),
+                Attribute::Value(scalar.to_vec()),
+            ])
+            .map_err(|e| HsmError::op("import an EC private key", e))
+    }
+
     /// The uncompressed SEC1 point (65 bytes) of an EC public key object.
     pub fn ec_point(&self, public: ObjectHandle) -> Result<[u8; 65], HsmError> {
         let attrs = self
@@ -323,6 +343,17 @@ impl Token {
         ephemeral_point: &[u8; 65],
         kdf: EcdhKdf<'_>,
     ) -> Result<ObjectHandle, HsmError> {
+        self.ecdh_kek_sized(private, ephemeral_point, kdf, 32)
+    }
+
+    /// [`Token::ecdh_kek`] with a KEK of `kek_len` bytes (16 for A128KW).
+    pub fn ecdh_kek_sized(
+        &self,
+        private: ObjectHandle,
+        ephemeral_point: &[u8; 65],
+        kdf: EcdhKdf<'_>,
+        kek_len: u64,
+    ) -> Result<ObjectHandle, HsmError> {
         let ecdh = Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), ephemeral_point));
         let shared_type = match kdf {
             EcdhKdf::Hkdf { .. } => KeyType::GENERIC_SECRET,
@@ -345,7 +376,7 @@ impl Token {
             Attribute::Token(false),
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::KeyType(KeyType::AES),
-            Attribute::ValueLen(32.into()),
+            Attribute::ValueLen(kek_len.into()),
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
             Attribute::Unwrap(true),
