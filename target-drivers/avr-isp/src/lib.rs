@@ -1,0 +1,1 @@
+//! flashgate-avr-isp

@@ -1,0 +1,1 @@
+//! flashgate-stm32-uart
