@@ -455,6 +455,11 @@ fn job_ca_chains_to_the_oem_root_with_openssl() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
     assert!(
+        text.contains("X509v3 Subject Key Identifier")
+            && text.contains("X509v3 Authority Key Identifier"),
+        "{text}"
+    );
+    assert!(
         text.contains("Not After : May  1 00:00:00 2027 GMT"),
         "{text}"
     );

@@ -221,6 +221,7 @@ impl Appliance {
             &m.job_id,
         )?;
         created.handles.push(ca);
+        check_ca_key_matches_certificate(&self.token, ca, &m.job_ca_cert)?;
         for i in 0..signed.images.len() {
             let cek = open_image_key(
                 &self.token,
@@ -243,21 +244,25 @@ impl Appliance {
         fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
         let result = (|| -> Result<(), ImportError> {
             write_atomic(&dir.join("package.fgj"), &bytes)?;
-            if job.security_version > floor {
-                let old = self
-                    .token
-                    .find_by_label(&format!("{SVN_PREFIX}{}", job.product.as_str()))?;
-                self.token.create_data(
-                    &format!("{SVN_PREFIX}{}", job.product.as_str()),
-                    &job.security_version.to_be_bytes(),
-                )?;
-                for h in old {
-                    self.token.destroy(h)?;
-                }
-            }
+            // The new floor names the job that raised it, so a crash before
+            // the commit marker can be undone by `recover`; older floors go
+            // only after the commit.
+            let svn_label = format!("{SVN_PREFIX}{}", job.product.as_str());
+            let old = self.token.find_by_label(&svn_label)?;
+            let mut value = job.security_version.to_be_bytes().to_vec();
+            value.extend_from_slice(&m.job_id);
+            let new_floor = self.token.create_data(&svn_label, &value)?;
             let record = cose::encode(&ciborium::value::Value::Integer(now.into()));
-            self.token
-                .create_data(&format!("{IMPORTED_PREFIX}{id}"), &record)?;
+            if let Err(e) = self
+                .token
+                .create_data(&format!("{IMPORTED_PREFIX}{id}"), &record)
+            {
+                let _ = self.token.destroy(new_floor);
+                return Err(e.into());
+            }
+            for h in old {
+                let _ = self.token.destroy(h);
+            }
             Ok(())
         })();
         if let Err(e) = result {
@@ -272,6 +277,26 @@ impl Appliance {
             imported_at: now,
         })
     }
+}
+
+/// The unwrapped job CA key must be the key the job CA certificate names:
+/// sign a fresh digest in the token and verify it with the certificate.
+fn check_ca_key_matches_certificate(
+    token: &Token,
+    ca: ObjectHandle,
+    cert_der: &[u8],
+) -> Result<(), ImportError> {
+    use p256::ecdsa::signature::hazmat::PrehashVerifier;
+    let mismatch = || ImportError::Altered {
+        what: "the job CA certificate (it does not match the job CA key)".to_owned(),
+    };
+    let public = crate::oem::certs::certificate_public_key(cert_der).ok_or_else(mismatch)?;
+    let mut digest = [0u8; 32];
+    token.random(&mut digest)?;
+    let sig = token.sign_prehash(ca, &digest)?;
+    let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&public).map_err(|_| mismatch())?;
+    let sig = p256::ecdsa::Signature::from_slice(&sig).map_err(|_| mismatch())?;
+    vk.verify_prehash(&digest, &sig).map_err(|_| mismatch())
 }
 
 /// ECDH + KDF in the token for one recipient; the result can only unwrap.

@@ -259,6 +259,21 @@ impl Appliance {
                 cleaned.push(format!("destroyed leftover key {label}"));
             }
         }
+        // A security-version floor raised by an import that never committed.
+        for (h, label) in &objects {
+            if !label.starts_with(SVN_PREFIX) {
+                continue;
+            }
+            let value = self.token.data_value(*h)?;
+            if let Some(job) = value.get(4..20) {
+                if !committed.contains(&hex::encode(job)) {
+                    self.token.destroy(*h)?;
+                    cleaned.push(format!(
+                        "removed an uncommitted security-version floor {label}"
+                    ));
+                }
+            }
+        }
         let jobs = self.config.state_dir.join("jobs");
         if let Ok(rd) = fs::read_dir(&jobs) {
             for entry in rd.flatten() {
@@ -325,8 +340,9 @@ impl Appliance {
             .token
             .find_by_label(&format!("{SVN_PREFIX}{product}"))?
         {
+            // Value: u32be(security version) || job id (16 bytes).
             let v = self.token.data_value(h)?;
-            if let Ok(b) = <[u8; 4]>::try_from(v.as_slice()) {
+            if let Some(b) = v.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
                 floor = floor.max(u32::from_be_bytes(b));
             }
         }

@@ -3,8 +3,8 @@
 //! same code signs with a key file or inside a token.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyUsagePurpose,
-    PublicKeyData, SerialNumber, SigningKey,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyIdMethod,
+    KeyUsagePurpose, PublicKeyData, SerialNumber, SigningKey,
 };
 use time::OffsetDateTime;
 
@@ -83,7 +83,18 @@ fn random_serial() -> Result<SerialNumber, OemError> {
     Ok(SerialNumber::from_slice(&s))
 }
 
-fn root_params(name: &str, now: u64) -> Result<CertificateParams, OemError> {
+/// Subject key identifier: the first 20 bytes of SHA-256 over the
+/// subjectPublicKey bits (RFC 7093, method 1).
+pub fn key_identifier(public: &[u8; 65]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(public)[..20].to_vec()
+}
+
+fn root_params(
+    name: &str,
+    now: u64,
+    root_public: &[u8; 65],
+) -> Result<CertificateParams, OemError> {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, name);
@@ -95,6 +106,7 @@ fn root_params(name: &str, now: u64) -> Result<CertificateParams, OemError> {
     p.not_after = at(now + 25 * 365 * 86_400)?;
     p.serial_number = Some(SerialNumber::from_slice(&[0x01]));
     p.use_authority_key_identifier_extension = false;
+    p.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(root_public));
     Ok(p)
 }
 
@@ -104,7 +116,7 @@ pub fn oem_root_certificate(
     name: &str,
     now: u64,
 ) -> Result<Vec<u8>, OemError> {
-    let p = root_params(name, now)?;
+    let p = root_params(name, now, &root.public_key())?;
     let signer = RcgenSigner::new(root);
     let cert = p
         .self_signed(&signer)
@@ -131,12 +143,15 @@ pub struct JobCa<'a> {
 /// signed by the OEM root.
 pub fn job_ca_certificate(
     root: &dyn Es256Signer,
+    root_cert_der: &[u8],
     oem_name: &str,
     ca: &JobCa<'_>,
 ) -> Result<Vec<u8>, OemError> {
-    // The issuer name is rebuilt from the OEM name exactly as `oem init`
-    // made the root; the tests check the chain with `openssl verify`.
-    let root_params = root_params(oem_name, 0)?;
+    let root_public = root.public_key();
+    let mut root_params = CertificateParams::default();
+    root_params.distinguished_name = subject_of(root_cert_der, &root_public)?;
+    root_params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(&root_public));
+    root_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let root_signer = RcgenSigner::new(root);
     let issuer = Issuer::new(root_params, &root_signer);
     let mut p = CertificateParams::default();
@@ -154,10 +169,55 @@ pub fn job_ca_certificate(
     p.not_after = at(ca.not_after)?;
     p.serial_number = Some(random_serial()?);
     p.use_authority_key_identifier_extension = true;
+    p.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(ca.public_key));
     let cert = p
         .signed_by(&SubjectKey(*ca.public_key), &issuer)
         .map_err(|e| OemError::Certificate(e.to_string()))?;
     Ok(cert.der().to_vec())
+}
+
+/// The subject of the OEM root certificate as an issuer name, after checking
+/// that the certificate belongs to the root key.
+fn subject_of(root_cert_der: &[u8], root_public: &[u8; 65]) -> Result<DistinguishedName, OemError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let bad = |d: &str| OemError::Certificate(format!("the OEM root certificate {d}"));
+    let (_, cert) =
+        X509Certificate::from_der(root_cert_der).map_err(|_| bad("is not DER X.509"))?;
+    if cert.public_key().subject_public_key.data.as_ref() != root_public.as_slice() {
+        return Err(bad("does not belong to the OEM root key in oem.toml"));
+    }
+    let mut dn = DistinguishedName::new();
+    for attr in cert.subject().iter_attributes() {
+        let value = attr
+            .as_str()
+            .map_err(|_| bad("has a subject attribute that is not a string"))?;
+        let oid = attr.attr_type().to_id_string();
+        let ty = match oid.as_str() {
+            "2.5.4.3" => DnType::CommonName,
+            "2.5.4.10" => DnType::OrganizationName,
+            "2.5.4.11" => DnType::OrganizationalUnitName,
+            "2.5.4.6" => DnType::CountryName,
+            _ => {
+                return Err(bad(&format!(
+                    "has a subject attribute ({oid}) flashgate does not reproduce"
+                )))
+            }
+        };
+        dn.push(ty, value);
+    }
+    Ok(dn)
+}
+
+/// The uncompressed P-256 point in a DER certificate.
+pub fn certificate_public_key(der: &[u8]) -> Option<[u8; 65]> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    cert.public_key()
+        .subject_public_key
+        .data
+        .as_ref()
+        .try_into()
+        .ok()
 }
 
 /// PEM armour for DER.

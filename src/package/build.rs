@@ -182,6 +182,7 @@ pub fn build(input: &JobInput<'_>) -> Result<BuiltJob, BuildError> {
     let job_ca_public = cose::sec1_uncompressed(&job_ca.public_key());
     let job_ca_cert = certs::job_ca_certificate(
         &input.oem.root,
+        &input.oem.root_cert_der,
         &input.oem.config.name,
         &certs::JobCa {
             public_key: &job_ca_public,
