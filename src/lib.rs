@@ -12,8 +12,12 @@
 
 pub mod appliance;
 pub mod cose;
+pub mod demo;
 pub mod display;
 pub mod enrollment;
 pub mod hsm;
+pub mod identity;
 pub mod oem;
 pub mod package;
+pub mod pipeline;
+pub mod run_view;

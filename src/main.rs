@@ -43,6 +43,32 @@ enum Command {
     /// Build, inspect, import, list and remove jobs.
     #[command(subcommand)]
     Job(JobCmd),
+    /// CM: program units on N channels at once.
+    Run(RunArgs),
+    /// The whole story on fresh simulated parts: OEM keys, enrollment, job, import, a run.
+    Demo(flashgate::demo::DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Job id (see `flashgate job list`).
+    #[arg(long)]
+    job: String,
+    /// Channels programming at once.
+    #[arg(long, default_value_t = 1)]
+    channels: u32,
+    /// Target: `sim[:key=value,...]` (see docs/EVENTS.md for the sim options).
+    #[arg(long, default_value = "sim")]
+    target: String,
+    /// Boards to take in all (default: until the fixtures or the quota run out).
+    #[arg(long)]
+    units: Option<u64>,
+    /// Emit one JSON event per line on stdout instead of progress lines.
+    #[arg(long)]
+    json: bool,
+    /// Counter values a channel reserves at a time.
+    #[arg(long, default_value_t = 16)]
+    block: u64,
 }
 
 #[derive(Subcommand)]
@@ -124,9 +150,11 @@ fn open_appliance(config: &Path) -> Result<Appliance> {
     Ok(appliance)
 }
 
-fn run(cli: Cli, w: &mut String) -> Result<()> {
+fn run(cli: Cli, w: &mut String) -> Result<u8> {
     use std::fmt::Write as _;
     match cli.command {
+        Command::Run(args) => return run_units(&cli.config, &args, w),
+        Command::Demo(args) => return Ok(flashgate::demo::run(&args)?),
         Command::Appliance(ApplianceCmd::Init { out }) => {
             let appliance = Appliance::open(ApplianceConfig::load(&cli.config)?)?;
             let (bytes, e) = appliance.enroll()?;
@@ -356,7 +384,105 @@ fn run(cli: Cli, w: &mut String) -> Result<()> {
             let _ = writeln!(w, "removed job {id} and destroyed its HSM keys");
         }
     }
-    Ok(())
+    Ok(0)
+}
+
+/// `flashgate run`: exit 0 when every unit passed, 1 when some failed.
+fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
+    use flashgate::pipeline::{MemoryLedger, Provisioner, RunEvent, RunOptions, StopHandle};
+    use std::fmt::Write as _;
+    use std::sync::Arc;
+    let appliance = open_appliance(config)?;
+    let job_dir = appliance.job_dir(&args.job);
+    let quota = flashgate::appliance::ImportedJob::load(&job_dir, &appliance.config.trust.keys)
+        .map(|j| j.policy.job().quota)
+        .map_err(|_| flashgate::appliance::ApplianceError::NoSuchJob {
+            id: args.job.clone(),
+        })?;
+    let ledger = Arc::new(MemoryLedger::new(quota));
+    let provisioner = Arc::new(Provisioner::open(appliance, &args.job, ledger)?);
+    let (driver, options) = args
+        .target
+        .split_once(':')
+        .unwrap_or((args.target.as_str(), ""));
+    if args.channels == 0 {
+        bail!("--channels must be at least 1");
+    }
+    let fixtures: Vec<Box<dyn flashgate_target::Fixture>> = match driver {
+        "sim" => {
+            let f =
+                flashgate_target_sim::SimFixture::from_options(options).context("--target sim")?;
+            provisioner.check_driver("sim", flashgate_target::Capabilities::all())?;
+            (0..args.channels)
+                .map(|_| Box::new(f.clone()) as Box<dyn flashgate_target::Fixture>)
+                .collect()
+        }
+        other => bail!("unknown target '{other}' (this build drives: sim)"),
+    };
+    let stop = StopHandle::default();
+    let cert_dir = job_dir.join("certs");
+    let view = flashgate::run_view::ProgressView::new(
+        args.channels,
+        quota,
+        0,
+        Some(cert_dir.clone()),
+        !args.json,
+    );
+    let json = args.json;
+    let v = view.clone();
+    let sink: Arc<dyn Fn(RunEvent) + Send + Sync> = Arc::new(move |e: RunEvent| {
+        if json {
+            if let Ok(line) = serde_json::to_string(&e) {
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        v.event(&e);
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(args.channels as usize + 4)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let summary = rt.block_on(async {
+        let s2 = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("stopping: finishing the units in flight (Ctrl-C again to force)");
+                s2.stop();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        });
+        provisioner
+            .clone()
+            .run(
+                fixtures,
+                RunOptions {
+                    units: args.units,
+                    block: args.block,
+                    driver: driver.to_owned(),
+                },
+                stop,
+                sink,
+            )
+            .await
+    });
+    view.finish();
+    if args.json {
+        if let Ok(line) =
+            serde_json::to_string(&serde_json::json!({"event": "run-finished", "summary": summary}))
+        {
+            let _ = writeln!(w, "{line}");
+        }
+    } else {
+        w.push_str(&flashgate::run_view::summary_table(&summary));
+        let _ = writeln!(w, "  certificates: {}", cert_dir.display());
+    }
+    Ok(u8::from(summary.failed() > 0))
 }
 
 fn print_enrollment(w: &mut String, e: &VerifiedEnrollment) {
@@ -388,7 +514,7 @@ fn main() -> ExitCode {
     // Output goes out in one write; a closed pipe (`| head`) is not an error.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             // One line: the outermost context, then the causes.
             // Causes already quoted by their parent's message are not repeated.

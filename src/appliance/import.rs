@@ -438,3 +438,47 @@ pub fn decrypt_image(
     }
     Ok(hasher.finalize().into())
 }
+
+impl Appliance {
+    /// Loads an imported job and decrypts its images in the token into
+    /// zeroizing memory (never to disk), checking each digest again.
+    pub fn open_job_firmware(
+        &self,
+        id: &str,
+    ) -> Result<(ImportedJob, Vec<(u32, Zeroizing<Vec<u8>>)>), ImportError> {
+        if self
+            .token
+            .find_by_label(&format!("{IMPORTED_PREFIX}{id}"))?
+            .is_empty()
+        {
+            return Err(ApplianceError::NoSuchJob { id: id.to_owned() }.into());
+        }
+        let dir = self.job_dir(id);
+        let job = ImportedJob::load(&dir, &self.config.trust.keys)?;
+        let bytes = fs::read(&job.package_path).map_err(|source| ImportError::Read {
+            path: job.package_path.clone(),
+            source,
+        })?;
+        let signed = UnverifiedPackage::parse(&bytes)?.verify(&self.config.trust.keys)?;
+        let mut images = Vec::new();
+        for (i, entry) in signed.manifest.images.iter().enumerate() {
+            let label = job_key_label(id, &format!("image{i}"));
+            let key = self
+                .token
+                .find_by_label(&label)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| ApplianceError::NoSuchJob { id: id.to_owned() })?;
+            let mut plain =
+                Zeroizing::new(Vec::with_capacity(usize::try_from(entry.size).unwrap_or(0)));
+            let digest = decrypt_image(&self.token, key, &signed, i, |chunk| {
+                plain.extend_from_slice(chunk)
+            })?;
+            if digest != entry.digest {
+                return Err(ImportError::ImageDigest { index: i + 1 });
+            }
+            images.push((entry.address, plain));
+        }
+        Ok((job, images))
+    }
+}

@@ -9,6 +9,7 @@ mod config;
 mod import;
 
 pub use config::{ApplianceConfig, ConfigError};
+pub(crate) use import::job_key_label;
 pub use import::{ImportError, ImportedJob};
 
 use std::fs;

@@ -147,11 +147,7 @@ pub fn job_ca_certificate(
     oem_name: &str,
     ca: &JobCa<'_>,
 ) -> Result<Vec<u8>, OemError> {
-    let root_public = root.public_key();
-    let mut root_params = CertificateParams::default();
-    root_params.distinguished_name = subject_of(root_cert_der, &root_public)?;
-    root_params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(&root_public));
-    root_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let root_params = issuer_params(root_cert_der, &root.public_key())?;
     let root_signer = RcgenSigner::new(root);
     let issuer = Issuer::new(root_params, &root_signer);
     let mut p = CertificateParams::default();
@@ -176,15 +172,24 @@ pub fn job_ca_certificate(
     Ok(cert.der().to_vec())
 }
 
-/// The subject of the OEM root certificate as an issuer name, after checking
-/// that the certificate belongs to the root key.
-fn subject_of(root_cert_der: &[u8], root_public: &[u8; 65]) -> Result<DistinguishedName, OemError> {
+/// Issuer parameters (name, key identifier, key usage) taken from a CA
+/// certificate, after checking that the certificate belongs to `public`.
+pub fn issuer_params(ca_cert_der: &[u8], public: &[u8; 65]) -> Result<CertificateParams, OemError> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = subject_of(ca_cert_der, public)?;
+    p.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(public));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(p)
+}
+
+/// The subject of a CA certificate as an issuer name, after checking that
+/// the certificate belongs to the expected key.
+fn subject_of(cert_der: &[u8], public: &[u8; 65]) -> Result<DistinguishedName, OemError> {
     use x509_parser::prelude::{FromDer, X509Certificate};
-    let bad = |d: &str| OemError::Certificate(format!("the OEM root certificate {d}"));
-    let (_, cert) =
-        X509Certificate::from_der(root_cert_der).map_err(|_| bad("is not DER X.509"))?;
-    if cert.public_key().subject_public_key.data.as_ref() != root_public.as_slice() {
-        return Err(bad("does not belong to the OEM root key in oem.toml"));
+    let bad = |d: &str| OemError::Certificate(format!("the issuing CA certificate {d}"));
+    let (_, cert) = X509Certificate::from_der(cert_der).map_err(|_| bad("is not DER X.509"))?;
+    if cert.public_key().subject_public_key.data.as_ref() != public.as_slice() {
+        return Err(bad("does not belong to the issuing key"));
     }
     let mut dn = DistinguishedName::new();
     for attr in cert.subject().iter_attributes() {

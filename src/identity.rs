@@ -1,0 +1,266 @@
+//! Per-device identities: the secrets a unit receives and its certificate.
+//!
+//! Derivation (docs/FORMATS.md, "Per-device derivation"):
+//! ```text
+//! seed = HMAC-SHA256(device_master, "flashgate/device-seed/v1" || 0x00 || job_id (16) || u8(len(uid)) || uid)
+//! okm  = HKDF-SHA256(salt = job_id, ikm = seed, info = "flashgate/device-key/v1" || 0x00 || name || 0x00 || type, L)
+//! p256: L = 32, info gets one more byte, a counter from 0; the first output that is a valid scalar
+//! aes128: L = 16; aes256 and hmac-sha256: L = 32
+//! ```
+//! The HMAC runs in the HSM (the master never leaves it); the OEM, who
+//! keeps the master, can re-derive every key with [`derive_keys_from_master`].
+
+use flashgate_policy::{KeySource, KeySpec, KeyType, Policy};
+use hmac::{KeyInit as _, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+/// Domain separation of the seed.
+pub const SEED_CONTEXT: &[u8] = b"flashgate/device-seed/v1";
+/// Domain separation of each key.
+pub const KEY_CONTEXT: &[u8] = b"flashgate/device-key/v1";
+
+/// The message the HSM MACs with the device master to get a device seed.
+pub fn seed_message(job_id: &[u8; 16], uid: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SEED_CONTEXT.len() + 18 + uid.len());
+    m.extend_from_slice(SEED_CONTEXT);
+    m.push(0);
+    m.extend_from_slice(job_id);
+    m.push(u8::try_from(uid.len()).unwrap_or(u8::MAX));
+    m.extend_from_slice(&uid[..uid.len().min(255)]);
+    m
+}
+
+/// One secret for a device, in zeroizing memory. `Debug` prints no value.
+pub struct DeviceSecret {
+    /// The policy key it is for.
+    pub name: String,
+    /// Its type.
+    pub key_type: KeyType,
+    /// The bytes to inject: a 32-byte P-256 scalar or the symmetric key.
+    pub value: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for DeviceSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "DeviceSecret({} {}, {} bytes)",
+            self.name,
+            self.key_type,
+            self.value.len()
+        )
+    }
+}
+
+/// Expands a seed into the derived key `spec`. P-256 scalars are the first
+/// 32-byte HKDF output (info's last byte a counter 0, 1, 2, ...) that is a
+/// valid scalar (1 <= k < n); a retry happens with probability about 2^-32.
+pub fn expand_key(seed: &[u8; 32], job_id: &[u8; 16], spec: &KeySpec) -> DeviceSecret {
+    let hk = hkdf::Hkdf::<Sha256>::new(Some(job_id), seed);
+    let mut info = Vec::new();
+    info.extend_from_slice(KEY_CONTEXT);
+    info.push(0);
+    info.extend_from_slice(spec.name.as_str().as_bytes());
+    info.push(0);
+    info.extend_from_slice(spec.key_type.as_str().as_bytes());
+    let value = match spec.key_type {
+        KeyType::P256 => {
+            info.push(0);
+            let mut okm = Zeroizing::new(vec![0u8; 32]);
+            for counter in 0..=u8::MAX {
+                if let Some(last) = info.last_mut() {
+                    *last = counter;
+                }
+                // 32 bytes: far below HKDF's limit.
+                let _ = hk.expand(&info, &mut okm);
+                if p256::SecretKey::from_slice(&okm).is_ok() {
+                    break;
+                }
+            }
+            okm
+        }
+        other => {
+            let mut okm = Zeroizing::new(vec![0u8; other.secret_len()]);
+            let _ = hk.expand(&info, &mut okm);
+            okm
+        }
+    };
+    DeviceSecret {
+        name: spec.name.as_str().to_owned(),
+        key_type: spec.key_type,
+        value,
+    }
+}
+
+/// Host-side derivation of every `derived` key of the policy from the device
+/// master (the OEM's re-derivation; the appliance does the HMAC in the HSM).
+pub fn derive_keys_from_master(
+    master: &[u8; 32],
+    job_id: &[u8; 16],
+    uid: &[u8],
+    policy: &Policy,
+) -> Vec<DeviceSecret> {
+    let seed = seed_from_master(master, job_id, uid);
+    policy
+        .keys()
+        .iter()
+        .filter(|k| k.source == KeySource::Derived)
+        .map(|k| expand_key(&seed, job_id, k))
+        .collect()
+}
+
+/// The device seed computed on the host.
+#[allow(clippy::expect_used)]
+pub fn seed_from_master(master: &[u8; 32], job_id: &[u8; 16], uid: &[u8]) -> Zeroizing<[u8; 32]> {
+    let mut mac =
+        <hmac::Hmac<Sha256>>::new_from_slice(master).expect("HMAC takes keys of any length");
+    mac.update(&seed_message(job_id, uid));
+    let mut out = Zeroizing::new([0u8; 32]);
+    out.copy_from_slice(&mac.finalize().into_bytes());
+    out
+}
+
+/// Why a device certificate could not be issued or failed its check.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertificateError {
+    /// rcgen refused the parameters (a template produced something invalid).
+    #[error("cannot build the device certificate: {0}")]
+    Build(String),
+    /// The issued certificate does not parse or verify (a bug or a failing HSM).
+    #[error("the issued device certificate failed its own check: {0}")]
+    Check(&'static str),
+}
+
+/// What the job CA needs to issue device certificates.
+#[derive(Debug, Clone)]
+pub struct DeviceCertificateIssuer {
+    issuer: rcgen::CertificateParams,
+    ca_public: [u8; 65],
+}
+
+/// One device's certificate contents.
+#[derive(Debug, Clone)]
+pub struct DeviceCertificateRequest<'a> {
+    /// The unit's serial number (policy format).
+    pub serial: &'a str,
+    /// The device UID.
+    pub uid: &'a [u8],
+    /// The device's identity public key (uncompressed SEC1).
+    pub public_key: &'a [u8; 65],
+    /// 16 random bytes from the HSM: the certificate serial.
+    pub certificate_serial: [u8; 16],
+    /// Issuance time (Unix seconds).
+    pub now: u64,
+}
+
+impl DeviceCertificateIssuer {
+    /// From the job CA certificate and its public key.
+    pub fn new(job_ca_cert_der: &[u8]) -> Result<Self, CertificateError> {
+        let ca_public = crate::oem::certs::certificate_public_key(job_ca_cert_der).ok_or(
+            CertificateError::Check("the job CA certificate has no P-256 key"),
+        )?;
+        let issuer = crate::oem::certs::issuer_params(job_ca_cert_der, &ca_public)
+            .map_err(|e| CertificateError::Build(e.to_string()))?;
+        Ok(Self { issuer, ca_public })
+    }
+
+    /// Issues an X.509 v3 certificate from the policy template, signed by
+    /// `ca_signer` (the job CA key in the HSM), then parses it back and
+    /// verifies it before anyone uses it.
+    pub fn issue(
+        &self,
+        ca_signer: &dyn crate::cose::Es256Signer,
+        template: &flashgate_policy::CertificatePolicy,
+        req: &DeviceCertificateRequest<'_>,
+    ) -> Result<Vec<u8>, CertificateError> {
+        use rcgen::{
+            CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyIdMethod,
+            KeyUsagePurpose, SanType, SerialNumber,
+        };
+        let fields = template.render(req.serial, req.uid);
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        if let Some(o) = &fields.organization {
+            dn.push(DnType::OrganizationName, o.as_str());
+        }
+        if let Some(ou) = &fields.organizational_unit {
+            dn.push(DnType::OrganizationalUnitName, ou.as_str());
+        }
+        dn.push(DnType::CommonName, fields.common_name.as_str());
+        p.distinguished_name = dn;
+        let mut serial = req.certificate_serial;
+        serial[0] = (serial[0] & 0x7f) | 0x40; // positive, full length
+        p.serial_number = Some(SerialNumber::from_slice(&serial));
+        let start =
+            time::OffsetDateTime::from_unix_timestamp(i64::try_from(req.now).unwrap_or(i64::MAX))
+                .map_err(|e| CertificateError::Build(e.to_string()))?;
+        p.not_before = start;
+        p.not_after = match template.validity {
+            flashgate_policy::CertValidity::Days(d) => start + time::Duration::days(i64::from(d)),
+            flashgate_policy::CertValidity::NotAfter(t) => {
+                time::OffsetDateTime::from_unix_timestamp(i64::try_from(t).unwrap_or(i64::MAX))
+                    .map_err(|e| CertificateError::Build(e.to_string()))?
+            }
+            _ => {
+                return Err(CertificateError::Build(
+                    "unknown certificate validity form".to_owned(),
+                ))
+            }
+        };
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = template
+            .extended_key_usage
+            .iter()
+            .map(|e| match e {
+                flashgate_policy::ExtendedKeyUsage::ServerAuth => {
+                    ExtendedKeyUsagePurpose::ServerAuth
+                }
+                _ => ExtendedKeyUsagePurpose::ClientAuth,
+            })
+            .collect();
+        if let Some(uri) = &fields.san_uri {
+            let ia5 = uri.as_str().try_into().map_err(|_| {
+                CertificateError::Build(format!("the SAN URI '{uri}' is not ASCII"))
+            })?;
+            p.subject_alt_names = vec![SanType::URI(ia5)];
+        }
+        p.key_identifier_method =
+            KeyIdMethod::PreSpecified(crate::oem::certs::key_identifier(req.public_key));
+        p.use_authority_key_identifier_extension = true;
+        let signer = crate::oem::certs::RcgenSigner::new(ca_signer);
+        let issuer = rcgen::Issuer::from_params(&self.issuer, &signer);
+        let cert = p
+            .signed_by(&crate::oem::certs::SubjectKey(*req.public_key), &issuer)
+            .map_err(|e| CertificateError::Build(e.to_string()))?;
+        let der = cert.der().to_vec();
+        check_device_certificate(&der, &self.ca_public, req.public_key)?;
+        Ok(der)
+    }
+}
+
+/// Parses a device certificate back with x509-parser and checks that the job
+/// CA signed it and that it names `device_public`.
+pub fn check_device_certificate(
+    der: &[u8],
+    ca_public: &[u8; 65],
+    device_public: &[u8; 65],
+) -> Result<(), CertificateError> {
+    use p256::ecdsa::signature::Verifier;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (rest, cert) =
+        X509Certificate::from_der(der).map_err(|_| CertificateError::Check("it does not parse"))?;
+    if !rest.is_empty() {
+        return Err(CertificateError::Check("it has trailing bytes"));
+    }
+    if cert.public_key().subject_public_key.data.as_ref() != device_public.as_slice() {
+        return Err(CertificateError::Check("it names another public key"));
+    }
+    let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(ca_public)
+        .map_err(|_| CertificateError::Check("bad CA key"))?;
+    let sig = p256::ecdsa::Signature::from_der(cert.signature_value.data.as_ref())
+        .map_err(|_| CertificateError::Check("bad signature encoding"))?;
+    vk.verify(cert.tbs_certificate.as_ref(), &sig)
+        .map_err(|_| CertificateError::Check("the job CA signature does not verify"))
+}
