@@ -277,15 +277,26 @@ fn run(cli: Cli, w: &mut String) -> Result<u8> {
             })?;
             std::fs::write(&out, &job.bytes)
                 .with_context(|| format!("cannot write {}", out.display()))?;
+            // The OEM keeps the device master (mode 0600) to re-derive device keys.
+            let escrow_dir = oem_dir.join("jobs");
+            std::fs::create_dir_all(&escrow_dir)
+                .with_context(|| format!("cannot create {}", escrow_dir.display()))?;
+            let escrow = escrow_dir.join(format!("{}.device-master", job.manifest.job_id_hex()));
+            oem::write_file(
+                &escrow,
+                hex::encode(&job.device_master[..]).as_bytes(),
+                0o600,
+            )?;
             let _ = writeln!(
                 w,
-                "built job {} for appliance {} ({}, {} image(s), {}) -> {}",
+                "built job {} for appliance {} ({}, {} image(s), {}) -> {}\ndevice master kept for re-derivation in {}",
                 job.manifest.job_id_hex(),
                 job.manifest.appliance_id,
                 job.manifest.profile,
                 job.manifest.images.len(),
                 display::size(job.bytes.len() as u64),
-                out.display()
+                out.display(),
+                escrow.display()
             );
         }
         Command::Job(JobCmd::Inspect { package }) => {

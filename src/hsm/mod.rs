@@ -111,9 +111,16 @@ impl Token {
             path: config.module.clone(),
             detail: source.to_string(),
         })?;
-        pkcs11
-            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            .map_err(|e| HsmError::op("initialise the PKCS#11 module", e))?;
+        match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            // Some modules (Kryoptic) stay initialised for the life of the
+            // process after a finalize; the module is usable as it is.
+            Ok(())
+            | Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::CryptokiAlreadyInitialized,
+                _,
+            )) => {}
+            Err(e) => return Err(HsmError::op("initialise the PKCS#11 module", e)),
+        }
         let slot = find_slot(&pkcs11, &config.label)?;
         let info = pkcs11
             .get_token_info(slot)

@@ -61,12 +61,23 @@ pub struct JobInput<'a> {
 }
 
 /// A built job.
-#[derive(Debug)]
 pub struct BuiltJob {
     /// The package bytes.
     pub bytes: Vec<u8>,
     /// The manifest inside.
     pub manifest: Manifest,
+    /// The device-master key, for the OEM's own escrow: with it and a UID the
+    /// OEM re-derives any device's keys (`identity::derive_keys_from_master`).
+    pub device_master: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for BuiltJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuiltJob")
+            .field("job_id", &self.manifest.job_id_hex())
+            .field("bytes", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
 }
 
 fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, BuildError> {
@@ -215,7 +226,11 @@ pub fn build(input: &JobInput<'_>) -> Result<BuiltJob, BuildError> {
         &job_ca_key_obj,
         &image_elements,
     );
-    Ok(BuiltJob { bytes, manifest })
+    Ok(BuiltJob {
+        bytes,
+        manifest,
+        device_master,
+    })
 }
 
 /// Wraps a secret to the appliance: A256GCM content (standard profile) or

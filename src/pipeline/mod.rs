@@ -419,15 +419,18 @@ impl Provisioner {
         summary.counted = used - used_before;
         summary.quota_left = self.policy.job().quota.saturating_sub(used);
         summary.elapsed_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        summary.stopped_because = if stop.is_stopped()
-            && why
-                .lock()
-                .map(|w| w.as_str() == "no more boards")
-                .unwrap_or(false)
-        {
+        let why = why.lock().map(|w| w.clone()).unwrap_or_default();
+        summary.stopped_because = if why == "quota used up" {
+            why
+        } else if stop.is_stopped() {
             "operator stop".to_owned()
+        } else if options
+            .units
+            .is_some_and(|l| taken.load(Ordering::SeqCst) >= l)
+        {
+            "unit count reached".to_owned()
         } else {
-            why.lock().map(|w| w.clone()).unwrap_or_default()
+            why
         };
         summary
     }
@@ -459,14 +462,18 @@ impl Provisioner {
                 Err(e) => break format!("fixture failed: {e}"),
             };
             sink(RunEvent::UnitStarted { channel, board });
-            let record = self.provision(channel, board, target, &mut block, options.block, sink);
+            // Near the end of a limited run, reserve no more than can be used.
+            let want = options.units.map_or(options.block, |l| {
+                options.block.min(l.saturating_sub(board).max(1))
+            });
+            let record = self.provision(channel, board, target, &mut block, want, sink);
             let quota_hit =
                 matches!(&record.result, UnitResult::Failed { stage, .. } if stage == "reserve");
             if quota_hit {
+                // This channel stops; the others finish the values they reserved.
                 if let Ok(mut w) = why.lock() {
                     *w = "quota used up".to_owned();
                 }
-                stop.stop();
             }
             match record.result {
                 UnitResult::Passed => sink(RunEvent::UnitPassed {

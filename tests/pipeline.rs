@@ -1,0 +1,398 @@
+//! Secure per-unit programming end to end, in process, on both tokens:
+//! every fault ends at the right stage with the chip left unlocked, a chip
+//! whose agent signs with a wrong key is never locked, keys re-derive from
+//! the master, and `openssl verify` accepts every issued certificate (and
+//! rejects one checked against another job's CA).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use common::Kind;
+use flashgate::appliance::{Appliance, ApplianceConfig};
+use flashgate::pipeline::{
+    MemoryLedger, Provisioner, RunOptions, RunSummary, StopHandle, UnitRecord, UnitResult,
+};
+use flashgate_target::{Fixture, LockLevel};
+use flashgate_target_sim::SimFixture;
+
+/// One token per kind per test process (a PKCS#11 module is initialised
+/// once per process); tests on the same token take turns.
+struct InProcess {
+    dir: PathBuf,
+}
+
+fn lab(kind: Kind) -> MutexGuard<'static, InProcess> {
+    static SOFT: OnceLock<Mutex<InProcess>> = OnceLock::new();
+    static KRY: OnceLock<Mutex<InProcess>> = OnceLock::new();
+    let cell = match kind {
+        Kind::SoftHsm => &SOFT,
+        Kind::Kryoptic => &KRY,
+    };
+    let m = cell.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        std::fs::write(dir.join("user-pin"), "pipeline-pin-1\n").unwrap();
+        let (k, v) = common::init_token(kind, &dir.join("token"), "pipeline", &dir.join("user-pin"));
+        std::env::set_var(k, v);
+        std::fs::write(
+            dir.join("appliance.toml"),
+            format!(
+                "state_dir = \"state\"\n[token]\nmodule = \"{}\"\nlabel = \"pipeline\"\npin_file = \"user-pin\"\n[trust]\noem_keys = [\"oem/signing-key.pub.pem\"]\n",
+                kind.module().display()
+            ),
+        )
+        .unwrap();
+        flashgate::oem::init(&dir.join("oem"), "Acme Corp", &flashgate::oem::KeyStore::Files, now()).unwrap();
+        let a = Appliance::open(ApplianceConfig::load(&dir.join("appliance.toml")).unwrap()).unwrap();
+        let (record, _) = a.enroll().unwrap();
+        std::fs::write(dir.join("enrollment.cbor"), record).unwrap();
+        Mutex::new(InProcess { dir })
+    });
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A job from the sim policy (validity around today, `edit` applied), built
+/// and imported. Returns the appliance, job id and device master.
+fn job(
+    lab: &InProcess,
+    edit: impl Fn(String) -> String,
+    firmware: &[u8],
+) -> (Appliance, String, [u8; 32]) {
+    let text =
+        std::fs::read_to_string(common::repo().join("policies/sim-secure-mcu.toml")).unwrap();
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("not_before") {
+                format!(
+                    "not_before = \"{}\"",
+                    flashgate::display::time(now() - 3600)
+                )
+            } else if l.starts_with("not_after") {
+                format!(
+                    "not_after = \"{}\"",
+                    flashgate::display::time(now() + 86_400)
+                )
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let text = edit(text);
+    let policy = flashgate_policy::Policy::from_toml_str(&text).unwrap();
+    let enrollment = flashgate::enrollment::VerifiedEnrollment::parse(
+        &std::fs::read(lab.dir.join("enrollment.cbor")).unwrap(),
+    )
+    .unwrap();
+    let oem = flashgate::oem::Oem::load(&lab.dir.join("oem")).unwrap();
+    let built = flashgate::package::build::build(&flashgate::package::build::JobInput {
+        policy_toml: &text,
+        policy: &policy,
+        images: &[flashgate_firmware::Segment {
+            address: 0,
+            data: firmware.to_vec(),
+        }],
+        enrollment: &enrollment,
+        oem: &oem,
+        now: now(),
+        profile: None,
+    })
+    .unwrap();
+    let path = lab.dir.join(format!("{}.fgj", built.manifest.job_id_hex()));
+    std::fs::write(&path, &built.bytes).unwrap();
+    let a =
+        Appliance::open(ApplianceConfig::load(&lab.dir.join("appliance.toml")).unwrap()).unwrap();
+    a.import(&path).unwrap();
+    (a, built.manifest.job_id_hex(), *built.device_master)
+}
+
+fn run(
+    p: Arc<Provisioner>,
+    fixture: &SimFixture,
+    channels: usize,
+    units: u64,
+) -> (RunSummary, Vec<UnitRecord>) {
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let r2 = records.clone();
+    let sink = Arc::new(move |e: flashgate::pipeline::RunEvent| match e {
+        flashgate::pipeline::RunEvent::UnitPassed { unit, .. }
+        | flashgate::pipeline::RunEvent::UnitFailed { unit, .. } => r2.lock().unwrap().push(unit),
+        _ => {}
+    });
+    let fixtures: Vec<Box<dyn Fixture>> = (0..channels)
+        .map(|_| Box::new(fixture.clone()) as Box<dyn Fixture>)
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let summary = rt.block_on(p.run(
+        fixtures,
+        RunOptions {
+            units: Some(units),
+            block: 4,
+            driver: "sim".to_owned(),
+        },
+        StopHandle::default(),
+        sink,
+    ));
+    let recs = records.lock().unwrap().clone();
+    (summary, recs)
+}
+
+fn firmware() -> Vec<u8> {
+    (0..20_000u32).map(|i| (i * 13 + 7) as u8).collect()
+}
+
+#[test]
+fn units_pass_keys_rederive_and_certificates_verify_on_both_tokens() {
+    for kind in common::both() {
+        eprintln!("token: {kind:?}");
+        let lab = lab(kind);
+        let fw = firmware();
+        let (appliance, id, master) = job(&lab, |t| t, &fw);
+        let ledger = Arc::new(MemoryLedger::new(1000));
+        let p = Arc::new(Provisioner::open(appliance, &id, ledger.clone()).unwrap());
+        let fixture = SimFixture::from_options("seed=11,timing=zero,keep=on").unwrap();
+        let (summary, records) = run(p.clone(), &fixture, 4, 12);
+        assert_eq!(summary.passed, 12, "{kind:?}: {records:?}");
+        assert_eq!(summary.failed(), 0);
+        assert_eq!(ledger.records().len(), 12, "every unit recorded");
+        // Distinct counters and serials; every unit counted.
+        let mut counters: Vec<u64> = records.iter().map(|r| r.counter.unwrap()).collect();
+        counters.sort_unstable();
+        counters.dedup();
+        assert_eq!(counters.len(), 12);
+
+        let policy = p.policy().clone();
+        drop(p); // closes the token session, so another job can be built below
+        let job_id: [u8; 16] = hex::decode(&id).unwrap().try_into().unwrap();
+        let out = lab.dir.join(format!("certs-{id}"));
+        std::fs::create_dir_all(&out).unwrap();
+        for board in fixture.boards() {
+            board.with_chip(|chip| {
+                assert_eq!(
+                    chip.lock_state().level,
+                    LockLevel::Readout,
+                    "{kind:?}: every passed chip is locked"
+                );
+                // The OEM re-derives the injected keys from the master and the UID.
+                let derived = flashgate::identity::derive_keys_from_master(
+                    &master,
+                    &job_id,
+                    chip.uid(),
+                    &policy,
+                );
+                for secret in &derived {
+                    let spec = policy.key(&secret.name).unwrap();
+                    let stored = chip
+                        .inspect_keystore(spec.location.offset, secret.value.len() as u32)
+                        .unwrap();
+                    assert_eq!(
+                        stored.as_slice(),
+                        secret.value.as_slice(),
+                        "{kind:?}: key {} re-derives",
+                        secret.name
+                    );
+                }
+                // The firmware is in flash.
+                assert_eq!(chip.inspect_flash(0, fw.len() as u32).unwrap(), fw);
+            });
+        }
+        for r in &records {
+            let pem =
+                flashgate::oem::certs::der_to_pem(r.certificate.as_ref().unwrap(), "CERTIFICATE");
+            std::fs::write(out.join(format!("{}.pem", r.serial.as_ref().unwrap())), pem).unwrap();
+        }
+        let bytes = std::fs::read(lab.dir.join(format!("{id}.fgj"))).unwrap();
+        let (m, _) = flashgate::package::UnverifiedPackage::parse(&bytes)
+            .unwrap()
+            .manifest_unverified()
+            .unwrap();
+        std::fs::write(
+            out.join("job-ca.pem"),
+            flashgate::oem::certs::der_to_pem(&m.job_ca_cert, "CERTIFICATE"),
+        )
+        .unwrap();
+        for r in &records {
+            openssl_verify(
+                &lab.dir,
+                &out.join("job-ca.pem"),
+                &out.join(format!("{}.pem", r.serial.as_ref().unwrap())),
+                true,
+            );
+        }
+        // A certificate checked against another job's CA is rejected.
+        let (other_appliance, other_id, _) = job(&lab, |t| t, &fw);
+        drop(other_appliance);
+        let bytes = std::fs::read(lab.dir.join(format!("{other_id}.fgj"))).unwrap();
+        let (m2, _) = flashgate::package::UnverifiedPackage::parse(&bytes)
+            .unwrap()
+            .manifest_unverified()
+            .unwrap();
+        std::fs::write(
+            out.join("other-ca.pem"),
+            flashgate::oem::certs::der_to_pem(&m2.job_ca_cert, "CERTIFICATE"),
+        )
+        .unwrap();
+        openssl_verify(
+            &lab.dir,
+            &out.join("other-ca.pem"),
+            &out.join(format!("{}.pem", records[0].serial.as_ref().unwrap())),
+            false,
+        );
+    }
+}
+
+fn openssl_verify(dir: &Path, ca: &Path, cert: &Path, ok: bool) {
+    let out = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(dir.join("oem/root-cert.pem"))
+        .arg("-untrusted")
+        .arg(ca)
+        .arg(cert)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.success(),
+        ok,
+        "openssl verify {}: {}{}",
+        cert.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_fault_fails_at_its_stage_and_never_locks() {
+    let lab = lab(Kind::SoftHsm);
+    let (appliance, id, _) = job(&lab, |t| t, &firmware());
+    let ledger = Arc::new(MemoryLedger::new(1000));
+    let p = Arc::new(Provisioner::open(appliance, &id, ledger.clone()).unwrap());
+    let cases = [
+        ("contact-lost@program", "program"),
+        ("bit-error", "verify"),
+        ("timeout@verify", "verify"),
+        ("brown-out", "program"),
+        ("wrong-signature", "challenge"),
+        ("wrong-device", "identify"),
+        ("already-locked@readout", "identify"),
+        ("contact-lost@store-secret", "store-secret"),
+        ("timeout@challenge", "challenge"),
+        ("contact-lost@erase", "erase"),
+    ];
+    let opts: Vec<String> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (f, _))| format!("fault={i}:{f}"))
+        .collect();
+    let fixture = SimFixture::from_options(&format!(
+        "seed=3,timing=zero,keep=on,boards={},{}",
+        cases.len(),
+        opts.join(",")
+    ))
+    .unwrap();
+    let (summary, records) = run(p, &fixture, 1, cases.len() as u64);
+    assert_eq!(summary.passed, 0, "{records:#?}");
+    for (i, (fault, stage)) in cases.iter().enumerate() {
+        let r = &records[i];
+        match &r.result {
+            UnitResult::Failed { stage: got, reason } => {
+                assert_eq!(got, stage, "fault {fault}: {reason}");
+                assert!(!reason.is_empty());
+            }
+            UnitResult::Passed => panic!("fault {fault} passed"),
+        }
+        let board = fixture.board(i as u64).unwrap();
+        board.with_chip(|chip| {
+            let expected = if fault.starts_with("already-locked") {
+                LockLevel::Readout
+            } else {
+                LockLevel::None
+            };
+            assert_eq!(
+                chip.lock_state().level,
+                expected,
+                "fault {fault}: the chip must not be locked by this run"
+            );
+        });
+        // Units that failed after the reservation still count.
+        let reserved = !matches!(*stage, "identify");
+        assert_eq!(r.counter.is_some(), reserved, "fault {fault}");
+    }
+    // Only reserved units are in the ledger, each with its failure.
+    assert_eq!(
+        ledger.records().len(),
+        cases.iter().filter(|(_, s)| *s != "identify").count()
+    );
+}
+
+#[test]
+fn quota_stops_the_run_with_a_clear_reason() {
+    let lab = lab(Kind::SoftHsm);
+    let (appliance, id, _) = job(
+        &lab,
+        |t| t.replace("quota = 1000", "quota = 5"),
+        &firmware(),
+    );
+    let ledger = Arc::new(MemoryLedger::new(5));
+    let p = Arc::new(Provisioner::open(appliance, &id, ledger.clone()).unwrap());
+    let fixture = SimFixture::from_options("seed=5,timing=zero").unwrap();
+    let (summary, records) = run(p, &fixture, 2, 20);
+    assert_eq!(summary.passed, 5);
+    assert_eq!(summary.quota_left, 0);
+    assert_eq!(summary.stopped_because, "quota used up");
+    let refused: Vec<_> = records
+        .iter()
+        .filter_map(|r| match &r.result {
+            UnitResult::Failed { stage, reason } if stage == "reserve" => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(!refused.is_empty());
+    assert!(
+        refused[0].contains("allows 5 units and 5 have been used"),
+        "{refused:?}"
+    );
+    // No refused unit received anything.
+    assert!(records
+        .iter()
+        .filter(|r| r.counter.is_none())
+        .all(|r| !r.secrets_injected));
+}
+
+#[test]
+fn a_driver_without_a_needed_capability_is_refused_before_any_unit() {
+    let lab = lab(Kind::SoftHsm);
+    let (appliance, id, _) = job(&lab, |t| t, &firmware());
+    let p = Provisioner::open(appliance, &id, Arc::new(MemoryLedger::new(10))).unwrap();
+    use flashgate_target::{Capabilities, Capability};
+    let caps = Capabilities::from([
+        Capability::ProgramFlash,
+        Capability::ReadFlash,
+        Capability::ReadUid,
+        Capability::StoreSecret,
+    ]);
+    let err = p.check_driver("sim", caps).unwrap_err().to_string();
+    assert!(
+        err.contains("answer-challenge") && err.contains("set-lock"),
+        "{err}"
+    );
+    let err = p
+        .check_driver("avr-isp", Capabilities::all())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("this job is for the sim driver"), "{err}");
+}
