@@ -13,10 +13,16 @@ use flashgate::package::{
 };
 use sha2::{Digest, Sha256};
 
-const POLICY: &str = "policies/sim-secure-mcu.toml";
-
+/// The sim policy, valid around today, written once per process.
 fn policy_path() -> String {
-    common::repo().join(POLICY).to_string_lossy().into_owned()
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let p = dir.join("sim-policy.toml");
+        std::fs::write(&p, common::sim_policy_text()).unwrap();
+        p.to_string_lossy().into_owned()
+    })
+    .clone()
 }
 
 fn assert_nothing_left(lab: &Lab) {
@@ -250,27 +256,13 @@ fn wrong_appliance_untrusted_oem_and_validity() {
 
     // Expired and not yet valid.
     let expired = lab.policy("expired.toml", |t| {
-        t.replace(
-            "not_before = \"2026-11-01T00:00:00Z\"",
-            "not_before = \"2020-01-01T00:00:00Z\"",
-        )
-        .replace(
-            "not_after = \"2027-05-01T00:00:00Z\"",
-            "not_after = \"2021-01-01T00:00:00Z\"",
-        )
+        common::validity(&t, 1_577_836_800, 1_609_459_200)
     });
     lab.build_job("expired.fgj", &expired, 1000);
     let err = lab.fails(&["job", "import", "expired.fgj"]);
     assert!(err.contains("expired"), "{err}");
     let future = lab.policy("future.toml", |t| {
-        t.replace(
-            "not_before = \"2026-11-01T00:00:00Z\"",
-            "not_before = \"2099-01-01T00:00:00Z\"",
-        )
-        .replace(
-            "not_after = \"2027-05-01T00:00:00Z\"",
-            "not_after = \"2099-05-01T00:00:00Z\"",
-        )
+        common::validity(&t, 4_070_908_800, 4_081_276_800)
     });
     lab.build_job("future.fgj", &future, 1000);
     let err = lab.fails(&["job", "import", "future.fgj"]);
@@ -459,8 +451,17 @@ fn job_ca_chains_to_the_oem_root_with_openssl() {
             && text.contains("X509v3 Authority Key Identifier"),
         "{text}"
     );
+    // Valid no longer than the job: notAfter is the job's not_after.
+    let until = time::OffsetDateTime::from_unix_timestamp(
+        i64::try_from(common::now() + 180 * 86_400).unwrap(),
+    )
+    .unwrap();
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][usize::from(u8::from(until.month())) - 1];
     assert!(
-        text.contains("Not After : May  1 00:00:00 2027 GMT"),
+        text.contains(&format!("Not After : {month} {:>2}", until.day()))
+            && text.contains(&format!("{} GMT", until.year())),
         "{text}"
     );
 }

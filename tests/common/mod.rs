@@ -150,9 +150,9 @@ impl Lab {
         ]);
     }
 
+    /// Writes the sim policy, valid from yesterday for 180 days, with `edit` applied.
     pub fn policy(&self, name: &str, edit: impl FnOnce(String) -> String) -> String {
-        let text = std::fs::read_to_string(repo().join("policies/sim-secure-mcu.toml")).unwrap();
-        std::fs::write(self.path(name), edit(text)).unwrap();
+        std::fs::write(self.path(name), edit(sim_policy_text())).unwrap();
         name.to_owned()
     }
 
@@ -171,6 +171,39 @@ impl Lab {
             .map(|r| r.count())
             .unwrap_or(0)
     }
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// `policies/sim-secure-mcu.toml` with its validity moved around today, so
+/// that tests do not expire with the example file.
+pub fn sim_policy_text() -> String {
+    validity(
+        &std::fs::read_to_string(repo().join("policies/sim-secure-mcu.toml")).unwrap(),
+        now() - 86_400,
+        now() + 180 * 86_400,
+    )
+}
+
+/// Replaces the policy's `not_before` / `not_after` lines.
+pub fn validity(text: &str, from: u64, until: u64) -> String {
+    text.lines()
+        .map(|l| {
+            if l.starts_with("not_before") {
+                format!("not_before = \"{}\"", flashgate::display::time(from))
+            } else if l.starts_with("not_after") {
+                format!("not_after = \"{}\"", flashgate::display::time(until))
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub fn both() -> [Kind; 2] {
