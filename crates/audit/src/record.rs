@@ -1,0 +1,775 @@
+//! Audit records: one deterministic-CBOR map per event, with small integer
+//! keys. The CDDL is in `docs/AUDIT-FORMAT.md`.
+//!
+//! [`Record::decode`] is strict: it accepts exactly the bytes that
+//! [`Record::encode`] produces (shortest heads, keys in increasing order,
+//! definite lengths, no unknown keys, no field that does not belong to the
+//! record's kind), so the bytes that are hashed into the log and the record
+//! that is reported can never disagree.
+
+use std::collections::BTreeMap;
+
+use crate::cbor::{self, CborError, Reader};
+
+/// A job identifier (16 bytes, chosen by the OEM when it builds the job).
+pub type JobId = [u8; 16];
+/// A run identifier (16 random bytes chosen by the appliance at run start).
+pub type RunId = [u8; 16];
+/// A SHA-256 digest.
+pub type Digest = [u8; 32];
+
+/// The largest encoded record accepted, in bytes.
+pub const MAX_RECORD_LEN: usize = 64 * 1024;
+
+/// Map keys. Each key has one meaning and one type in every kind of record.
+pub(crate) mod key {
+    pub const SEQ: u64 = 0;
+    pub const TIME: u64 = 1;
+    pub const PREV: u64 = 2;
+    pub const KIND: u64 = 3;
+    pub const JOB_ID: u64 = 4;
+    pub const PRODUCT: u64 = 5;
+    pub const QUOTA: u64 = 6;
+    pub const SECURITY_VERSION: u64 = 7;
+    pub const MANIFEST_DIGEST: u64 = 8;
+    pub const RUN_ID: u64 = 9;
+    pub const OPERATOR: u64 = 10;
+    pub const CHANNELS: u64 = 11;
+    pub const REASON: u64 = 12;
+    pub const FIRST: u64 = 13;
+    pub const COUNT: u64 = 14;
+    pub const COUNTER: u64 = 15;
+    pub const CHANNEL: u64 = 16;
+    pub const DEVICE_TYPE: u64 = 17;
+    pub const UID: u64 = 18;
+    pub const SERIAL: u64 = 19;
+    pub const CERT_SHA256: u64 = 20;
+    pub const FIRMWARE_SHA256: u64 = 21;
+    pub const LOCK_STATE: u64 = 22;
+    pub const LOCK_LEVEL: u64 = 23;
+    pub const TIMINGS: u64 = 24;
+    pub const STAGE: u64 = 25;
+    /// One past the largest key.
+    pub const END: u64 = 26;
+}
+
+/// The field names, indexed by key, as the CDDL spells them.
+const FIELD_NAMES: [&str; key::END as usize] = [
+    "seq",
+    "time",
+    "prev",
+    "kind",
+    "job_id",
+    "product",
+    "quota",
+    "security_version",
+    "manifest_digest",
+    "run_id",
+    "operator",
+    "channels",
+    "reason",
+    "first",
+    "count",
+    "counter",
+    "channel",
+    "device_type",
+    "uid",
+    "serial",
+    "cert_sha256",
+    "firmware_sha256",
+    "lock_state",
+    "lock_level",
+    "timings",
+    "stage",
+];
+
+fn field_name(k: u64) -> &'static str {
+    usize::try_from(k)
+        .ok()
+        .and_then(|i| FIELD_NAMES.get(i))
+        .copied()
+        .unwrap_or("unknown")
+}
+
+/// Why bytes are not a valid audit record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// The bytes are not deterministic CBOR of the expected shape.
+    #[error(transparent)]
+    Cbor(#[from] CborError),
+    /// The record is larger than [`MAX_RECORD_LEN`].
+    #[error("the record is {len} bytes long; at most {MAX_RECORD_LEN} are allowed")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+    },
+    /// A map key that no version of this format defines.
+    #[error("unknown key {key} in the record")]
+    UnknownKey {
+        /// The key.
+        key: u64,
+    },
+    /// A known field that does not belong to this kind of record.
+    #[error("field {field:?} does not belong in a {kind:?} record")]
+    UnexpectedField {
+        /// The field.
+        field: &'static str,
+        /// The record's kind.
+        kind: &'static str,
+    },
+    /// A mandatory field is absent.
+    #[error("the {kind:?} record has no {field:?} field")]
+    MissingField {
+        /// The field.
+        field: &'static str,
+        /// The record's kind (or "record" for the common fields).
+        kind: &'static str,
+    },
+    /// A field holds a value of the wrong CBOR type.
+    #[error("field {field:?} is not a {expected}")]
+    WrongFieldType {
+        /// The field.
+        field: &'static str,
+        /// The type it must have.
+        expected: &'static str,
+    },
+    /// A fixed-size byte string has the wrong length.
+    #[error("field {field:?} is {found} bytes long, expected {expected}")]
+    WrongLength {
+        /// The field.
+        field: &'static str,
+        /// The length it must have.
+        expected: usize,
+        /// Its length.
+        found: usize,
+    },
+    /// The kind is not one this version knows.
+    #[error("unknown record kind {kind:?}")]
+    UnknownKind {
+        /// The kind text (cut to 64 characters).
+        kind: String,
+    },
+}
+
+/// One audit event with its place in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Position in the log, contiguous from 0 for the whole log.
+    pub seq: u64,
+    /// Unix time in milliseconds when the record was appended; never lower
+    /// than the previous record's.
+    pub time: u64,
+    /// Leaf hash of the previous record (zeros for `seq` 0).
+    pub prev: Digest,
+    /// What happened.
+    pub kind: RecordKind,
+}
+
+/// What a record says happened. New kinds may be added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecordKind {
+    /// A job package was imported.
+    JobImported(JobImported),
+    /// A job was removed from the appliance.
+    JobRemoved(JobRemoved),
+    /// An operator started a production run.
+    RunStarted(RunStarted),
+    /// A production run ended.
+    RunStopped(RunStopped),
+    /// A block of quota counter values was reserved (the counter was
+    /// advanced durably before this record was written).
+    UnitsReserved(UnitsReserved),
+    /// A unit was provisioned, verified and locked.
+    UnitPassed(UnitPassed),
+    /// A unit failed; it was never locked.
+    UnitFailed(UnitFailed),
+    /// A reserved counter value was handed out but the unit's record was
+    /// never written (the appliance stopped); the unit may hold secrets.
+    UnitAborted(UnitAborted),
+    /// Reserved counter values that were never handed out.
+    UnitsUnused(UnitsUnused),
+}
+
+/// `job-imported`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobImported {
+    /// The job.
+    pub job_id: JobId,
+    /// The product the job builds.
+    pub product: String,
+    /// How many units the job allows.
+    pub quota: u64,
+    /// The job's security version (anti-rollback).
+    pub security_version: u64,
+    /// SHA-256 of the signed manifest as received.
+    pub manifest_digest: Digest,
+}
+
+/// `job-removed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRemoved {
+    /// The job.
+    pub job_id: JobId,
+}
+
+/// `run-started`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunStarted {
+    /// The job.
+    pub job_id: JobId,
+    /// The run.
+    pub run_id: RunId,
+    /// Who started it.
+    pub operator: String,
+    /// How many channels it drives.
+    pub channels: u32,
+}
+
+/// `run-stopped`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunStopped {
+    /// The job.
+    pub job_id: JobId,
+    /// The run.
+    pub run_id: RunId,
+    /// Why it stopped.
+    pub reason: String,
+}
+
+/// `units-reserved`: counter values `first .. first + count`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitsReserved {
+    /// The job.
+    pub job_id: JobId,
+    /// First counter value of the block.
+    pub first: u64,
+    /// Number of values.
+    pub count: u64,
+}
+
+/// `unit-passed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitPassed {
+    /// The job.
+    pub job_id: JobId,
+    /// The run the unit belongs to.
+    pub run_id: RunId,
+    /// The quota counter value the unit used.
+    pub counter: u64,
+    /// The fixture channel.
+    pub channel: u32,
+    /// The device type read from the target.
+    pub device_type: String,
+    /// The device's unique id as read from the target.
+    pub uid: Vec<u8>,
+    /// The serial number issued.
+    pub serial: String,
+    /// SHA-256 of the DER device certificate issued.
+    pub cert_sha256: Digest,
+    /// SHA-256 of the firmware image as measured on the device.
+    pub firmware_sha256: Digest,
+    /// The lock bits as read back, raw.
+    pub lock_state: Vec<u8>,
+    /// The lock level that was set, by name.
+    pub lock_level: String,
+    /// Time spent per stage, in microseconds.
+    pub timings: BTreeMap<String, u64>,
+}
+
+/// `unit-failed`: identity fields are present when they were known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitFailed {
+    /// The job.
+    pub job_id: JobId,
+    /// The run the unit belongs to.
+    pub run_id: RunId,
+    /// The quota counter value the unit used.
+    pub counter: u64,
+    /// The fixture channel.
+    pub channel: u32,
+    /// The device type, if it was read.
+    pub device_type: Option<String>,
+    /// The UID, if it was read.
+    pub uid: Option<Vec<u8>>,
+    /// The serial number, if one was issued.
+    pub serial: Option<String>,
+    /// SHA-256 of the certificate, if one was issued.
+    pub cert_sha256: Option<Digest>,
+    /// SHA-256 of the firmware as measured, if it was.
+    pub firmware_sha256: Option<Digest>,
+    /// The stage that failed.
+    pub stage: String,
+    /// Why.
+    pub reason: String,
+    /// Time spent per stage, in microseconds.
+    pub timings: BTreeMap<String, u64>,
+}
+
+/// `unit-aborted`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitAborted {
+    /// The job.
+    pub job_id: JobId,
+    /// The counter value.
+    pub counter: u64,
+    /// Why.
+    pub reason: String,
+}
+
+/// `units-unused`: counter values `first .. first + count`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitsUnused {
+    /// The job.
+    pub job_id: JobId,
+    /// First counter value.
+    pub first: u64,
+    /// Number of values.
+    pub count: u64,
+    /// Why (run ended, or recovery after a crash).
+    pub reason: String,
+}
+
+impl RecordKind {
+    /// The kind's name as stored in the record.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::JobImported(_) => "job-imported",
+            Self::JobRemoved(_) => "job-removed",
+            Self::RunStarted(_) => "run-started",
+            Self::RunStopped(_) => "run-stopped",
+            Self::UnitsReserved(_) => "units-reserved",
+            Self::UnitPassed(_) => "unit-passed",
+            Self::UnitFailed(_) => "unit-failed",
+            Self::UnitAborted(_) => "unit-aborted",
+            Self::UnitsUnused(_) => "units-unused",
+        }
+    }
+
+    /// The job the record is about.
+    #[must_use]
+    pub fn job_id(&self) -> &JobId {
+        match self {
+            Self::JobImported(r) => &r.job_id,
+            Self::JobRemoved(r) => &r.job_id,
+            Self::RunStarted(r) => &r.job_id,
+            Self::RunStopped(r) => &r.job_id,
+            Self::UnitsReserved(r) => &r.job_id,
+            Self::UnitPassed(r) => &r.job_id,
+            Self::UnitFailed(r) => &r.job_id,
+            Self::UnitAborted(r) => &r.job_id,
+            Self::UnitsUnused(r) => &r.job_id,
+        }
+    }
+}
+
+/// A field value while encoding.
+enum Out<'a> {
+    U(u64),
+    B(&'a [u8]),
+    T(&'a str),
+    M(&'a BTreeMap<String, u64>),
+}
+
+/// Collects the kind-specific fields in key order.
+struct Fields<'a>(Vec<(u64, Out<'a>)>);
+
+impl<'a> Fields<'a> {
+    fn u(&mut self, k: u64, v: u64) {
+        self.0.push((k, Out::U(v)));
+    }
+    fn b(&mut self, k: u64, v: &'a [u8]) {
+        self.0.push((k, Out::B(v)));
+    }
+    fn t(&mut self, k: u64, v: &'a str) {
+        self.0.push((k, Out::T(v)));
+    }
+    fn ob(&mut self, k: u64, v: Option<&'a [u8]>) {
+        if let Some(v) = v {
+            self.b(k, v);
+        }
+    }
+    fn ot(&mut self, k: u64, v: Option<&'a str>) {
+        if let Some(v) = v {
+            self.t(k, v);
+        }
+    }
+}
+
+impl Record {
+    /// Encodes the record in deterministic CBOR.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        use key::*;
+        let mut f = Fields(Vec::with_capacity(20));
+        f.u(SEQ, self.seq);
+        f.u(TIME, self.time);
+        f.b(PREV, &self.prev);
+        f.t(KIND, self.kind.name());
+        match &self.kind {
+            RecordKind::JobImported(r) => {
+                f.b(JOB_ID, &r.job_id);
+                f.t(PRODUCT, &r.product);
+                f.u(QUOTA, r.quota);
+                f.u(SECURITY_VERSION, r.security_version);
+                f.b(MANIFEST_DIGEST, &r.manifest_digest);
+            }
+            RecordKind::JobRemoved(r) => f.b(JOB_ID, &r.job_id),
+            RecordKind::RunStarted(r) => {
+                f.b(JOB_ID, &r.job_id);
+                f.b(RUN_ID, &r.run_id);
+                f.t(OPERATOR, &r.operator);
+                f.u(CHANNELS, u64::from(r.channels));
+            }
+            RecordKind::RunStopped(r) => {
+                f.b(JOB_ID, &r.job_id);
+                f.b(RUN_ID, &r.run_id);
+                f.t(REASON, &r.reason);
+            }
+            RecordKind::UnitsReserved(r) => {
+                f.b(JOB_ID, &r.job_id);
+                f.u(FIRST, r.first);
+                f.u(COUNT, r.count);
+            }
+            RecordKind::UnitPassed(r) => {
+                f.b(JOB_ID, &r.job_id);
+                f.b(RUN_ID, &r.run_id);
+                f.u(COUNTER, r.counter);
+                f.u(CHANNEL, u64::from(r.channel));
+                f.t(DEVICE_TYPE, &r.device_type);
+                f.b(UID, &r.uid);
+                f.t(SERIAL, &r.serial);
+                f.b(CERT_SHA256, &r.cert_sha256);
+                f.b(FIRMWARE_SHA256, &r.firmware_sha256);
+                f.b(LOCK_STATE, &r.lock_state);
+                f.t(LOCK_LEVEL, &r.lock_level);
+                f.0.push((TIMINGS, Out::M(&r.timings)));
+            }
+            RecordKind::UnitFailed(r) => {
+                f.b(JOB_ID, &r.job_id);
+                f.b(RUN_ID, &r.run_id);
+                f.u(COUNTER, r.counter);
+                f.u(CHANNEL, u64::from(r.channel));
+                f.ot(DEVICE_TYPE, r.device_type.as_deref());
+                f.ob(UID, r.uid.as_deref());
+                f.ot(SERIAL, r.serial.as_deref());
+                f.ob(CERT_SHA256, r.cert_sha256.as_ref().map(|d| &d[..]));
+                f.ob(FIRMWARE_SHA256, r.firmware_sha256.as_ref().map(|d| &d[..]));
+                f.0.push((TIMINGS, Out::M(&r.timings)));
+                f.t(STAGE, &r.stage);
+                f.t(REASON, &r.reason);
+            }
+            RecordKind::UnitAborted(r) => {
+                f.b(JOB_ID, &r.job_id);
+                f.t(REASON, &r.reason);
+                f.u(COUNTER, r.counter);
+            }
+            RecordKind::UnitsUnused(r) => {
+                f.b(JOB_ID, &r.job_id);
+                f.t(REASON, &r.reason);
+                f.u(FIRST, r.first);
+                f.u(COUNT, r.count);
+            }
+        }
+        f.0.sort_by_key(|(k, _)| *k);
+        let mut out = Vec::with_capacity(256);
+        cbor::put_map(&mut out, f.0.len());
+        for (k, v) in &f.0 {
+            cbor::put_uint(&mut out, *k);
+            match v {
+                Out::U(v) => cbor::put_uint(&mut out, *v),
+                Out::B(v) => cbor::put_bytes(&mut out, v),
+                Out::T(v) => cbor::put_text(&mut out, v),
+                Out::M(m) => {
+                    let mut entries: Vec<(&String, &u64)> = m.iter().collect();
+                    entries.sort_by(|a, b| cbor::text_key_order(a.0, b.0));
+                    cbor::put_map(&mut out, entries.len());
+                    for (name, us) in entries {
+                        cbor::put_text(&mut out, name);
+                        cbor::put_uint(&mut out, *us);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Decodes a record, accepting only its deterministic encoding.
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        if bytes.len() > MAX_RECORD_LEN {
+            return Err(RecordError::TooLarge { len: bytes.len() });
+        }
+        let mut r = Reader::new(bytes);
+        let n = r.map()?;
+        let mut fields = Slots::default();
+        let mut prev = None;
+        for _ in 0..n {
+            let (k, _) = r.uint_key(prev)?;
+            prev = Some(k);
+            if k >= key::END {
+                return Err(RecordError::UnknownKey { key: k });
+            }
+            let v = if k == key::TIMINGS {
+                let m = r.map()?;
+                let mut entries = Vec::new();
+                let mut last: Option<&str> = None;
+                for _ in 0..m {
+                    let name = r.text_key(last)?;
+                    last = Some(name);
+                    entries.push((name, r.uint()?));
+                }
+                In::M(entries)
+            } else {
+                match r.peek_major() {
+                    Some(Reader::MAJOR_UINT) => In::U(r.uint()?),
+                    Some(Reader::MAJOR_BYTES) => In::B(r.bytes()?),
+                    Some(Reader::MAJOR_TEXT) => In::T(r.text()?),
+                    _ => {
+                        return Err(RecordError::WrongFieldType {
+                            field: field_name(k),
+                            expected: "unsigned integer, byte string or text string",
+                        })
+                    }
+                }
+            };
+            // Keys are strictly increasing, so each slot is set once.
+            fields.0[k as usize] = Some(v);
+        }
+        r.finish()?;
+        fields.into_record()
+    }
+}
+
+/// A field value while decoding, borrowed from the input.
+enum In<'a> {
+    U(u64),
+    B(&'a [u8]),
+    T(&'a str),
+    M(Vec<(&'a str, u64)>),
+}
+
+#[derive(Default)]
+struct Slots<'a>([Option<In<'a>>; key::END as usize]);
+
+impl<'a> Slots<'a> {
+    fn take(&mut self, k: u64) -> Option<In<'a>> {
+        self.0[k as usize].take()
+    }
+
+    fn has(&self, k: u64) -> bool {
+        self.0[k as usize].is_some()
+    }
+
+    fn opt_u(&mut self, k: u64) -> Result<Option<u64>, RecordError> {
+        match self.take(k) {
+            None => Ok(None),
+            Some(In::U(v)) => Ok(Some(v)),
+            Some(_) => Err(RecordError::WrongFieldType {
+                field: field_name(k),
+                expected: "unsigned integer",
+            }),
+        }
+    }
+
+    fn opt_b(&mut self, k: u64) -> Result<Option<&'a [u8]>, RecordError> {
+        match self.take(k) {
+            None => Ok(None),
+            Some(In::B(v)) => Ok(Some(v)),
+            Some(_) => Err(RecordError::WrongFieldType {
+                field: field_name(k),
+                expected: "byte string",
+            }),
+        }
+    }
+
+    fn opt_t(&mut self, k: u64) -> Result<Option<&'a str>, RecordError> {
+        match self.take(k) {
+            None => Ok(None),
+            Some(In::T(v)) => Ok(Some(v)),
+            Some(_) => Err(RecordError::WrongFieldType {
+                field: field_name(k),
+                expected: "text string",
+            }),
+        }
+    }
+
+    fn u(&mut self, k: u64, kind: &'static str) -> Result<u64, RecordError> {
+        self.opt_u(k)?.ok_or(missing(k, kind))
+    }
+
+    fn u32(&mut self, k: u64, kind: &'static str) -> Result<u32, RecordError> {
+        u32::try_from(self.u(k, kind)?).map_err(|_| RecordError::WrongFieldType {
+            field: field_name(k),
+            expected: "32-bit unsigned integer",
+        })
+    }
+
+    fn b(&mut self, k: u64, kind: &'static str) -> Result<&'a [u8], RecordError> {
+        self.opt_b(k)?.ok_or(missing(k, kind))
+    }
+
+    fn t(&mut self, k: u64, kind: &'static str) -> Result<String, RecordError> {
+        Ok(self.opt_t(k)?.ok_or(missing(k, kind))?.to_owned())
+    }
+
+    fn fixed<const N: usize>(
+        &mut self,
+        k: u64,
+        kind: &'static str,
+    ) -> Result<[u8; N], RecordError> {
+        fixed(k, self.b(k, kind)?)
+    }
+
+    fn opt_fixed<const N: usize>(&mut self, k: u64) -> Result<Option<[u8; N]>, RecordError> {
+        self.opt_b(k)?.map(|b| fixed(k, b)).transpose()
+    }
+
+    fn timings(&mut self, kind: &'static str) -> Result<BTreeMap<String, u64>, RecordError> {
+        match self.take(key::TIMINGS) {
+            Some(In::M(entries)) => Ok(entries
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect()),
+            Some(_) => Err(RecordError::WrongFieldType {
+                field: "timings",
+                expected: "map",
+            }),
+            None => Err(missing(key::TIMINGS, kind)),
+        }
+    }
+
+    fn into_record(mut self) -> Result<Record, RecordError> {
+        use key::*;
+        let rec = "record";
+        let seq = self.u(SEQ, rec)?;
+        let time = self.u(TIME, rec)?;
+        let prev = self.fixed::<32>(PREV, rec)?;
+        let kind_text = self.opt_t(KIND)?.ok_or(missing(KIND, rec))?;
+        let kind = match kind_text {
+            "job-imported" => {
+                let k = "job-imported";
+                RecordKind::JobImported(JobImported {
+                    job_id: self.fixed(JOB_ID, k)?,
+                    product: self.t(PRODUCT, k)?,
+                    quota: self.u(QUOTA, k)?,
+                    security_version: self.u(SECURITY_VERSION, k)?,
+                    manifest_digest: self.fixed(MANIFEST_DIGEST, k)?,
+                })
+            }
+            "job-removed" => RecordKind::JobRemoved(JobRemoved {
+                job_id: self.fixed(JOB_ID, "job-removed")?,
+            }),
+            "run-started" => {
+                let k = "run-started";
+                RecordKind::RunStarted(RunStarted {
+                    job_id: self.fixed(JOB_ID, k)?,
+                    run_id: self.fixed(RUN_ID, k)?,
+                    operator: self.t(OPERATOR, k)?,
+                    channels: self.u32(CHANNELS, k)?,
+                })
+            }
+            "run-stopped" => {
+                let k = "run-stopped";
+                RecordKind::RunStopped(RunStopped {
+                    job_id: self.fixed(JOB_ID, k)?,
+                    run_id: self.fixed(RUN_ID, k)?,
+                    reason: self.t(REASON, k)?,
+                })
+            }
+            "units-reserved" => {
+                let k = "units-reserved";
+                RecordKind::UnitsReserved(UnitsReserved {
+                    job_id: self.fixed(JOB_ID, k)?,
+                    first: self.u(FIRST, k)?,
+                    count: self.u(COUNT, k)?,
+                })
+            }
+            "unit-passed" => {
+                let k = "unit-passed";
+                RecordKind::UnitPassed(UnitPassed {
+                    job_id: self.fixed(JOB_ID, k)?,
+                    run_id: self.fixed(RUN_ID, k)?,
+                    counter: self.u(COUNTER, k)?,
+                    channel: self.u32(CHANNEL, k)?,
+                    device_type: self.t(DEVICE_TYPE, k)?,
+                    uid: self.b(UID, k)?.to_vec(),
+                    serial: self.t(SERIAL, k)?,
+                    cert_sha256: self.fixed(CERT_SHA256, k)?,
+                    firmware_sha256: self.fixed(FIRMWARE_SHA256, k)?,
+                    lock_state: self.b(LOCK_STATE, k)?.to_vec(),
+                    lock_level: self.t(LOCK_LEVEL, k)?,
+                    timings: self.timings(k)?,
+                })
+            }
+            "unit-failed" => {
+                let k = "unit-failed";
+                RecordKind::UnitFailed(UnitFailed {
+                    job_id: self.fixed(JOB_ID, k)?,
+                    run_id: self.fixed(RUN_ID, k)?,
+                    counter: self.u(COUNTER, k)?,
+                    channel: self.u32(CHANNEL, k)?,
+                    device_type: self.opt_t(DEVICE_TYPE)?.map(str::to_owned),
+                    uid: self.opt_b(UID)?.map(<[u8]>::to_vec),
+                    serial: self.opt_t(SERIAL)?.map(str::to_owned),
+                    cert_sha256: self.opt_fixed(CERT_SHA256)?,
+                    firmware_sha256: self.opt_fixed(FIRMWARE_SHA256)?,
+                    stage: self.t(STAGE, k)?,
+                    reason: self.t(REASON, k)?,
+                    timings: self.timings(k)?,
+                })
+            }
+            "unit-aborted" => {
+                let k = "unit-aborted";
+                RecordKind::UnitAborted(UnitAborted {
+                    job_id: self.fixed(JOB_ID, k)?,
+                    counter: self.u(COUNTER, k)?,
+                    reason: self.t(REASON, k)?,
+                })
+            }
+            "units-unused" => {
+                let k = "units-unused";
+                RecordKind::UnitsUnused(UnitsUnused {
+                    job_id: self.fixed(JOB_ID, k)?,
+                    first: self.u(FIRST, k)?,
+                    count: self.u(COUNT, k)?,
+                    reason: self.t(REASON, k)?,
+                })
+            }
+            other => {
+                return Err(RecordError::UnknownKind {
+                    kind: other.chars().take(64).collect(),
+                })
+            }
+        };
+        let kind_name = kind.name();
+        if let Some(k) = (0..END).find(|&k| self.has(k)) {
+            return Err(RecordError::UnexpectedField {
+                field: field_name(k),
+                kind: kind_name,
+            });
+        }
+        Ok(Record {
+            seq,
+            time,
+            prev,
+            kind,
+        })
+    }
+}
+
+fn missing(k: u64, kind: &'static str) -> RecordError {
+    RecordError::MissingField {
+        field: field_name(k),
+        kind,
+    }
+}
+
+fn fixed<const N: usize>(k: u64, b: &[u8]) -> Result<[u8; N], RecordError> {
+    b.try_into().map_err(|_| RecordError::WrongLength {
+        field: field_name(k),
+        expected: N,
+        found: b.len(),
+    })
+}
