@@ -1,1 +1,37 @@
-//! flashgate-stm32-uart
+//! STM32 over its ROM system bootloader (ST AN3155, USART) for flashgate.
+//!
+//! - [`Stm32UartTarget`]: the driver, a [`flashgate_target::Target`] over any
+//!   [`flashgate_serial::Transport`] (a real port at 8E1, a pseudo-terminal, or an in-process
+//!   link to the simulator).
+//! - [`sim`]: a byte-exact simulator of the bootloader, with the provisioning agent answering
+//!   on the same UART after Go, realistic timing, faults and saved state; it implements
+//!   [`flashgate_serial::SerialDevice`] so it can be served in process or on a pty (where
+//!   stm32flash can talk to it).
+//! - [`part`]: the parts table (STM32F103 medium density, STM32F40x/41x).
+//! - [`floor`]: the bus-limited floor of programming an image.
+//! - [`serve_cli`]: what `flashgate sim stm32-uart` runs.
+//!
+//! ```
+//! use flashgate_stm32_uart::sim::{SimOptions, Stm32Sim};
+//! use flashgate_serial::SerialDevice;
+//!
+//! let mut chip = Stm32Sim::new(SimOptions::default().instant())?;
+//! let (reply, _) = chip.feed(&[0x7F]);
+//! assert_eq!(reply, [0x79]);
+//! let (reply, _) = chip.feed(&[0x02, 0xFD]); // Get ID
+//! assert_eq!(reply, [0x79, 0x01, 0x04, 0x10, 0x79]);
+//! # Ok::<(), flashgate_stm32_uart::sim::SimError>(())
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod driver;
+pub mod floor;
+pub mod part;
+pub mod protocol;
+pub mod sim;
+
+pub use cli::{serve_cli, CliError};
+pub use driver::{BootloaderInfo, LinkHook, LinkState, Stm32Options, Stm32UartTarget};
+pub use part::{Part, RdpLevel, PARTS, STM32F103_MD, STM32F4_413};
