@@ -162,6 +162,7 @@ struct Shared {
     wake: Condvar,
     writer: Mutex<Writer>,
     durable: AtomicU64,
+    syncs: AtomicU64,
     clock: Clock,
     leaves_reader: File,
 }
@@ -305,6 +306,7 @@ impl Log {
                 wake: Condvar::new(),
                 writer: Mutex::new(writer),
                 durable: AtomicU64::new(size),
+                syncs: AtomicU64::new(0),
                 clock: options.clock,
                 leaves_reader,
             },
@@ -333,6 +335,14 @@ impl Log {
     #[must_use]
     pub fn size(&self) -> u64 {
         self.shared.durable.load(Ordering::Acquire)
+    }
+
+    /// How many batches of records this handle has synced (one
+    /// `fdatasync` each); with concurrent appenders it is lower than the
+    /// number of records appended.
+    #[must_use]
+    pub fn sync_count(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
     }
 
     /// The current tree size and root (waits for a commit in progress).
@@ -464,6 +474,7 @@ impl Log {
         match written {
             Ok(()) => {
                 sh.durable.store(w.tree.size(), Ordering::Release);
+                sh.syncs.fetch_add(1, Ordering::Relaxed);
                 results
             }
             Err((file, e)) => {
