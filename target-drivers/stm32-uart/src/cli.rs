@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 
+use flashgate_serial::pty::{serve_forever, PtyOptions};
+
 use crate::part::Part;
-use crate::sim::{SimError, SimOptions};
+use crate::sim::{SimError, SimOptions, Stm32Sim};
 
 /// Why the simulator could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -13,28 +15,77 @@ pub enum CliError {
     #[error(transparent)]
     Sim(#[from] SimError),
     /// The pty could not be served.
-    #[error("cannot serve the simulator: {0}")]
-    Serve(String),
+    #[error("cannot serve the simulated chip on a pseudo-terminal: {0}")]
+    Serve(#[from] flashgate_serial::SerialError),
 }
 
-/// Serves a simulated `part` (`f103`, `f4`, ...) on a new pseudo-terminal until the process
-/// is stopped, printing the pty's path on the first line of standard output.
-///
-/// `state` is loaded at start if it exists and saved as the chip changes (and when the host
-/// closes the port). `options` is a simulator option string (see
-/// [`SimOptions`]), e.g. `timing=instant` or `fault=nack@write#3`; empty for defaults.
-pub fn serve_cli(part: &str, state: Option<PathBuf>, options: &str) -> Result<(), CliError> {
-    let mut o: SimOptions = options.parse()?;
+/// Splits the serving options (`link=PATH`, `realtime=on|off`) from the simulator's.
+fn split_options(options: &str) -> Result<(String, PtyOptions), SimError> {
+    let mut pty = PtyOptions::default();
+    let mut rest = Vec::new();
+    for item in options.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        match item.split_once('=') {
+            Some(("link", v)) => pty.link = Some(PathBuf::from(v)),
+            Some(("realtime", v)) => {
+                pty.realtime = match v {
+                    "on" | "true" | "yes" | "1" => true,
+                    "off" | "false" | "no" | "0" => false,
+                    _ => {
+                        return Err(SimError::BadValue {
+                            key: "realtime",
+                            value: v.to_owned(),
+                            expected: "on or off",
+                        })
+                    }
+                }
+            }
+            _ => rest.push(item),
+        }
+    }
+    Ok((rest.join(","), pty))
+}
+
+/// The simulator and serving options `serve_cli` would use (checked without serving).
+pub fn cli_options(
+    part: &str,
+    state: Option<PathBuf>,
+    options: &str,
+) -> Result<(SimOptions, PtyOptions), CliError> {
+    let (sim_options, pty) = split_options(options)?;
+    let mut o: SimOptions = sim_options.parse()?;
     o.part = Part::lookup(part).ok_or_else(|| SimError::BadValue {
         key: "part",
         value: part.to_owned(),
-        expected: "f103 or f4",
+        expected: "f103 or f4 (or stm32f103-md, stm32f4-413, 0x410, 0x413)",
     })?;
+    if o.identity
+        .is_some_and(|at| o.part.location_address(at, 32).is_err())
+    {
+        return Err(SimError::BadValue {
+            key: "identity",
+            value: o.identity.map(|l| l.to_string()).unwrap_or_default(),
+            expected: "a location on this part that holds 32 bytes",
+        }
+        .into());
+    }
     if state.is_some() {
         o.state_file = state;
     }
-    let _ = o;
-    Err(CliError::Serve(
-        "the pty server is not available in this build".to_owned(),
-    ))
+    Ok((o, pty))
+}
+
+/// Serves a simulated `part` (`f103`, `f4`, ...) on a new pseudo-terminal until SIGTERM or
+/// SIGINT, printing the pty's path as the first line of standard output.
+///
+/// `state` is loaded at start if the file exists, and saved as the chip changes, whenever the
+/// host closes the port, and at exit. `options` is a simulator option string (see
+/// [`SimOptions`]), e.g. `timing=instant,fault=nack@write#3`, plus two serving options:
+/// `link=PATH` (a stable symbolic link to the pty) and `realtime=off` (answer without
+/// sleeping the simulated time). Empty for defaults: realistic timing, served in real time.
+pub fn serve_cli(part: &str, state: Option<PathBuf>, options: &str) -> Result<(), CliError> {
+    let (o, pty) = cli_options(part, state, options)?;
+    let sim = Stm32Sim::new(o)?;
+    let mut sim = serve_forever(sim, pty)?;
+    sim.save()?;
+    Ok(())
 }

@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{image, scalar, Link};
-use flashgate_serial::{SerialDevice, SerialError, Transport};
+use common::{image, scalar};
+use flashgate_serial::{Loopback, SerialDevice, SerialError, Transport};
 use flashgate_stm32_uart::floor::{bus_floor, FloorErase, FloorOptions};
 use flashgate_stm32_uart::protocol::*;
 use flashgate_stm32_uart::sim::{Fault, FaultKind, SimHandle, SimMode, SimOptions, SimTiming};
@@ -16,11 +16,11 @@ use flashgate_target::{
     TargetError,
 };
 
-type Driver = Stm32UartTarget<Link<SimHandle>>;
+type Driver = Stm32UartTarget<Loopback<SimHandle>>;
 
 fn board(options: SimOptions) -> (SimHandle, Driver) {
     let sim = SimHandle::from_options(options).unwrap();
-    let drv = Stm32UartTarget::new(Link::new(sim.clone()));
+    let drv = Stm32UartTarget::new(Loopback::instant(sim.clone()));
     (sim, drv)
 }
 
@@ -322,7 +322,7 @@ fn go_to_blank_flash_times_out_in_challenge() {
 fn wrong_part_and_unknown_pid() {
     let sim = SimHandle::from_options(SimOptions::new(&STM32F4_413).instant()).unwrap();
     let mut d = Stm32UartTarget::with_options(
-        Link::new(sim),
+        Loopback::instant(sim),
         Stm32Options {
             part: Some(&STM32F103_MD),
             ..Stm32Options::default()
@@ -355,7 +355,7 @@ fn wrong_part_and_unknown_pid() {
             (out, Duration::ZERO)
         }
     }
-    let mut d = Stm32UartTarget::new(Link::new(OddPid));
+    let mut d = Stm32UartTarget::new(Loopback::instant(OddPid));
     d.connect().unwrap();
     let e = d.identify().unwrap_err();
     assert!(matches!(e, TargetError::WrongDevice { .. }));
@@ -374,7 +374,7 @@ fn no_bootloader_and_garbage() {
             (Vec::new(), Duration::ZERO)
         }
     }
-    let mut d = Stm32UartTarget::new(Link::new(Silent));
+    let mut d = Stm32UartTarget::new(Loopback::instant(Silent));
     let e = d.connect().unwrap_err();
     assert_eq!(e.stage(), Some(Stage::Connect));
     assert!(
@@ -396,7 +396,7 @@ fn no_bootloader_and_garbage() {
             )
         }
     }
-    let mut d = Stm32UartTarget::new(Link::new(Garbage));
+    let mut d = Stm32UartTarget::new(Loopback::instant(Garbage));
     d.connect().unwrap();
     let e = d.identify().unwrap_err();
     assert_eq!(

@@ -1,65 +1,5 @@
-//! Shared test helpers: an in-process link and a deterministic image generator.
+//! Shared test helpers: deterministic images and keys, bounded child processes.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use std::collections::VecDeque;
-use std::time::Duration;
-
-use flashgate_serial::{SerialDevice, SerialError, Transport};
-
-/// A host-side transport wired straight to a device: every write is fed to the device at
-/// once, its answer queued; a read that finds too few bytes fails with `Timeout` at once
-/// (the device has nothing more to say until it is sent something).
-#[derive(Debug)]
-pub struct Link<D: SerialDevice> {
-    pub device: D,
-    rx: VecDeque<u8>,
-    /// Simulated time the device reported.
-    pub elapsed: Duration,
-    pub resets: u32,
-}
-
-impl<D: SerialDevice> Link<D> {
-    pub fn new(device: D) -> Self {
-        Link {
-            device,
-            rx: VecDeque::new(),
-            elapsed: Duration::ZERO,
-            resets: 0,
-        }
-    }
-}
-
-impl<D: SerialDevice> Transport for Link<D> {
-    fn write_all(&mut self, bytes: &[u8]) -> Result<(), SerialError> {
-        let (reply, took) = self.device.feed(bytes);
-        self.elapsed += took;
-        self.rx.extend(reply);
-        Ok(())
-    }
-
-    fn read_exact(&mut self, buf: &mut [u8], timeout: Duration) -> Result<(), SerialError> {
-        if self.rx.len() < buf.len() {
-            self.rx.clear();
-            return Err(SerialError::Timeout(timeout));
-        }
-        for b in buf.iter_mut() {
-            *b = self.rx.pop_front().unwrap();
-        }
-        Ok(())
-    }
-
-    fn clear_input(&mut self) -> Result<(), SerialError> {
-        self.rx.clear();
-        Ok(())
-    }
-
-    fn pulse_reset(&mut self) -> Result<(), SerialError> {
-        self.resets += 1;
-        self.rx.clear();
-        self.device.reset_link();
-        Ok(())
-    }
-}
 
 /// Deterministic pseudo-random bytes (xorshift), so images are reproducible.
 pub fn image(len: usize, seed: u64) -> Vec<u8> {
@@ -83,4 +23,68 @@ pub fn scalar(seed: u8) -> [u8; 32] {
     }
     assert!(flashgate_agent::is_valid_scalar(&s));
     s
+}
+
+/// Output of a child process run with a deadline.
+#[derive(Debug)]
+pub struct Ran {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `program args` and kills it if it takes longer than `limit`; `None` if the program
+/// is not installed.
+pub fn run_bounded(program: &str, args: &[&str], limit: std::time::Duration) -> Option<Ran> {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut child = match Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("cannot start {program}: {e}"),
+    };
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{program} {args:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    Some(Ran {
+        ok: status.success(),
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    })
+}
+
+/// Whether stm32flash can be run; prints why a test is skipped if not.
+pub fn have_stm32flash() -> bool {
+    let found = run_bounded("stm32flash", &["-h"], std::time::Duration::from_secs(10)).is_some();
+    if !found {
+        eprintln!("stm32flash is not installed: skipping the stm32flash peer test (apt-get install stm32flash)");
+    }
+    found
 }
