@@ -167,8 +167,8 @@ pub fn summary_table(s: &RunSummary) -> String {
     }
     let _ = writeln!(
         out,
-        "  quota:        {} counted this run, {} left",
-        s.counted, s.quota_left
+        "  quota:        {} counted this run ({} reserved ahead and left unused), {} left",
+        s.counted, s.reserved_unused, s.quota_left
     );
     if !s.failed_by_stage.is_empty() {
         let _ = writeln!(out, "  failed by stage:");

@@ -165,8 +165,10 @@ pub struct RunSummary {
     pub failed_by_stage: BTreeMap<String, u64>,
     /// Mean time per stage over the units that reached it (µs).
     pub mean_stage_us: BTreeMap<String, u64>,
-    /// Counter values used (quota consumed), this run.
+    /// Counter values reserved this run (quota consumed).
     pub counted: u64,
+    /// Of those, values no unit used (reserved ahead, then released).
+    pub reserved_unused: u64,
     /// Quota left for the job after the run.
     pub quota_left: u64,
     /// Wall time of the run.
@@ -379,6 +381,7 @@ impl Provisioner {
         let used_before = self.ledger.used();
         let why = Arc::new(Mutex::new(String::from("no more boards")));
         let mut tasks = Vec::new();
+        let channels = u32::try_from(fixtures.len()).unwrap_or(u32::MAX);
         for (channel, fixture) in fixtures.into_iter().enumerate() {
             let me = self.clone();
             let (taken, stop, sink, options, why) = (
@@ -390,14 +393,18 @@ impl Provisioner {
             );
             let channel = u32::try_from(channel).unwrap_or(u32::MAX);
             tasks.push(tokio::task::spawn_blocking(move || {
-                me.channel_loop(channel, fixture, &options, &taken, &stop, &*sink, &why)
+                me.channel_loop(
+                    channel, channels, fixture, &options, &taken, &stop, &*sink, &why,
+                )
             }));
         }
         let mut summary = RunSummary::default();
         let mut stage_sum: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut with_counter = 0u64;
         for t in tasks {
             let Ok(records) = t.await else { continue };
             for r in records {
+                with_counter += u64::from(r.counter.is_some());
                 match &r.result {
                     UnitResult::Passed => summary.passed += 1,
                     UnitResult::Failed { stage, .. } => {
@@ -417,6 +424,7 @@ impl Provisioner {
             .collect();
         let used = self.ledger.used();
         summary.counted = used - used_before;
+        summary.reserved_unused = summary.counted.saturating_sub(with_counter);
         summary.quota_left = self.policy.job().quota.saturating_sub(used);
         summary.elapsed_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let why = why.lock().map(|w| w.clone()).unwrap_or_default();
@@ -439,6 +447,7 @@ impl Provisioner {
     fn channel_loop(
         &self,
         channel: u32,
+        channels: u32,
         mut fixture: Box<dyn Fixture>,
         options: &RunOptions,
         taken: &AtomicU64,
@@ -462,10 +471,17 @@ impl Provisioner {
                 Err(e) => break format!("fixture failed: {e}"),
             };
             sink(RunEvent::UnitStarted { channel, board });
-            // Near the end of a limited run, reserve no more than can be used.
-            let want = options.units.map_or(options.block, |l| {
-                options.block.min(l.saturating_sub(board).max(1))
-            });
+            // Near the end of a limited run, reserve one value at a time so
+            // that few are left unused (they can never be given back).
+            let want = match options.units {
+                Some(limit)
+                    if limit.saturating_sub(board)
+                        <= options.block.saturating_mul(u64::from(channels)) =>
+                {
+                    1
+                }
+                _ => options.block,
+            };
             let record = self.provision(channel, board, target, &mut block, want, sink);
             let quota_hit =
                 matches!(&record.result, UnitResult::Failed { stage, .. } if stage == "reserve");
