@@ -41,7 +41,13 @@ fn clean_bundle_is_clean_and_counted() {
     assert_eq!(r.quota.used, 10);
     assert_eq!(r.quota.left, 90);
     assert_eq!(r.operators.get("alice").map(|c| c.passed), Some(8));
-    assert_eq!(r.channels.values().map(|c| c.passed + c.failed).sum::<u64>(), 10);
+    assert_eq!(
+        r.channels
+            .values()
+            .map(|c| c.passed + c.failed)
+            .sum::<u64>(),
+        10
+    );
     assert_eq!(r.last_checkpoint_size, Some(records.len() as u64));
     assert_eq!(r.unprotected_records, 0);
     assert!(r.first_time.is_some() && r.last_time > r.first_time);
@@ -81,7 +87,11 @@ fn edited_record_is_caught() {
     });
     let r = verify(&records, &cps, &certs, &options(100));
     assert_only(&r, &[K::BrokenChain, K::CheckpointRootMismatch]);
-    let broken = r.anomalies.iter().find(|a| a.kind == K::BrokenChain).unwrap();
+    let broken = r
+        .anomalies
+        .iter()
+        .find(|a| a.kind == K::BrokenChain)
+        .unwrap();
     assert_eq!(broken.seq, Some(6));
 }
 
@@ -258,7 +268,11 @@ fn duplicate_uid_is_caught() {
     let r = verify(&records, &cps, &history_certs(UNITS), &options(100));
     assert_only(&r, &[K::DuplicateUid]);
     assert_eq!(r.anomalies[0].seq, Some(5));
-    assert!(r.anomalies[0].detail.contains("record 4"), "{}", r.anomalies[0].detail);
+    assert!(
+        r.anomalies[0].detail.contains("record 4"),
+        "{}",
+        r.anomalies[0].detail
+    );
 }
 
 #[test]
@@ -422,11 +436,13 @@ fn counter_accounting_is_checked() {
 fn unused_and_aborted_values_account_for_reservations() {
     let mut h = vec![imported(100), run_started(), reserved(0, 8)];
     h.push(passed(0));
-    h.push(RecordKind::UnitAborted(flashgate_audit::record::UnitAborted {
-        job_id: JOB,
-        counter: 1,
-        reason: flashgate_audit::REASON_CRASH_ABORTED.to_owned(),
-    }));
+    h.push(RecordKind::UnitAborted(
+        flashgate_audit::record::UnitAborted {
+            job_id: JOB,
+            counter: 1,
+            reason: flashgate_audit::REASON_CRASH_ABORTED.to_owned(),
+        },
+    ));
     h.push(unused(2, 6));
     let records = chain(h);
     let cps = vec![checkpoint(&records, records.len())];

@@ -114,7 +114,12 @@ pub fn uid(n: u64) -> Vec<u8> {
 }
 
 pub fn passed(counter: u64) -> RecordKind {
-    passed_with(counter, uid(counter), format!("SN-{counter:08}"), cert(counter))
+    passed_with(
+        counter,
+        uid(counter),
+        format!("SN-{counter:08}"),
+        cert(counter),
+    )
 }
 
 pub fn passed_with(counter: u64, uid: Vec<u8>, serial: String, cert: Vec<u8>) -> RecordKind {
