@@ -667,3 +667,53 @@ fn transport_errors_are_reported() {
     let e = d.connect().unwrap_err();
     assert!(e.to_string().contains("device unplugged"), "{e}");
 }
+
+#[test]
+fn link_faults_of_the_loopback() {
+    let (_sim, mut d) = board(f103());
+    d.connect().unwrap();
+    d.identify().unwrap();
+    d.erase().unwrap();
+    let fw = image(1024, 12);
+    d.program(0x0800_0000, &fw).unwrap();
+    // A data byte of the first Read Memory arrives with a bit flipped: verify catches it.
+    d.transport().corrupt_reply_byte(3 + 10, 0x10);
+    let e = d.verify(0x0800_0000, &fw).unwrap_err();
+    match e {
+        TargetError::VerifyMismatch {
+            stage,
+            address,
+            expected,
+            found,
+        } => {
+            assert_eq!(stage, Stage::Verify);
+            assert_eq!(address, 0x0800_000A);
+            assert_eq!(expected[0] ^ 0x10, found[0]);
+            assert_eq!(expected.len(), 16);
+        }
+        other => panic!("{other}"),
+    }
+    // An ACK arrives garbled: the driver names what it expected and what it got.
+    d.transport().corrupt_reply_byte(0, 0x01);
+    let e = d.program(0x0800_0400, &fw).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "protocol error during program: expected ACK (0x79) or NACK (0x1F) to the command byte of Write Memory (0x31) at 0x08000400, received 0x78: check the baud rate and the parity (8E1), then retry the board"
+    );
+    // A lost ACK is a timeout; the next operation syncs again and works.
+    d.transport().drop_reply_byte(1);
+    let e = d.program(0x0800_0400, &fw).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TargetError::Timeout {
+                stage: Stage::Program,
+                address: Some(0x0800_0400),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    d.program(0x0800_0400, &fw).unwrap();
+    d.verify(0x0800_0400, &fw).unwrap();
+}
