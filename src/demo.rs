@@ -52,9 +52,33 @@ fn step(s: &str) {
     eprintln!("\n== {s}");
 }
 
-/// Runs the demo; returns the exit code (0: the run completed).
-pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
-    let dir = &args.dir;
+/// A fresh appliance on a fresh token, with OEM material beside it.
+#[derive(Debug)]
+pub struct Setup {
+    /// The directory holding everything.
+    pub dir: PathBuf,
+    /// The enrolled appliance.
+    pub appliance: Appliance,
+    /// The OEM directory (key files).
+    pub oem_dir: PathBuf,
+    /// The appliance's enrollment record.
+    pub enrollment: crate::enrollment::VerifiedEnrollment,
+}
+
+/// A job built and imported on a [`Setup`].
+#[derive(Debug)]
+pub struct ImportedDemoJob {
+    /// Job id (hex).
+    pub id: String,
+    /// The package file.
+    pub path: PathBuf,
+    /// The job's quota.
+    pub quota: u64,
+}
+
+/// Creates `dir` (emptied first), a fresh `token` ("softhsm" or "kryoptic"),
+/// OEM keys, and enrolls an appliance.
+pub fn setup(dir: &Path, token: &str, module: Option<PathBuf>) -> Result<Setup, DemoError> {
     if dir.exists() {
         fs::remove_dir_all(dir).map_err(err)?;
     }
@@ -63,7 +87,7 @@ pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
     let now = crate::appliance::unix_now();
 
     step("CM: a fresh token");
-    let module = init_token(args, &dir)?;
+    let module = init_token(token, module, &dir)?;
 
     step("OEM: job-signing key and device-root CA (key files: development only)");
     let oem_dir = dir.join("oem");
@@ -98,9 +122,18 @@ pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
             .join(", ")
     );
     eprintln!("   fingerprint {}", enrollment.fingerprint());
+    Ok(Setup {
+        dir,
+        appliance,
+        oem_dir,
+        enrollment,
+    })
+}
 
-    step("OEM: build a job for this appliance from policies/sim-secure-mcu.toml");
-    let policy_text = POLICY
+/// The example policy with its validity window moved around today.
+pub fn example_policy() -> String {
+    let now = crate::appliance::unix_now();
+    POLICY
         .lines()
         .map(|l| {
             if l.starts_with("not_before") {
@@ -115,30 +148,37 @@ pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
             }
         })
         .collect::<Vec<_>>()
-        .join("\n");
-    fs::write(dir.join("policy.toml"), &policy_text).map_err(err)?;
-    let policy = flashgate_policy::Policy::from_toml_str(&policy_text).map_err(err)?;
-    // An example firmware image: 64 KiB at the start of flash.
-    let firmware: Vec<u8> = (0..64 * 1024u32)
-        .map(|i| (i.wrapping_mul(31) ^ (i >> 9)) as u8)
-        .collect();
+        .join("\n")
+}
+
+/// The OEM builds a job from `policy_text` and one image at address 0; the
+/// appliance imports it.
+pub fn build_and_import(
+    setup: &Setup,
+    policy_text: &str,
+    firmware: Vec<u8>,
+) -> Result<ImportedDemoJob, DemoError> {
+    step("OEM: build a job for this appliance");
+    let dir = &setup.dir;
+    fs::write(dir.join("policy.toml"), policy_text).map_err(err)?;
+    let policy = flashgate_policy::Policy::from_toml_str(policy_text).map_err(err)?;
     fs::write(dir.join("firmware.bin"), &firmware).map_err(err)?;
-    let oem = crate::oem::Oem::load(&oem_dir).map_err(err)?;
+    let oem = crate::oem::Oem::load(&setup.oem_dir).map_err(err)?;
     let job = crate::package::build::build(&crate::package::build::JobInput {
-        policy_toml: &policy_text,
+        policy_toml: policy_text,
         policy: &policy,
         images: &[flashgate_firmware::Segment {
             address: 0,
             data: firmware,
         }],
-        enrollment: &enrollment,
+        enrollment: &setup.enrollment,
         oem: &oem,
-        now,
+        now: crate::appliance::unix_now(),
         profile: None,
     })
     .map_err(err)?;
-    let job_path = dir.join("job.fgj");
-    fs::write(&job_path, &job.bytes).map_err(err)?;
+    let path = dir.join("job.fgj");
+    fs::write(&path, &job.bytes).map_err(err)?;
     let id = job.manifest.job_id_hex();
     fs::write(
         dir.join("job-ca.pem"),
@@ -152,15 +192,37 @@ pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
     );
 
     step("CM: import the job (verify, unwrap into the HSM, decrypt and check in the HSM)");
-    let imported = appliance.import(&job_path).map_err(err)?;
-    let cert_dir = appliance.job_dir(&id).join("certs");
+    let imported = setup.appliance.import(&path).map_err(err)?;
     eprintln!("   imported; quota {}", imported.policy.job().quota);
+    Ok(ImportedDemoJob {
+        id,
+        path,
+        quota: imported.policy.job().quota,
+    })
+}
+
+/// Runs the demo; returns the exit code (0: the run completed).
+pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
+    let setup = setup(&args.dir, &args.token, args.module.clone())?;
+    // An example firmware image: 64 KiB at the start of flash.
+    let firmware: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| (i.wrapping_mul(31) ^ (i >> 9)) as u8)
+        .collect();
+    let job = build_and_import(&setup, &example_policy(), firmware)?;
+    let Setup {
+        dir,
+        appliance,
+        oem_dir,
+        ..
+    } = setup;
+    let (id, job_path) = (job.id.clone(), job.path.clone());
+    let cert_dir = appliance.job_dir(&id).join("certs");
 
     step(&format!(
         "CM: program {} units on {} channels ({})",
         args.units, args.channels, args.sim
     ));
-    let ledger = Arc::new(MemoryLedger::new(imported.policy.job().quota));
+    let ledger = Arc::new(MemoryLedger::new(job.quota));
     let provisioner = Arc::new(Provisioner::open(appliance, &id, ledger).map_err(err)?);
     provisioner
         .check_driver("sim", flashgate_target::Capabilities::all())
@@ -173,7 +235,7 @@ pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
     let events = std::sync::Mutex::new(fs::File::create(&events_path).map_err(err)?);
     let view = crate::run_view::ProgressView::new(
         args.channels,
-        imported.policy.job().quota,
+        job.quota,
         0,
         Some(cert_dir.clone()),
         true,
@@ -224,7 +286,7 @@ pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
 }
 
 /// Creates a fresh token under `dir` and points this process at it.
-fn init_token(args: &DemoArgs, dir: &Path) -> Result<PathBuf, DemoError> {
+fn init_token(token: &str, module: Option<PathBuf>, dir: &Path) -> Result<PathBuf, DemoError> {
     let mut pin = [0u8; 9];
     getrandom::fill(&mut pin).map_err(err)?;
     let pin = hex::encode(pin);
@@ -249,7 +311,7 @@ fn init_token(args: &DemoArgs, dir: &Path) -> Result<PathBuf, DemoError> {
             )))
         }
     };
-    match args.token.as_str() {
+    match token {
         "softhsm" => {
             let conf = token_dir.join("softhsm2.conf");
             fs::write(
@@ -272,13 +334,10 @@ fn init_token(args: &DemoArgs, dir: &Path) -> Result<PathBuf, DemoError> {
                 "--pin",
                 &pin,
             ]))?;
-            Ok(args
-                .module
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so")))
+            Ok(module.unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so")))
         }
         "kryoptic" => {
-            let module = args.module.clone().unwrap_or_else(|| {
+            let module = module.unwrap_or_else(|| {
                 PathBuf::from("tokens/kryoptic/target/release/libkryoptic_pkcs11.so")
             });
             let module = fs::canonicalize(&module).map_err(|_| {
