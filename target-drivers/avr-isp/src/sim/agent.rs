@@ -113,13 +113,10 @@ impl SerialDevice for AgentUart {
         let mut took = self.timing.agent_serial(input.len());
         let shared = Arc::clone(&self.shared);
         let mut s = lock(&shared);
-        if s.chip.in_reset() || !s.chip.present() {
-            // Firmware not running: nothing listens on the UART.
+        if s.chip.in_reset() || !s.chip.present() || s.take_agent_fault(AvrFault::AgentSilent) {
+            // Firmware not running (or hung): nothing answers on the UART.
             self.endpoint.reset();
-            return (Vec::new(), took);
-        }
-        if s.take_agent_fault(AvrFault::AgentSilent) {
-            self.endpoint.reset();
+            s.agent_time += took;
             return (Vec::new(), took);
         }
         let identity = s.identity;
@@ -136,6 +133,7 @@ impl SerialDevice for AgentUart {
             }
         }
         took += self.timing.agent_serial(reply.len());
+        s.agent_time += took;
         (reply, took)
     }
 

@@ -61,7 +61,8 @@ pub enum AvrFault {
     CorruptData(Trigger),
     /// `nosync`: the programmer answers `STK_NOSYNC` and does nothing.
     NoSync(Trigger),
-    /// `failed`: the programmer answers `STK_INSYNC STK_FAILED` and does nothing.
+    /// `failed`: the programmer does nothing and answers `STK_INSYNC`, the command's data
+    /// bytes (zeros) if it has any, and `STK_FAILED`, as avrdude expects a failure.
     Failed(Trigger),
     /// `silent`: the programmer swallows the command and never answers.
     NoAnswer(Trigger),

@@ -72,7 +72,6 @@ pub struct ArduinoIsp {
     here: u16,
     param: Param,
     buff: Box<[u8; BUFFER_SIZE]>,
-    now: Duration,
 }
 
 /// What a fault does to one command.
@@ -95,13 +94,12 @@ impl ArduinoIsp {
             here: 0,
             param: Param::default(),
             buff: Box::new([0; BUFFER_SIZE]),
-            now: Duration::ZERO,
         }
     }
 
-    /// Simulated time of this link so far.
+    /// The board's simulated clock (shared by every programmer made for the board).
     pub fn now(&self) -> Duration {
-        self.now
+        lock(&self.shared).isp_time
     }
 
     /// Whether the sketch is in programming mode.
@@ -154,17 +152,21 @@ impl ArduinoIsp {
     }
 
     /// Runs one complete command from the front of `rx`; `None` if more bytes are needed.
-    fn step(&mut self) -> Option<Vec<u8>> {
+    fn step(&mut self, s: &mut Shared) -> Option<Vec<u8>> {
         let len = self.complete_len()?;
         let bytes: Vec<u8> = self.rx.drain(..len).collect();
-        let shared = Arc::clone(&self.shared);
-        let mut s = lock(&shared);
         let mut fx = Effects::default();
         for fault in s.take_faults(bytes[0]) {
             match fault {
                 AvrFault::NoAnswer(_) => return Some(Vec::new()),
                 AvrFault::NoSync(_) => return Some(vec![NOSYNC]),
-                AvrFault::Failed(_) => return Some(vec![INSYNC, FAILED]),
+                AvrFault::Failed(_) => {
+                    // Shaped as avrdude expects a failure: the data bytes, then STK_FAILED.
+                    let mut v = vec![INSYNC];
+                    v.resize(1 + reply_data_len(&bytes), 0);
+                    v.push(FAILED);
+                    return Some(v);
+                }
                 AvrFault::BrownOut(_) => fx.brown_out = true,
                 AvrFault::DropReplyByte(_) => fx.drop_last = true,
                 AvrFault::CorruptReply(_) => fx.corrupt_first = true,
@@ -172,7 +174,7 @@ impl ArduinoIsp {
                 AvrFault::NoTarget | AvrFault::AgentCorrupt | AvrFault::AgentSilent => {}
             }
         }
-        let mut out = self.execute(&mut s, &bytes, fx.brown_out);
+        let mut out = self.execute(s, &bytes, fx.brown_out);
         if fx.brown_out && bytes[0] != PROG_PAGE {
             s.chip.brown_out();
         }
@@ -192,8 +194,8 @@ impl ArduinoIsp {
 
     /// One SPI instruction, after its transfer time.
     fn spi(&mut self, s: &mut Shared, cmd: [u8; 4]) -> u8 {
-        self.now += self.timing.spi(1);
-        s.chip.spi(cmd, self.now, self.timing.chip_write_times)
+        s.isp_time += self.timing.spi(1);
+        s.chip.spi(cmd, s.isp_time, self.timing.chip_write_times)
     }
 
     fn empty_reply(&mut self, eop: u8) -> Vec<u8> {
@@ -310,7 +312,7 @@ impl ArduinoIsp {
         s.chip.set_reset(true);
         s.chip.set_reset(false);
         s.chip.set_reset(true);
-        self.now += self.timing.pmode_enter;
+        s.isp_time += self.timing.pmode_enter;
         self.spi(s, [0xAC, 0x53, 0x00, 0x00]);
         self.pmode = true;
     }
@@ -403,7 +405,7 @@ impl ArduinoIsp {
     fn commit(&mut self, s: &mut Shared, page: u16) {
         let [hi, lo] = page.to_be_bytes();
         self.spi(s, [0x4C, hi, lo, 0]);
-        self.now += self.timing.commit_delay;
+        s.isp_time += self.timing.commit_delay;
     }
 
     fn write_eeprom(&mut self, s: &mut Shared, data: &[u8]) -> u8 {
@@ -414,7 +416,7 @@ impl ArduinoIsp {
                 let addr = start + chunk_index * EECHUNK + i;
                 let [hi, lo] = (addr as u16).to_be_bytes();
                 self.spi(s, [0xC0, hi, lo, b]);
-                self.now += self.timing.eeprom_byte_delay;
+                s.isp_time += self.timing.eeprom_byte_delay;
             }
         }
         OK
@@ -455,17 +457,36 @@ impl ArduinoIsp {
     }
 }
 
+/// How many data bytes the sketch sends between `STK_INSYNC` and the status byte.
+fn reply_data_len(bytes: &[u8]) -> usize {
+    match bytes[0] {
+        GET_PARAMETER | UNIVERSAL => 1,
+        READ_SIGN => 3,
+        READ_PAGE => {
+            let length = usize::from(u16::from_be_bytes([bytes[1], bytes[2]]));
+            match bytes[3] {
+                MEM_FLASH => length.div_ceil(2) * 2,
+                MEM_EEPROM => length,
+                _ => 0,
+            }
+        }
+        _ => 0,
+    }
+}
+
 impl SerialDevice for ArduinoIsp {
     fn feed(&mut self, input: &[u8]) -> (Vec<u8>, Duration) {
-        let start = self.now;
-        self.now += self.timing.serial(input.len());
+        let shared = Arc::clone(&self.shared);
+        let mut s = lock(&shared);
+        let start = s.isp_time;
+        s.isp_time += self.timing.serial(input.len());
         self.rx.extend_from_slice(input);
         let mut out = Vec::new();
-        while let Some(reply) = self.step() {
-            self.now += self.timing.serial(reply.len());
+        while let Some(reply) = self.step(&mut s) {
+            s.isp_time += self.timing.serial(reply.len());
             out.extend(reply);
         }
-        (out, self.now - start)
+        (out, s.isp_time - start)
     }
 
     fn reset_link(&mut self) {
@@ -473,6 +494,6 @@ impl SerialDevice for ArduinoIsp {
     }
 
     fn idle(&mut self, duration: Duration) {
-        self.now += duration;
+        lock(&self.shared).isp_time += duration;
     }
 }

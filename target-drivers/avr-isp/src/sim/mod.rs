@@ -5,7 +5,7 @@
 //!  host ──(serial, flashgate-agent frames)──▶ AgentUart ───────(same chip)──────┘
 //! ```
 //!
-//! [`AvrSim`] owns one board. Its two serial lines are [`SerialDevice`]s: serve them in
+//! [`AvrSim`] owns one board. Its two serial lines are `flashgate_serial::SerialDevice`s: serve them in
 //! process over `flashgate_serial::Loopback` or on pseudo-terminals with
 //! `flashgate_serial::pty::PtyServer`, where avrdude (`-c stk500v1 -b 19200`) can talk to
 //! the programmer. The board's state can be saved to and loaded from a file ([`ChipState`]).
@@ -25,7 +25,6 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use flashgate_serial::SerialDevice;
 use flashgate_target::{Location, Space};
 
 pub use agent::AgentUart;
@@ -278,6 +277,8 @@ pub(crate) struct Shared {
     fired: Vec<AvrFault>,
     counts: [u32; 256],
     any_count: u32,
+    pub(crate) isp_time: std::time::Duration,
+    pub(crate) agent_time: std::time::Duration,
 }
 
 impl Shared {
@@ -367,8 +368,9 @@ impl AvrSim {
 
     fn with_chip_state(mut chip: AvrChip, config: &AvrSimConfig) -> Self {
         let mut pending = config.faults.clone();
+        let mut fired = Vec::new();
         if let Some(i) = pending.iter().position(|f| *f == AvrFault::NoTarget) {
-            pending.remove(i);
+            fired.push(pending.remove(i));
             chip.set_present(false);
         }
         AvrSim {
@@ -376,9 +378,11 @@ impl AvrSim {
                 chip,
                 identity: config.identity,
                 pending,
-                fired: Vec::new(),
+                fired,
                 counts: [0; 256],
                 any_count: 0,
+                isp_time: std::time::Duration::ZERO,
+                agent_time: std::time::Duration::ZERO,
             })),
             timing: config.timing,
         }
@@ -438,6 +442,17 @@ impl AvrSim {
         })
     }
 
+    /// The board's simulated clock: time on the programmer's serial line so far, over every
+    /// programmer made for it (the chip's write and erase times run on this clock).
+    pub fn programmer_time(&self) -> std::time::Duration {
+        lock(&self.shared).isp_time
+    }
+
+    /// Simulated time on the agent's serial line so far (all agents made).
+    pub fn agent_time(&self) -> std::time::Duration {
+        lock(&self.shared).agent_time
+    }
+
     /// Where the agent reads its identity key.
     pub fn identity(&self) -> Location {
         lock(&self.shared).identity
@@ -452,10 +467,4 @@ impl AvrSim {
     pub fn save_state(&self, path: &Path) -> Result<(), AvrSimError> {
         self.state().save(path)
     }
-}
-
-/// Both serial devices implement [`SerialDevice`]; this is a compile-time check.
-#[allow(dead_code)]
-fn assert_devices(sim: &AvrSim) -> (impl SerialDevice, impl SerialDevice) {
-    (sim.programmer(), sim.agent())
 }
