@@ -24,7 +24,10 @@ const CHANNELS: u64 = 4;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(args.next().expect("usage: crash_writer <dir> [--max-units N]"));
+    let dir = PathBuf::from(
+        args.next()
+            .expect("usage: crash_writer <dir> [--max-units N]"),
+    );
     let mut max_units = u64::MAX;
     while let Some(a) = args.next() {
         if a == "--max-units" {
@@ -46,12 +49,14 @@ fn main() {
     run_id[..4].copy_from_slice(&std::process::id().to_be_bytes());
     run_id[4..12].copy_from_slice(&flashgate_audit::system_time_ms().to_be_bytes());
     ledger
-        .append(RecordKind::RunStarted(flashgate_audit::record::RunStarted {
-            job_id: JOB,
-            run_id,
-            operator: "crash-test".to_owned(),
-            channels: CHANNELS as u32,
-        }))
+        .append(RecordKind::RunStarted(
+            flashgate_audit::record::RunStarted {
+                job_id: JOB,
+                run_id,
+                operator: "crash-test".to_owned(),
+                channels: CHANNELS as u32,
+            },
+        ))
         .unwrap();
     let s = signer();
     ledger.checkpoint(&s).unwrap();

@@ -110,7 +110,10 @@ fn recover_and_check(dir: &Path) -> (u64, u64) {
     let issued = secrets(dir);
     assert!(issued.len() as u64 <= counter);
     for c in &issued {
-        assert!(*c < counter, "secret for value {c} beyond counter {counter}");
+        assert!(
+            *c < counter,
+            "secret for value {c} beyond counter {counter}"
+        );
         assert_eq!(state[*c as usize], C::Issued, "value {c} got a secret");
     }
     (counter, recovery.aborted.len() as u64)

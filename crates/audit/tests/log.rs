@@ -289,7 +289,9 @@ fn replaced_history_under_a_checkpoint_is_refused() {
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("do not match the signed checkpoint"));
+    assert!(err
+        .to_string()
+        .contains("do not match the signed checkpoint"));
 }
 
 #[test]
@@ -391,9 +393,18 @@ fn export_verify_and_prove_end_to_end() {
     std::fs::write(out.join("certs").join("00.der"), b"x").unwrap();
     std::fs::write(out.join("manifest.cose"), b"other manifest").unwrap();
     let r = verify_bundle(&out, &options(100)).unwrap();
-    assert!(r.has(flashgate_audit::AnomalyKind::CertificateMisnamed), "{r}");
-    assert!(r.has(flashgate_audit::AnomalyKind::CertificateNotInLog), "{r}");
-    assert!(r.has(flashgate_audit::AnomalyKind::BundleIndexMismatch), "{r}");
+    assert!(
+        r.has(flashgate_audit::AnomalyKind::CertificateMisnamed),
+        "{r}"
+    );
+    assert!(
+        r.has(flashgate_audit::AnomalyKind::CertificateNotInLog),
+        "{r}"
+    );
+    assert!(
+        r.has(flashgate_audit::AnomalyKind::BundleIndexMismatch),
+        "{r}"
+    );
 
     // A records.log that is not there is an error, not a report.
     std::fs::remove_file(out.join("records.log")).unwrap();

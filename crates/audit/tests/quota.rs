@@ -190,7 +190,10 @@ fn deleted_log_is_refused() {
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("holds no record of this job"), "{err}");
+    assert!(
+        err.to_string().contains("holds no record of this job"),
+        "{err}"
+    );
 }
 
 #[test]

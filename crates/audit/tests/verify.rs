@@ -11,7 +11,9 @@ use flashgate_audit::{AnomalyKind as K, CheckpointSigner, Report};
 const UNITS: u64 = 10;
 
 /// A clean bundle: history of 10 units, checkpoints at 5 and at the end.
-fn clean() -> (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<[u8; 32]>) {
+type Parts = (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<[u8; 32]>);
+
+fn clean() -> Parts {
     let records = chain(history(UNITS));
     let cps = vec![checkpoint(&records, 5), checkpoint(&records, records.len())];
     (records, cps, history_certs(UNITS))

@@ -265,3 +265,65 @@ pub fn rechain(records: &mut [Vec<u8>]) {
         prev = leaf_hash(bytes);
     }
 }
+
+/// Writes a realistic log of about `n` records for [`JOB`] (an import, a
+/// run, blocks of 64 reserved values each followed by its units, every
+/// 20th unit failing) as `records.log` and `checkpoints.log` bytes, with a
+/// checkpoint every `every` records and one at the end. Returns the
+/// certificate hashes of the passed units. Streams: holds no records.
+pub fn generate(
+    n: u64,
+    every: u64,
+    records: &mut impl std::io::Write,
+    checkpoints: &mut impl std::io::Write,
+) -> Vec<[u8; 32]> {
+    let s = signer();
+    let mut tree = Tree::new();
+    let mut prev = [0u8; 32];
+    let mut certs = Vec::new();
+    let mut buf = Vec::with_capacity(512);
+    let mut emit = |kind: RecordKind, tree: &mut Tree, prev: &mut [u8; 32]| {
+        let seq = tree.size();
+        let bytes = Record {
+            seq,
+            time: 1_700_000_000_000 + seq * 3,
+            prev: *prev,
+            kind,
+        }
+        .encode();
+        *prev = leaf_hash(&bytes);
+        tree.push_leaf_hash(*prev).unwrap();
+        buf.clear();
+        put_frame(&mut buf, &bytes);
+        records.write_all(&buf).unwrap();
+        if tree.size() % every == 0 {
+            let cp = Checkpoint::new(origin_for(APPLIANCE), tree.size(), tree.root()).unwrap();
+            let mut f = Vec::new();
+            put_frame(&mut f, &sign_checkpoint(&s, &cp).unwrap());
+            checkpoints.write_all(&f).unwrap();
+        }
+    };
+    emit(imported(u64::MAX), &mut tree, &mut prev);
+    emit(run_started(), &mut tree, &mut prev);
+    let mut counter = 0u64;
+    while tree.size() + 65 <= n.max(67) {
+        emit(reserved(counter, 64), &mut tree, &mut prev);
+        for c in counter..counter + 64 {
+            if c % 20 == 19 {
+                emit(failed(c, "program"), &mut tree, &mut prev);
+            } else {
+                let cert = cert(c);
+                certs.push(sha256(&cert));
+                emit(passed(c), &mut tree, &mut prev);
+            }
+        }
+        counter += 64;
+    }
+    if tree.size() % every != 0 {
+        let cp = Checkpoint::new(origin_for(APPLIANCE), tree.size(), tree.root()).unwrap();
+        let mut f = Vec::new();
+        put_frame(&mut f, &sign_checkpoint(&s, &cp).unwrap());
+        checkpoints.write_all(&f).unwrap();
+    }
+    certs
+}
