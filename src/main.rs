@@ -69,6 +69,9 @@ struct RunArgs {
     /// Counter values a channel reserves at a time.
     #[arg(long, default_value_t = 16)]
     block: u64,
+    /// Who runs the line (recorded in the audit log).
+    #[arg(long, env = "FLASHGATE_OPERATOR", default_value = "operator")]
+    operator: String,
 }
 
 #[derive(Subcommand)]
@@ -400,25 +403,35 @@ fn run(cli: Cli, w: &mut String) -> Result<u8> {
 
 /// `flashgate run`: exit 0 when every unit passed, 1 when some failed.
 fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
-    use flashgate::pipeline::{MemoryLedger, Provisioner, RunEvent, RunOptions, StopHandle};
+    use flashgate::pipeline::{Provisioner, RunEvent, RunOptions, StopHandle};
     use std::fmt::Write as _;
     use std::sync::Arc;
     let appliance = open_appliance(config)?;
     let job_dir = appliance.job_dir(&args.job);
-    let quota = flashgate::appliance::ImportedJob::load(&job_dir, &appliance.config.trust.keys)
-        .map(|j| j.policy.job().quota)
+    let job = flashgate::appliance::ImportedJob::load(&job_dir, &appliance.config.trust.keys)
         .map_err(|_| flashgate::appliance::ApplianceError::NoSuchJob {
             id: args.job.clone(),
         })?;
-    let ledger = Arc::new(MemoryLedger::new(quota));
-    let provisioner = Arc::new(Provisioner::open(appliance, &args.job, ledger)?);
+    let quota = job.policy.job().quota;
+    if args.channels == 0 {
+        bail!("--channels must be at least 1");
+    }
+    let (ledger, recovery) = flashgate::appliance::RunLedger::start(
+        &appliance,
+        job.manifest.job_id,
+        &job.policy,
+        &args.operator,
+        args.channels,
+    )?;
+    if !recovery.was_clean() {
+        eprintln!("recovered: {recovery}");
+    }
+    let used_before = recovery.counter;
+    let provisioner = Arc::new(Provisioner::open(appliance, &args.job, Arc::new(ledger))?);
     let (driver, options) = args
         .target
         .split_once(':')
         .unwrap_or((args.target.as_str(), ""));
-    if args.channels == 0 {
-        bail!("--channels must be at least 1");
-    }
     let fixtures: Vec<Box<dyn flashgate_target::Fixture>> = match driver {
         "sim" => {
             let f =
@@ -435,7 +448,7 @@ fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
     let view = flashgate::run_view::ProgressView::new(
         args.channels,
         quota,
-        0,
+        used_before,
         Some(cert_dir.clone()),
         !args.json,
     );

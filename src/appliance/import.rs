@@ -270,6 +270,7 @@ impl Appliance {
             return Err(e);
         }
         created.handles.clear();
+        self.audit_import(m, &policy, signed.manifest_sign1)?;
         Ok(ImportedJob {
             manifest: signed.manifest,
             policy,

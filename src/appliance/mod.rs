@@ -5,9 +5,11 @@
 //! floors); the state directory holds the enrollment record and each job's
 //! package exactly as received.
 
+mod audit;
 mod config;
 mod import;
 
+pub use audit::{Audit, HsmCounterStore, HsmLogSigner, RunLedger, COUNTER_PREFIX};
 pub use config::{ApplianceConfig, ConfigError};
 pub(crate) use import::job_key_label;
 pub use import::{ImportError, ImportedJob};
@@ -70,6 +72,9 @@ pub enum ApplianceError {
     /// No such job.
     #[error("no imported job has id {id}; see `flashgate job list`")]
     NoSuchJob { id: String },
+    /// The audit log or the quota counter refused or failed.
+    #[error("audit log: {0}")]
+    Audit(String),
 }
 
 pub(crate) fn io_err<'a>(
@@ -331,7 +336,11 @@ impl Appliance {
             }
         }
         fs::remove_dir_all(&dir).map_err(io_err("cannot remove", &dir))?;
-        Ok(())
+        let job_id: [u8; 16] = hex::decode(id)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| ApplianceError::NoSuchJob { id: id.to_owned() })?;
+        self.audit_remove(job_id)
     }
 
     /// The security-version floor of a product (0 if none was imported).

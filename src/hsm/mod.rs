@@ -43,7 +43,8 @@ pub struct TokenDescription {
 pub struct Token {
     // Field order matters: the session must close before the library finalises.
     session: Session,
-    _pkcs11: Pkcs11,
+    pkcs11: Pkcs11,
+    slot: Slot,
     description: TokenDescription,
     mechanisms: Mechanisms,
 }
@@ -157,9 +158,27 @@ impl Token {
         })?;
         Ok(Self {
             session,
-            _pkcs11: pkcs11,
+            pkcs11,
+            slot,
             description,
             mechanisms,
+        })
+    }
+
+    /// Another session on the same token, sharing this one's login (PKCS#11
+    /// logins are per application). For work that runs beside this session:
+    /// the quota counter and the log key during a run.
+    pub fn another_session(&self) -> Result<Self, HsmError> {
+        let session = self
+            .pkcs11
+            .open_rw_session(self.slot)
+            .map_err(|e| HsmError::op("open a session", e))?;
+        Ok(Self {
+            session,
+            pkcs11: self.pkcs11.clone(),
+            slot: self.slot,
+            description: self.description.clone(),
+            mechanisms: self.mechanisms.clone(),
         })
     }
 

@@ -219,6 +219,7 @@ impl<'a> UnverifiedPackage<'a> {
         }
         Ok(SignedPackage {
             manifest,
+            manifest_sign1: self.manifest_sign1,
             signer_kid: kid,
             device_master: self.device_master,
             job_ca_key: self.job_ca_key,
@@ -244,6 +245,8 @@ fn check_digest(bytes: &[u8], expected: &[u8; 32], what: &str) -> Result<(), Pac
 pub struct SignedPackage<'a> {
     /// The signed manifest.
     pub manifest: Manifest,
+    /// The manifest `COSE_Sign1` exactly as stored (for the audit bundle).
+    pub manifest_sign1: &'a [u8],
     /// Key id of the OEM key that signed it.
     pub signer_kid: Vec<u8>,
     /// The device-master `COSE_Encrypt`.

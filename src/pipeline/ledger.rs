@@ -31,6 +31,11 @@ pub trait Ledger: Send + Sync {
     fn release_unused(&self, unused: Range<u64>) -> Result<(), LedgerError>;
     /// Counter values used so far (reserved, whether or not used).
     fn used(&self) -> u64;
+    /// The run ended (recorded, with a checkpoint, by durable ledgers).
+    fn run_finished(&self, reason: &str) -> Result<(), LedgerError> {
+        let _ = reason;
+        Ok(())
+    }
 }
 
 /// An in-memory ledger: counts correctly within one process but survives

@@ -92,6 +92,12 @@ pub struct UnitRecord {
     pub firmware_sha256: String,
     /// Lock level read back, and the raw bytes.
     pub lock: Option<String>,
+    /// Lock level read back, by name.
+    #[serde(skip)]
+    pub lock_level: Option<String>,
+    /// Raw lock bytes read back.
+    #[serde(skip)]
+    pub lock_raw: Vec<u8>,
     /// Whether any secret reached the unit.
     pub secrets_injected: bool,
     /// Time per stage, in microseconds.
@@ -428,7 +434,7 @@ impl Provisioner {
         summary.quota_left = self.policy.job().quota.saturating_sub(used);
         summary.elapsed_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let why = why.lock().map(|w| w.clone()).unwrap_or_default();
-        summary.stopped_because = if why == "quota used up" {
+        let stopped = if why == "quota used up" {
             why
         } else if stop.is_stopped() {
             "operator stop".to_owned()
@@ -439,6 +445,10 @@ impl Provisioner {
             "unit count reached".to_owned()
         } else {
             why
+        };
+        summary.stopped_because = match self.ledger.run_finished(&stopped) {
+            Ok(()) => stopped,
+            Err(e) => format!("{stopped} (the run end could not be recorded: {e})"),
         };
         summary
     }
@@ -538,6 +548,8 @@ impl Provisioner {
             certificate: None,
             firmware_sha256: hex::encode(self.firmware_digest),
             lock: None,
+            lock_level: None,
+            lock_raw: Vec::new(),
             secrets_injected: false,
             timings_us: BTreeMap::new(),
             result: UnitResult::Passed,
@@ -788,6 +800,8 @@ impl Provisioner {
             let s = Instant::now();
             let state = t.read_lock().map_err(terr)?;
             rec.lock = Some(format!("{} ({})", state.level, hex::encode(&state.raw)));
+            rec.lock_level = Some(state.level.to_string());
+            rec.lock_raw = state.raw.clone();
             if state.level != level {
                 return Err((
                     "lock-readback".to_owned(),
