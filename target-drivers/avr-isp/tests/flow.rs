@@ -107,8 +107,10 @@ fn full_flow_key_in_eeprom() {
 
 #[test]
 fn realistic_timing_meets_the_floor_and_respects_write_times() {
-    let mut c = AvrSimConfig::default();
-    c.timing = AvrTiming::realistic();
+    let c = AvrSimConfig {
+        timing: AvrTiming::realistic(),
+        ..AvrSimConfig::default()
+    };
     let sim = AvrSim::new(&c).unwrap();
     let mut t = driver(&sim, &ATMEGA328P);
     t.connect().unwrap();
@@ -281,8 +283,10 @@ fn swapped_board_is_not_locked() {
 #[test]
 fn lock_byte_is_configurable_and_permanent_refused() {
     let sim = sim(&ATMEGA328P, "");
-    let mut config = AvrIspConfig::default();
-    config.lock_readout = 0xCC;
+    let config = AvrIspConfig {
+        lock_readout: 0xCC,
+        ..AvrIspConfig::default()
+    };
     let mut t = AvrIspTarget::new(Box::new(Loopback::instant(sim.programmer())), None, config);
     assert!(!t.capabilities().contains(Capability::AnswerChallenge));
     t.connect().unwrap();
