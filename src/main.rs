@@ -45,8 +45,58 @@ enum Command {
     Job(JobCmd),
     /// CM: program units on N channels at once.
     Run(RunArgs),
+    /// Export, verify and prove the audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// The whole story on fresh simulated parts: OEM keys, enrollment, job, import, a run.
     Demo(flashgate::demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// CM: write an audit bundle for one job (records, checkpoints, enrollment, manifest, certificates).
+    Export {
+        /// Job id.
+        #[arg(long)]
+        job: String,
+        /// Output directory (created; must be new or empty).
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// OEM security team: verify a bundle offline. Exit 0 clean, 1 anomalies, 2 could not verify.
+    Verify {
+        /// The bundle directory.
+        bundle: PathBuf,
+        /// The OEM's job-signing public key (PEM) that signed the job.
+        #[arg(long)]
+        oem: PathBuf,
+        /// The appliance's enrollment fingerprint as pinned (SHA-256 hex); the bundle's record must match.
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// A signed checkpoint kept from an earlier bundle (fork and rollback detection).
+        #[arg(long)]
+        previous_checkpoint: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an inclusion proof of one device's record against the latest signed checkpoint.
+    Prove {
+        /// Device UID (hex).
+        #[arg(long)]
+        uid: String,
+        /// Restrict to one job.
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Check an inclusion proof against the appliance's log key.
+    CheckProof {
+        /// The proof (JSON, as `audit prove` prints it).
+        proof: PathBuf,
+        /// The appliance's enrollment record (its log key is used).
+        #[arg(long)]
+        appliance: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -157,6 +207,7 @@ fn run(cli: Cli, w: &mut String) -> Result<u8> {
     use std::fmt::Write as _;
     match cli.command {
         Command::Run(args) => return run_units(&cli.config, &args, w),
+        Command::Audit(cmd) => return audit(&cli.config, cmd, w),
         Command::Demo(args) => return Ok(flashgate::demo::run(&args)?),
         Command::Appliance(ApplianceCmd::Init { out }) => {
             let appliance = Appliance::open(ApplianceConfig::load(&cli.config)?)?;
@@ -552,6 +603,141 @@ fn main() -> ExitCode {
             let msg = parts.join(": ");
             eprintln!("error: {msg}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn job_id_arg(id: &str) -> Result<[u8; 16]> {
+    hex::decode(id)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .with_context(|| {
+            format!("'{id}' is not a job id (32 hex digits; see `flashgate job list`)")
+        })
+}
+
+/// `flashgate audit ...`.
+fn audit(config: &Path, cmd: AuditCmd, w: &mut String) -> Result<u8> {
+    use std::fmt::Write as _;
+    match cmd {
+        AuditCmd::Export { job, out } => {
+            let appliance = open_appliance(config)?;
+            let job_id = job_id_arg(&job)?;
+            let enrollment = std::fs::read(appliance.enrollment_path())?;
+            let package = std::fs::read(appliance.job_dir(&job).join("package.fgj"))
+                .with_context(|| format!("job {job} is not on this appliance (removed jobs keep their log but not their package)"))?;
+            let manifest = UnverifiedPackage::parse(&package)?.parts().0.to_vec();
+            let mut certificates = Vec::new();
+            if let Ok(rd) = std::fs::read_dir(appliance.certificate_dir(&job_id)) {
+                for e in rd.flatten() {
+                    if e.path().extension().is_some_and(|x| x == "der") {
+                        certificates.push(std::fs::read(e.path())?);
+                    }
+                }
+            }
+            let n = certificates.len();
+            flashgate_audit::export(
+                &appliance.audit_dir(),
+                &job_id,
+                &flashgate_audit::BundleExtras {
+                    enrollment,
+                    manifest,
+                    certificates,
+                },
+                &out,
+            )?;
+            let _ = writeln!(
+                w,
+                "audit bundle for job {job} written to {} ({n} certificates)",
+                out.display()
+            );
+            Ok(0)
+        }
+        AuditCmd::Verify {
+            bundle,
+            oem: oem_key,
+            fingerprint,
+            previous_checkpoint,
+            json,
+        } => {
+            let b = flashgate_audit::Bundle::open(&bundle)?;
+            let enrollment = VerifiedEnrollment::parse(&b.enrollment()?)
+                .context("the bundle's enrollment record")?;
+            if let Some(fp) = fingerprint {
+                if !fp.eq_ignore_ascii_case(&enrollment.fingerprint()) {
+                    bail!(
+                        "the bundle comes from appliance {} with enrollment fingerprint {}, not the pinned {fp}",
+                        enrollment.record.appliance_id,
+                        enrollment.fingerprint()
+                    );
+                }
+            }
+            let key = oem::read_public_key_pem(&oem_key)?;
+            let manifest_bytes = b.manifest()?;
+            let sign1 = flashgate::cose::UnverifiedSign1::parse(&manifest_bytes, "job manifest")?;
+            let m = flashgate::package::Manifest::decode(
+                &sign1
+                    .verify(&key)
+                    .context("the bundle's job manifest is not signed by this OEM key")?,
+            )?;
+            let policy = flashgate_policy::Policy::from_toml_str(&m.policy_toml)?;
+            let facts = flashgate_audit::JobFacts {
+                job_id: m.job_id,
+                quota: policy.job().quota,
+                device_types: policy.target().device_types.clone(),
+                product: policy.job().product.as_str().to_owned(),
+            };
+            let previous_checkpoint = match previous_checkpoint {
+                Some(p) => Some(
+                    std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?,
+                ),
+                None => None,
+            };
+            let report = flashgate_audit::verify_bundle(
+                &bundle,
+                &flashgate_audit::VerifyOptions {
+                    log_key: enrollment.record.log_public,
+                    facts,
+                    previous_checkpoint,
+                },
+            )?;
+            if json {
+                let _ = writeln!(w, "{}", report.to_json());
+            } else {
+                let _ = writeln!(
+                    w,
+                    "appliance {} (fingerprint {})",
+                    enrollment.record.appliance_id,
+                    enrollment.fingerprint()
+                );
+                let _ = write!(w, "{report}");
+            }
+            Ok(if report.is_clean() { 0 } else { 1 })
+        }
+        AuditCmd::Prove { uid, job } => {
+            let appliance = open_appliance(config)?;
+            let uid = hex::decode(&uid).with_context(|| format!("'{uid}' is not hex"))?;
+            let job = match job {
+                Some(j) => Some(job_id_arg(&j)?),
+                None => None,
+            };
+            let proof = flashgate_audit::prove_uid(&appliance.audit_dir(), &uid, job.as_ref())?;
+            let _ = writeln!(w, "{}", serde_json::to_string_pretty(&proof)?);
+            Ok(0)
+        }
+        AuditCmd::CheckProof { proof, appliance } => {
+            let text = std::fs::read_to_string(&proof)
+                .with_context(|| format!("cannot read {}", proof.display()))?;
+            let proof: flashgate_audit::InclusionProof =
+                serde_json::from_str(&text).context("not an inclusion proof")?;
+            let e = VerifiedEnrollment::parse(&std::fs::read(&appliance)?)?;
+            let proven = flashgate_audit::verify_proof(&proof, &e.record.log_public)?;
+            let _ = writeln!(
+                w,
+                "proof OK: record {} is in the log of appliance {} at checkpoint size {}",
+                proven.record.seq, e.record.appliance_id, proven.checkpoint.size
+            );
+            Ok(0)
         }
     }
 }
