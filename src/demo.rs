@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use crate::appliance::{Appliance, ApplianceConfig};
-use crate::pipeline::{MemoryLedger, Provisioner, RunEvent, RunOptions, StopHandle};
+use crate::pipeline::{Provisioner, RunEvent, RunOptions, StopHandle};
 
 /// The example policy, with its validity window moved around today.
 const POLICY: &str = include_str!("../policies/sim-secure-mcu.toml");
@@ -222,7 +222,28 @@ pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
         "CM: program {} units on {} channels ({})",
         args.units, args.channels, args.sim
     ));
-    let ledger = Arc::new(MemoryLedger::new(job.quota));
+    let job_id: [u8; 16] = hex::decode(&id)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| DemoError("bad job id".to_owned()))?;
+    let imported = appliance
+        .jobs()
+        .map_err(err)?
+        .into_iter()
+        .find(|j| j.manifest.job_id == job_id)
+        .ok_or_else(|| DemoError("the job vanished".to_owned()))?;
+    let (ledger, _) = crate::appliance::RunLedger::start(
+        &appliance,
+        job_id,
+        &imported.policy,
+        "demo operator",
+        args.channels,
+    )
+    .map_err(err)?;
+    let audit_dir = appliance.audit_dir();
+    let enrollment_bytes = fs::read(appliance.enrollment_path()).map_err(err)?;
+    let cert_der_dir = appliance.certificate_dir(&job_id);
+    let ledger = Arc::new(ledger);
     let provisioner = Arc::new(Provisioner::open(appliance, &id, ledger).map_err(err)?);
     provisioner
         .check_driver("sim", flashgate_target::Capabilities::all())
@@ -266,6 +287,63 @@ pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
     ));
     view.finish();
     println!("{}", crate::run_view::summary_table(&summary));
+    drop(provisioner);
+
+    step("CM: export the audit bundle for the OEM");
+    let bundle_dir = dir.join("audit-bundle");
+    let package = fs::read(&job_path).map_err(err)?;
+    let manifest = crate::package::UnverifiedPackage::parse(&package)
+        .map_err(err)?
+        .parts()
+        .0
+        .to_vec();
+    let mut certificates = Vec::new();
+    for e in fs::read_dir(&cert_der_dir).map_err(err)?.flatten() {
+        certificates.push(fs::read(e.path()).map_err(err)?);
+    }
+    flashgate_audit::export(
+        &audit_dir,
+        &job_id,
+        &flashgate_audit::BundleExtras {
+            enrollment: enrollment_bytes,
+            manifest: manifest.clone(),
+            certificates,
+        },
+        &bundle_dir,
+    )
+    .map_err(err)?;
+    eprintln!("   {}", bundle_dir.display());
+
+    step("OEM security team: verify the bundle offline (pinned OEM key and enrollment)");
+    let oem_key =
+        crate::oem::read_public_key_pem(&oem_dir.join("signing-key.pub.pem")).map_err(err)?;
+    let m = crate::package::Manifest::decode(
+        &crate::cose::UnverifiedSign1::parse(&manifest, "job manifest")
+            .map_err(err)?
+            .verify(&oem_key)
+            .map_err(err)?,
+    )
+    .map_err(err)?;
+    let policy = flashgate_policy::Policy::from_toml_str(&m.policy_toml).map_err(err)?;
+    let enrollment = crate::enrollment::VerifiedEnrollment::parse(
+        &fs::read(dir.join("enrollment.cbor")).map_err(err)?,
+    )
+    .map_err(err)?;
+    let report = flashgate_audit::verify_bundle(
+        &bundle_dir,
+        &flashgate_audit::VerifyOptions {
+            log_key: enrollment.record.log_public,
+            facts: flashgate_audit::JobFacts {
+                job_id,
+                quota: policy.job().quota,
+                device_types: policy.target().device_types.clone(),
+                product: policy.job().product.as_str().to_owned(),
+            },
+            previous_checkpoint: None,
+        },
+    )
+    .map_err(err)?;
+    println!("{report}");
     println!("left behind:");
     println!("  OEM material       {}", oem_dir.display());
     println!(
@@ -275,6 +353,8 @@ pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
     println!("  job package        {}", job_path.display());
     println!("  device certs       {}", cert_dir.display());
     println!("  run events (JSON)  {}", events_path.display());
+    println!("  audit log          {}", audit_dir.display());
+    println!("  audit bundle       {}", bundle_dir.display());
     println!("check any certificate chain with:");
     println!(
         "  openssl verify -CAfile {} -untrusted {} {}/<serial>.pem",
@@ -282,7 +362,12 @@ pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
         dir.join("job-ca.pem").display(),
         cert_dir.display()
     );
-    Ok(0)
+    println!(
+        "verify again with: flashgate audit verify {} --oem {}",
+        bundle_dir.display(),
+        oem_dir.join("signing-key.pub.pem").display()
+    );
+    Ok(if report.is_clean() { 0 } else { 1 })
 }
 
 /// Creates a fresh token under `dir` and points this process at it.
