@@ -398,7 +398,7 @@ pub fn verify_bundle(dir: &Path, options: &VerifyOptions) -> Result<Report, Audi
                     ),
                 );
             }
-            certs.insert(digest, false);
+            certs.insert(digest, None);
         }
     }
 
@@ -467,8 +467,8 @@ pub fn verify_parts<R1: Read, R2: Read>(
         source: e,
     };
     let mut v = Verifier::new(options);
-    let mut certs: Option<HashMap<[u8; 32], bool>> =
-        certificates.map(|c| c.iter().map(|d| (*d, false)).collect());
+    let mut certs: Option<HashMap<[u8; 32], Option<u64>>> =
+        certificates.map(|c| c.iter().map(|d| (*d, None)).collect());
     v.read_checkpoints(checkpoints).map_err(io)?;
     v.read_records(records, certs.as_mut()).map_err(io)?;
     Ok(v.finish(certs.as_ref()))
@@ -582,15 +582,21 @@ impl Intervals {
     }
 }
 
-/// 16 bytes identifying a UID or serial (a SHA-256 prefix, domain
-/// separated), so that the sets stay small whatever the values' length.
-fn key16(domain: u8, bytes: &[u8]) -> u128 {
-    let mut h = Sha256::new();
-    h.update([domain]);
-    h.update(bytes);
-    let d = h.finalize();
+/// 16 bytes standing for a UID or serial, so that the sets stay small
+/// whatever the values' length: values of up to 15 bytes are kept as they
+/// are (with their length in the last byte), longer ones as a SHA-256
+/// prefix with the top bit of the last byte set. Distinct short values never
+/// share a key.
+fn compact_key(bytes: &[u8]) -> u128 {
     let mut k = [0u8; 16];
-    k.copy_from_slice(&d[..16]);
+    if bytes.len() < 16 {
+        k[..bytes.len()].copy_from_slice(bytes);
+        k[15] = bytes.len() as u8;
+    } else {
+        let d = Sha256::digest(bytes);
+        k.copy_from_slice(&d[..16]);
+        k[15] |= 0x80;
+    }
     u128::from_be_bytes(k)
 }
 
@@ -824,7 +830,7 @@ impl<'a> Verifier<'a> {
     fn read_records<R: Read>(
         &mut self,
         reader: R,
-        mut certs: Option<&mut HashMap<[u8; 32], bool>>,
+        mut certs: Option<&mut HashMap<[u8; 32], Option<u64>>>,
     ) -> std::io::Result<()> {
         let mut frames = FrameReader::new(BufReader::with_capacity(1 << 16, reader));
         let mut tree = Tree::new();
@@ -955,7 +961,12 @@ impl<'a> Verifier<'a> {
         Ok(())
     }
 
-    fn job_record(&mut self, pos: u64, rec: &Record, certs: Option<&mut HashMap<[u8; 32], bool>>) {
+    fn job_record(
+        &mut self,
+        pos: u64,
+        rec: &Record,
+        certs: Option<&mut HashMap<[u8; 32], Option<u64>>>,
+    ) {
         let facts = &self.options.facts;
         self.report.job_records += 1;
         self.report.first_time.get_or_insert(rec.time);
@@ -1033,7 +1044,7 @@ impl<'a> Verifier<'a> {
                 self.close(pos, r.counter, 1, "unit-passed");
                 self.by_run(pos, &r.run_id, r.channel, true);
                 self.device_type(pos, &r.device_type);
-                if let Some(&first) = self.uids.get(&key16(1, &r.uid)) {
+                if let Some(&first) = self.uids.get(&compact_key(&r.uid)) {
                     self.report.add(
                         seq,
                         AnomalyKind::DuplicateUid,
@@ -1043,7 +1054,7 @@ impl<'a> Verifier<'a> {
                         ),
                     );
                 } else {
-                    self.uids.insert(key16(1, &r.uid), pos);
+                    self.uids.insert(compact_key(&r.uid), pos);
                 }
                 self.serial(pos, &r.serial);
                 self.certificate(pos, &r.cert_sha256, true, certs);
@@ -1147,7 +1158,7 @@ impl<'a> Verifier<'a> {
     }
 
     fn serial(&mut self, pos: u64, serial: &str) {
-        let k = key16(2, serial.as_bytes());
+        let k = compact_key(serial.as_bytes());
         if let Some(&first) = self.serials.get(&k) {
             self.report.add(
                 Some(pos),
@@ -1164,11 +1175,10 @@ impl<'a> Verifier<'a> {
         pos: u64,
         digest: &[u8; 32],
         must_be_in_bundle: bool,
-        certs: Option<&mut HashMap<[u8; 32], bool>>,
+        certs: Option<&mut HashMap<[u8; 32], Option<u64>>>,
     ) {
-        let k = digest_key(digest);
-        if let Some(&first) = self.cert_seen.get(&k) {
-            self.report.add(
+        let duplicate = |report: &mut Report, first: u64| {
+            report.add(
                 Some(pos),
                 AnomalyKind::DuplicateCertificate,
                 format!(
@@ -1176,26 +1186,37 @@ impl<'a> Verifier<'a> {
                     hex::encode(digest)
                 ),
             );
-        } else {
-            self.cert_seen.insert(k, pos);
-        }
+        };
+        // Certificates in the bundle remember where they were first seen in
+        // the bundle's own table; only the others need a set of their own.
         if let Some(certs) = certs {
-            match certs.get_mut(digest) {
-                Some(seen) => *seen = true,
-                None if must_be_in_bundle => self.report.add(
+            if let Some(first) = certs.get_mut(digest) {
+                match first {
+                    Some(f) => duplicate(&mut self.report, *f),
+                    None => *first = Some(pos),
+                }
+                return;
+            }
+            if must_be_in_bundle {
+                self.report.add(
                     Some(pos),
                     AnomalyKind::CertificateMissing,
                     format!(
                         "the certificate {} of this passed unit is not in the bundle",
                         hex::encode(digest)
                     ),
-                ),
-                None => {}
+                );
             }
+        }
+        let k = digest_key(digest);
+        if let Some(&first) = self.cert_seen.get(&k) {
+            duplicate(&mut self.report, first);
+        } else {
+            self.cert_seen.insert(k, pos);
         }
     }
 
-    fn finish(mut self, certs: Option<&HashMap<[u8; 32], bool>>) -> Report {
+    fn finish(mut self, certs: Option<&HashMap<[u8; 32], Option<u64>>>) -> Report {
         let facts = &self.options.facts;
         if !self.imported {
             self.report.add(
@@ -1238,7 +1259,7 @@ impl<'a> Verifier<'a> {
         if let Some(certs) = certs {
             let mut extra: Vec<&[u8; 32]> = certs
                 .iter()
-                .filter(|(_, &seen)| !seen)
+                .filter(|(_, first)| first.is_none())
                 .map(|(d, _)| d)
                 .collect();
             extra.sort();
