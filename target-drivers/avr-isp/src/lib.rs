@@ -9,7 +9,7 @@
 //!   avrdude talks to it over a pseudo-terminal as to the real thing.
 //! - [`serve_cli`] serves a simulated board on pseudo-terminals until SIGTERM, with an
 //!   optional state file (`flashgate sim avr-isp --part m328p --state FILE`).
-//! - [`bench`] computes the bus-limited floor of programming through the programmer.
+//! - [`bench`](mod@bench) computes the bus-limited floor of programming through the programmer.
 //!
 //! AVRs have no factory unique ID readable over ISP; see [`uid`] for what flashgate uses.
 //!

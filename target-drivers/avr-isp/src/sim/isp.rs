@@ -61,7 +61,12 @@ pub struct Param {
 ///   `STK_UNKNOWN`, else `STK_NOSYNC`.
 ///
 /// Time: input bytes take their wire time, then each command its SPI instructions, the
-/// sketch's delays and its reply's wire time ([`AvrTiming`]).
+/// sketch's delays and its reply's wire time ([`AvrTiming`]). The board keeps one clock for
+/// all programmer sessions, which the chip's write times run on.
+///
+/// The Arduino is modelled with auto-reset disabled (the usual ArduinoISP set-up, a
+/// capacitor on RESET): a host closing and reopening the port only loses a half-received
+/// command ([`SerialDevice::reset_link`]); programming mode and the address survive.
 #[derive(Debug)]
 pub struct ArduinoIsp {
     shared: Arc<Mutex<Shared>>,
