@@ -262,6 +262,7 @@ impl RunLedger {
     ) -> Result<(Self, flashgate_audit::Recovery), ApplianceError> {
         let audit = appliance.audit()?;
         let recovery = audit.ledger.recover(&job_id)?;
+        resolve_pending_certificates(&audit.dir, &appliance.certificate_dir(&job_id), &job_id)?;
         let mut run_id = [0u8; 16];
         appliance.token.random(&mut run_id)?;
         audit.append_and_checkpoint(RecordKind::RunStarted(RunStarted {
@@ -339,12 +340,16 @@ impl Ledger for RunLedger {
         let Some(counter) = unit.counter else {
             return Ok(());
         };
-        if let Some(cert) = &unit.certificate {
-            // Kept for the export bundle; the record carries its hash.
+        // The certificate is kept for the export bundle: written as pending
+        // before the record, made final after it. A crash in between is
+        // settled by `resolve_pending_certificates` at the next run start.
+        let pending = unit.certificate.as_ref().map(|cert| {
+            let name = hex::encode(Sha256::digest(cert));
             let _ = std::fs::create_dir_all(&self.cert_dir);
-            let name = format!("{}.der", hex::encode(Sha256::digest(cert)));
-            let _ = std::fs::write(self.cert_dir.join(name), cert);
-        }
+            let path = self.cert_dir.join(format!("{name}.der.pending"));
+            let _ = std::fs::write(&path, cert);
+            (path, self.cert_dir.join(format!("{name}.der")))
+        });
         let uid = unit.uid.as_ref().and_then(|u| hex::decode(u).ok());
         let kind = match &unit.result {
             UnitResult::Passed => RecordKind::UnitPassed(UnitPassed {
@@ -380,6 +385,9 @@ impl Ledger for RunLedger {
             .ledger
             .append(kind)
             .map_err(|e| LedgerError::Store(e.to_string()))?;
+        if let Some((from, to)) = pending {
+            let _ = std::fs::rename(from, to);
+        }
         self.maybe_checkpoint()
     }
 
@@ -408,4 +416,65 @@ impl Ledger for RunLedger {
             }))
             .map_err(|e| LedgerError::Store(e.to_string()))
     }
+}
+
+/// Certificates left pending by a crash: those whose record reached the log
+/// become final; the others belong to units that recovery closed as aborted
+/// and are kept apart under `aborted/` (evidence for the OEM, not part of
+/// the bundle's certificate set).
+fn resolve_pending_certificates(
+    log_dir: &std::path::Path,
+    cert_dir: &std::path::Path,
+    job_id: &[u8; 16],
+) -> Result<(), ApplianceError> {
+    let pending: Vec<PathBuf> = match std::fs::read_dir(cert_dir) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "pending"))
+            .collect(),
+        Err(_) => return Ok(()),
+    };
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut recorded = std::collections::HashSet::new();
+    let mut file = flashgate_audit::RecordFile::open(&log_dir.join(flashgate_audit::LOG_FILE))?;
+    while let Some((_, bytes)) = file
+        .next_bytes()
+        .map_err(|e| ApplianceError::Audit(e.to_string()))?
+    {
+        let Ok(record) = flashgate_audit::Record::decode(bytes) else {
+            continue;
+        };
+        match record.kind {
+            RecordKind::UnitPassed(u) if u.job_id == *job_id => {
+                recorded.insert(u.cert_sha256);
+            }
+            RecordKind::UnitFailed(u) if u.job_id == *job_id => {
+                if let Some(h) = u.cert_sha256 {
+                    recorded.insert(h);
+                }
+            }
+            _ => {}
+        }
+    }
+    for p in pending {
+        let Some(stem) = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".der.pending"))
+        else {
+            continue;
+        };
+        let hash: Option<[u8; 32]> = hex::decode(stem).ok().and_then(|v| v.try_into().ok());
+        if hash.is_some_and(|h| recorded.contains(&h)) {
+            let _ = std::fs::rename(&p, cert_dir.join(format!("{stem}.der")));
+        } else {
+            let aborted = cert_dir.join("aborted");
+            let _ = std::fs::create_dir_all(&aborted);
+            let _ = std::fs::rename(&p, aborted.join(format!("{stem}.der")));
+        }
+    }
+    Ok(())
 }
