@@ -832,6 +832,12 @@ impl<'a> Verifier<'a> {
         reader: R,
         mut certs: Option<&mut HashMap<[u8; 32], Option<u64>>>,
     ) -> std::io::Result<()> {
+        // Every passed unit has a certificate in the bundle: size the unit
+        // sets once instead of growing them.
+        if let Some(c) = certs.as_deref() {
+            self.uids.reserve(c.len());
+            self.serials.reserve(c.len());
+        }
         let mut frames = FrameReader::new(BufReader::with_capacity(1 << 16, reader));
         let mut tree = Tree::new();
         let mut next_target = 0usize;
@@ -1126,7 +1132,10 @@ impl<'a> Verifier<'a> {
         };
         bump(self.report.channels.entry(channel).or_default());
         match self.runs.get(run) {
-            Some(op) => bump(self.report.operators.entry(op.clone()).or_default()),
+            Some(op) => match self.report.operators.get_mut(op) {
+                Some(c) => bump(c),
+                None => bump(self.report.operators.entry(op.clone()).or_default()),
+            },
             None => self.report.add(
                 Some(pos),
                 AnomalyKind::UnknownRun,
