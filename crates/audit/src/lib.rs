@@ -21,6 +21,7 @@ mod cbor;
 pub mod checkpoint;
 mod error;
 pub mod frame;
+mod intervals;
 mod log;
 pub mod prove;
 mod quota;

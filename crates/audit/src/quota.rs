@@ -11,6 +11,8 @@
 //! [`AuditError::LogRolledBack`].
 
 use std::collections::{HashMap, HashSet};
+
+use crate::intervals::Intervals;
 use std::fmt;
 use std::fs::File;
 use std::io::Write;
@@ -337,7 +339,7 @@ impl Ledger {
             ));
         }
         let mut blocks: Vec<Block> = Vec::new();
-        let mut closed: HashSet<u64> = HashSet::new();
+        let mut closed = Intervals::default();
         let mut logged = 0u64;
         let mut seen = false;
         let path = self.log.dir().join(LOG_FILE);
@@ -359,7 +361,7 @@ impl Ledger {
             }
             seen = true;
             let mut close = |c: u64| {
-                closed.insert(c);
+                closed.insert(c, c.saturating_add(1));
                 if let Some(b) = find_block(&mut blocks, c) {
                     b.highest_closed = Some(b.highest_closed.map_or(c, |h| h.max(c)));
                 }
@@ -389,13 +391,7 @@ impl Ledger {
                 RecordKind::UnitsUnused(r) => {
                     // Unused ranges close values without marking them as
                     // handed out.
-                    let end = r.first.saturating_add(r.count);
-                    for b in blocks.iter_mut() {
-                        let (s, e) = (b.first.max(r.first), b.end.min(end));
-                        for c in s..e {
-                            closed.insert(c);
-                        }
-                    }
+                    closed.insert(r.first, r.first.saturating_add(r.count));
                 }
                 _ => {}
             }
@@ -429,32 +425,19 @@ impl Ledger {
                 .highest_closed
                 .map_or(b.first.saturating_add(1), |h| h.saturating_add(2))
                 .min(b.end);
-            let mut unused_start: Option<u64> = None;
-            for c in b.first..b.end {
-                let open = !closed.contains(&c);
-                if open && c < in_flight_end {
+            for gap in closed.gaps(b.first, b.end) {
+                for c in gap.start..gap.end.min(in_flight_end) {
                     recovery.aborted.push(c);
                     records.push(RecordKind::UnitAborted(UnitAborted {
                         job_id: *job,
                         counter: c,
                         reason: REASON_CRASH_ABORTED.to_owned(),
                     }));
-                } else if open {
-                    unused_start.get_or_insert(c);
-                    continue;
                 }
-                if let Some(s) = unused_start.take() {
-                    push_unused(&mut recovery, &mut records, job, s..c, REASON_CRASH_UNUSED);
+                let rest = gap.start.max(in_flight_end)..gap.end;
+                if !rest.is_empty() {
+                    push_unused(&mut recovery, &mut records, job, rest, REASON_CRASH_UNUSED);
                 }
-            }
-            if let Some(s) = unused_start.take() {
-                push_unused(
-                    &mut recovery,
-                    &mut records,
-                    job,
-                    s..b.end,
-                    REASON_CRASH_UNUSED,
-                );
             }
         }
         if counter > logged {

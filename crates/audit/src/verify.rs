@@ -22,6 +22,7 @@ use crate::bundle::{self, BundleIndex};
 use crate::checkpoint::{CheckpointError, UnverifiedCheckpoint};
 use crate::error::AuditError;
 use crate::frame::{FrameError, FrameReader};
+use crate::intervals::Intervals;
 use crate::record::{JobId, Record, RecordKind, RunId};
 
 /// At most this many anomalies are listed; the rest are only counted.
@@ -508,77 +509,6 @@ impl<R: Read> Read for HashingReader<R> {
         self.hash.update(&buf[..n]);
         self.len += n as u64;
         Ok(n)
-    }
-}
-
-/// A set of disjoint half-open intervals of `u64`, merged when adjacent.
-#[derive(Debug, Default)]
-struct Intervals {
-    map: BTreeMap<u64, u64>,
-    total: u64,
-}
-
-impl Intervals {
-    /// Length of the overlap of `[a, b)` with the set.
-    fn overlap(&self, a: u64, b: u64) -> u64 {
-        let mut n = 0;
-        // The interval starting at or before `a`, then every one starting
-        // inside [a, b).
-        if let Some((&s, &e)) = self.map.range(..=a).next_back() {
-            n += e.min(b).saturating_sub(s.max(a));
-        }
-        for (&s, &e) in self.map.range(a.saturating_add(1)..b) {
-            n += e.min(b).saturating_sub(s);
-        }
-        n
-    }
-
-    /// Inserts `[a, b)`; returns how much of it was already present.
-    fn insert(&mut self, a: u64, b: u64) -> u64 {
-        if a >= b {
-            return 0;
-        }
-        let dup = self.overlap(a, b);
-        let (mut start, mut end) = (a, b);
-        if let Some((&s, &e)) = self.map.range(..=a).next_back() {
-            if e >= a {
-                start = s;
-                end = end.max(e);
-            }
-        }
-        let covered: Vec<u64> = self.map.range(start..=end).map(|(&s, _)| s).collect();
-        for s in covered {
-            if let Some(e) = self.map.remove(&s) {
-                end = end.max(e);
-            }
-        }
-        self.map.insert(start, end);
-        self.total += (b - a) - dup;
-        dup
-    }
-
-    /// True when all of `[a, b)` is in the set.
-    fn contains(&self, a: u64, b: u64) -> bool {
-        a >= b || self.overlap(a, b) == b - a
-    }
-
-    /// Up to `limit` values of `[a, b)` not in the set.
-    fn missing_in(&self, a: u64, b: u64, limit: usize, out: &mut Vec<u64>) {
-        let mut cur = a;
-        if let Some((_, &e)) = self.map.range(..=a).next_back() {
-            cur = cur.max(e);
-        }
-        for (&s, &e) in self.map.range(a..b) {
-            while cur < s.min(b) && out.len() < limit {
-                out.push(cur);
-                cur += 1;
-            }
-            cur = cur.max(e);
-        }
-        while cur < b && out.len() < limit {
-            out.push(cur);
-            cur += 1;
-        }
     }
 }
 
@@ -1305,5 +1235,19 @@ pub(crate) mod hex_array {
         let v = hex::decode(&s).map_err(serde::de::Error::custom)?;
         v.try_into()
             .map_err(|_| serde::de::Error::custom(format!("expected {N} bytes of hex")))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_keys_are_distinct_for_short_values() {
+        assert_ne!(compact_key(b""), compact_key(b"\0"));
+        assert_ne!(compact_key(b"ab"), compact_key(b"ab\0"));
+        assert_ne!(compact_key(&[7; 15]), compact_key(&[7; 16]));
+        assert_ne!(compact_key(&[1; 16]), compact_key(&[2; 16]));
     }
 }
