@@ -48,8 +48,39 @@ enum Command {
     /// Export, verify and prove the audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Serve a simulated chip on a pseudo-terminal (prints the pty path first).
+    #[command(subcommand)]
+    Sim(SimCmd),
     /// The whole story on fresh simulated parts: OEM keys, enrollment, job, import, a run.
     Demo(flashgate::demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum SimCmd {
+    /// An ArduinoISP (STK500v1) programmer wired to an AVR; the agent UART on a second pty.
+    AvrIsp {
+        /// Part: m328p or m2560.
+        #[arg(long, default_value = "m328p")]
+        part: String,
+        /// Load the chip from this file if it exists, and save it there on exit.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Simulator options, e.g. `timing=realistic,seed=3` (see target-drivers/avr-isp/README.md).
+        #[arg(long, default_value = "")]
+        options: String,
+    },
+    /// The STM32 system bootloader (AN3155); the agent answers on the same pty after Go.
+    Stm32Uart {
+        /// Part: f103 or f4.
+        #[arg(long, default_value = "f103")]
+        part: String,
+        /// Load the chip from this file if it exists, and save it there on exit.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Simulator options (see target-drivers/stm32-uart/README.md).
+        #[arg(long, default_value = "")]
+        options: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -208,6 +239,32 @@ fn run(cli: Cli, w: &mut String) -> Result<u8> {
     match cli.command {
         Command::Run(args) => return run_units(&cli.config, &args, w),
         Command::Audit(cmd) => return audit(&cli.config, cmd, w),
+        Command::Sim(SimCmd::AvrIsp {
+            part,
+            state,
+            options,
+        }) => {
+            let sim = format!("avr:{options}")
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--options: {e}"))?;
+            flashgate_avr_isp::serve_cli(
+                &part,
+                state,
+                flashgate_avr_isp::ServeOptions {
+                    sim,
+                    ..Default::default()
+                },
+            )?;
+            return Ok(0);
+        }
+        Command::Sim(SimCmd::Stm32Uart {
+            part,
+            state,
+            options,
+        }) => {
+            flashgate_stm32_uart::serve_cli(&part, state, &options)?;
+            return Ok(0);
+        }
         Command::Demo(args) => return Ok(flashgate::demo::run(&args)?),
         Command::Appliance(ApplianceCmd::Init { out }) => {
             let appliance = Appliance::open(ApplianceConfig::load(&cli.config)?)?;
@@ -492,7 +549,80 @@ fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
                 .map(|_| Box::new(f.clone()) as Box<dyn flashgate_target::Fixture>)
                 .collect()
         }
-        other => bail!("unknown target '{other}' (this build drives: sim)"),
+        "avr-isp" | "stm32-uart" => {
+            if args.channels != 1 {
+                bail!("--target {driver} drives one programmer: use --channels 1 (one process per programmer)");
+            }
+            let opts = key_values(options)?;
+            let port = opts
+                .get("port")
+                .cloned()
+                .with_context(|| format!("--target {driver}:port=PATH is required"))?;
+            let boards = args.units.unwrap_or(1);
+            let policy = provisioner.policy().clone();
+            if driver == "avr-isp" {
+                use flashgate_target::Capability::{AnswerChallenge, OnChipKeygen};
+                let agent = opts.get("agent").cloned();
+                let caps = capabilities_without(
+                    &[OnChipKeygen],
+                    agent.is_none().then_some(AnswerChallenge),
+                );
+                provisioner.check_driver("avr-isp", caps)?;
+                let part = match opts.get("part").map(String::as_str) {
+                    Some("m2560") => &flashgate_avr_isp::ATMEGA2560,
+                    _ => &flashgate_avr_isp::ATMEGA328P,
+                };
+                let mut config = flashgate_avr_isp::AvrIspConfig::for_part(part);
+                if let Some(b) = policy.lock().avr_lock_byte {
+                    config.lock_readout = b;
+                }
+                vec![
+                    Box::new(flashgate::pipeline::BoardsFrom::new(boards, move || {
+                        flashgate_avr_isp::AvrIspTarget::open(
+                            &port,
+                            agent.as_deref(),
+                            config.clone(),
+                        )
+                        .map(|t| Box::new(t) as Box<dyn flashgate_target::Target>)
+                    })) as Box<dyn flashgate_target::Fixture>,
+                ]
+            } else {
+                let caps =
+                    capabilities_without(&[flashgate_target::Capability::OnChipKeygen], None);
+                provisioner.check_driver("stm32-uart", caps)?;
+                let baud: u32 = opts
+                    .get("baud")
+                    .map_or(Ok(115_200), |b| b.parse())
+                    .context("baud")?;
+                // Real ports carry the bootloader's 8E1; a pty carries no parity.
+                let even_parity = opts.get("parity").map_or(true, |p| p != "none");
+                let options = flashgate_stm32_uart::Stm32Options {
+                    baud,
+                    ..Default::default()
+                };
+                vec![
+                    Box::new(flashgate::pipeline::BoardsFrom::new(boards, move || {
+                        let link = flashgate_serial::SerialPortTransport::open(
+                            &port,
+                            flashgate_serial::LineConfig { baud, even_parity },
+                        )
+                        .map_err(|e| {
+                            flashgate_target::TargetError::Protocol {
+                                stage: flashgate_target::Stage::Connect,
+                                detail: format!("the bootloader port is missing: {e}"),
+                            }
+                        })?;
+                        Ok(
+                            Box::new(flashgate_stm32_uart::Stm32UartTarget::with_options(
+                                link,
+                                options.clone(),
+                            )) as Box<dyn flashgate_target::Target>,
+                        )
+                    })) as Box<dyn flashgate_target::Fixture>,
+                ]
+            }
+        }
+        other => bail!("unknown target '{other}' (sim, avr-isp or stm32-uart)"),
     };
     let stop = StopHandle::default();
     let cert_dir = job_dir.join("certs");
@@ -740,4 +870,30 @@ fn audit(config: &Path, cmd: AuditCmd, w: &mut String) -> Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// `key=value,key=value` target options.
+fn key_values(s: &str) -> Result<std::collections::HashMap<String, String>> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("target option '{p}' is not key=value"))
+        })
+        .collect()
+}
+
+/// Every capability but the ones named.
+fn capabilities_without(
+    without: &[flashgate_target::Capability],
+    also: Option<flashgate_target::Capability>,
+) -> flashgate_target::Capabilities {
+    let mut caps = flashgate_target::Capabilities::empty();
+    for c in flashgate_target::Capabilities::all().iter() {
+        if !without.contains(&c) && also != Some(c) {
+            caps.insert(c);
+        }
+    }
+    caps
 }

@@ -67,27 +67,19 @@ fn job(
     edit: impl Fn(String) -> String,
     firmware: &[u8],
 ) -> (Appliance, String, [u8; 32]) {
-    let text =
-        std::fs::read_to_string(common::repo().join("policies/sim-secure-mcu.toml")).unwrap();
-    let text = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("not_before") {
-                format!(
-                    "not_before = \"{}\"",
-                    flashgate::display::time(now() - 3600)
-                )
-            } else if l.starts_with("not_after") {
-                format!(
-                    "not_after = \"{}\"",
-                    flashgate::display::time(now() + 86_400)
-                )
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    job_from(lab, "sim-secure-mcu.toml", edit, firmware, 0)
+}
+
+/// A job from `policies/<policy>` with one image at `address`.
+fn job_from(
+    lab: &InProcess,
+    policy: &str,
+    edit: impl Fn(String) -> String,
+    firmware: &[u8],
+    address: u32,
+) -> (Appliance, String, [u8; 32]) {
+    let text = std::fs::read_to_string(common::repo().join("policies").join(policy)).unwrap();
+    let text = common::validity(&text, now() - 3600, now() + 86_400);
     let text = edit(text);
     let policy = flashgate_policy::Policy::from_toml_str(&text).unwrap();
     let enrollment = flashgate::enrollment::VerifiedEnrollment::parse(
@@ -99,7 +91,7 @@ fn job(
         policy_toml: &text,
         policy: &policy,
         images: &[flashgate_firmware::Segment {
-            address: 0,
+            address,
             data: firmware.to_vec(),
         }],
         enrollment: &enrollment,
@@ -395,4 +387,100 @@ fn a_driver_without_a_needed_capability_is_refused_before_any_unit() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("this job is for the sim driver"), "{err}");
+}
+
+/// The real STM32 and AVR drivers in the pipeline, in process (the
+/// simulators behind an in-memory link): certificates from the HSM, the
+/// challenge over the chip's UART, then the lock, read back.
+#[test]
+fn stm32_and_avr_drivers_through_the_whole_pipeline() {
+    use flashgate::pipeline::BoardsFrom;
+    use flashgate_serial::Loopback;
+    let lab = lab(Kind::SoftHsm);
+
+    // STM32F103: readout protection level 1 after the challenge.
+    let fw = firmware();
+    let (appliance, id, _) = job_from(&lab, "stm32f103.toml", |t| t, &fw, 0x0800_0000);
+    let p = Arc::new(Provisioner::open(appliance, &id, Arc::new(MemoryLedger::new(100))).unwrap());
+    let sims: Arc<Mutex<Vec<flashgate_stm32_uart::sim::SimHandle>>> = Arc::default();
+    let s2 = sims.clone();
+    let mut n = 0u64;
+    let fixture = BoardsFrom::new(3, move || {
+        n += 1;
+        let mut options =
+            flashgate_stm32_uart::sim::SimOptions::new(&flashgate_stm32_uart::STM32F103_MD)
+                .instant();
+        options.seed = n;
+        let sim = flashgate_stm32_uart::sim::SimHandle::from_options(options).unwrap();
+        s2.lock().unwrap().push(sim.clone());
+        Ok(Box::new(flashgate_stm32_uart::Stm32UartTarget::new(
+            Loopback::instant(sim),
+        )) as Box<dyn flashgate_target::Target>)
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let summary = rt.block_on(p.clone().run(
+        vec![Box::new(fixture)],
+        RunOptions {
+            units: Some(3),
+            block: 4,
+            driver: "stm32-uart".to_owned(),
+        },
+        StopHandle::default(),
+        Arc::new(|_| {}),
+    ));
+    assert_eq!(summary.passed, 3, "{summary:?}");
+    for sim in sims.lock().unwrap().iter() {
+        let rdp = sim.lock().rdp();
+        assert_ne!(
+            format!("{rdp:?}"),
+            format!("{:?}", flashgate_stm32_uart::RdpLevel::Level0),
+            "every STM32 is readout-protected"
+        );
+    }
+    drop(p);
+
+    // ATmega328P: the policy's lock byte, read back.
+    let (appliance, id, _) = job_from(&lab, "avr-atmega328p.toml", |t| t, &fw[..4000], 0);
+    let p = Arc::new(Provisioner::open(appliance, &id, Arc::new(MemoryLedger::new(100))).unwrap());
+    let chips: Arc<Mutex<Vec<flashgate_avr_isp::sim::AvrSim>>> = Arc::default();
+    let c2 = chips.clone();
+    let mut n = 0u64;
+    let fixture = BoardsFrom::new(2, move || {
+        n += 1;
+        let sim = flashgate_avr_isp::sim::AvrSim::new(
+            &format!("avr:timing=fast,part=m328p,seed={n}")
+                .parse()
+                .unwrap(),
+        )
+        .unwrap();
+        let t = flashgate_avr_isp::AvrIspTarget::new(
+            Box::new(Loopback::instant(sim.programmer())),
+            Some(Box::new(Loopback::instant(sim.agent()))),
+            flashgate_avr_isp::AvrIspConfig::for_part(&flashgate_avr_isp::ATMEGA328P),
+        );
+        c2.lock().unwrap().push(sim);
+        Ok(Box::new(t) as Box<dyn flashgate_target::Target>)
+    });
+    let summary = rt.block_on(p.clone().run(
+        vec![Box::new(fixture)],
+        RunOptions {
+            units: Some(2),
+            block: 4,
+            driver: "avr-isp".to_owned(),
+        },
+        StopHandle::default(),
+        Arc::new(|_| {}),
+    ));
+    assert_eq!(summary.passed, 2, "{summary:?}");
+    for sim in chips.lock().unwrap().iter() {
+        assert_eq!(
+            sim.with_chip(|c| c.lock()),
+            0xFC,
+            "the policy's lock byte is set and read back"
+        );
+    }
 }

@@ -259,10 +259,14 @@ impl Appliance {
                 continue;
             };
             let id = rest.split(':').next().unwrap_or_default();
-            let dir_ok = self.job_dir(id).join("package.fgj").exists();
-            if !committed.contains(id) || !dir_ok {
+            // Only keys of an import that never committed are destroyed. A
+            // committed job whose package is missing keeps its keys: a wrong
+            // state_dir must never cost a job (`job remove` settles it).
+            if !committed.contains(id) {
                 self.token.destroy(*h)?;
-                cleaned.push(format!("destroyed leftover key {label}"));
+                cleaned.push(format!(
+                    "destroyed key {label} of an import that did not complete"
+                ));
             }
         }
         // A security-version floor raised by an import that never committed.
@@ -322,11 +326,10 @@ impl Appliance {
     /// marker stays, so the same job can never be imported again.
     pub fn remove_job(&self, id: &str) -> Result<(), ApplianceError> {
         let dir = self.job_dir(id);
-        if !dir.join("package.fgj").exists()
-            || self
-                .token
-                .find_by_label(&format!("{IMPORTED_PREFIX}{id}"))?
-                .is_empty()
+        if self
+            .token
+            .find_by_label(&format!("{IMPORTED_PREFIX}{id}"))?
+            .is_empty()
         {
             return Err(ApplianceError::NoSuchJob { id: id.to_owned() });
         }
@@ -335,7 +338,9 @@ impl Appliance {
                 self.token.destroy(h)?;
             }
         }
-        fs::remove_dir_all(&dir).map_err(io_err("cannot remove", &dir))?;
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io_err("cannot remove", &dir))?;
+        }
         let job_id: [u8; 16] = hex::decode(id)
             .ok()
             .and_then(|v| v.try_into().ok())

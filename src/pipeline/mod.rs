@@ -866,6 +866,45 @@ fn digest_of_images(images: &[(u32, Zeroizing<Vec<u8>>)], regions: &[FlashRange]
     .unwrap_or([0u8; 32])
 }
 
+/// A fixture that makes each board with a closure: for targets reached
+/// through a programmer on a port, where each board means opening the port
+/// again (the operator has swapped the board in the fixture).
+pub struct BoardsFrom<F> {
+    make: F,
+    left: u64,
+}
+
+impl<F> std::fmt::Debug for BoardsFrom<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoardsFrom")
+            .field("left", &self.left)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F> BoardsFrom<F>
+where
+    F: FnMut() -> Result<Box<dyn Target>, TargetError> + Send,
+{
+    /// At most `boards` boards, each made by `make`.
+    pub fn new(boards: u64, make: F) -> Self {
+        Self { make, left: boards }
+    }
+}
+
+impl<F> Fixture for BoardsFrom<F>
+where
+    F: FnMut() -> Result<Box<dyn Target>, TargetError> + Send,
+{
+    fn next_board(&mut self) -> Result<Option<Box<dyn Target>>, TargetError> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        (self.make)().map(Some)
+    }
+}
+
 /// Time a stage took, for display.
 pub fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
