@@ -595,7 +595,7 @@ fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
                     .map_or(Ok(115_200), |b| b.parse())
                     .context("baud")?;
                 // Real ports carry the bootloader's 8E1; a pty carries no parity.
-                let even_parity = opts.get("parity").map_or(true, |p| p != "none");
+                let even_parity = opts.get("parity").is_none_or(|p| p != "none");
                 let options = flashgate_stm32_uart::Stm32Options {
                     baud,
                     ..Default::default()

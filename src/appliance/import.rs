@@ -81,6 +81,9 @@ pub enum ImportError {
     },
 }
 
+/// A decrypted image: its target address and its bytes, in zeroizing memory.
+pub type PlainImage = (u32, Zeroizing<Vec<u8>>);
+
 /// A job that has been imported (its package re-verified from disk).
 #[derive(Debug)]
 pub struct ImportedJob {
@@ -446,7 +449,7 @@ impl Appliance {
     pub fn open_job_firmware(
         &self,
         id: &str,
-    ) -> Result<(ImportedJob, Vec<(u32, Zeroizing<Vec<u8>>)>), ImportError> {
+    ) -> Result<(ImportedJob, Vec<PlainImage>), ImportError> {
         if self
             .token
             .find_by_label(&format!("{IMPORTED_PREFIX}{id}"))?
