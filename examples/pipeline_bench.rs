@@ -42,11 +42,40 @@ fn policy() -> String {
 }
 
 fn run(dir: &Path, id: &str, sim: &str, channels: u32, units: u64) -> (f64, f64, u64) {
+    run_with(dir, id, sim, channels, units, false)
+}
+
+/// `durable`: the HSM counter and the fsynced, checkpointed audit log
+/// (as `flashgate run` uses); otherwise an in-memory counter.
+fn run_with(
+    dir: &Path,
+    id: &str,
+    sim: &str,
+    channels: u32,
+    units: u64,
+    durable: bool,
+) -> (f64, f64, u64) {
     let appliance =
         Appliance::open(ApplianceConfig::load(&dir.join("appliance.toml")).unwrap()).unwrap();
-    let p = Arc::new(
-        Provisioner::open(appliance, id, Arc::new(MemoryLedger::new(10_000_000))).unwrap(),
-    );
+    let ledger: Arc<dyn flashgate::pipeline::Ledger> = if durable {
+        let job = flashgate::appliance::ImportedJob::load(
+            &appliance.job_dir(id),
+            &appliance.config.trust.keys,
+        )
+        .unwrap();
+        let (l, _) = flashgate::appliance::RunLedger::start(
+            &appliance,
+            job.manifest.job_id,
+            &job.policy,
+            "bench",
+            channels,
+        )
+        .unwrap();
+        Arc::new(l)
+    } else {
+        Arc::new(MemoryLedger::new(10_000_000))
+    };
+    let p = Arc::new(Provisioner::open(appliance, id, ledger).unwrap());
     let fixture = SimFixture::from_options(sim).unwrap();
     let fixtures: Vec<Box<dyn Fixture>> = (0..channels)
         .map(|_| Box::new(fixture.clone()) as Box<dyn Fixture>)
@@ -126,6 +155,38 @@ fn main() {
                 "ceiling: {ch:>2} channels, 64 KiB, zero latency: {:>7.0} units/s, {:.3} ms CPU/unit",
                 units as f64 / wall,
                 cpu * 1000.0 / units as f64
+            );
+        }
+    }
+
+    if which == "all" || which == "log" {
+        // The audit log's cost: the same runs with and without it. Seeds
+        // differ per run so that no UID repeats in the log.
+        let (off, _, _) = run_with(&dir, &job.id, "seed=41,timing=realistic", 8, 48, false);
+        let (on, _, _) = run_with(&dir, &job.id, "seed=42,timing=realistic", 8, 48, true);
+        println!("log: realistic, 8 channels, 48 units: without log {off:.3} s, with log {on:.3} s, ratio {:.4}", on / off);
+        for ch in [1u32, 64] {
+            let units = 2000;
+            let (off, _, _) = run_with(
+                &dir,
+                &job.id,
+                &format!("seed={},timing=zero", 50 + ch),
+                ch,
+                units,
+                false,
+            );
+            let (on, _, _) = run_with(
+                &dir,
+                &job.id,
+                &format!("seed={},timing=zero", 150 + ch),
+                ch,
+                units,
+                true,
+            );
+            println!(
+                "log: zero latency, {ch:>2} channels: {:.0} units/s without the log, {:.0} units/s with it (fsync, group commit)",
+                units as f64 / off,
+                units as f64 / on
             );
         }
     }

@@ -481,16 +481,17 @@ impl Provisioner {
                 Err(e) => break format!("fixture failed: {e}"),
             };
             sink(RunEvent::UnitStarted { channel, board });
-            // Near the end of a limited run, reserve one value at a time so
-            // that few are left unused (they can never be given back).
+            // Near the end of a limited run, reserve no more than this
+            // channel's share of what is left, so that few values are left
+            // unused (they can never be given back).
             let want = match options.units {
-                Some(limit)
-                    if limit.saturating_sub(board)
-                        <= options.block.saturating_mul(u64::from(channels)) =>
-                {
-                    1
+                Some(limit) => {
+                    let share = limit
+                        .saturating_sub(board)
+                        .div_ceil(u64::from(channels.max(1)));
+                    options.block.min(share.max(1))
                 }
-                _ => options.block,
+                None => options.block,
             };
             let record = self.provision(channel, board, target, &mut block, want, sink);
             let quota_hit =
