@@ -484,3 +484,33 @@ fn stm32_and_avr_drivers_through_the_whole_pipeline() {
         );
     }
 }
+
+/// `on-chip` identity keys: the target generates the key pair, only the
+/// public key leaves it, the certificate names it, and the challenge proves
+/// the chip holds it. `random` symmetric keys come from the HSM RNG.
+#[test]
+fn on_chip_identity_and_random_keys() {
+    let lab = lab(Kind::SoftHsm);
+    let (appliance, id, _) = job(
+        &lab,
+        |t| {
+            t.replacen("source = \"derived\"", "source = \"on-chip\"", 1)
+                .replacen("source = \"derived\"", "source = \"random\"", 1)
+        },
+        &firmware(),
+    );
+    let p = Arc::new(Provisioner::open(appliance, &id, Arc::new(MemoryLedger::new(100))).unwrap());
+    let fixture = SimFixture::from_options("seed=77,timing=zero,keep=on").unwrap();
+    let (summary, records) = run(p.clone(), &fixture, 2, 4);
+    assert_eq!(summary.passed, 4, "{records:?}");
+    let policy = p.policy().clone();
+    let fw_key = policy.key("fw-update").unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for board in fixture.boards() {
+        board.with_chip(|chip| {
+            let k = chip.inspect_keystore(fw_key.location.offset, 32).unwrap();
+            assert!(k.iter().any(|b| *b != 0xFF), "a random key was injected");
+            assert!(seen.insert(k.to_vec()), "random keys differ between units");
+        });
+    }
+}
