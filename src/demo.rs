@@ -299,7 +299,9 @@ pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
         .to_vec();
     let mut certificates = Vec::new();
     for e in fs::read_dir(&cert_der_dir).map_err(err)?.flatten() {
-        certificates.push(fs::read(e.path()).map_err(err)?);
+        if e.path().extension().is_some_and(|x| x == "der") {
+            certificates.push(fs::read(e.path()).map_err(err)?);
+        }
     }
     flashgate_audit::export(
         &audit_dir,

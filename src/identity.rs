@@ -209,6 +209,9 @@ impl DeviceCertificateIssuer {
                 ))
             }
         };
+        // ExplicitNoCa: basicConstraints CA:FALSE, and rcgen then writes the
+        // subjectKeyIdentifier too (it omits it for plain end entities).
+        p.is_ca = rcgen::IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = template
             .extended_key_usage

@@ -386,9 +386,8 @@ fn run(cli: Cli, w: &mut String) -> Result<u8> {
                 now: now(),
                 profile,
             })?;
-            std::fs::write(&out, &job.bytes)
-                .with_context(|| format!("cannot write {}", out.display()))?;
-            // The OEM keeps the device master (mode 0600) to re-derive device keys.
+            // The OEM keeps the device master (mode 0600) to re-derive device
+            // keys; written first, so no package exists whose master was lost.
             let escrow_dir = oem_dir.join("jobs");
             std::fs::create_dir_all(&escrow_dir)
                 .with_context(|| format!("cannot create {}", escrow_dir.display()))?;
@@ -398,6 +397,7 @@ fn run(cli: Cli, w: &mut String) -> Result<u8> {
                 hex::encode(&job.device_master[..]).as_bytes(),
                 0o600,
             )?;
+            oem::write_file(&out, &job.bytes, 0o644)?;
             let _ = writeln!(
                 w,
                 "built job {} for appliance {} ({}, {} image(s), {}) -> {}\ndevice master kept for re-derivation in {}",
@@ -524,18 +524,6 @@ fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
     if args.channels == 0 {
         bail!("--channels must be at least 1");
     }
-    let (ledger, recovery) = flashgate::appliance::RunLedger::start(
-        &appliance,
-        job.manifest.job_id,
-        &job.policy,
-        &args.operator,
-        args.channels,
-    )?;
-    if !recovery.was_clean() {
-        eprintln!("recovered: {recovery}");
-    }
-    let used_before = recovery.counter;
-    let provisioner = Arc::new(Provisioner::open(appliance, &args.job, Arc::new(ledger))?);
     let (driver, options) = args
         .target
         .split_once(':')
@@ -544,7 +532,11 @@ fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
         "sim" => {
             let f =
                 flashgate_target_sim::SimFixture::from_options(options).context("--target sim")?;
-            provisioner.check_driver("sim", flashgate_target::Capabilities::all())?;
+            flashgate::pipeline::check_driver(
+                &job.policy,
+                "sim",
+                flashgate_target::Capabilities::all(),
+            )?;
             (0..args.channels)
                 .map(|_| Box::new(f.clone()) as Box<dyn flashgate_target::Fixture>)
                 .collect()
@@ -559,7 +551,7 @@ fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
                 .cloned()
                 .with_context(|| format!("--target {driver}:port=PATH is required"))?;
             let boards = args.units.unwrap_or(1);
-            let policy = provisioner.policy().clone();
+            let policy = job.policy.clone();
             if driver == "avr-isp" {
                 use flashgate_target::Capability::{AnswerChallenge, OnChipKeygen};
                 let agent = opts.get("agent").cloned();
@@ -567,7 +559,7 @@ fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
                     &[OnChipKeygen],
                     agent.is_none().then_some(AnswerChallenge),
                 );
-                provisioner.check_driver("avr-isp", caps)?;
+                flashgate::pipeline::check_driver(&job.policy, "avr-isp", caps)?;
                 let part = match opts.get("part").map(String::as_str) {
                     Some("m2560") => &flashgate_avr_isp::ATMEGA2560,
                     _ => &flashgate_avr_isp::ATMEGA328P,
@@ -589,7 +581,7 @@ fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
             } else {
                 let caps =
                     capabilities_without(&[flashgate_target::Capability::OnChipKeygen], None);
-                provisioner.check_driver("stm32-uart", caps)?;
+                flashgate::pipeline::check_driver(&job.policy, "stm32-uart", caps)?;
                 let baud: u32 = opts
                     .get("baud")
                     .map_or(Ok(115_200), |b| b.parse())
@@ -624,6 +616,21 @@ fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
         }
         other => bail!("unknown target '{other}' (sim, avr-isp or stm32-uart)"),
     };
+    // Everything is checked: only now is the run recorded as started.
+    flashgate::pipeline::check_validity(&job.policy, &args.job)?;
+    let (ledger, recovery) = flashgate::appliance::RunLedger::start(
+        &appliance,
+        job.manifest.job_id,
+        &job.policy,
+        &args.operator,
+        args.channels,
+    )?;
+    if !recovery.was_clean() {
+        eprintln!("recovered: {recovery}");
+    }
+    let used_before = recovery.counter;
+    let provisioner = Arc::new(Provisioner::open(appliance, &args.job, Arc::new(ledger))?);
+
     let stop = StopHandle::default();
     let cert_dir = job_dir.join("certs");
     let view = flashgate::run_view::ProgressView::new(
@@ -810,6 +817,15 @@ fn audit(config: &Path, cmd: AuditCmd, w: &mut String) -> Result<u8> {
                     .verify(&key)
                     .context("the bundle's job manifest is not signed by this OEM key")?,
             )?;
+            // The OEM signed which enrollment record the job was built for:
+            // the bundle's record (and so the log key) must be that one.
+            if m.enrollment_digest != enrollment.digest {
+                bail!(
+                    "the bundle's enrollment record (fingerprint {}) is not the one this job was built for ({}); the bundle is not from the appliance the OEM sent the job to",
+                    enrollment.fingerprint(),
+                    hex::encode(m.enrollment_digest)
+                );
+            }
             let policy = flashgate_policy::Policy::from_toml_str(&m.policy_toml)?;
             let facts = flashgate_audit::JobFacts {
                 job_id: m.job_id,

@@ -126,6 +126,22 @@ fn export_verify_tamper_and_prove() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not signed by this OEM key"));
     let (code, _) = verify(&lab, "bundle", &["--fingerprint", "00"]);
     assert_eq!(code, Some(2));
+    // Another appliance's enrollment record swapped into the bundle: the
+    // manifest names the record the job was built for, so this is refused
+    // even without a pinned fingerprint.
+    other.enroll();
+    copy_dir(&lab.path("bundle"), &lab.path("swapped"));
+    std::fs::copy(
+        other.path("enrollment.cbor"),
+        lab.path("swapped/enrollment.cbor"),
+    )
+    .unwrap();
+    let (code, text) = verify(&lab, "swapped", &[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("not the one this job was built for"),
+        "{text}"
+    );
 
     // A checkpoint kept from this bundle is consistent with a later one.
     let first_cp = last_checkpoint(&lab.path("bundle/checkpoints.log"));

@@ -255,15 +255,7 @@ impl Provisioner {
     /// Opens job `id` on `appliance`, counting through `ledger`.
     pub fn open(appliance: Appliance, id: &str, ledger: Arc<dyn Ledger>) -> Result<Self, RunError> {
         let (job, images) = appliance.open_job_firmware(id)?;
-        let now = crate::appliance::unix_now();
-        let j = job.policy.job();
-        if now < j.not_before || now >= j.not_after {
-            return Err(RunError::OutsideValidity {
-                id: id.to_owned(),
-                from: crate::display::time(j.not_before),
-                until: crate::display::time(j.not_after),
-            });
-        }
+        check_validity(&job.policy, id)?;
         let master = handle(&appliance, id, "master")?;
         let ca = handle(&appliance, id, "ca")?;
         let issuer = DeviceCertificateIssuer::new(&job.manifest.job_ca_cert)?;
@@ -306,59 +298,12 @@ impl Provisioner {
 
     /// The capabilities a driver must have for this job.
     pub fn required_capabilities(&self) -> Capabilities {
-        let mut c = Capabilities::from([
-            Capability::ProgramFlash,
-            Capability::ReadFlash,
-            Capability::ReadUid,
-        ]);
-        if self
-            .policy
-            .keys()
-            .iter()
-            .any(|k| k.source != KeySource::OnChip)
-        {
-            c.insert(Capability::StoreSecret);
-        }
-        c.insert(Capability::StoreSecret); // the certificate
-        if self
-            .policy
-            .keys()
-            .iter()
-            .any(|k| k.source == KeySource::OnChip)
-        {
-            c.insert(Capability::OnChipKeygen);
-        }
-        if self.policy.lock().require_challenge {
-            c.insert(Capability::AnswerChallenge);
-        }
-        if self.policy.lock().level != PolicyLock::None {
-            c.insert(Capability::SetLock);
-            c.insert(Capability::ReadLock);
-        }
-        c
+        required_capabilities(&self.policy)
     }
 
     /// Fails before touching any unit when the driver lacks a capability.
     pub fn check_driver(&self, driver: &str, capabilities: Capabilities) -> Result<(), RunError> {
-        let wanted = self.policy.target().driver.as_str();
-        if wanted != driver {
-            return Err(RunError::WrongDriver {
-                wanted: wanted.to_owned(),
-                given: driver.to_owned(),
-            });
-        }
-        let missing = capabilities.missing(&self.required_capabilities());
-        if !missing.is_empty() {
-            return Err(RunError::MissingCapability {
-                driver: driver.to_owned(),
-                missing: missing
-                    .iter()
-                    .map(|c| c.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        }
-        Ok(())
+        check_driver(&self.policy, driver, capabilities)
     }
 
     fn hsm<T>(
@@ -833,6 +778,70 @@ impl Provisioner {
             value,
         })
     }
+}
+
+/// The capabilities a driver must have for a job with this policy.
+pub fn required_capabilities(policy: &Policy) -> Capabilities {
+    let mut c = Capabilities::from([
+        Capability::ProgramFlash,
+        Capability::ReadFlash,
+        Capability::ReadUid,
+    ]);
+    // The certificate is always stored; keys unless they are made on the chip.
+    c.insert(Capability::StoreSecret);
+    if policy.keys().iter().any(|k| k.source == KeySource::OnChip) {
+        c.insert(Capability::OnChipKeygen);
+    }
+    if policy.lock().require_challenge {
+        c.insert(Capability::AnswerChallenge);
+    }
+    if policy.lock().level != PolicyLock::None {
+        c.insert(Capability::SetLock);
+        c.insert(Capability::ReadLock);
+    }
+    c
+}
+
+/// Fails, before any unit is touched, when `driver` is not the policy's or
+/// lacks a capability the job needs.
+pub fn check_driver(
+    policy: &Policy,
+    driver: &str,
+    capabilities: Capabilities,
+) -> Result<(), RunError> {
+    let wanted = policy.target().driver.as_str();
+    if wanted != driver {
+        return Err(RunError::WrongDriver {
+            wanted: wanted.to_owned(),
+            given: driver.to_owned(),
+        });
+    }
+    let missing = capabilities.missing(&required_capabilities(policy));
+    if !missing.is_empty() {
+        return Err(RunError::MissingCapability {
+            driver: driver.to_owned(),
+            missing: missing
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    Ok(())
+}
+
+/// Fails when the job is outside its validity window now.
+pub fn check_validity(policy: &Policy, id: &str) -> Result<(), RunError> {
+    let now = crate::appliance::unix_now();
+    let j = policy.job();
+    if now < j.not_before || now >= j.not_after {
+        return Err(RunError::OutsideValidity {
+            id: id.to_owned(),
+            from: crate::display::time(j.not_before),
+            until: crate::display::time(j.not_after),
+        });
+    }
+    Ok(())
 }
 
 fn to_target_location(l: flashgate_policy::Location) -> Location {
