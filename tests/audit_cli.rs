@@ -285,3 +285,50 @@ fn sigkill_at_random_points_never_loses_a_unit() {
     assert!(used > 0);
     eprintln!("after the kills: {units}");
 }
+
+/// Checkpoints every T seconds come from a timer, not only when a unit is
+/// recorded: a slow unit is covered by a checkpoint before it finishes.
+#[test]
+fn time_based_checkpoints_while_a_unit_is_in_flight() {
+    let lab = Lab::new(Kind::SoftHsm);
+    lab.enroll();
+    let policy = lab.policy("policy.toml", |t| {
+        t.replace(
+            "checkpoint_every_units = 100",
+            "checkpoint_every_units = 1000000",
+        )
+        .replace(
+            "checkpoint_every_seconds = 60",
+            "checkpoint_every_seconds = 1",
+        )
+    });
+    lab.build_job("job.fgj", &policy, 30_000);
+    lab.ok(&["job", "import", "job.fgj"]);
+    let id = lab
+        .ok(&["job", "list"])
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    // About 5 s for one unit: a 100 kHz bus.
+    lab.ok(&[
+        "run",
+        "--job",
+        &id,
+        "--target",
+        "sim:timing=realistic,bus-hz=100000,seed=61,flash-base=0x08000000",
+        "--units",
+        "1",
+    ]);
+    lab.ok(&["audit", "export", "--job", &id, "-o", "bundle"]);
+    let bytes = std::fs::read(lab.path("bundle/checkpoints.log")).unwrap();
+    let (mut at, mut n) = (0, 0);
+    while at + 4 <= bytes.len() {
+        at += 4 + u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        n += 1;
+    }
+    // import, run start, the timer's (covering the reservation), the unit's, run end
+    assert!(n >= 5, "{n} checkpoints");
+    let (code, text) = verify(&lab, "bundle", &[]);
+    assert_eq!(code, Some(0), "{text}");
+}

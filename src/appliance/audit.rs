@@ -407,6 +407,26 @@ impl Ledger for RunLedger {
         self.used.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    fn tick(&self) -> Result<(), LedgerError> {
+        let due = {
+            let s = self
+                .since
+                .lock()
+                .map_err(|_| LedgerError::Store("poisoned".to_owned()))?;
+            s.1.elapsed() >= self.every && self.audit.ledger.log().unprotected() > 0
+        };
+        if due {
+            if let Ok(mut s) = self.since.lock() {
+                *s = (0, Instant::now());
+            }
+            self.audit
+                .ledger
+                .checkpoint(&self.audit.signer)
+                .map_err(|e| LedgerError::Store(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     fn run_finished(&self, reason: &str) -> Result<(), LedgerError> {
         self.audit
             .append_and_checkpoint(RecordKind::RunStopped(RunStopped {

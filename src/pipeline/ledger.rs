@@ -36,6 +36,11 @@ pub trait Ledger: Send + Sync {
         let _ = reason;
         Ok(())
     }
+    /// Called about once a second during a run, so that time-based
+    /// checkpoints happen on an idle line too.
+    fn tick(&self) -> Result<(), LedgerError> {
+        Ok(())
+    }
 }
 
 /// An in-memory ledger: counts correctly within one process but survives

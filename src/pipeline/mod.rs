@@ -349,6 +349,18 @@ impl Provisioner {
                 )
             }));
         }
+        // Time-based checkpoints, also while no unit is being recorded.
+        let ticker = {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    let me = me.clone();
+                    let _ = tokio::task::spawn_blocking(move || me.ledger.tick()).await;
+                }
+            })
+        };
         let mut summary = RunSummary::default();
         let mut stage_sum: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let mut with_counter = 0u64;
@@ -369,6 +381,7 @@ impl Provisioner {
                 }
             }
         }
+        ticker.abort();
         summary.mean_stage_us = stage_sum
             .into_iter()
             .map(|(s, (sum, n))| (s, sum / n.max(1)))
