@@ -332,3 +332,34 @@ fn time_based_checkpoints_while_a_unit_is_in_flight() {
     let (code, text) = verify(&lab, "bundle", &[]);
     assert_eq!(code, Some(0), "{text}");
 }
+
+/// An import commits before its record is written. If the record could not
+/// be written, the job's first run writes it, so the log never shows units
+/// of a job it never saw imported.
+#[test]
+fn an_import_whose_record_was_lost_is_recorded_before_its_first_run() {
+    let lab = Lab::new(Kind::SoftHsm);
+    lab.enroll();
+    let policy = lab.policy("policy.toml", |t| t);
+    lab.build_job("job.fgj", &policy, 20_000);
+    // The log cannot be opened: a file where its directory should be.
+    std::fs::write(lab.path("state/audit"), b"not a directory").unwrap();
+    let err = lab.fails(&["job", "import", "job.fgj"]);
+    assert!(err.contains("audit"), "{err}");
+    let id = lab
+        .ok(&["job", "list"])
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    std::fs::remove_file(lab.path("state/audit")).unwrap();
+    lab.ok(&["run", "--job", &id, "--target", &sim(71), "--units", "2"]);
+    lab.ok(&["audit", "export", "--job", &id, "-o", "bundle"]);
+    let (code, text) = verify(&lab, "bundle", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    // And a second run does not record the import again.
+    lab.ok(&["run", "--job", &id, "--target", &sim(72), "--units", "1"]);
+    lab.ok(&["audit", "export", "--job", &id, "-o", "bundle2"]);
+    let (code, text) = verify(&lab, "bundle2", &["--json"]);
+    assert_eq!(code, Some(0), "{text}");
+}

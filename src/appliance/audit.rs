@@ -19,6 +19,24 @@ use super::{Appliance, ApplianceError, LOG_LABEL};
 use crate::hsm::Token;
 use crate::pipeline::{Ledger, LedgerError, UnitRecord, UnitResult};
 
+/// Marker file in a job directory: the job's `job-imported` record is in the log.
+const IMPORT_LOGGED: &str = "import-logged";
+
+fn job_imported_record(
+    m: &crate::package::Manifest,
+    policy: &flashgate_policy::Policy,
+    manifest_sign1: &[u8],
+) -> RecordKind {
+    let j = policy.job();
+    RecordKind::JobImported(JobImported {
+        job_id: m.job_id,
+        product: j.product.as_str().to_owned(),
+        quota: j.quota,
+        security_version: u64::from(j.security_version),
+        manifest_digest: Sha256::digest(manifest_sign1).into(),
+    })
+}
+
 /// Label prefix of a quota counter object: `fg-count:<id>`.
 pub const COUNTER_PREFIX: &str = "fg-count:";
 
@@ -204,14 +222,52 @@ impl Appliance {
         manifest_sign1: &[u8],
     ) -> Result<(), ApplianceError> {
         let audit = self.audit()?;
-        let j = policy.job();
-        audit.append_and_checkpoint(RecordKind::JobImported(JobImported {
-            job_id: m.job_id,
-            product: j.product.as_str().to_owned(),
-            quota: j.quota,
-            security_version: u64::from(j.security_version),
-            manifest_digest: Sha256::digest(manifest_sign1).into(),
-        }))
+        audit.append_and_checkpoint(job_imported_record(m, policy, manifest_sign1))?;
+        self.mark_import_logged(&m.job_id_hex())
+    }
+
+    fn mark_import_logged(&self, id: &str) -> Result<(), ApplianceError> {
+        let path = self.job_dir(id).join(IMPORT_LOGGED);
+        std::fs::write(&path, b"").map_err(super::io_err("cannot write", &path))
+    }
+
+    /// The import is committed before its record is written; if a crash came
+    /// in between, the record is written now (before the job's first run),
+    /// so that the log never shows units of a job it never saw imported.
+    fn ensure_import_logged(&self, audit: &Audit, job_id: &[u8; 16]) -> Result<(), ApplianceError> {
+        let id = hex::encode(job_id);
+        if self.job_dir(&id).join(IMPORT_LOGGED).exists() {
+            return Ok(());
+        }
+        let mut file =
+            flashgate_audit::RecordFile::open(&audit.dir.join(flashgate_audit::LOG_FILE))?;
+        let mut logged = false;
+        while let Some((_, bytes)) = file
+            .next_bytes()
+            .map_err(|e| ApplianceError::Audit(e.to_string()))?
+        {
+            if let Ok(r) = flashgate_audit::Record::decode(bytes) {
+                if matches!(&r.kind, RecordKind::JobImported(j) if j.job_id == *job_id) {
+                    logged = true;
+                    break;
+                }
+            }
+        }
+        if !logged {
+            let package = std::fs::read(self.job_dir(&id).join("package.fgj"))
+                .map_err(super::io_err("cannot read", &self.job_dir(&id)))?;
+            let signed = crate::package::UnverifiedPackage::parse(&package)
+                .and_then(|p| p.verify(&self.config.trust.keys))
+                .map_err(|e| ApplianceError::Audit(e.to_string()))?;
+            let policy = flashgate_policy::Policy::from_toml_str(&signed.manifest.policy_toml)
+                .map_err(|e| ApplianceError::Audit(e.to_string()))?;
+            audit.append_and_checkpoint(job_imported_record(
+                &signed.manifest,
+                &policy,
+                signed.manifest_sign1,
+            ))?;
+        }
+        self.mark_import_logged(&id)
     }
 
     /// Records a removal and checkpoints.
@@ -261,6 +317,7 @@ impl RunLedger {
         channels: u32,
     ) -> Result<(Self, flashgate_audit::Recovery), ApplianceError> {
         let audit = appliance.audit()?;
+        appliance.ensure_import_logged(&audit, &job_id)?;
         let recovery = audit.ledger.recover(&job_id)?;
         resolve_pending_certificates(&audit.dir, &appliance.certificate_dir(&job_id), &job_id)?;
         let mut run_id = [0u8; 16];
