@@ -21,6 +21,7 @@ pub const SEED_CONTEXT: &[u8] = b"flashgate/device-seed/v1";
 pub const KEY_CONTEXT: &[u8] = b"flashgate/device-key/v1";
 
 /// The message the HSM MACs with the device master to get a device seed.
+/// UIDs are at most 255 bytes (the pipeline refuses longer ones).
 pub fn seed_message(job_id: &[u8; 16], uid: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(SEED_CONTEXT.len() + 18 + uid.len());
     m.extend_from_slice(SEED_CONTEXT);

@@ -55,6 +55,9 @@ pub enum RunError {
         from: String,
         until: String,
     },
+    /// The job's images cannot be measured for the challenge.
+    #[error("{0}")]
+    Firmware(String),
     /// Certificate issuer set-up failed.
     #[error(transparent)]
     Certificate(#[from] identity::CertificateError),
@@ -270,7 +273,8 @@ impl Provisioner {
                 length: u32::try_from(d.len()).unwrap_or(u32::MAX),
             })
             .collect();
-        let firmware_digest = digest_of_images(&images, &regions);
+        let firmware_digest = digest_of_images(&images, &regions)
+            .map_err(|e| RunError::Firmware(format!("cannot measure the job's images: {e}")))?;
         Ok(Self {
             appliance: Mutex::new(appliance),
             job_id: job.manifest.job_id,
@@ -627,6 +631,16 @@ impl Provisioner {
         }
         timed(rec, "verify", s);
 
+        // The seed message carries the UID with a one-byte length.
+        if info.uid.len() > 255 {
+            return Err((
+                "derive".to_owned(),
+                format!(
+                    "the device UID is {} bytes; at most 255 are supported",
+                    info.uid.len()
+                ),
+            ));
+        }
         // Derive the unit's secrets (seed by HMAC in the HSM).
         let s = Instant::now();
         let seed = self
@@ -743,8 +757,8 @@ impl Provisioner {
                     format!("the device did not prove its key: {e}"),
                 )
             })?;
+            timed(rec, "challenge", s);
         }
-        timed(rec, "challenge", s);
 
         // Lock, only now, and read it back.
         let want = match self.policy.lock().level {
@@ -870,7 +884,10 @@ fn to_target_location(l: flashgate_policy::Location) -> Location {
     }
 }
 
-fn digest_of_images(images: &[(u32, Zeroizing<Vec<u8>>)], regions: &[FlashRange]) -> [u8; 32] {
+fn digest_of_images(
+    images: &[(u32, Zeroizing<Vec<u8>>)],
+    regions: &[FlashRange],
+) -> Result<[u8; 32], flashgate_agent::AgentError> {
     flashgate_agent::firmware_digest(regions, |address, buf| {
         for (base, data) in images {
             if let Some(off) = address.checked_sub(*base) {
@@ -886,7 +903,6 @@ fn digest_of_images(images: &[(u32, Zeroizing<Vec<u8>>)], regions: &[FlashRange]
             length: u32::try_from(buf.len()).unwrap_or(u32::MAX),
         })
     })
-    .unwrap_or([0u8; 32])
 }
 
 /// A fixture that makes each board with a closure: for targets reached
