@@ -628,22 +628,12 @@ fn scan_checkpoints(
                 });
             }
             Err(FrameError::Truncated { offset, .. }) => {
-                let len = file
-                    .metadata()
-                    .map_err(|e| AuditError::io("cannot stat", path, e))?
-                    .len();
-                cut(file, path, offset)?;
-                report.truncated_checkpoint_bytes = len - offset;
+                report.truncated_checkpoint_bytes = cut_tail(file, path, offset)?;
                 break;
             }
             Err(FrameError::TooLarge { offset, len }) => {
                 if zeros_from(file, offset, path)? {
-                    let flen = file
-                        .metadata()
-                        .map_err(|e| AuditError::io("cannot stat", path, e))?
-                        .len();
-                    cut(file, path, offset)?;
-                    report.truncated_checkpoint_bytes = flen - offset;
+                    report.truncated_checkpoint_bytes = cut_tail(file, path, offset)?;
                     break;
                 }
                 return Err(AuditError::Corrupt {
@@ -657,6 +647,16 @@ fn scan_checkpoints(
     }
     report.checkpoints = cps.len() as u64;
     Ok((cps, latest))
+}
+
+/// Cuts `file` back to `offset` and returns how many bytes were cut.
+fn cut_tail(file: &File, path: &Path, offset: u64) -> Result<u64, AuditError> {
+    let len = file
+        .metadata()
+        .map_err(|e| AuditError::io("cannot stat", path, e))?
+        .len();
+    cut(file, path, offset)?;
+    Ok(len - offset)
 }
 
 fn cut(file: &File, path: &Path, len: u64) -> Result<(), AuditError> {
@@ -703,22 +703,12 @@ fn scan_log(
             Ok(None) => break,
             Ok(Some(f)) => f,
             Err(FrameError::Truncated { offset, .. }) => {
-                let len = log
-                    .metadata()
-                    .map_err(|e| AuditError::io("cannot stat", path, e))?
-                    .len();
-                cut(log, path, offset)?;
-                report.truncated_bytes = len - offset;
+                report.truncated_bytes = cut_tail(log, path, offset)?;
                 break;
             }
             Err(FrameError::TooLarge { offset, len }) => {
                 if zeros_from(log, offset, path)? {
-                    let flen = log
-                        .metadata()
-                        .map_err(|e| AuditError::io("cannot stat", path, e))?
-                        .len();
-                    cut(log, path, offset)?;
-                    report.truncated_bytes = flen - offset;
+                    report.truncated_bytes = cut_tail(log, path, offset)?;
                     break;
                 }
                 return Err(AuditError::Corrupt {
@@ -738,12 +728,7 @@ fn scan_log(
             Ok(r) => r,
             Err(e) => {
                 if zeros_from(log, offset, path)? {
-                    let flen = log
-                        .metadata()
-                        .map_err(|e| AuditError::io("cannot stat", path, e))?
-                        .len();
-                    cut(log, path, offset)?;
-                    report.truncated_bytes = flen - offset;
+                    report.truncated_bytes = cut_tail(log, path, offset)?;
                     break;
                 }
                 return Err(corrupt(format!("not a valid record: {e}")));
