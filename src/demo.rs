@@ -292,25 +292,12 @@ pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
     step("CM: export the audit bundle for the OEM");
     let bundle_dir = dir.join("audit-bundle");
     let package = fs::read(&job_path).map_err(err)?;
-    let manifest = crate::package::UnverifiedPackage::parse(&package)
-        .map_err(err)?
-        .parts()
-        .0
-        .to_vec();
-    let mut certificates = Vec::new();
-    for e in fs::read_dir(&cert_der_dir).map_err(err)?.flatten() {
-        if e.path().extension().is_some_and(|x| x == "der") {
-            certificates.push(fs::read(e.path()).map_err(err)?);
-        }
-    }
-    flashgate_audit::export(
+    crate::bundle::export_bundle(
         &audit_dir,
+        enrollment_bytes,
+        &package,
+        &cert_der_dir,
         &job_id,
-        &flashgate_audit::BundleExtras {
-            enrollment: enrollment_bytes,
-            manifest: manifest.clone(),
-            certificates,
-        },
         &bundle_dir,
     )
     .map_err(err)?;
@@ -319,32 +306,14 @@ pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
     step("OEM security team: verify the bundle offline (pinned OEM key and enrollment)");
     let oem_key =
         crate::oem::read_public_key_pem(&oem_dir.join("signing-key.pub.pem")).map_err(err)?;
-    let m = crate::package::Manifest::decode(
-        &crate::cose::UnverifiedSign1::parse(&manifest, "job manifest")
-            .map_err(err)?
-            .verify(&oem_key)
-            .map_err(err)?,
-    )
-    .map_err(err)?;
-    let policy = flashgate_policy::Policy::from_toml_str(&m.policy_toml).map_err(err)?;
-    let enrollment = crate::enrollment::VerifiedEnrollment::parse(
+    let pinned = crate::enrollment::VerifiedEnrollment::parse(
         &fs::read(dir.join("enrollment.cbor")).map_err(err)?,
     )
-    .map_err(err)?;
-    let report = flashgate_audit::verify_bundle(
-        &bundle_dir,
-        &flashgate_audit::VerifyOptions {
-            log_key: enrollment.record.log_public,
-            facts: flashgate_audit::JobFacts {
-                job_id,
-                quota: policy.job().quota,
-                device_types: policy.target().device_types.clone(),
-                product: policy.job().product.as_str().to_owned(),
-            },
-            previous_checkpoint: None,
-        },
-    )
-    .map_err(err)?;
+    .map_err(err)?
+    .fingerprint();
+    let report = crate::bundle::verify_bundle(&bundle_dir, &oem_key, Some(&pinned), None)
+        .map_err(err)?
+        .report;
     println!("{report}");
     println!("left behind:");
     println!("  OEM material       {}", oem_dir.display());

@@ -8,9 +8,11 @@
 //! - [`enrollment`]: the appliance's signed enrollment record.
 //! - [`oem`]: OEM keys (files or PKCS#11 URIs) and certificates.
 //! - [`package`]: job packages: format, OEM-side builder, parser.
-//! - [`appliance`]: the CM side: config, enrollment, import, job state.
+//! - [`appliance`]: the CM side: config, enrollment, import, job state, audit log.
+//! - [`bundle`]: the audit bundle: export on the appliance, offline verification for the OEM.
 
 pub mod appliance;
+pub mod bundle;
 pub mod cose;
 pub mod demo;
 pub mod display;

@@ -759,30 +759,7 @@ fn audit(config: &Path, cmd: AuditCmd, w: &mut String) -> Result<u8> {
     match cmd {
         AuditCmd::Export { job, out } => {
             let appliance = open_appliance(config)?;
-            let job_id = job_id_arg(&job)?;
-            let enrollment = std::fs::read(appliance.enrollment_path())?;
-            let package = std::fs::read(appliance.job_dir(&job).join("package.fgj"))
-                .with_context(|| format!("job {job} is not on this appliance (removed jobs keep their log but not their package)"))?;
-            let manifest = UnverifiedPackage::parse(&package)?.parts().0.to_vec();
-            let mut certificates = Vec::new();
-            if let Ok(rd) = std::fs::read_dir(appliance.certificate_dir(&job_id)) {
-                for e in rd.flatten() {
-                    if e.path().extension().is_some_and(|x| x == "der") {
-                        certificates.push(std::fs::read(e.path())?);
-                    }
-                }
-            }
-            let n = certificates.len();
-            flashgate_audit::export(
-                &appliance.audit_dir(),
-                &job_id,
-                &flashgate_audit::BundleExtras {
-                    enrollment,
-                    manifest,
-                    certificates,
-                },
-                &out,
-            )?;
+            let n = appliance.export_audit_bundle(&job_id_arg(&job)?, &out)?;
             let _ = writeln!(
                 w,
                 "audit bundle for job {job} written to {} ({n} certificates)",
@@ -797,68 +774,31 @@ fn audit(config: &Path, cmd: AuditCmd, w: &mut String) -> Result<u8> {
             previous_checkpoint,
             json,
         } => {
-            let b = flashgate_audit::Bundle::open(&bundle)?;
-            let enrollment = VerifiedEnrollment::parse(&b.enrollment()?)
-                .context("the bundle's enrollment record")?;
-            if let Some(fp) = fingerprint {
-                if !fp.eq_ignore_ascii_case(&enrollment.fingerprint()) {
-                    bail!(
-                        "the bundle comes from appliance {} with enrollment fingerprint {}, not the pinned {fp}",
-                        enrollment.record.appliance_id,
-                        enrollment.fingerprint()
-                    );
-                }
-            }
             let key = oem::read_public_key_pem(&oem_key)?;
-            let manifest_bytes = b.manifest()?;
-            let sign1 = flashgate::cose::UnverifiedSign1::parse(&manifest_bytes, "job manifest")?;
-            let m = flashgate::package::Manifest::decode(
-                &sign1
-                    .verify(&key)
-                    .context("the bundle's job manifest is not signed by this OEM key")?,
-            )?;
-            // The OEM signed which enrollment record the job was built for:
-            // the bundle's record (and so the log key) must be that one.
-            if m.enrollment_digest != enrollment.digest {
-                bail!(
-                    "the bundle's enrollment record (fingerprint {}) is not the one this job was built for ({}); the bundle is not from the appliance the OEM sent the job to",
-                    enrollment.fingerprint(),
-                    hex::encode(m.enrollment_digest)
-                );
-            }
-            let policy = flashgate_policy::Policy::from_toml_str(&m.policy_toml)?;
-            let facts = flashgate_audit::JobFacts {
-                job_id: m.job_id,
-                quota: policy.job().quota,
-                device_types: policy.target().device_types.clone(),
-                product: policy.job().product.as_str().to_owned(),
-            };
             let previous_checkpoint = match previous_checkpoint {
                 Some(p) => Some(
                     std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?,
                 ),
                 None => None,
             };
-            let report = flashgate_audit::verify_bundle(
+            let v = flashgate::bundle::verify_bundle(
                 &bundle,
-                &flashgate_audit::VerifyOptions {
-                    log_key: enrollment.record.log_public,
-                    facts,
-                    previous_checkpoint,
-                },
+                &key,
+                fingerprint.as_deref(),
+                previous_checkpoint,
             )?;
             if json {
-                let _ = writeln!(w, "{}", report.to_json());
+                let _ = writeln!(w, "{}", v.report.to_json());
             } else {
                 let _ = writeln!(
                     w,
                     "appliance {} (fingerprint {})",
-                    enrollment.record.appliance_id,
-                    enrollment.fingerprint()
+                    v.enrollment.record.appliance_id,
+                    v.enrollment.fingerprint()
                 );
-                let _ = write!(w, "{report}");
+                let _ = write!(w, "{}", v.report);
             }
-            Ok(if report.is_clean() { 0 } else { 1 })
+            Ok(if v.report.is_clean() { 0 } else { 1 })
         }
         AuditCmd::Prove { uid, job } => {
             let appliance = open_appliance(config)?;

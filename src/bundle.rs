@@ -1,0 +1,182 @@
+//! The audit bundle, as the CM writes it and as the OEM checks it: the
+//! appliance-side export (log, enrollment record, signed manifest, device
+//! certificates) and the offline verification against the pinned OEM key.
+
+use std::path::Path;
+
+use crate::appliance::Appliance;
+use crate::cose::{CoseError, UnverifiedSign1};
+use crate::enrollment::{EnrollmentError, VerifiedEnrollment};
+use crate::package::{Manifest, PackageError, UnverifiedPackage};
+
+/// Why a bundle could not be written or verified.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The job's package is not on the appliance.
+    #[error(
+        "job {id} is not on this appliance (removed jobs keep their log but not their package)"
+    )]
+    NoPackage { id: String },
+    /// The audit log, the bundle or its verification failed.
+    #[error(transparent)]
+    Audit(#[from] flashgate_audit::AuditError),
+    /// The package or manifest is bad.
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    /// The enrollment record is bad.
+    #[error("the bundle's enrollment record: {0}")]
+    Enrollment(#[from] EnrollmentError),
+    /// The manifest's signature structure is bad.
+    #[error(transparent)]
+    Cose(#[from] CoseError),
+    /// The manifest does not verify with the OEM's key.
+    #[error("the bundle's job manifest is not signed by this OEM key")]
+    NotSignedByOem,
+    /// The record is not the one pinned.
+    #[error("the bundle comes from appliance {appliance} with enrollment fingerprint {found}, not the pinned {pinned}")]
+    FingerprintMismatch {
+        appliance: String,
+        found: String,
+        pinned: String,
+    },
+    /// The record is not the one the job was built for.
+    #[error("the bundle's enrollment record (fingerprint {found}) is not the one this job was built for ({signed}); the bundle is not from the appliance the OEM sent the job to")]
+    NotTheJobsAppliance { found: String, signed: String },
+    /// The signed policy does not parse.
+    #[error("the job's policy: {0}")]
+    Policy(#[from] flashgate_policy::PolicyError),
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, BundleError> {
+    std::fs::read(path).map_err(|source| BundleError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+impl Appliance {
+    /// Writes the audit bundle of `job_id` into `out` (new or empty);
+    /// returns how many device certificates it holds.
+    pub fn export_audit_bundle(&self, job_id: &[u8; 16], out: &Path) -> Result<usize, BundleError> {
+        let id = hex::encode(job_id);
+        let package = std::fs::read(self.job_dir(&id).join("package.fgj"))
+            .map_err(|_| BundleError::NoPackage { id })?;
+        export_bundle(
+            &self.audit_dir(),
+            read(&self.enrollment_path())?,
+            &package,
+            &self.certificate_dir(job_id),
+            job_id,
+            out,
+        )
+    }
+}
+
+/// Writes a bundle from its parts: the log directory, the enrollment
+/// record, the job package (its signed manifest goes in) and the directory
+/// of DER device certificates (`*.der`; pending and aborted ones stay out).
+pub fn export_bundle(
+    audit_dir: &Path,
+    enrollment: Vec<u8>,
+    package: &[u8],
+    cert_dir: &Path,
+    job_id: &[u8; 16],
+    out: &Path,
+) -> Result<usize, BundleError> {
+    let manifest = UnverifiedPackage::parse(package)?.parts().0.to_vec();
+    let mut certificates = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(cert_dir) {
+        for e in rd.flatten() {
+            if e.path().extension().is_some_and(|x| x == "der") {
+                certificates.push(read(&e.path())?);
+            }
+        }
+    }
+    let n = certificates.len();
+    flashgate_audit::export(
+        audit_dir,
+        job_id,
+        &flashgate_audit::BundleExtras {
+            enrollment,
+            manifest,
+            certificates,
+        },
+        out,
+    )?;
+    Ok(n)
+}
+
+/// The outcome of an offline verification.
+#[derive(Debug)]
+pub struct BundleVerification {
+    /// The appliance's enrollment record, as carried by the bundle and tied
+    /// to the OEM-signed manifest.
+    pub enrollment: VerifiedEnrollment,
+    /// The job the bundle is about.
+    pub manifest: Manifest,
+    /// The verifier's report.
+    pub report: flashgate_audit::Report,
+}
+
+/// The OEM side: checks the bundle's manifest with the OEM's signing key,
+/// ties the bundle's enrollment record to the one the manifest names (and
+/// to `pinned_fingerprint` when given), then verifies the log with that
+/// record's log key.
+pub fn verify_bundle(
+    bundle: &Path,
+    oem_key: &[u8; 65],
+    pinned_fingerprint: Option<&str>,
+    previous_checkpoint: Option<Vec<u8>>,
+) -> Result<BundleVerification, BundleError> {
+    let b = flashgate_audit::Bundle::open(bundle)?;
+    let enrollment = VerifiedEnrollment::parse(&b.enrollment()?)?;
+    if let Some(pinned) = pinned_fingerprint {
+        if !pinned.eq_ignore_ascii_case(&enrollment.fingerprint()) {
+            return Err(BundleError::FingerprintMismatch {
+                appliance: enrollment.record.appliance_id.clone(),
+                found: enrollment.fingerprint(),
+                pinned: pinned.to_owned(),
+            });
+        }
+    }
+    let manifest_bytes = b.manifest()?;
+    let payload = UnverifiedSign1::parse(&manifest_bytes, "job manifest")?
+        .verify(oem_key)
+        .map_err(|_| BundleError::NotSignedByOem)?;
+    let manifest = Manifest::decode(&payload)?;
+    // The OEM signed which enrollment record the job was built for: the
+    // bundle's record, and so the log key, must be that one.
+    if manifest.enrollment_digest != enrollment.digest {
+        return Err(BundleError::NotTheJobsAppliance {
+            found: enrollment.fingerprint(),
+            signed: hex::encode(manifest.enrollment_digest),
+        });
+    }
+    let policy = flashgate_policy::Policy::from_toml_str(&manifest.policy_toml)?;
+    let report = flashgate_audit::verify_bundle(
+        bundle,
+        &flashgate_audit::VerifyOptions {
+            log_key: enrollment.record.log_public,
+            facts: flashgate_audit::JobFacts {
+                job_id: manifest.job_id,
+                quota: policy.job().quota,
+                device_types: policy.target().device_types.clone(),
+                product: policy.job().product.as_str().to_owned(),
+            },
+            previous_checkpoint,
+        },
+    )?;
+    Ok(BundleVerification {
+        enrollment,
+        manifest,
+        report,
+    })
+}
