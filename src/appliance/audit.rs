@@ -239,20 +239,11 @@ impl Appliance {
         if self.job_dir(&id).join(IMPORT_LOGGED).exists() {
             return Ok(());
         }
-        let mut file =
-            flashgate_audit::RecordFile::open(&audit.dir.join(flashgate_audit::LOG_FILE))?;
         let mut logged = false;
-        while let Some((_, bytes)) = file
-            .next_bytes()
-            .map_err(|e| ApplianceError::Audit(e.to_string()))?
-        {
-            if let Ok(r) = flashgate_audit::Record::decode(bytes) {
-                if matches!(&r.kind, RecordKind::JobImported(j) if j.job_id == *job_id) {
-                    logged = true;
-                    break;
-                }
-            }
-        }
+        scan_log(&audit.dir, |kind| {
+            logged = matches!(kind, RecordKind::JobImported(j) if j.job_id == *job_id);
+            !logged
+        })?;
         if !logged {
             let package = std::fs::read(self.job_dir(&id).join("package.fgj"))
                 .map_err(super::io_err("cannot read", &self.job_dir(&id)))?;
@@ -516,15 +507,8 @@ fn resolve_pending_certificates(
         return Ok(());
     }
     let mut recorded = std::collections::HashSet::new();
-    let mut file = flashgate_audit::RecordFile::open(&log_dir.join(flashgate_audit::LOG_FILE))?;
-    while let Some((_, bytes)) = file
-        .next_bytes()
-        .map_err(|e| ApplianceError::Audit(e.to_string()))?
-    {
-        let Ok(record) = flashgate_audit::Record::decode(bytes) else {
-            continue;
-        };
-        match record.kind {
+    scan_log(log_dir, |kind| {
+        match kind {
             RecordKind::UnitPassed(u) if u.job_id == *job_id => {
                 recorded.insert(u.cert_sha256);
             }
@@ -535,7 +519,8 @@ fn resolve_pending_certificates(
             }
             _ => {}
         }
-    }
+        true
+    })?;
     for p in pending {
         let Some(stem) = p
             .file_name()
@@ -551,6 +536,25 @@ fn resolve_pending_certificates(
             let aborted = cert_dir.join("aborted");
             let _ = std::fs::create_dir_all(&aborted);
             let _ = std::fs::rename(&p, aborted.join(format!("{stem}.der")));
+        }
+    }
+    Ok(())
+}
+
+/// Streams the records of the log in `log_dir` to `f` until it returns false.
+fn scan_log(
+    log_dir: &std::path::Path,
+    mut f: impl FnMut(&RecordKind) -> bool,
+) -> Result<(), ApplianceError> {
+    let mut file = flashgate_audit::RecordFile::open(&log_dir.join(flashgate_audit::LOG_FILE))?;
+    while let Some((_, bytes)) = file
+        .next_bytes()
+        .map_err(|e| ApplianceError::Audit(e.to_string()))?
+    {
+        if let Ok(r) = flashgate_audit::Record::decode(bytes) {
+            if !f(&r.kind) {
+                break;
+            }
         }
     }
     Ok(())
