@@ -72,8 +72,8 @@ pub struct ImportedDemoJob {
     pub id: String,
     /// The package file.
     pub path: PathBuf,
-    /// The job's quota.
-    pub quota: u64,
+    /// The imported job (manifest and policy).
+    pub imported: crate::appliance::ImportedJob,
 }
 
 /// Creates `dir` (emptied first), a fresh `token` ("softhsm" or "kryoptic"),
@@ -194,11 +194,7 @@ pub fn build_and_import(
     step("CM: import the job (verify, unwrap into the HSM, decrypt and check in the HSM)");
     let imported = setup.appliance.import(&path).map_err(err)?;
     eprintln!("   imported; quota {}", imported.policy.job().quota);
-    Ok(ImportedDemoJob {
-        id,
-        path,
-        quota: imported.policy.job().quota,
-    })
+    Ok(ImportedDemoJob { id, path, imported })
 }
 
 /// Runs the demo; returns the exit code (0: the run completed).
@@ -222,20 +218,12 @@ pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
         "CM: program {} units on {} channels ({})",
         args.units, args.channels, args.sim
     ));
-    let job_id: [u8; 16] = hex::decode(&id)
-        .ok()
-        .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| DemoError("bad job id".to_owned()))?;
-    let imported = appliance
-        .jobs()
-        .map_err(err)?
-        .into_iter()
-        .find(|j| j.manifest.job_id == job_id)
-        .ok_or_else(|| DemoError("the job vanished".to_owned()))?;
+    let job_id = job.imported.manifest.job_id;
+    let quota = job.imported.policy.job().quota;
     let (ledger, _) = crate::appliance::RunLedger::start(
         &appliance,
         job_id,
-        &imported.policy,
+        &job.imported.policy,
         "demo operator",
         args.channels,
     )
@@ -254,13 +242,8 @@ pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
         .collect();
     let events_path = dir.join("run-events.jsonl");
     let events = std::sync::Mutex::new(fs::File::create(&events_path).map_err(err)?);
-    let view = crate::run_view::ProgressView::new(
-        args.channels,
-        job.quota,
-        0,
-        Some(cert_dir.clone()),
-        true,
-    );
+    let view =
+        crate::run_view::ProgressView::new(args.channels, quota, 0, Some(cert_dir.clone()), true);
     let v = view.clone();
     let sink: Arc<dyn Fn(RunEvent) + Send + Sync> = Arc::new(move |e: RunEvent| {
         if let (Ok(line), Ok(mut f)) = (serde_json::to_string(&e), events.lock()) {
