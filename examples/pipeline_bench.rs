@@ -93,7 +93,6 @@ fn run_with(
         RunOptions {
             units: Some(units),
             block: 16,
-            driver: "sim".to_owned(),
         },
         StopHandle::default(),
         Arc::new(|_| {}),

@@ -263,7 +263,6 @@ pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
         RunOptions {
             units: Some(args.units),
             block: 16,
-            driver: "sim".to_owned(),
         },
         StopHandle::default(),
         sink,

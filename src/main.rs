@@ -676,7 +676,6 @@ fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
                 RunOptions {
                     units: args.units,
                     block: args.block,
-                    driver: driver.to_owned(),
                 },
                 stop,
                 sink,

@@ -2,7 +2,6 @@
 //! total line (indicatif), or JSON lines for line-control and MES software;
 //! and the summary table at the end.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -190,13 +189,11 @@ pub fn summary_table(s: &RunSummary) -> String {
         "lock",
         "lock-readback",
     ];
-    let mut by: BTreeMap<usize, (&str, u64)> = BTreeMap::new();
-    for (stage, us) in &s.mean_stage_us {
-        let i = order.iter().position(|o| o == stage).unwrap_or(order.len());
-        by.insert(i * 100 + by.len(), (stage, *us));
-    }
+    // Stages in the order a unit goes through them; unknown names last.
+    let mut by: Vec<(&String, &u64)> = s.mean_stage_us.iter().collect();
+    by.sort_by_key(|(stage, _)| order.iter().position(|o| o == stage).unwrap_or(order.len()));
     let _ = writeln!(out, "  mean time per stage:");
-    for (stage, us) in by.values() {
+    for (stage, us) in by {
         let _ = writeln!(out, "    {stage:<14} {:>10.3} ms", *us as f64 / 1000.0);
     }
     out

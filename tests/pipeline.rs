@@ -134,7 +134,6 @@ fn run(
         RunOptions {
             units: Some(units),
             block: 4,
-            driver: "sim".to_owned(),
         },
         StopHandle::default(),
         sink,
@@ -427,7 +426,6 @@ fn stm32_and_avr_drivers_through_the_whole_pipeline() {
         RunOptions {
             units: Some(3),
             block: 4,
-            driver: "stm32-uart".to_owned(),
         },
         StopHandle::default(),
         Arc::new(|_| {}),
@@ -470,7 +468,6 @@ fn stm32_and_avr_drivers_through_the_whole_pipeline() {
         RunOptions {
             units: Some(2),
             block: 4,
-            driver: "avr-isp".to_owned(),
         },
         StopHandle::default(),
         Arc::new(|_| {}),

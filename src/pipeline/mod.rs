@@ -161,8 +161,6 @@ pub struct RunOptions {
     pub units: Option<u64>,
     /// Counter values a channel reserves at a time.
     pub block: u64,
-    /// Driver name, checked against the policy.
-    pub driver: String,
 }
 
 /// Totals of a run.
@@ -557,7 +555,7 @@ impl Provisioner {
         done: &mut dyn FnMut(&str, u64),
     ) -> Result<(), (String, String)> {
         let mut timed = |rec: &mut UnitRecord, stage: &str, start: Instant| {
-            let us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let us = micros(start.elapsed());
             rec.timings_us.insert(stage.to_owned(), us);
             done(stage, us);
         };
