@@ -133,16 +133,22 @@ pub fn setup(dir: &Path, token: &str, module: Option<PathBuf>) -> Result<Setup, 
 /// The example policy with its validity window moved around today.
 pub fn example_policy() -> String {
     let now = crate::appliance::unix_now();
-    POLICY
-        .lines()
+    with_validity(POLICY, now - 86_400, now + 180 * 86_400)
+}
+
+/// A policy text with its `[job]` validity window replaced (the first
+/// `not_before` and `not_after` lines; a certificate's own `not_after`
+/// stays).
+pub fn with_validity(text: &str, from: u64, until: u64) -> String {
+    let (mut seen_before, mut seen_after) = (false, false);
+    text.lines()
         .map(|l| {
-            if l.starts_with("not_before") {
-                format!("not_before = \"{}\"", crate::display::time(now - 86_400))
-            } else if l.starts_with("not_after") {
-                format!(
-                    "not_after = \"{}\"",
-                    crate::display::time(now + 180 * 86_400)
-                )
+            if l.starts_with("not_before") && !seen_before {
+                seen_before = true;
+                format!("not_before = \"{}\"", crate::display::time(from))
+            } else if l.starts_with("not_after") && !seen_after {
+                seen_after = true;
+                format!("not_after = \"{}\"", crate::display::time(until))
             } else {
                 l.to_owned()
             }

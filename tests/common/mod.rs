@@ -190,25 +190,9 @@ pub fn sim_policy_text() -> String {
     )
 }
 
-/// Replaces the policy's `not_before` / `not_after` lines.
+/// Replaces the policy's `[job]` validity window.
 pub fn validity(text: &str, from: u64, until: u64) -> String {
-    // Only the [job] section's lines (the first of each); a certificate's own
-    // not_after stays.
-    let (mut seen_before, mut seen_after) = (false, false);
-    text.lines()
-        .map(|l| {
-            if l.starts_with("not_before") && !seen_before {
-                seen_before = true;
-                format!("not_before = \"{}\"", flashgate::display::time(from))
-            } else if l.starts_with("not_after") && !seen_after {
-                seen_after = true;
-                format!("not_after = \"{}\"", flashgate::display::time(until))
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    flashgate::demo::with_validity(text, from, until)
 }
 
 pub fn both() -> [Kind; 2] {
