@@ -744,12 +744,9 @@ fn main() -> ExitCode {
 }
 
 fn job_id_arg(id: &str) -> Result<[u8; 16]> {
-    hex::decode(id)
-        .ok()
-        .and_then(|v| v.try_into().ok())
-        .with_context(|| {
-            format!("'{id}' is not a job id (32 hex digits; see `flashgate job list`)")
-        })
+    flashgate::package::Manifest::job_id_from_hex(id).with_context(|| {
+        format!("'{id}' is not a job id (32 hex digits; see `flashgate job list`)")
+    })
 }
 
 /// `flashgate audit ...`.

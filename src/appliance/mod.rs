@@ -341,9 +341,7 @@ impl Appliance {
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(io_err("cannot remove", &dir))?;
         }
-        let job_id: [u8; 16] = hex::decode(id)
-            .ok()
-            .and_then(|v| v.try_into().ok())
+        let job_id = crate::package::Manifest::job_id_from_hex(id)
             .ok_or_else(|| ApplianceError::NoSuchJob { id: id.to_owned() })?;
         self.audit_remove(job_id)
     }

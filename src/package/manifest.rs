@@ -186,6 +186,11 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// Parses a job id written as users see it (32 hex digits).
+    pub fn job_id_from_hex(id: &str) -> Option<[u8; 16]> {
+        hex::decode(id).ok().and_then(|v| v.try_into().ok())
+    }
+
     /// The job id as lowercase hex, the way users see it.
     pub fn job_id_hex(&self) -> String {
         hex::encode(self.job_id)
