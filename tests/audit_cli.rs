@@ -18,20 +18,10 @@ fn sim(seed: u64) -> String {
 }
 
 fn lab_with_job() -> (Lab, String) {
-    let lab = Lab::new(Kind::SoftHsm);
-    lab.enroll();
-    let policy = lab.policy("policy.toml", |t| {
-        t.replace("checkpoint_every_units = 100", "checkpoint_every_units = 5")
-    });
-    lab.build_job("job.fgj", &policy, 30_000);
-    lab.ok(&["job", "import", "job.fgj"]);
-    let id = lab
-        .ok(&["job", "list"])
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
-    (lab, id)
+    Lab::with_sim_job(
+        |t| t.replace("checkpoint_every_units = 100", "checkpoint_every_units = 5"),
+        30_000,
+    )
 }
 
 fn verify(lab: &Lab, bundle: &str, extra: &[&str]) -> (Option<i32>, String) {
@@ -290,26 +280,19 @@ fn sigkill_at_random_points_never_loses_a_unit() {
 /// recorded: a slow unit is covered by a checkpoint before it finishes.
 #[test]
 fn time_based_checkpoints_while_a_unit_is_in_flight() {
-    let lab = Lab::new(Kind::SoftHsm);
-    lab.enroll();
-    let policy = lab.policy("policy.toml", |t| {
-        t.replace(
-            "checkpoint_every_units = 100",
-            "checkpoint_every_units = 1000000",
-        )
-        .replace(
-            "checkpoint_every_seconds = 60",
-            "checkpoint_every_seconds = 1",
-        )
-    });
-    lab.build_job("job.fgj", &policy, 30_000);
-    lab.ok(&["job", "import", "job.fgj"]);
-    let id = lab
-        .ok(&["job", "list"])
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let (lab, id) = Lab::with_sim_job(
+        |t| {
+            t.replace(
+                "checkpoint_every_units = 100",
+                "checkpoint_every_units = 1000000",
+            )
+            .replace(
+                "checkpoint_every_seconds = 60",
+                "checkpoint_every_seconds = 1",
+            )
+        },
+        30_000,
+    );
     // About 5 s for one unit: a 100 kHz bus.
     lab.ok(&[
         "run",
@@ -346,12 +329,7 @@ fn an_import_whose_record_was_lost_is_recorded_before_its_first_run() {
     std::fs::write(lab.path("state/audit"), b"not a directory").unwrap();
     let err = lab.fails(&["job", "import", "job.fgj"]);
     assert!(err.contains("audit"), "{err}");
-    let id = lab
-        .ok(&["job", "list"])
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let id = lab.first_job_id();
     std::fs::remove_file(lab.path("state/audit")).unwrap();
     lab.ok(&["run", "--job", &id, "--target", &sim(71), "--units", "2"]);
     lab.ok(&["audit", "export", "--job", &id, "-o", "bundle"]);

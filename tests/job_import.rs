@@ -286,12 +286,7 @@ fn security_version_never_goes_down() {
         "{err}"
     );
     // Removing the newer job does not lower the floor.
-    let id = lab
-        .ok(&["job", "list"])
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let id = lab.first_job_id();
     lab.ok(&["job", "remove", &id]);
     let err = lab.fails(&["job", "import", "v3.fgj"]);
     assert!(err.contains("anti-rollback"), "{err}");

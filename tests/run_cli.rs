@@ -9,21 +9,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Kind, Lab};
+use common::Lab;
 
 fn lab_with_job() -> (Lab, String) {
-    let lab = Lab::new(Kind::SoftHsm);
-    lab.enroll();
-    let policy = lab.policy("policy.toml", |t| t);
-    lab.build_job("job.fgj", &policy, 40_000);
-    lab.ok(&["job", "import", "job.fgj"]);
-    let id = lab
-        .ok(&["job", "list"])
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
-    (lab, id)
+    Lab::with_sim_job(|t| t, 40_000)
 }
 
 #[test]

@@ -166,6 +166,27 @@ impl Lab {
             .collect()
     }
 
+    /// The id of the first job `job list` shows.
+    pub fn first_job_id(&self) -> String {
+        self.ok(&["job", "list"])
+            .split_whitespace()
+            .next()
+            .expect("a job is listed")
+            .to_owned()
+    }
+
+    /// An enrolled SoftHSM appliance with one imported sim job (`edit`
+    /// applied to the policy, `size` bytes of firmware); returns the job id.
+    pub fn with_sim_job(edit: impl FnOnce(String) -> String, size: usize) -> (Lab, String) {
+        let lab = Lab::new(Kind::SoftHsm);
+        lab.enroll();
+        let policy = lab.policy("policy.toml", edit);
+        lab.build_job("job.fgj", &policy, size);
+        lab.ok(&["job", "import", "job.fgj"]);
+        let id = lab.first_job_id();
+        (lab, id)
+    }
+
     pub fn job_dirs(&self) -> usize {
         std::fs::read_dir(self.path("state/jobs"))
             .map(|r| r.count())
