@@ -80,12 +80,7 @@ fn run_with(
     let fixtures: Vec<Box<dyn Fixture>> = (0..channels)
         .map(|_| Box::new(fixture.clone()) as Box<dyn Fixture>)
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(channels as usize + 4)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = flashgate::pipeline::runtime(channels).unwrap();
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     let s = rt.block_on(p.run(

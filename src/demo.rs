@@ -258,12 +258,7 @@ pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
         }
         v.event(&e);
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(args.channels as usize + 4)
-        .enable_all()
-        .build()
-        .map_err(err)?;
+    let rt = crate::pipeline::runtime(args.channels).map_err(err)?;
     let summary = rt.block_on(provisioner.clone().run(
         fixtures,
         RunOptions {

@@ -652,12 +652,7 @@ fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
         }
         v.event(&e);
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(args.channels as usize + 4)
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
+    let rt = flashgate::pipeline::runtime(args.channels).context("cannot start the runtime")?;
     let summary = rt.block_on(async {
         let s2 = stop.clone();
         tokio::spawn(async move {

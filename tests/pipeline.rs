@@ -124,11 +124,7 @@ fn run(
     let fixtures: Vec<Box<dyn Fixture>> = (0..channels)
         .map(|_| Box::new(fixture.clone()) as Box<dyn Fixture>)
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = flashgate::pipeline::runtime(4).unwrap();
     let summary = rt.block_on(p.run(
         fixtures,
         RunOptions {
@@ -416,11 +412,7 @@ fn stm32_and_avr_drivers_through_the_whole_pipeline() {
             Loopback::instant(sim),
         )) as Box<dyn flashgate_target::Target>)
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = flashgate::pipeline::runtime(4).unwrap();
     let summary = rt.block_on(p.clone().run(
         vec![Box::new(fixture)],
         RunOptions {

@@ -942,6 +942,16 @@ where
     }
 }
 
+/// The runtime a run needs: each channel holds a blocking thread for the
+/// whole run, beside the time-based checkpoint ticker.
+pub fn runtime(channels: u32) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(channels as usize + 4)
+        .enable_all()
+        .build()
+}
+
 /// Time a stage took, for display.
 pub fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
