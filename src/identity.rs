@@ -199,7 +199,14 @@ impl DeviceCertificateIssuer {
                 .map_err(|e| CertificateError::Build(e.to_string()))?;
         p.not_before = start;
         p.not_after = match template.validity {
-            flashgate_policy::CertValidity::Days(d) => start + time::Duration::days(i64::from(d)),
+            flashgate_policy::CertValidity::Days(d) => (start + time::Duration::days(i64::from(d)))
+                .min(
+                    time::OffsetDateTime::from_unix_timestamp(
+                        i64::try_from(flashgate_policy::NO_WELL_DEFINED_EXPIRATION)
+                            .unwrap_or(i64::MAX),
+                    )
+                    .map_err(|e| CertificateError::Build(e.to_string()))?,
+                ),
             flashgate_policy::CertValidity::NotAfter(t) => {
                 time::OffsetDateTime::from_unix_timestamp(i64::try_from(t).unwrap_or(i64::MAX))
                     .map_err(|e| CertificateError::Build(e.to_string()))?

@@ -79,9 +79,7 @@ impl ProgressView {
                 let serial = unit.serial.clone().unwrap_or_else(|| "-".to_owned());
                 let msg = match &unit.result {
                     UnitResult::Passed => format!("{serial} PASS"),
-                    UnitResult::Failed { stage, reason } => {
-                        format!("{serial} FAIL at {stage}: {reason}")
-                    }
+                    UnitResult::Failed(f) => format!("{serial} FAIL at {}: {}", f.stage, f.reason),
                 };
                 self.bar(*channel, msg);
                 if let (Some(dir), Some(cert), Some(serial)) =

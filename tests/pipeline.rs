@@ -243,8 +243,16 @@ fn units_pass_keys_rederive_and_certificates_verify_on_both_tokens() {
 }
 
 fn openssl_verify(dir: &Path, ca: &Path, cert: &Path, ok: bool) {
-    let out = std::process::Command::new("openssl")
-        .arg("verify")
+    openssl_verify_at(dir, ca, cert, ok, None);
+}
+
+fn openssl_verify_at(dir: &Path, ca: &Path, cert: &Path, ok: bool, at: Option<u64>) {
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.arg("verify");
+    if let Some(t) = at {
+        cmd.arg("-attime").arg(t.to_string());
+    }
+    let out = cmd
         .arg("-CAfile")
         .arg(dir.join("oem/root-cert.pem"))
         .arg("-untrusted")
@@ -255,11 +263,87 @@ fn openssl_verify(dir: &Path, ca: &Path, cert: &Path, ok: bool) {
     assert_eq!(
         out.status.success(),
         ok,
-        "openssl verify {}: {}{}",
+        "openssl verify {} at {at:?}: {}{}",
         cert.display(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A relying party checks a device's chain long after production: one day
+/// after the job window, ten years out, and just before the device
+/// certificate's own notAfter, for a validity in days and for the
+/// "no well-defined expiration" date. Every CA in the chain must still be
+/// valid then.
+#[test]
+fn device_certificate_chains_outlive_the_job_window() {
+    const DAY: u64 = 86_400;
+    for kind in common::both() {
+        let lab = lab(kind);
+        let fw = firmware();
+        type Edit = fn(String) -> String;
+        let cases: [(&str, Edit); 2] = [
+            ("validity_days = 7300", |t| t),
+            ("not_after = 9999-12-31T23:59:59Z", |t| {
+                t.replace(
+                    "validity_days = 7300",
+                    "not_after = \"9999-12-31T23:59:59Z\"",
+                )
+            }),
+        ];
+        for (what, edit) in cases {
+            let (appliance, id, _) = job(&lab, edit, &fw);
+            let p = Arc::new(
+                Provisioner::open(appliance, &id, Arc::new(MemoryLedger::new(1000))).unwrap(),
+            );
+            let issued = now();
+            let window_end = p.policy().job().not_after;
+            let device_until = p.policy().latest_device_not_after();
+            let fixture = SimFixture::from_options("seed=21,timing=zero").unwrap();
+            let (summary, records) = run(p.clone(), &fixture, 1, 1);
+            assert_eq!(summary.passed, 1, "{kind:?} {what}: {records:?}");
+            drop(p);
+            let out = lab.dir.join(format!("later-{id}"));
+            std::fs::create_dir_all(&out).unwrap();
+            let cert = out.join("device.pem");
+            std::fs::write(
+                &cert,
+                flashgate::oem::certs::der_to_pem(
+                    records[0].certificate.as_ref().unwrap(),
+                    "CERTIFICATE",
+                ),
+            )
+            .unwrap();
+            let bytes = std::fs::read(lab.dir.join(format!("{id}.fgj"))).unwrap();
+            let (m, _) = flashgate::package::UnverifiedPackage::parse(&bytes)
+                .unwrap()
+                .manifest_unverified()
+                .unwrap();
+            let ca = out.join("job-ca.pem");
+            std::fs::write(
+                &ca,
+                flashgate::oem::certs::der_to_pem(&m.job_ca_cert, "CERTIFICATE"),
+            )
+            .unwrap();
+            let device_not_after = if what.starts_with("validity_days") {
+                issued + 7300 * DAY
+            } else {
+                device_until
+            };
+            for at in [
+                window_end + DAY,
+                issued + 10 * 365 * DAY,
+                device_not_after - 2 * 3600,
+            ] {
+                eprintln!("{kind:?} {what}: verify at {at}");
+                openssl_verify_at(&lab.dir, &ca, &cert, true, Some(at));
+            }
+            // Past the device certificate's own end, the chain is rejected.
+            if device_not_after < flashgate_policy::NO_WELL_DEFINED_EXPIRATION {
+                openssl_verify_at(&lab.dir, &ca, &cert, false, Some(device_not_after + DAY));
+            }
+        }
+    }
 }
 
 #[test]
@@ -296,9 +380,15 @@ fn every_fault_fails_at_its_stage_and_never_locks() {
     for (i, (fault, stage)) in cases.iter().enumerate() {
         let r = &records[i];
         match &r.result {
-            UnitResult::Failed { stage: got, reason } => {
-                assert_eq!(got, stage, "fault {fault}: {reason}");
-                assert!(!reason.is_empty());
+            UnitResult::Failed(f) => {
+                assert_eq!(f.stage.as_str(), *stage, "fault {fault}: {}", f.reason);
+                assert!(!f.reason.is_empty());
+                let refused = matches!(*stage, "identify");
+                assert_eq!(
+                    f.kind == flashgate::pipeline::FailureKind::BoardRefused,
+                    refused,
+                    "fault {fault}: {f}"
+                );
             }
             UnitResult::Passed => panic!("fault {fault} passed"),
         }
@@ -337,27 +427,30 @@ fn quota_stops_the_run_with_a_clear_reason() {
     let ledger = Arc::new(MemoryLedger::new(5));
     let p = Arc::new(Provisioner::open(appliance, &id, ledger.clone()).unwrap());
     let fixture = SimFixture::from_options("seed=5,timing=zero").unwrap();
-    let (summary, records) = run(p, &fixture, 2, 20);
+    let (summary, records) = run(p.clone(), &fixture, 2, 20);
     assert_eq!(summary.passed, 5);
     assert_eq!(summary.quota_left, 0);
     assert_eq!(summary.stopped_because, "quota used up");
-    let refused: Vec<_> = records
-        .iter()
-        .filter_map(|r| match &r.result {
-            UnitResult::Failed { stage, reason } if stage == "reserve" => Some(reason.clone()),
-            _ => None,
-        })
-        .collect();
-    assert!(!refused.is_empty());
-    assert!(
-        refused[0].contains("allows 5 units and 5 have been used"),
-        "{refused:?}"
-    );
-    // No refused unit received anything.
-    assert!(records
-        .iter()
-        .filter(|r| r.counter.is_none())
-        .all(|r| !r.secrets_injected));
+    // A channel takes no board once the quota is used up: at most one board
+    // per channel can race the last reservation, and it is refused uncounted.
+    assert!(records.len() <= 5 + 2, "{records:#?}");
+    for r in records.iter().filter(|r| r.counter.is_none()) {
+        let f = r.result.failure().expect("an uncounted unit failed");
+        assert_eq!(f.kind, flashgate::pipeline::FailureKind::QuotaExhausted);
+        assert_eq!(f.stage, flashgate::pipeline::UnitStage::Reserve);
+        assert!(
+            f.reason.contains("allows 5 units and 5 have been used"),
+            "{f}"
+        );
+        assert!(!r.secrets_injected, "no refused unit received anything");
+    }
+    // A second run on the used-up job takes no board at all.
+    let fresh = SimFixture::from_options("seed=6,timing=zero,keep=on").unwrap();
+    let (summary, records) = run(p, &fresh, 2, 20);
+    assert!(records.is_empty(), "{records:#?}");
+    assert!(fresh.boards().is_empty(), "no board was taken");
+    assert_eq!(summary.stopped_because, "quota used up");
+    assert_eq!(summary.counted, 0);
 }
 
 #[test]

@@ -414,7 +414,7 @@ impl Ledger for RunLedger {
                 lock_level: unit.lock_level.clone().unwrap_or_else(|| "none".to_owned()),
                 timings: unit.timings_us.clone(),
             }),
-            UnitResult::Failed { stage, reason } => RecordKind::UnitFailed(UnitFailed {
+            UnitResult::Failed(failure) => RecordKind::UnitFailed(UnitFailed {
                 job_id: self.job_id,
                 run_id: self.run_id,
                 counter,
@@ -424,8 +424,8 @@ impl Ledger for RunLedger {
                 serial: unit.serial.clone(),
                 cert_sha256: hex32(&unit.cert_sha256),
                 firmware_sha256: hex32(&Some(unit.firmware_sha256.clone())),
-                stage: stage.clone(),
-                reason: reason.clone(),
+                stage: failure.stage.as_str().to_owned(),
+                reason: failure.reason.clone(),
                 timings: unit.timings_us.clone(),
             }),
         };

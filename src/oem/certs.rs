@@ -103,7 +103,9 @@ fn root_params(
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     p.not_before = at(now.saturating_sub(60))?;
-    p.not_after = at(now + 25 * 365 * 86_400)?;
+    // IEEE 802.1AR practice: a device root has no well-defined expiration,
+    // so that no device certificate under it outlives its chain.
+    p.not_after = at(flashgate_policy::NO_WELL_DEFINED_EXPIRATION)?;
     p.serial_number = Some(SerialNumber::from_slice(&[0x01]));
     p.use_authority_key_identifier_extension = false;
     p.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(root_public));
@@ -135,12 +137,16 @@ pub struct JobCa<'a> {
     pub product: &'a str,
     /// Start of validity (the job's `not_before`).
     pub not_before: u64,
-    /// End of validity (the job's `not_after`).
+    /// End of validity: the latest notAfter a device certificate of the job
+    /// can carry ([`flashgate_policy::Policy::latest_device_not_after`]), so
+    /// that the chain lives as long as its leaves. When the CA may sign is
+    /// limited by the job window, which the appliance enforces and the
+    /// verifier checks, not by this date.
     pub not_after: u64,
 }
 
-/// The per-job issuing CA: pathLen 0, validity no longer than the job,
-/// signed by the OEM root.
+/// The per-job issuing CA: pathLen 0, valid from the job's start for as
+/// long as any device certificate it can issue, signed by the OEM root.
 pub fn job_ca_certificate(
     root: &dyn Es256Signer,
     root_cert_der: &[u8],
@@ -148,6 +154,15 @@ pub fn job_ca_certificate(
     ca: &JobCa<'_>,
 ) -> Result<Vec<u8>, OemError> {
     let root_params = issuer_params(root_cert_der, &root.public_key())?;
+    let root_until = certificate_not_after(root_cert_der).ok_or_else(|| {
+        OemError::Certificate("the OEM root certificate has no validity".to_owned())
+    })?;
+    if root_until < ca.not_after {
+        return Err(OemError::RootExpiresFirst {
+            root_not_after: crate::display::time(root_until),
+            device_not_after: crate::display::time(ca.not_after),
+        });
+    }
     let root_signer = RcgenSigner::new(root);
     let issuer = Issuer::new(root_params, &root_signer);
     let mut p = CertificateParams::default();
@@ -223,6 +238,13 @@ pub fn certificate_public_key(der: &[u8]) -> Option<[u8; 65]> {
         .as_ref()
         .try_into()
         .ok()
+}
+
+/// The notAfter of a DER certificate, Unix seconds.
+pub fn certificate_not_after(der: &[u8]) -> Option<u64> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    u64::try_from(cert.validity().not_after.timestamp()).ok()
 }
 
 /// PEM armour for DER.

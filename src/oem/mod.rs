@@ -66,6 +66,12 @@ pub enum OemError {
     /// Certificate generation failed.
     #[error("cannot issue a certificate: {0}")]
     Certificate(String),
+    /// The OEM root would expire before the job's device certificates.
+    #[error("the OEM root certificate is valid only until {root_not_after}, but device certificates of this job may be valid until {device_not_after}; shorten the policy's certificate validity, or make a new OEM root with `flashgate oem init` (new roots never expire)")]
+    RootExpiresFirst {
+        root_not_after: String,
+        device_not_after: String,
+    },
     /// Signing failed.
     #[error(transparent)]
     Signer(#[from] SignerError),

@@ -200,7 +200,7 @@ pub fn build(input: &JobInput<'_>) -> Result<BuiltJob, BuildError> {
             job_id_hex: &hex::encode(job_id),
             product: job.product.as_str(),
             not_before: job.not_before,
-            not_after: job.not_after,
+            not_after: input.policy.latest_device_not_after(),
         },
     )?;
 

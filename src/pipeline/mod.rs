@@ -6,7 +6,9 @@
 //! stage is never locked; once a counter value is reserved, the unit counts
 //! against the quota whatever happens next.
 
+mod failure;
 pub mod ledger;
+mod uid_index;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -27,7 +29,9 @@ use zeroize::Zeroizing;
 use crate::appliance::{Appliance, ApplianceError, ImportError};
 use crate::cose::{Es256Signer, SignerError};
 use crate::identity::{self, DeviceCertificateIssuer, DeviceCertificateRequest, DeviceSecret};
+pub use failure::{FailureKind, UnitFailure, UnitStage};
 pub use ledger::{Ledger, LedgerError, MemoryLedger};
+pub use uid_index::{Attempt, AttemptState, UidIndex, UidIndexError};
 
 /// Why a run could not start.
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +73,18 @@ pub enum RunError {
 pub enum UnitResult {
     /// Programmed, proved its key, locked as the policy asks.
     Passed,
-    /// Stopped at `stage` for `reason`; never locked.
-    Failed { stage: String, reason: String },
+    /// Stopped at a stage; never locked.
+    Failed(UnitFailure),
+}
+
+impl UnitResult {
+    /// The failure, if the unit failed.
+    pub fn failure(&self) -> Option<&UnitFailure> {
+        match self {
+            Self::Passed => None,
+            Self::Failed(f) => Some(f),
+        }
+    }
 }
 
 /// What happened to one board.
@@ -103,6 +117,10 @@ pub struct UnitRecord {
     pub lock_raw: Vec<u8>,
     /// Whether any secret reached the unit.
     pub secrets_injected: bool,
+    /// The counter value of this UID's earlier, failed or aborted attempt
+    /// in this job, when the board is being reworked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rework_of: Option<u64>,
     /// Time per stage, in microseconds.
     pub timings_us: BTreeMap<String, u64>,
     /// Outcome.
@@ -159,8 +177,116 @@ impl StopHandle {
 pub struct RunOptions {
     /// Boards to take in all (None: until the fixtures or the quota run out).
     pub units: Option<u64>,
-    /// Counter values a channel reserves at a time.
+    /// The most counter values a channel reserves at a time. A channel
+    /// reserves about one second of its own production, at least one value,
+    /// never more than this, than the boards its fixture can still deliver
+    /// or than its share of `units`.
     pub block: u64,
+}
+
+/// What one channel did, summed as it goes (nothing per unit is kept).
+#[derive(Debug, Default)]
+struct ChannelTotals {
+    boards: u64,
+    passed: u64,
+    failed_by_stage: BTreeMap<String, u64>,
+    stage_sum: BTreeMap<String, (u64, u64)>,
+    with_counter: u64,
+    fixtures_failed: u64,
+}
+
+impl ChannelTotals {
+    fn add(&mut self, r: &UnitRecord) {
+        self.boards += 1;
+        self.with_counter += u64::from(r.counter.is_some());
+        match &r.result {
+            UnitResult::Passed => self.passed += 1,
+            UnitResult::Failed(f) => {
+                *self
+                    .failed_by_stage
+                    .entry(f.stage.as_str().to_owned())
+                    .or_default() += 1;
+            }
+        }
+        for (s, us) in &r.timings_us {
+            let e = self.stage_sum.entry(s.clone()).or_default();
+            e.0 += us;
+            e.1 += 1;
+        }
+    }
+
+    fn merge(&mut self, o: ChannelTotals) {
+        self.boards += o.boards;
+        self.passed += o.passed;
+        self.with_counter += o.with_counter;
+        self.fixtures_failed += o.fixtures_failed;
+        for (k, v) in o.failed_by_stage {
+            *self.failed_by_stage.entry(k).or_default() += v;
+        }
+        for (k, (sum, n)) in o.stage_sum {
+            let e = self.stage_sum.entry(k).or_default();
+            e.0 += sum;
+            e.1 += n;
+        }
+    }
+}
+
+/// One channel's share of a run.
+struct Channel<'a> {
+    channel: u32,
+    channels: u32,
+    options: &'a RunOptions,
+    taken: &'a AtomicU64,
+    stop: &'a StopHandle,
+    sink: &'a (dyn Fn(RunEvent) + Send + Sync),
+    why: &'a Mutex<Option<String>>,
+}
+
+const STOP_QUOTA: &str = "quota used up";
+
+fn set_reason(why: &Mutex<Option<String>>, reason: &str) {
+    if let Ok(mut w) = why.lock() {
+        w.get_or_insert_with(|| reason.to_owned());
+    }
+}
+
+fn stop_reason(f: &UnitFailure) -> String {
+    match f.kind {
+        FailureKind::QuotaExhausted => STOP_QUOTA.to_owned(),
+        FailureKind::SerialRangeExhausted => "serial range used up".to_owned(),
+        FailureKind::OutsideWindow => "job window closed".to_owned(),
+        _ => format!("{}: {}", f.kind, f.reason),
+    }
+}
+
+/// How many counter values a channel reserves next: about one second of
+/// its measured production (one value before anything is measured), at most
+/// `options.block`, no more than the fixture's boards still to come, and
+/// near the end of a limited run no more than the channel's share of what
+/// is left (unused values can never be given back).
+fn reservation_size(
+    options: &RunOptions,
+    board: u64,
+    channels: u32,
+    unit_time: Option<Duration>,
+    boards_left: Option<u64>,
+) -> u64 {
+    let by_rate = unit_time.map_or(1, |t| {
+        let per_second = Duration::from_secs(1).as_nanos() / t.as_nanos().max(1);
+        u64::try_from(per_second).unwrap_or(u64::MAX)
+    });
+    let mut want = by_rate.clamp(1, options.block.max(1));
+    if let Some(left) = boards_left {
+        // This board plus those still to come.
+        want = want.min(left.saturating_add(1));
+    }
+    if let Some(limit) = options.units {
+        let share = limit
+            .saturating_sub(board)
+            .div_ceil(u64::from(channels.max(1)));
+        want = want.min(share.max(1));
+    }
+    want
 }
 
 /// Totals of a run.
@@ -180,6 +306,8 @@ pub struct RunSummary {
     pub quota_left: u64,
     /// Wall time of the run.
     pub elapsed_ms: u64,
+    /// Channels whose fixture failed to hand over a board.
+    pub fixtures_failed: u64,
     /// Why the run ended.
     pub stopped_because: String,
 }
@@ -227,6 +355,7 @@ pub struct Provisioner {
     ca_public: [u8; 65],
     issuer: DeviceCertificateIssuer,
     ledger: Arc<dyn Ledger>,
+    uids: UidIndex,
 }
 
 impl std::fmt::Debug for Provisioner {
@@ -256,6 +385,7 @@ impl Provisioner {
     /// Opens job `id` on `appliance`, counting through `ledger`.
     pub fn open(appliance: Appliance, id: &str, ledger: Arc<dyn Ledger>) -> Result<Self, RunError> {
         let (job, images) = appliance.open_job_firmware(id)?;
+        let uids = UidIndex::new(&appliance.job_dir(id).join("uids"));
         check_validity(&job.policy, id)?;
         let master = handle(&appliance, id, "master")?;
         let ca = handle(&appliance, id, "ca")?;
@@ -285,6 +415,7 @@ impl Provisioner {
             ca_public,
             issuer,
             ledger,
+            uids,
         })
     }
 
@@ -332,7 +463,7 @@ impl Provisioner {
         let start = Instant::now();
         let taken = Arc::new(AtomicU64::new(0));
         let used_before = self.ledger.used();
-        let why = Arc::new(Mutex::new(String::from("no more boards")));
+        let why = Arc::new(Mutex::new(None));
         let mut tasks = Vec::new();
         let channels = u32::try_from(fixtures.len()).unwrap_or(u32::MAX);
         for (channel, fixture) in fixtures.into_iter().enumerate() {
@@ -347,7 +478,16 @@ impl Provisioner {
             let channel = u32::try_from(channel).unwrap_or(u32::MAX);
             tasks.push(tokio::task::spawn_blocking(move || {
                 me.channel_loop(
-                    channel, channels, fixture, &options, &taken, &stop, &*sink, &why,
+                    Channel {
+                        channel,
+                        channels,
+                        options: &options,
+                        taken: &taken,
+                        stop: &stop,
+                        sink: &*sink,
+                        why: &why,
+                    },
+                    fixture,
                 )
             }));
         }
@@ -364,37 +504,28 @@ impl Provisioner {
             })
         };
         let mut summary = RunSummary::default();
-        let mut stage_sum: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        let mut with_counter = 0u64;
+        let mut all = ChannelTotals::default();
         for t in tasks {
-            let Ok(records) = t.await else { continue };
-            for r in records {
-                with_counter += u64::from(r.counter.is_some());
-                match &r.result {
-                    UnitResult::Passed => summary.passed += 1,
-                    UnitResult::Failed { stage, .. } => {
-                        *summary.failed_by_stage.entry(stage.clone()).or_default() += 1
-                    }
-                }
-                for (s, us) in &r.timings_us {
-                    let e = stage_sum.entry(s.clone()).or_default();
-                    e.0 += us;
-                    e.1 += 1;
-                }
-            }
+            let Ok(totals) = t.await else { continue };
+            all.merge(totals);
         }
         ticker.abort();
-        summary.mean_stage_us = stage_sum
+        summary.passed = all.passed;
+        summary.failed_by_stage = all.failed_by_stage;
+        summary.fixtures_failed = all.fixtures_failed;
+        summary.mean_stage_us = all
+            .stage_sum
             .into_iter()
             .map(|(s, (sum, n))| (s, sum / n.max(1)))
             .collect();
+        let with_counter = all.with_counter;
         let used = self.ledger.used();
         summary.counted = used - used_before;
         summary.reserved_unused = summary.counted.saturating_sub(with_counter);
         summary.quota_left = self.policy.job().quota.saturating_sub(used);
         summary.elapsed_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let why = why.lock().map(|w| w.clone()).unwrap_or_default();
-        let stopped = if why == "quota used up" {
+        let why = why.lock().ok().and_then(|w| w.clone());
+        let stopped = if let Some(why) = why {
             why
         } else if stop.is_stopped() {
             "operator stop".to_owned()
@@ -403,8 +534,10 @@ impl Provisioner {
             .is_some_and(|l| taken.load(Ordering::SeqCst) >= l)
         {
             "unit count reached".to_owned()
+        } else if all.fixtures_failed > 0 && all.boards == 0 {
+            "no board could be reached".to_owned()
         } else {
-            why
+            "no more boards".to_owned()
         };
         summary.stopped_because = match self.ledger.run_finished(&stopped) {
             Ok(()) => stopped,
@@ -413,23 +546,30 @@ impl Provisioner {
         summary
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn channel_loop(
-        &self,
-        channel: u32,
-        channels: u32,
-        mut fixture: Box<dyn Fixture>,
-        options: &RunOptions,
-        taken: &AtomicU64,
-        stop: &StopHandle,
-        sink: &(dyn Fn(RunEvent) + Send + Sync),
-        why: &Mutex<String>,
-    ) -> Vec<UnitRecord> {
+    fn channel_loop(&self, ch: Channel<'_>, mut fixture: Box<dyn Fixture>) -> ChannelTotals {
+        let Channel {
+            channel,
+            channels,
+            options,
+            taken,
+            stop,
+            sink,
+            why,
+        } = ch;
         let mut block: Range<u64> = 0..0;
-        let mut records = Vec::new();
+        let mut totals = ChannelTotals::default();
+        // Time per unit on this channel, to size reservations to about a
+        // second of production (a crash then burns little quota).
+        let mut unit_time: Option<Duration> = None;
+        let quota = self.policy.job().quota;
         let reason = loop {
             if stop.is_stopped() {
                 break "stopped".to_owned();
+            }
+            // A used-up quota stops the channel before it takes a board.
+            if block.is_empty() && self.ledger.used() >= quota {
+                set_reason(why, STOP_QUOTA);
+                break STOP_QUOTA.to_owned();
             }
             let board = taken.fetch_add(1, Ordering::SeqCst);
             if options.units.is_some_and(|limit| board >= limit) {
@@ -438,45 +578,43 @@ impl Provisioner {
             let target = match fixture.next_board() {
                 Ok(Some(t)) => t,
                 Ok(None) => break "no more boards".to_owned(),
-                Err(e) => break format!("fixture failed: {e}"),
+                Err(e) => {
+                    totals.fixtures_failed += 1;
+                    break format!("fixture failed: {e}");
+                }
             };
             sink(RunEvent::UnitStarted { channel, board });
-            // Near the end of a limited run, reserve no more than this
-            // channel's share of what is left, so that few values are left
-            // unused (they can never be given back).
-            let want = match options.units {
-                Some(limit) => {
-                    let share = limit
-                        .saturating_sub(board)
-                        .div_ceil(u64::from(channels.max(1)));
-                    options.block.min(share.max(1))
-                }
-                None => options.block,
-            };
+            let want = reservation_size(options, board, channels, unit_time, fixture.boards_left());
+            let started = Instant::now();
             let record = self.provision(channel, board, target, &mut block, want, sink);
-            let quota_hit =
-                matches!(&record.result, UnitResult::Failed { stage, .. } if stage == "reserve");
-            if quota_hit {
+            if record.counter.is_some() {
+                let t = started.elapsed();
+                unit_time = Some(unit_time.map_or(t, |m| (m * 3 + t) / 4));
+            }
+            totals.add(&record);
+            let stops = match &record.result {
+                UnitResult::Failed(f) if f.kind.stops_the_run() => Some(stop_reason(f)),
+                _ => None,
+            };
+            if let Some(r) = &stops {
                 // This channel stops; the others finish the values they reserved.
-                if let Ok(mut w) = why.lock() {
-                    *w = "quota used up".to_owned();
-                }
+                set_reason(why, r);
             }
-            match record.result {
-                UnitResult::Passed => sink(RunEvent::UnitPassed {
+            let event = match record.result {
+                UnitResult::Passed => RunEvent::UnitPassed {
                     channel,
                     board,
-                    unit: record.clone(),
-                }),
-                UnitResult::Failed { .. } => sink(RunEvent::UnitFailed {
+                    unit: record,
+                },
+                UnitResult::Failed(_) => RunEvent::UnitFailed {
                     channel,
                     board,
-                    unit: record.clone(),
-                }),
-            }
-            records.push(record);
-            if quota_hit {
-                break "quota used up".to_owned();
+                    unit: record,
+                },
+            };
+            sink(event);
+            if let Some(r) = stops {
+                break r;
             }
         };
         if let Err(e) = self.ledger.release_unused(block) {
@@ -486,7 +624,7 @@ impl Provisioner {
             });
         }
         sink(RunEvent::ChannelStopped { channel, reason });
-        records
+        totals
     }
 
     /// One board through every stage.
@@ -512,11 +650,14 @@ impl Provisioner {
             lock_level: None,
             lock_raw: Vec::new(),
             secrets_injected: false,
+            rework_of: None,
             timings_us: BTreeMap::new(),
             result: UnitResult::Passed,
         };
+        let mut uid = Vec::new();
         let result = self.stages(
             &mut rec,
+            &mut uid,
             &mut *target,
             block,
             block_size,
@@ -529,17 +670,26 @@ impl Provisioner {
                 });
             },
         );
-        if let Err((stage, reason)) = result {
-            rec.result = UnitResult::Failed { stage, reason };
+        if let Err(f) = result {
+            rec.result = UnitResult::Failed(f);
         }
-        if rec.counter.is_some() {
+        if let Some(counter) = rec.counter {
             if let Err(e) = self.ledger.record(&rec) {
                 // The unit is counted (its counter value was reserved durably);
                 // a lost record is found by the ledger's recovery.
-                rec.result = UnitResult::Failed {
-                    stage: "record".to_owned(),
-                    reason: e.to_string(),
+                rec.result = UnitResult::Failed(UnitFailure::new(
+                    UnitStage::Record,
+                    FailureKind::Ledger,
+                    e.to_string(),
+                ));
+            } else {
+                let state = match rec.result {
+                    UnitResult::Passed => AttemptState::Passed,
+                    UnitResult::Failed(_) => AttemptState::Failed,
                 };
+                // The record is durable; a lost index update leaves the
+                // entry `reserved`, which is settled as an aborted attempt.
+                let _ = self.uids.note(&uid, Attempt { counter, state });
             }
         }
         rec
@@ -549,26 +699,20 @@ impl Provisioner {
     fn stages(
         &self,
         rec: &mut UnitRecord,
+        uid: &mut Vec<u8>,
         t: &mut dyn Target,
         block: &mut Range<u64>,
         block_size: u64,
         done: &mut dyn FnMut(&str, u64),
-    ) -> Result<(), (String, String)> {
-        let mut timed = |rec: &mut UnitRecord, stage: &str, start: Instant| {
+    ) -> Result<(), UnitFailure> {
+        let mut timed = |rec: &mut UnitRecord, stage: UnitStage, start: Instant| {
             let us = micros(start.elapsed());
-            rec.timings_us.insert(stage.to_owned(), us);
-            done(stage, us);
+            rec.timings_us.insert(stage.as_str().to_owned(), us);
+            done(stage.as_str(), us);
         };
-        let terr = |e: TargetError| {
-            (
-                e.stage().map_or("connect".to_owned(), |s| s.to_string()),
-                e.to_string(),
-            )
-        };
-        let hsm_err = |stage: &str| {
-            let stage = stage.to_owned();
-            move |e: String| (stage.clone(), e)
-        };
+        let terr = |e: TargetError| UnitFailure::target(&e);
+        let hsm_err =
+            |stage: UnitStage| move |e: String| UnitFailure::new(stage, FailureKind::Hsm, e);
 
         // Identify.
         let s = Instant::now();
@@ -576,9 +720,11 @@ impl Provisioner {
         let info = t.identify().map_err(terr)?;
         rec.device_type = Some(info.device_type.clone());
         rec.uid = Some(hex::encode(&info.uid));
+        uid.clone_from(&info.uid);
         if !self.policy.target().allows(&info.device_type) {
-            return Err((
-                "identify".to_owned(),
+            return Err(UnitFailure::new(
+                UnitStage::Identify,
+                FailureKind::BoardRefused,
                 format!(
                     "device type {} is not one this job allows ({}); check the board in the fixture",
                     info.device_type,
@@ -587,52 +733,120 @@ impl Provisioner {
             ));
         }
         info.expect_unlocked().map_err(terr)?;
-        timed(rec, "identify", s);
+        let Some(_claim) = self.uids.claim(&info.uid) else {
+            return Err(UnitFailure::new(
+                UnitStage::Identify,
+                FailureKind::BoardRefused,
+                format!(
+                    "another channel is provisioning a board with the same UID {} right now; check the fixtures for a cloned or misreported UID",
+                    hex::encode(&info.uid)
+                ),
+            ));
+        };
+        let previous = self.uids.lookup(&info.uid).map_err(|e| {
+            UnitFailure::new(UnitStage::Identify, FailureKind::Ledger, e.to_string())
+        })?;
+        match previous {
+            Some(Attempt {
+                counter,
+                state: AttemptState::Passed,
+            }) => {
+                return Err(UnitFailure::new(
+                    UnitStage::Identify,
+                    FailureKind::BoardRefused,
+                    format!(
+                        "this board (UID {}) was already provisioned by this job as serial {} (counter {counter}); take it out of the line, it is not counted again",
+                        hex::encode(&info.uid),
+                        self.policy.serial_for(counter).unwrap_or_default()
+                    ),
+                ))
+            }
+            // A failed or aborted earlier attempt: this is a rework.
+            Some(a) => rec.rework_of = Some(a.counter),
+            None => {}
+        }
+        timed(rec, UnitStage::Identify, s);
+
+        // The job CA signs only inside the job window: checked for every
+        // unit, before anything is counted.
+        let now = crate::appliance::unix_now();
+        let window = self.policy.job();
+        if now < window.not_before || now >= window.not_after {
+            return Err(UnitFailure::new(
+                UnitStage::Reserve,
+                FailureKind::OutsideWindow,
+                format!(
+                    "the job window ({} .. {}) is closed; no more units can be provisioned for this job, ask the OEM for a new one",
+                    crate::display::time(window.not_before),
+                    crate::display::time(window.not_after)
+                ),
+            ));
+        }
 
         // Reserve: the counter moves durably before any identity exists.
         let s = Instant::now();
         if block.is_empty() {
-            *block = self
-                .ledger
-                .reserve(block_size)
-                .map_err(|e| ("reserve".to_owned(), e.to_string()))?;
+            *block = self.ledger.reserve(block_size).map_err(|e| {
+                let kind = match e {
+                    LedgerError::QuotaExhausted { .. } => FailureKind::QuotaExhausted,
+                    _ => FailureKind::Ledger,
+                };
+                UnitFailure::new(UnitStage::Reserve, kind, e.to_string())
+            })?;
         }
         let counter = block.start;
         block.start += 1;
         rec.counter = Some(counter);
+        // Noted before any identity is issued: a crash from here on leaves
+        // the UID `reserved`, i.e. an aborted attempt that may be reworked.
+        self.uids
+            .note(
+                &info.uid,
+                Attempt {
+                    counter,
+                    state: AttemptState::Reserved,
+                },
+            )
+            .map_err(|e| {
+                UnitFailure::new(UnitStage::Reserve, FailureKind::Ledger, e.to_string())
+            })?;
         let serial = self.policy.serial_for(counter).ok_or_else(|| {
-            (
-                "reserve".to_owned(),
-                format!("counter {counter} is past the serial range"),
+            UnitFailure::new(
+                UnitStage::Reserve,
+                FailureKind::SerialRangeExhausted,
+                format!(
+                    "counter {counter} is past the policy's serial range; the job cannot provision more units, ask the OEM for a new job"
+                ),
             )
         })?;
         rec.serial = Some(serial.clone());
-        timed(rec, "reserve", s);
+        timed(rec, UnitStage::Reserve, s);
 
         // Erase, blank check, program, verify.
         let s = Instant::now();
         t.erase().map_err(terr)?;
-        timed(rec, "erase", s);
+        timed(rec, UnitStage::Erase, s);
         let s = Instant::now();
         for r in &self.regions {
             t.blank_check(r.address, r.length).map_err(terr)?;
         }
-        timed(rec, "blank-check", s);
+        timed(rec, UnitStage::BlankCheck, s);
         let s = Instant::now();
         for (addr, data) in &self.images {
             t.program(*addr, data).map_err(terr)?;
         }
-        timed(rec, "program", s);
+        timed(rec, UnitStage::Program, s);
         let s = Instant::now();
         for (addr, data) in &self.images {
             t.verify(*addr, data).map_err(terr)?;
         }
-        timed(rec, "verify", s);
+        timed(rec, UnitStage::Verify, s);
 
         // The seed message carries the UID with a one-byte length.
         if info.uid.len() > 255 {
-            return Err((
-                "derive".to_owned(),
+            return Err(UnitFailure::new(
+                UnitStage::Derive,
+                FailureKind::BoardRefused,
                 format!(
                     "the device UID is {} bytes; at most 255 are supported",
                     info.uid.len()
@@ -648,14 +862,18 @@ impl Provisioner {
                     &identity::seed_message(&self.job_id, &info.uid),
                 )
             })
-            .map_err(hsm_err("derive"))?;
+            .map_err(hsm_err(UnitStage::Derive))?;
         let mut secrets: Vec<(Location, DeviceSecret)> = Vec::new();
         let mut identity_public = None;
+        let provisioning =
+            |e: String| UnitFailure::new(UnitStage::Derive, FailureKind::Provisioning, e);
         for spec in self.policy.keys() {
             let location = to_target_location(spec.location);
             let secret = match spec.source {
                 KeySource::Derived => identity::expand_key(&seed, &self.job_id, spec),
-                KeySource::Random => self.random_secret(spec).map_err(hsm_err("derive"))?,
+                KeySource::Random => self
+                    .random_secret(spec)
+                    .map_err(hsm_err(UnitStage::Derive))?,
                 _ => {
                     // On-chip: the target makes the key; only the public half leaves it.
                     rec.secrets_injected = true;
@@ -671,28 +889,24 @@ impl Provisioner {
                 scalar.copy_from_slice(&secret.value);
                 identity_public = Some(
                     flashgate_agent::public_key(&scalar)
-                        .map_err(|e| ("derive".to_owned(), e.to_string()))?,
+                        .map_err(|e| provisioning(e.to_string()))?,
                 );
             }
             if spec.key_type != KeyType::P256 && secret.value.is_empty() {
-                return Err(("derive".to_owned(), "empty key".to_owned()));
+                return Err(provisioning("empty key".to_owned()));
             }
             secrets.push((location, secret));
         }
         drop(seed);
-        let identity_public = identity_public.ok_or_else(|| {
-            (
-                "derive".to_owned(),
-                "the policy names no identity key".to_owned(),
-            )
-        })?;
-        timed(rec, "derive", s);
+        let identity_public = identity_public
+            .ok_or_else(|| provisioning("the policy names no identity key".to_owned()))?;
+        timed(rec, UnitStage::Derive, s);
 
         // Certificate, signed in the HSM by the job CA key and checked back.
         let s = Instant::now();
         let mut cert_serial = [0u8; 16];
         self.hsm(|a| a.token.random(&mut cert_serial))
-            .map_err(hsm_err("certificate"))?;
+            .map_err(hsm_err(UnitStage::Certificate))?;
         let signer = HsmSigner {
             appliance: &self.appliance,
             key: self.ca,
@@ -708,13 +922,19 @@ impl Provisioner {
                     uid: &info.uid,
                     public_key: &identity_public,
                     certificate_serial: cert_serial,
-                    now: crate::appliance::unix_now(),
+                    now,
                 },
             )
-            .map_err(|e| ("certificate".to_owned(), e.to_string()))?;
+            .map_err(|e| {
+                UnitFailure::new(
+                    UnitStage::Certificate,
+                    FailureKind::Provisioning,
+                    e.to_string(),
+                )
+            })?;
         rec.cert_sha256 = Some(hex::encode(Sha256::digest(&cert)));
         rec.certificate = Some(cert.clone());
-        timed(rec, "certificate", s);
+        timed(rec, UnitStage::Certificate, s);
 
         // Inject, then wipe the host copies.
         let s = Instant::now();
@@ -728,14 +948,14 @@ impl Provisioner {
             &cert,
         )
         .map_err(terr)?;
-        timed(rec, "inject", s);
+        timed(rec, UnitStage::Inject, s);
 
         // Challenge: a fresh nonce from the HSM RNG.
         let s = Instant::now();
         if self.policy.lock().require_challenge {
             let mut nonce = [0u8; 32];
             self.hsm(|a| a.token.random(&mut nonce))
-                .map_err(hsm_err("challenge"))?;
+                .map_err(hsm_err(UnitStage::Challenge))?;
             let reply = t
                 .challenge(&ChallengeRequest {
                     nonce,
@@ -750,36 +970,44 @@ impl Provisioner {
                 &reply,
             )
             .map_err(|e| {
-                (
-                    "challenge".to_owned(),
+                UnitFailure::new(
+                    UnitStage::Challenge,
+                    FailureKind::ChallengeFailed,
                     format!("the device did not prove its key: {e}"),
                 )
             })?;
-            timed(rec, "challenge", s);
+            timed(rec, UnitStage::Challenge, s);
         }
 
         // Lock, only now, and read it back.
-        let want = match self.policy.lock().level {
-            PolicyLock::None => None,
-            PolicyLock::Permanent => Some(LockLevel::Permanent),
-            _ => Some(LockLevel::Readout),
-        };
+        let want =
+            match self.policy.lock().level {
+                PolicyLock::None => None,
+                PolicyLock::Readout => Some(LockLevel::Readout),
+                PolicyLock::Permanent => Some(LockLevel::Permanent),
+                _ => return Err(UnitFailure::new(
+                    UnitStage::Lock,
+                    FailureKind::Provisioning,
+                    "the policy names a lock level this appliance does not know; update flashgate",
+                )),
+            };
         if let Some(level) = want {
             let s = Instant::now();
             t.set_lock(LockPermission::allow(level)).map_err(terr)?;
-            timed(rec, "lock", s);
+            timed(rec, UnitStage::Lock, s);
             let s = Instant::now();
             let state = t.read_lock().map_err(terr)?;
             rec.lock = Some(format!("{} ({})", state.level, hex::encode(&state.raw)));
             rec.lock_level = Some(state.level.to_string());
             rec.lock_raw = state.raw.clone();
             if state.level != level {
-                return Err((
-                    "lock-readback".to_owned(),
+                return Err(UnitFailure::new(
+                    UnitStage::LockReadback,
+                    FailureKind::LockMismatch,
                     format!("lock read back as {}, expected {level}", state.level),
                 ));
             }
-            timed(rec, "lock-readback", s);
+            timed(rec, UnitStage::LockReadback, s);
         }
         Ok(())
     }
@@ -939,6 +1167,10 @@ where
         }
         self.left -= 1;
         (self.make)().map(Some)
+    }
+
+    fn boards_left(&self) -> Option<u64> {
+        Some(self.left)
     }
 }
 

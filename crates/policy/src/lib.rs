@@ -470,7 +470,26 @@ pub struct Policy {
     audit: AuditPolicy,
 }
 
+/// `9999-12-31T23:59:59Z`: "no well-defined expiration" (RFC 5280 §4.1.2.5,
+/// IEEE 802.1AR DevIDs), the latest time X.509 can express.
+pub const NO_WELL_DEFINED_EXPIRATION: u64 = 253_402_300_799;
+
 impl Policy {
+    /// The latest notAfter any device certificate of this job can carry: a
+    /// certificate issued at the last moment of the job window with the
+    /// template's validity. Every CA certificate in a device's chain must be
+    /// valid at least until then.
+    pub fn latest_device_not_after(&self) -> u64 {
+        match self.certificate.validity {
+            CertValidity::Days(d) => self
+                .job
+                .not_after
+                .saturating_add(u64::from(d) * 86_400)
+                .min(NO_WELL_DEFINED_EXPIRATION),
+            CertValidity::NotAfter(t) => t,
+        }
+    }
+
     /// Parses and validates a policy.
     pub fn from_toml_str(text: &str) -> Result<Policy, PolicyError> {
         if text.len() > MAX_POLICY_SIZE {

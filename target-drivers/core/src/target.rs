@@ -145,6 +145,13 @@ pub trait Fixture: Send {
     /// Waits for the next board and returns a driver for it, or `None` when no more boards
     /// will come. An error means the fixture itself failed, not one board.
     fn next_board(&mut self) -> Result<Option<Box<dyn Target>>, TargetError>;
+
+    /// How many more boards this fixture can hand over after the last one,
+    /// when it knows (a hand-loaded programmer does: the operator said how
+    /// many). The appliance never reserves quota beyond that.
+    fn boards_left(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl<T: Target + ?Sized> Target for Box<T> {
@@ -192,6 +199,9 @@ impl<T: Target + ?Sized> Target for Box<T> {
 impl<F: Fixture + ?Sized> Fixture for Box<F> {
     fn next_board(&mut self) -> Result<Option<Box<dyn Target>>, TargetError> {
         (**self).next_board()
+    }
+    fn boards_left(&self) -> Option<u64> {
+        (**self).boards_left()
     }
 }
 
