@@ -618,6 +618,11 @@ fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
     };
     // Everything is checked: only now is the run recorded as started.
     flashgate::pipeline::check_validity(&job.policy, &args.job)?;
+    flashgate::pipeline::check_quota(
+        &job.policy,
+        &args.job,
+        appliance.quota_used(&job.manifest.job_id)?,
+    )?;
     let (ledger, recovery) = flashgate::appliance::RunLedger::start(
         &appliance,
         job.manifest.job_id,
@@ -687,6 +692,17 @@ fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
     } else {
         w.push_str(&flashgate::run_view::summary_table(&summary));
         let _ = writeln!(w, "  certificates: {}", cert_dir.display());
+    }
+    if summary.passed + summary.failed() == 0 && summary.fixtures_failed > 0 {
+        // Not one board could be reached: the run did nothing.
+        eprintln!(
+            "error: no board could be reached: {}",
+            summary
+                .fixture_error
+                .as_deref()
+                .unwrap_or("the fixture failed")
+        );
+        return Ok(2);
     }
     Ok(u8::from(summary.failed() > 0))
 }

@@ -228,6 +228,19 @@ fn avr_isp_secure_flow_locks_the_chip() {
         "{text}"
     );
     stop(sim);
+    // A programmer port that is not there: no board was reached, so the run
+    // exits 2 with the reason, not 0 with "unit count reached".
+    let out = lab.fg(&[
+        "run",
+        "--job",
+        &id,
+        "--target",
+        "avr-isp:port=/nonexistent/programmer,agent=/nonexistent/agent",
+        "--json",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no board could be reached"), "{err}");
 }
 
 #[test]

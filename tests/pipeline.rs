@@ -596,3 +596,56 @@ fn on_chip_identity_and_random_keys() {
         });
     }
 }
+
+/// A board whose UID already passed for this job is refused at identify and
+/// not counted; a board whose earlier attempt failed is reworked, and its
+/// record names the earlier attempt.
+#[test]
+fn a_provisioned_uid_is_refused_and_a_failed_one_is_reworked() {
+    use flashgate::pipeline::{FailureKind, UnitStage};
+    let lab = lab(Kind::SoftHsm);
+    let (appliance, id, _) = job(&lab, |t| t, &firmware());
+    let ledger = Arc::new(MemoryLedger::new(1000));
+    let p = Arc::new(Provisioner::open(appliance, &id, ledger.clone()).unwrap());
+
+    // Board 1 fails after it was counted; boards 0 and 2 pass.
+    let faulty =
+        SimFixture::from_options("seed=31,timing=zero,boards=3,fault=1:contact-lost@program")
+            .unwrap();
+    let (first, records) = run(p.clone(), &faulty, 1, 3);
+    assert_eq!(first.passed, 2, "{records:#?}");
+    let failed = records
+        .iter()
+        .find(|r| r.result.failure().is_some())
+        .unwrap();
+    assert!(records.iter().all(|r| r.rework_of.is_none()));
+
+    // The same three boards again (same seed, same UIDs), fault cleared.
+    let again = SimFixture::from_options("seed=31,timing=zero,boards=3").unwrap();
+    let (second, records) = run(p.clone(), &again, 1, 3);
+    assert_eq!(
+        second.passed, 1,
+        "only the failed board is provisioned: {records:#?}"
+    );
+    assert_eq!(second.counted, 1, "refused boards are not counted");
+    for r in &records {
+        if r.uid == failed.uid {
+            assert_eq!(r.result, UnitResult::Passed);
+            assert_eq!(
+                r.rework_of, failed.counter,
+                "the rework names the failed attempt"
+            );
+        } else {
+            let f = r.result.failure().unwrap();
+            assert_eq!(
+                (f.stage, f.kind),
+                (UnitStage::Identify, FailureKind::BoardRefused)
+            );
+            assert!(f.reason.contains("already provisioned"), "{f}");
+            assert!(r.counter.is_none() && !r.secrets_injected);
+        }
+    }
+    // Now every board has passed: a third pass refuses all three.
+    let (third, records) = run(p, &again, 1, 3);
+    assert_eq!((third.passed, third.counted), (0, 0), "{records:#?}");
+}

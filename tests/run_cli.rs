@@ -79,6 +79,45 @@ fn json_events_and_exit_codes() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// A job whose quota is used up is refused before any board is taken, with
+/// exit 2 and the job's quota in the sentence.
+#[test]
+fn a_used_up_quota_is_refused_before_any_board() {
+    let (lab, id) = Lab::with_sim_job(|t| t.replace("quota = 1000", "quota = 3"), 4_000);
+    let out = lab.fg(&[
+        "run",
+        "--job",
+        &id,
+        "--target",
+        "sim:timing=zero,seed=8,flash-base=0x08000000",
+        "--units",
+        "5",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = lab.fg(&[
+        "run",
+        "--job",
+        &id,
+        "--target",
+        "sim:timing=zero,seed=9,flash-base=0x08000000",
+        "--json",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("has used all 3 units of its quota; no board was taken"),
+        "{err}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("unit-started"), "{stdout}");
+}
+
 #[test]
 fn ctrl_c_finishes_units_in_flight_and_counts_every_one() {
     let (lab, id) = lab_with_job();

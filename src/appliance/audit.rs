@@ -205,6 +205,14 @@ impl Appliance {
         })
     }
 
+    /// Counter values the job has used (reserved), from the HSM counter.
+    pub fn quota_used(&self, job_id: &[u8; 16]) -> Result<u64, ApplianceError> {
+        let store = HsmCounterStore {
+            token: Mutex::new(self.token.another_session()?),
+        };
+        store.read(job_id).map_err(ApplianceError::Audit)
+    }
+
     /// Where the DER device certificates of a job are kept (outside the job
     /// directory, so that they outlive `job remove` for the audit bundle).
     pub fn certificate_dir(&self, job_id: &[u8; 16]) -> PathBuf {

@@ -59,6 +59,9 @@ pub enum RunError {
         from: String,
         until: String,
     },
+    /// The job's quota is used up: no board would be counted.
+    #[error("job {id} has used all {quota} units of its quota; no board was taken. Ask the OEM for a new job to provision more units")]
+    QuotaUsedUp { id: String, quota: u64 },
     /// The job's images cannot be measured for the challenge.
     #[error("{0}")]
     Firmware(String),
@@ -193,6 +196,7 @@ struct ChannelTotals {
     stage_sum: BTreeMap<String, (u64, u64)>,
     with_counter: u64,
     fixtures_failed: u64,
+    fixture_error: Option<String>,
 }
 
 impl ChannelTotals {
@@ -220,6 +224,9 @@ impl ChannelTotals {
         self.passed += o.passed;
         self.with_counter += o.with_counter;
         self.fixtures_failed += o.fixtures_failed;
+        if self.fixture_error.is_none() {
+            self.fixture_error = o.fixture_error;
+        }
         for (k, v) in o.failed_by_stage {
             *self.failed_by_stage.entry(k).or_default() += v;
         }
@@ -308,6 +315,9 @@ pub struct RunSummary {
     pub elapsed_ms: u64,
     /// Channels whose fixture failed to hand over a board.
     pub fixtures_failed: u64,
+    /// The first such failure, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fixture_error: Option<String>,
     /// Why the run ended.
     pub stopped_because: String,
 }
@@ -513,6 +523,7 @@ impl Provisioner {
         summary.passed = all.passed;
         summary.failed_by_stage = all.failed_by_stage;
         summary.fixtures_failed = all.fixtures_failed;
+        summary.fixture_error = all.fixture_error.clone();
         summary.mean_stage_us = all
             .stage_sum
             .into_iter()
@@ -580,6 +591,7 @@ impl Provisioner {
                 Ok(None) => break "no more boards".to_owned(),
                 Err(e) => {
                     totals.fixtures_failed += 1;
+                    totals.fixture_error = Some(e.to_string());
                     break format!("fixture failed: {e}");
                 }
             };
@@ -1078,6 +1090,18 @@ pub fn check_driver(
                 .map(|c| c.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
+        });
+    }
+    Ok(())
+}
+
+/// Fails, before any board is taken, when the job has no quota left.
+pub fn check_quota(policy: &Policy, id: &str, used: u64) -> Result<(), RunError> {
+    let quota = policy.job().quota;
+    if used >= quota {
+        return Err(RunError::QuotaUsedUp {
+            id: id.to_owned(),
+            quota,
         });
     }
     Ok(())
