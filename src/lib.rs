@@ -16,6 +16,7 @@ pub mod bundle;
 pub mod cose;
 pub mod demo;
 pub mod display;
+pub mod drivers;
 pub mod enrollment;
 pub mod hsm;
 pub mod identity;

@@ -532,11 +532,7 @@ fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
         "sim" => {
             let f =
                 flashgate_target_sim::SimFixture::from_options(options).context("--target sim")?;
-            flashgate::pipeline::check_driver(
-                &job.policy,
-                "sim",
-                flashgate_target::Capabilities::all(),
-            )?;
+            flashgate::pipeline::check_driver(&job.policy, "sim", declared("sim", false))?;
             (0..args.channels)
                 .map(|_| Box::new(f.clone()) as Box<dyn flashgate_target::Fixture>)
                 .collect()
@@ -553,13 +549,12 @@ fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
             let boards = args.units.unwrap_or(1);
             let policy = job.policy.clone();
             if driver == "avr-isp" {
-                use flashgate_target::Capability::{AnswerChallenge, OnChipKeygen};
                 let agent = opts.get("agent").cloned();
-                let caps = capabilities_without(
-                    &[OnChipKeygen],
-                    agent.is_none().then_some(AnswerChallenge),
-                );
-                flashgate::pipeline::check_driver(&job.policy, "avr-isp", caps)?;
+                flashgate::pipeline::check_driver(
+                    &job.policy,
+                    "avr-isp",
+                    declared("avr-isp", agent.is_some()),
+                )?;
                 let part = match opts.get("part").map(String::as_str) {
                     Some("m2560") => &flashgate_avr_isp::ATMEGA2560,
                     _ => &flashgate_avr_isp::ATMEGA328P,
@@ -579,9 +574,11 @@ fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
                     })) as Box<dyn flashgate_target::Fixture>,
                 ]
             } else {
-                let caps =
-                    capabilities_without(&[flashgate_target::Capability::OnChipKeygen], None);
-                flashgate::pipeline::check_driver(&job.policy, "stm32-uart", caps)?;
+                flashgate::pipeline::check_driver(
+                    &job.policy,
+                    "stm32-uart",
+                    declared("stm32-uart", true),
+                )?;
                 let baud: u32 = opts
                     .get("baud")
                     .map_or(Ok(115_200), |b| b.parse())
@@ -848,15 +845,8 @@ fn key_values(s: &str) -> Result<std::collections::HashMap<String, String>> {
 }
 
 /// Every capability but the ones named.
-fn capabilities_without(
-    without: &[flashgate_target::Capability],
-    also: Option<flashgate_target::Capability>,
-) -> flashgate_target::Capabilities {
-    let mut caps = flashgate_target::Capabilities::empty();
-    for c in flashgate_target::Capabilities::all().iter() {
-        if !without.contains(&c) && also != Some(c) {
-            caps.insert(c);
-        }
-    }
-    caps
+/// What a driver declares, given whether the fixture reaches its agent.
+fn declared(driver: &str, agent: bool) -> flashgate_target::Capabilities {
+    flashgate::drivers::declared(driver, flashgate::drivers::Wiring { agent })
+        .unwrap_or_else(flashgate_target::Capabilities::empty)
 }

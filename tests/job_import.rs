@@ -553,3 +553,75 @@ fn oem_keys_in_a_pkcs11_token() {
     .unwrap();
     lab.ok(&["job", "import", "hsm.fgj"]);
 }
+
+/// Two images that share addresses would make every board fail at verify
+/// (the later overwrites the earlier): `job build` refuses them naming both,
+/// and a package whose signed manifest has them is refused at import with
+/// nothing left behind.
+#[test]
+fn overlapping_images_are_refused_at_build_and_at_import() {
+    let lab = Lab::new(Kind::SoftHsm);
+    lab.enroll();
+    std::fs::write(lab.path("a.bin"), vec![0x11u8; 0x100]).unwrap();
+    std::fs::write(lab.path("b.bin"), vec![0x22u8; 0x40]).unwrap();
+    let build = |a: &str, b: &str| {
+        lab.fg(&[
+            "job",
+            "build",
+            "--oem",
+            "oem",
+            "--policy",
+            &policy_path(),
+            "--firmware",
+            a,
+            "--firmware",
+            b,
+            "--appliance",
+            "enrollment.cbor",
+            "-o",
+            "two.fgj",
+        ])
+    };
+    let out = build("a.bin@0x08090000", "b.bin@0x08090010");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("images 1 and 2 overlap at 0x08090010..0x08090050 (64 bytes)"),
+        "{err}"
+    );
+    assert!(!lab.path("two.fgj").exists());
+
+    // Built apart, then re-signed by the OEM key with the second image moved
+    // onto the first.
+    let out = build("a.bin@0x08090000", "b.bin@0x080a0000");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let good = std::fs::read(lab.path("two.fgj")).unwrap();
+    let signer = load_signer("signing-key.pem", &lab.path("oem")).unwrap();
+    let p = UnverifiedPackage::parse(&good).unwrap();
+    let (_, dm, ca, images) = p.parts();
+    let (mut manifest, _) = p.manifest_unverified().unwrap();
+    manifest.images[1].address = 0x0809_0080;
+    let signed = cose::sign1(&signer, MANIFEST_CONTENT_TYPE, manifest.encode()).unwrap();
+    let elements: Vec<(Vec<u8>, Vec<Vec<u8>>)> = images
+        .iter()
+        .map(|i| {
+            (
+                i.header.to_vec(),
+                i.chunks.iter().map(|c| c.to_vec()).collect(),
+            )
+        })
+        .collect();
+    std::fs::write(
+        lab.path("overlap.fgj"),
+        encode_package(&signed, dm, ca, &elements),
+    )
+    .unwrap();
+    let err = lab.fails(&["job", "import", "overlap.fgj"]);
+    assert!(err.contains("images 1 and 2 overlap"), "{err}");
+    assert_nothing_left(&lab);
+}

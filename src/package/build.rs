@@ -39,6 +39,9 @@ pub enum BuildError {
     /// OEM key or certificate trouble.
     #[error(transparent)]
     Oem(#[from] OemError),
+    /// The policy's driver cannot run the job.
+    #[error("the policy cannot run on its driver: {0}")]
+    Driver(#[from] crate::drivers::DriverMismatch),
 }
 
 /// What goes into a job.
@@ -88,6 +91,18 @@ fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, BuildError> {
 
 /// Builds a package.
 pub fn build(input: &JobInput<'_>) -> Result<BuiltJob, BuildError> {
+    // Refused now, not after the first board at the CM got its secrets.
+    crate::drivers::check_policy(input.policy)?;
+    let ranges: Vec<(u32, u64)> = input
+        .images
+        .iter()
+        .map(|s| (s.address, s.data.len() as u64))
+        .collect();
+    if let Some(o) = flashgate_firmware::find_overlap(&ranges) {
+        return Err(BuildError::Firmware(format!(
+            "{o}: give each --firmware its own address range"
+        )));
+    }
     let enrollment = &input.enrollment.record;
     let profile = match input.profile {
         Some(p) if enrollment.profiles.contains(&p) => p,

@@ -161,6 +161,10 @@ impl Manifest {
                 object_digest,
             });
         }
+        let ranges: Vec<(u32, u64)> = images.iter().map(|i| (i.address, i.size)).collect();
+        if let Some(o) = flashgate_firmware::find_overlap(&ranges) {
+            return Err(malformed(o.to_string()));
+        }
         let device_master_digest = fields.fixed::<32>(10)?;
         let job_ca_key_digest = fields.fixed::<32>(11)?;
         let job_ca_cert = fields.bytes(12)?;

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use cryptoki::object::ObjectHandle;
 use flashgate_policy::{KeySource, KeyType, LockLevel as PolicyLock, Policy};
 use flashgate_target::{
-    Capabilities, Capability, ChallengeRequest, Fixture, FlashRange, Location, LockLevel,
-    LockPermission, Space, Target, TargetError,
+    Capabilities, ChallengeRequest, Fixture, FlashRange, Location, LockLevel, LockPermission,
+    Space, Target, TargetError,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -46,12 +46,9 @@ pub enum RunError {
     /// The job's keys are not in the token.
     #[error("the HSM keys of job {id} are missing ({what}); remove the job and import it again")]
     MissingKey { id: String, what: String },
-    /// The driver cannot do what the job needs.
-    #[error("the {driver} driver cannot {missing}, which this job needs; use a driver and fixture that can")]
-    MissingCapability { driver: String, missing: String },
-    /// The driver is not the one the job's policy names.
-    #[error("this job is for the {wanted} driver, not {given}")]
-    WrongDriver { wanted: String, given: String },
+    /// The driver cannot run the job.
+    #[error(transparent)]
+    Driver(#[from] crate::drivers::DriverMismatch),
     /// The job has expired or is not valid yet.
     #[error("job {id} is not valid now (valid {from} .. {until}); ask the OEM for a new job")]
     OutsideValidity {
@@ -1047,24 +1044,7 @@ impl Provisioner {
 
 /// The capabilities a driver must have for a job with this policy.
 pub fn required_capabilities(policy: &Policy) -> Capabilities {
-    let mut c = Capabilities::from([
-        Capability::ProgramFlash,
-        Capability::ReadFlash,
-        Capability::ReadUid,
-    ]);
-    // The certificate is always stored; keys unless they are made on the chip.
-    c.insert(Capability::StoreSecret);
-    if policy.keys().iter().any(|k| k.source == KeySource::OnChip) {
-        c.insert(Capability::OnChipKeygen);
-    }
-    if policy.lock().require_challenge {
-        c.insert(Capability::AnswerChallenge);
-    }
-    if policy.lock().level != PolicyLock::None {
-        c.insert(Capability::SetLock);
-        c.insert(Capability::ReadLock);
-    }
-    c
+    crate::drivers::required(policy)
 }
 
 /// Fails, before any unit is touched, when `driver` is not the policy's or
@@ -1074,25 +1054,7 @@ pub fn check_driver(
     driver: &str,
     capabilities: Capabilities,
 ) -> Result<(), RunError> {
-    let wanted = policy.target().driver.as_str();
-    if wanted != driver {
-        return Err(RunError::WrongDriver {
-            wanted: wanted.to_owned(),
-            given: driver.to_owned(),
-        });
-    }
-    let missing = capabilities.missing(&required_capabilities(policy));
-    if !missing.is_empty() {
-        return Err(RunError::MissingCapability {
-            driver: driver.to_owned(),
-            missing: missing
-                .iter()
-                .map(|c| c.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    }
-    Ok(())
+    crate::drivers::check(policy, driver, capabilities).map_err(RunError::from)
 }
 
 /// Fails, before any board is taken, when the job has no quota left.

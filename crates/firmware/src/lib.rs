@@ -28,6 +28,51 @@ pub const MAX_IMAGE_SIZE: u64 = 64 * 1024 * 1024;
 /// may carry debug information, so this is well above [`MAX_IMAGE_SIZE`].
 pub const MAX_FILE_SIZE: u64 = 512 * 1024 * 1024;
 
+/// Two images of one job that share addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageOverlap {
+    /// The earlier image, counted from 1 in the order given.
+    pub first: usize,
+    /// The later image, counted from 1.
+    pub second: usize,
+    /// First shared address.
+    pub start: u64,
+    /// One past the last shared address.
+    pub end: u64,
+}
+
+impl std::fmt::Display for ImageOverlap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "images {} and {} overlap at {:#010x}..{:#010x} ({} bytes); each address may be written by one image only",
+            self.first,
+            self.second,
+            self.start,
+            self.end,
+            self.end - self.start
+        )
+    }
+}
+
+/// The first pair of `(address, length)` ranges that share an address, if
+/// any. A job's images are written one after the other, so an overlap means
+/// the later one overwrites the earlier and every board fails at verify.
+pub fn find_overlap(ranges: &[(u32, u64)]) -> Option<ImageOverlap> {
+    let mut order: Vec<usize> = (0..ranges.len()).collect();
+    order.sort_by_key(|&i| ranges[i].0);
+    order.windows(2).find_map(|w| {
+        let (a, b) = (ranges[w[0]], ranges[w[1]]);
+        let a_end = u64::from(a.0) + a.1;
+        (a_end > u64::from(b.0)).then(|| ImageOverlap {
+            first: w[0].min(w[1]) + 1,
+            second: w[0].max(w[1]) + 1,
+            start: u64::from(b.0),
+            end: a_end.min(u64::from(b.0) + b.1),
+        })
+    })
+}
+
 /// Size of the 32-bit address space; no byte may sit at or above it.
 const ADDRESS_SPACE: u64 = 1 << 32;
 
@@ -587,6 +632,27 @@ fn merge(mut pieces: Vec<Piece<'_>>) -> Result<Vec<Segment>, FirmwareError> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlapping_images_are_found_and_named() {
+        assert_eq!(find_overlap(&[(0x9_0000, 0x100), (0x9_0100, 0x10)]), None);
+        assert_eq!(find_overlap(&[]), None);
+        let o = find_overlap(&[(0x9_0010, 0x20), (0x100, 4), (0x9_0000, 0x100)]).unwrap();
+        assert_eq!(
+            (o.first, o.second, o.start, o.end),
+            (1, 3, 0x9_0010, 0x9_0030)
+        );
+        let text = o.to_string();
+        assert!(
+            text.contains("images 1 and 3 overlap at 0x00090010..0x00090030 (32 bytes)"),
+            "{text}"
+        );
+        // A long image overlapping one that starts after its neighbour.
+        let o = find_overlap(&[(0, 0x1000), (0x800, 0x10), (0x900, 0x10)]).unwrap();
+        assert_eq!((o.first, o.second), (1, 2));
+        // Ending exactly at 4 GiB touches nothing.
+        assert_eq!(find_overlap(&[(0xFFFF_FF00, 0x100), (0, 1)]), None);
+    }
 
     /// Builds one Intel HEX record line with a correct checksum.
     fn rec(offset: u16, record_type: u8, data: &[u8]) -> String {

@@ -881,20 +881,31 @@ impl Drop for AvrIspTarget {
     }
 }
 
+/// What the driver can do with `config`: the agent's challenge only with an
+/// agent UART, a permanent lock only when the configuration names a lock byte
+/// for it (an AVR's lock bits are cleared by chip erase, so readout is the
+/// default), and never on-chip key generation.
+pub fn capabilities(config: &AvrIspConfig, agent: bool) -> Capabilities {
+    let mut c = Capabilities::from([
+        Capability::ProgramFlash,
+        Capability::ReadFlash,
+        Capability::ReadUid,
+        Capability::StoreSecret,
+        Capability::SetLock,
+        Capability::ReadLock,
+    ]);
+    if agent {
+        c.insert(Capability::AnswerChallenge);
+    }
+    if config.lock_permanent.is_some() {
+        c.insert(Capability::LockPermanent);
+    }
+    c
+}
+
 impl Target for AvrIspTarget {
     fn capabilities(&self) -> Capabilities {
-        let mut c = Capabilities::from([
-            Capability::ProgramFlash,
-            Capability::ReadFlash,
-            Capability::ReadUid,
-            Capability::StoreSecret,
-            Capability::SetLock,
-            Capability::ReadLock,
-        ]);
-        if self.agent.is_some() {
-            c.insert(Capability::AnswerChallenge);
-        }
-        c
+        capabilities(&self.config, self.agent.is_some())
     }
 
     fn connect(&mut self) -> Result<(), TargetError> {

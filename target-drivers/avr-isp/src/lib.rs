@@ -42,6 +42,6 @@ pub mod sim;
 pub mod stk;
 pub mod uid;
 
-pub use driver::{AvrIspConfig, AvrIspTarget, Identity};
+pub use driver::{capabilities, AvrIspConfig, AvrIspTarget, Identity};
 pub use part::{Part, ATMEGA2560, ATMEGA328P, PARTS};
 pub use serve::{serve_cli, ServeError, ServeOptions};

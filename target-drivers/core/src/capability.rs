@@ -24,11 +24,14 @@ pub enum Capability {
     SetLock,
     /// Reading lock bits back.
     ReadLock,
+    /// Setting and reading back a permanent lock (one that no erase undoes),
+    /// beside the readout lock that [`Capability::SetLock`] sets.
+    LockPermanent,
 }
 
 impl Capability {
     /// Every capability, in declaration order.
-    pub const ALL: [Capability; 8] = [
+    pub const ALL: [Capability; 9] = [
         Capability::ProgramFlash,
         Capability::ReadFlash,
         Capability::ReadUid,
@@ -37,6 +40,7 @@ impl Capability {
         Capability::AnswerChallenge,
         Capability::SetLock,
         Capability::ReadLock,
+        Capability::LockPermanent,
     ];
 
     /// The lowercase name used in messages and job files, e.g. `program-flash`.
@@ -50,6 +54,7 @@ impl Capability {
             Capability::AnswerChallenge => "answer-challenge",
             Capability::SetLock => "set-lock",
             Capability::ReadLock => "read-lock",
+            Capability::LockPermanent => "lock-permanent",
         }
     }
 
@@ -75,7 +80,7 @@ impl FromStr for Capability {
                 what: "capability",
                 input: s.to_owned(),
                 expected: "one of program-flash, read-flash, read-uid, store-secret, \
-                           on-chip-keygen, answer-challenge, set-lock, read-lock",
+                           on-chip-keygen, answer-challenge, set-lock, read-lock, lock-permanent",
             })
     }
 }

@@ -55,6 +55,7 @@ mod tests {
                 Capability::OnChipKeygen,
                 Capability::AnswerChallenge,
                 Capability::SetLock,
+                Capability::LockPermanent,
             ]
         );
         assert!(Capabilities::all().missing(&need).is_empty());

@@ -757,17 +757,21 @@ fn at(address: Option<u32>) -> String {
         .unwrap_or_default()
 }
 
+/// What the STM32 bootloader driver can do on any board: readout
+/// protection (RDP level 1) but not RDP level 2, which would disable the
+/// bootloader for good, and no on-chip key generation.
+pub const CAPABILITIES: Capabilities = Capabilities::empty()
+    .with(Capability::ProgramFlash)
+    .with(Capability::ReadFlash)
+    .with(Capability::ReadUid)
+    .with(Capability::StoreSecret)
+    .with(Capability::AnswerChallenge)
+    .with(Capability::SetLock)
+    .with(Capability::ReadLock);
+
 impl<T: Transport> Target for Stm32UartTarget<T> {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::from([
-            Capability::ProgramFlash,
-            Capability::ReadFlash,
-            Capability::ReadUid,
-            Capability::StoreSecret,
-            Capability::AnswerChallenge,
-            Capability::SetLock,
-            Capability::ReadLock,
-        ])
+        CAPABILITIES
     }
 
     fn connect(&mut self) -> Result<(), TargetError> {

@@ -33,5 +33,7 @@ pub mod protocol;
 pub mod sim;
 
 pub use cli::{cli_options, serve_cli, CliError};
-pub use driver::{BootloaderInfo, LinkHook, LinkState, Stm32Options, Stm32UartTarget};
+pub use driver::{
+    BootloaderInfo, LinkHook, LinkState, Stm32Options, Stm32UartTarget, CAPABILITIES,
+};
 pub use part::{Part, RdpLevel, PARTS, STM32F103_MD, STM32F4_413};

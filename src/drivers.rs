@@ -1,0 +1,178 @@
+//! The target drivers this build of flashgate knows, and what each declares
+//! it can do, so that a job is refused at `job build` and at run start, not
+//! after its first board has been given secrets.
+
+use flashgate_policy::{KeySource, LockLevel, Policy};
+use flashgate_target::{Capabilities, Capability};
+
+/// The fixture wiring a driver's capabilities depend on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wiring {
+    /// The target's UART reaches the provisioning agent (AVR: `agent=PATH`).
+    pub agent: bool,
+}
+
+/// What `driver` declares it can do with `wiring`; `None` for a driver
+/// this build does not have.
+pub fn declared(driver: &str, wiring: Wiring) -> Option<Capabilities> {
+    match driver {
+        "sim" => Some(Capabilities::all()),
+        "avr-isp" => Some(flashgate_avr_isp::capabilities(
+            &flashgate_avr_isp::AvrIspConfig::for_part(&flashgate_avr_isp::ATMEGA328P),
+            wiring.agent,
+        )),
+        "stm32-uart" => Some(flashgate_stm32_uart::CAPABILITIES),
+        _ => None,
+    }
+}
+
+/// The capabilities a driver must have for a job with this policy.
+pub fn required(policy: &Policy) -> Capabilities {
+    let mut c = Capabilities::from([
+        Capability::ProgramFlash,
+        Capability::ReadFlash,
+        Capability::ReadUid,
+        // The certificate is always stored; keys unless made on the chip.
+        Capability::StoreSecret,
+    ]);
+    if policy.keys().iter().any(|k| k.source == KeySource::OnChip) {
+        c.insert(Capability::OnChipKeygen);
+    }
+    if policy.lock().require_challenge {
+        c.insert(Capability::AnswerChallenge);
+    }
+    if policy.lock().level != LockLevel::None {
+        c.insert(Capability::SetLock);
+        c.insert(Capability::ReadLock);
+    }
+    if policy.lock().level == LockLevel::Permanent {
+        c.insert(Capability::LockPermanent);
+    }
+    c
+}
+
+/// Why a driver cannot run a job.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriverMismatch {
+    /// The driver is not the one the job's policy names.
+    #[error("this job is for the {wanted} driver, not {given}")]
+    WrongDriver { wanted: String, given: String },
+    /// The driver lacks what the job needs.
+    #[error("the {driver} driver cannot {missing}, which this job needs; {advice}")]
+    MissingCapability {
+        driver: String,
+        missing: String,
+        advice: String,
+    },
+}
+
+fn advice(driver: &str, missing: &[Capability]) -> String {
+    if driver == "avr-isp" && missing == [Capability::AnswerChallenge] {
+        return "add agent=PATH (the serial port of the target's UART, where its provisioning agent answers) to --target".to_owned();
+    }
+    if missing.contains(&Capability::LockPermanent) {
+        return format!(
+            "the {driver} driver sets readout protection only: ask the OEM for a job with lock.level = \"readout\", or use a driver that can lock permanently"
+        );
+    }
+    "use a driver and fixture that can".to_owned()
+}
+
+/// Fails, before any board is touched, when `driver` is not the policy's or
+/// lacks a capability the job needs.
+pub fn check(
+    policy: &Policy,
+    driver: &str,
+    capabilities: Capabilities,
+) -> Result<(), DriverMismatch> {
+    let wanted = policy.target().driver.as_str();
+    if wanted != driver {
+        return Err(DriverMismatch::WrongDriver {
+            wanted: wanted.to_owned(),
+            given: driver.to_owned(),
+        });
+    }
+    let missing = capabilities.missing(&required(policy));
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(DriverMismatch::MissingCapability {
+        driver: driver.to_owned(),
+        missing: missing
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        advice: advice(driver, &missing),
+    })
+}
+
+/// At `job build`: whether the policy's own driver, wired as a production
+/// fixture would be (agent reachable), can run the job at all.
+pub fn check_policy(policy: &Policy) -> Result<(), DriverMismatch> {
+    let driver = policy.target().driver.as_str();
+    let caps = declared(driver, Wiring { agent: true }).unwrap_or_else(Capabilities::empty);
+    check(policy, driver, caps)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn shipped(name: &str, edit: impl Fn(String) -> String) -> Result<Policy, String> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("policies")
+            .join(name);
+        let text = edit(std::fs::read_to_string(path).unwrap());
+        Policy::from_toml_str(&text).map_err(|e| e.to_string())
+    }
+
+    fn permanent(t: String) -> String {
+        t.replace("level = \"readout\"", "level = \"permanent\"")
+    }
+
+    #[test]
+    fn the_shipped_policies_run_on_their_drivers() {
+        for name in [
+            "sim-secure-mcu.toml",
+            "avr-atmega328p.toml",
+            "stm32f103.toml",
+        ] {
+            let p = shipped(name, |t| t).unwrap();
+            check_policy(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn a_permanent_lock_is_refused_where_the_driver_cannot_set_it() {
+        let p = shipped("sim-secure-mcu.toml", permanent).unwrap();
+        assert_eq!(p.lock().level, LockLevel::Permanent);
+        check_policy(&p).unwrap();
+        let mut checked = 0;
+        for name in ["stm32f103.toml", "avr-atmega328p.toml"] {
+            // A policy the policy parser itself refuses is refused all the same.
+            let Ok(p) = shipped(name, permanent) else {
+                continue;
+            };
+            checked += 1;
+            let e = check_policy(&p).unwrap_err().to_string();
+            assert!(e.contains("cannot lock-permanent"), "{name}: {e}");
+            assert!(e.contains("lock.level = \"readout\""), "{name}: {e}");
+        }
+        assert_eq!(checked, 2, "both policies parse with a permanent lock");
+    }
+
+    #[test]
+    fn an_avr_fixture_without_its_agent_is_told_to_add_it() {
+        let p = shipped("avr-atmega328p.toml", |t| t).unwrap();
+        let caps = declared("avr-isp", Wiring { agent: false }).unwrap();
+        let e = check(&p, "avr-isp", caps).unwrap_err().to_string();
+        assert!(e.contains("add agent=PATH"), "{e}");
+        assert!(matches!(
+            check(&p, "sim", Capabilities::all()),
+            Err(DriverMismatch::WrongDriver { .. })
+        ));
+    }
+}
