@@ -67,6 +67,37 @@ pub fn key_id(public_key: &[u8; 65]) -> [u8; 16] {
     kid
 }
 
+/// A plain sentence for why bytes are not the CBOR expected, for any
+/// decoder error (ciborium's own texts name Rust internals).
+pub fn cbor_problem<E: std::fmt::Debug>(e: &ciborium::de::Error<E>) -> String {
+    match e {
+        ciborium::de::Error::Io(_) => "it ends in the middle of a CBOR item (truncated)".to_owned(),
+        ciborium::de::Error::Syntax(at) => format!("it is not valid CBOR (at byte {at})"),
+        ciborium::de::Error::Semantic(Some(at), what) => {
+            format!("it holds an unexpected CBOR item at byte {at} ({what})")
+        }
+        ciborium::de::Error::Semantic(None, what) => {
+            format!("it holds an unexpected CBOR item ({what})")
+        }
+        ciborium::de::Error::RecursionLimitExceeded => {
+            "it nests CBOR items deeper than any flashgate structure".to_owned()
+        }
+    }
+}
+
+/// A plain sentence for a `coset` decoding error.
+fn coset_problem(e: &coset::CoseError) -> String {
+    match e {
+        coset::CoseError::DecodeFailed(d) => cbor_problem(d),
+        coset::CoseError::ExtraneousData => "it has bytes after the COSE structure".to_owned(),
+        coset::CoseError::DuplicateMapKey => "a header map repeats a label".to_owned(),
+        coset::CoseError::UnexpectedItem(found, expected) => {
+            format!("it holds {found} where {expected} belongs")
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Builds a tagged `COSE_Sign1` (ES256, kid and content type in the protected
 /// header, payload attached) and returns its bytes.
 pub fn sign1(
@@ -106,14 +137,14 @@ impl UnverifiedSign1 {
     pub fn parse(bytes: &[u8], what: &'static str) -> Result<Self, CoseError> {
         let inner = CoseSign1::from_tagged_slice(bytes).map_err(|e| CoseError::Malformed {
             what,
-            detail: e.to_string(),
+            detail: coset_problem(&e),
         })?;
         let again = inner
             .clone()
             .to_tagged_vec()
             .map_err(|e| CoseError::Malformed {
                 what,
-                detail: e.to_string(),
+                detail: coset_problem(&e),
             })?;
         if again != bytes {
             return Err(CoseError::NotCanonical { what });
@@ -136,6 +167,36 @@ impl UnverifiedSign1 {
             return Err(CoseError::Malformed {
                 what,
                 detail: "the protected header has no 16-byte key id".to_owned(),
+            });
+        }
+        // Exactly the documented headers: nothing unsigned beside the
+        // signed content (RFC 9052 §3 allows it; our formats do not), and
+        // no signed parameter a reader would have to understand (`crit`,
+        // label 2) or ignore.
+        if !inner.unprotected.is_empty() {
+            return Err(CoseError::Malformed {
+                what,
+                detail: "the unprotected header is not empty".to_owned(),
+            });
+        }
+        let h = &inner.protected.header;
+        let expected = HeaderBuilder::new()
+            .algorithm(iana::Algorithm::ES256)
+            .key_id(h.key_id.clone());
+        let expected = match &h.content_type {
+            Some(coset::ContentType::Text(t)) => expected.content_type(t.clone()),
+            _ => expected,
+        }
+        .build();
+        if *h != expected {
+            return Err(CoseError::Malformed {
+                what,
+                detail: if h.crit.is_empty() {
+                    "the protected header holds parameters other than alg, content type and kid"
+                        .to_owned()
+                } else {
+                    "the protected header marks parameters critical (crit), which no flashgate format uses".to_owned()
+                },
             });
         }
         Ok(Self { inner, what })
@@ -365,6 +426,108 @@ pub fn cose_key_from_point(point: &[u8; 65]) -> Value {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    struct KeySigner(p256::ecdsa::SigningKey);
+
+    impl Es256Signer for KeySigner {
+        fn public_key(&self) -> [u8; 65] {
+            sec1_uncompressed(&p256::PublicKey::from(self.0.verifying_key()))
+        }
+        fn sign_digest(&self, digest: &[u8; 32]) -> Result<[u8; 64], SignerError> {
+            use p256::ecdsa::signature::hazmat::PrehashSigner;
+            let sig: p256::ecdsa::Signature = self.0.sign_prehash(digest).unwrap();
+            Ok(sig.to_bytes().into())
+        }
+    }
+
+    fn signer() -> KeySigner {
+        KeySigner(p256::ecdsa::SigningKey::from_slice(&[0x42; 32]).unwrap())
+    }
+
+    /// Signs `payload` with exactly the given headers (as an attacker with
+    /// the key, or a sloppy implementation, would).
+    fn sign_with(s: &KeySigner, protected: coset::Header, unprotected: coset::Header) -> Vec<u8> {
+        CoseSign1Builder::new()
+            .protected(protected)
+            .unprotected(unprotected)
+            .payload(b"payload".to_vec())
+            .try_create_signature(b"", |tbs| {
+                let digest: [u8; 32] = Sha256::digest(tbs).into();
+                s.sign_digest(&digest).map(|x| x.to_vec())
+            })
+            .unwrap()
+            .build()
+            .to_tagged_vec()
+            .unwrap()
+    }
+
+    fn base(s: &KeySigner) -> HeaderBuilder {
+        HeaderBuilder::new()
+            .algorithm(iana::Algorithm::ES256)
+            .key_id(key_id(&s.public_key()).to_vec())
+            .content_type("application/x-test".to_owned())
+    }
+
+    #[test]
+    fn sign1_headers_are_exactly_the_documented_ones() {
+        let s = signer();
+        let good = sign1(&s, "application/x-test", b"payload".to_vec()).unwrap();
+        let p = UnverifiedSign1::parse(&good, "job manifest").unwrap();
+        assert_eq!(p.verify(&s.public_key()).unwrap(), b"payload");
+
+        // Unsigned content beside the signed payload.
+        let unsigned = HeaderBuilder::new()
+            .text_value(
+                "note".to_owned(),
+                ciborium::value::Value::Text("added".into()),
+            )
+            .build();
+        let bytes = sign_with(&s, base(&s).build(), unsigned);
+        let e = UnverifiedSign1::parse(&bytes, "job manifest").unwrap_err();
+        assert!(
+            e.to_string().contains("unprotected header is not empty"),
+            "{e}"
+        );
+
+        // A critical parameter, signed.
+        let crit = base(&s)
+            .add_critical(iana::HeaderParameter::CounterSignature)
+            .build();
+        let bytes = sign_with(&s, crit, coset::Header::default());
+        let e = UnverifiedSign1::parse(&bytes, "job manifest").unwrap_err();
+        assert!(e.to_string().contains("critical (crit)"), "{e}");
+
+        // Any other signed parameter.
+        let extra = base(&s).iv(vec![0; 12]).build();
+        let bytes = sign_with(&s, extra, coset::Header::default());
+        let e = UnverifiedSign1::parse(&bytes, "job manifest").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("other than alg, content type and kid"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cbor_problems_read_as_sentences() {
+        let s = signer();
+        let good = sign1(&s, "application/x-test", b"payload".to_vec()).unwrap();
+        for (bytes, want) in [
+            (&good[..good.len() - 5], "truncated"),
+            (&[0xd2, 0x84, 0x1c][..], "not valid CBOR"),
+        ] {
+            let e = UnverifiedSign1::parse(bytes, "enrollment record")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}");
+            assert!(!e.contains("EndOfFile") && !e.contains("Syntax("), "{e}");
+        }
+        let mut deep = vec![0x81u8; 300];
+        deep.push(0x00);
+        let e: Result<ciborium::value::Value, _> = ciborium::de::from_reader(deep.as_slice());
+        let text = cbor_problem(&e.unwrap_err());
+        assert!(text.contains("nests"), "{text}");
+    }
 
     #[test]
     fn aes_cbc_kdf_matches_two_block_cbc() {

@@ -36,7 +36,7 @@ pub struct Enrollment {
 #[non_exhaustive]
 pub enum EnrollmentError {
     /// Not a valid record.
-    #[error("the enrollment record is damaged or was altered: {0}")]
+    #[error("the enrollment record is damaged or was altered ({0}); ask the CM for the record again and compare its fingerprint")]
     Malformed(String),
     /// Signature failed.
     #[error("the enrollment record's signature does not verify; ask the CM for the record again and compare its fingerprint")]
@@ -57,7 +57,18 @@ impl From<CoseError> for EnrollmentError {
 
 impl From<PackageError> for EnrollmentError {
     fn from(e: PackageError) -> Self {
-        Self::Malformed(e.to_string())
+        // The shared field reader speaks of packages; here only its detail
+        // matters, and the advice is the enrollment's own.
+        match e {
+            PackageError::Malformed { detail } => Self::Malformed(detail),
+            PackageError::NotCanonical { what } => {
+                Self::Malformed(format!("the {what} is not in deterministic encoding"))
+            }
+            PackageError::UnsupportedVersion { found } => {
+                Self::Malformed(format!("version {found} is not one this flashgate reads"))
+            }
+            other => Self::Malformed(other.to_string()),
+        }
     }
 }
 
@@ -100,7 +111,7 @@ impl Enrollment {
 
     fn decode(bytes: &[u8]) -> Result<Self, EnrollmentError> {
         let value: Value = ciborium::de::from_reader(bytes)
-            .map_err(|e| EnrollmentError::Malformed(e.to_string()))?;
+            .map_err(|e| EnrollmentError::Malformed(cose::cbor_problem(&e)))?;
         let mut f = Fields::new(value, "enrollment record")?;
         if f.uint(1)? != VERSION {
             return Err(EnrollmentError::Malformed("unsupported version".to_owned()));

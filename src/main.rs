@@ -369,6 +369,12 @@ fn run(cli: Cli, w: &mut String) -> Result<u8> {
                         enrollment.fingerprint()
                     );
                 }
+            } else {
+                eprintln!(
+                    "warning: no --fingerprint given: the enrollment record {} (fingerprint {}) is trusted on first use; compare the fingerprint with the one the CM reads from `flashgate appliance show`, over a channel you trust",
+                    appliance.display(),
+                    enrollment.fingerprint()
+                );
             }
             let profile = match profile {
                 Some(p) => Some(Profile::from_name(&p).with_context(|| {

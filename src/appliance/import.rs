@@ -426,11 +426,11 @@ pub fn decrypt_image(
         let plain: Zeroizing<Vec<u8>> = token
             .aes_gcm_decrypt(cek, &chunk_nonce(&base_iv, idx), &aad, ct)
             .map_err(|_| ImportError::Altered {
-                what: format!("chunk {} of image {}", i + 1, index + 1),
+                what: format!("chunk {i} (counted from 0) of image {}", index + 1),
             })?;
         if (!last && plain.len() != entry.chunk_size as usize) || plain.is_empty() {
             return Err(ImportError::Altered {
-                what: format!("chunk {} of image {}", i + 1, index + 1),
+                what: format!("chunk {i} (counted from 0) of image {}", index + 1),
             });
         }
         total += plain.len() as u64;

@@ -11,6 +11,10 @@ pub enum HsmError {
     /// The module file could not be loaded.
     #[error("cannot load the PKCS#11 module {path}: {detail}; check token.module in the appliance config")]
     ModuleLoad { path: PathBuf, detail: String },
+    /// The module loaded but refused to initialise: usually its own
+    /// configuration is missing or unreadable.
+    #[error("the PKCS#11 module {path} could not start ({detail}); check the module's own configuration: Kryoptic reads the file named by KRYOPTIC_CONF{kryoptic}, SoftHSM2 the one named by SOFTHSM2_CONF", kryoptic = if std::env::var_os("KRYOPTIC_CONF").is_none() { " (not set in this environment)" } else { "" })]
+    ModuleInit { path: PathBuf, detail: String },
     /// No initialised token carries the configured label.
     #[error("no token labelled '{label}' is present (tokens seen: {}); plug in the HSM or fix token.label in the appliance config", if seen.is_empty() { "none".to_owned() } else { seen.join(", ") })]
     TokenNotFound { label: String, seen: Vec<String> },

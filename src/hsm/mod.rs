@@ -120,7 +120,15 @@ impl Token {
                 cryptoki::error::RvError::CryptokiAlreadyInitialized,
                 _,
             )) => {}
-            Err(e) => return Err(HsmError::op("initialise the PKCS#11 module", e)),
+            Err(e) => {
+                return Err(HsmError::ModuleInit {
+                    path: config.module.clone(),
+                    detail: match &e {
+                        cryptoki::error::Error::Pkcs11(rv, _) => format!("{rv}"),
+                        other => other.to_string(),
+                    },
+                })
+            }
         }
         let slot = find_slot(&pkcs11, &config.label)?;
         let info = pkcs11

@@ -28,7 +28,7 @@ pub enum BuildError {
     #[error("the appliance enrollment record cannot be used: {0}")]
     BadEnrollment(String),
     /// No profile in common.
-    #[error("appliance {appliance} supports no key-transport profile this flashgate can build ({offered}); update flashgate or the appliance's HSM")]
+    #[error("appliance {appliance} supports no key-transport profile this flashgate can build (its enrollment record offers {offered}); update flashgate or the appliance's HSM")]
     NoCommonProfile { appliance: String, offered: String },
     /// Firmware does not fit a job.
     #[error("firmware: {0}")]
@@ -118,12 +118,16 @@ pub fn build(input: &JobInput<'_>) -> Result<BuiltJob, BuildError> {
             .find(|p| enrollment.profiles.contains(p))
             .ok_or_else(|| BuildError::NoCommonProfile {
                 appliance: enrollment.appliance_id.clone(),
-                offered: enrollment
-                    .profiles
-                    .iter()
-                    .map(|p| p.name())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                offered: if enrollment.profiles.is_empty() {
+                    "no profile this flashgate knows".to_owned()
+                } else {
+                    enrollment
+                        .profiles
+                        .iter()
+                        .map(|p| p.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
             })?,
     };
     if input.images.is_empty() || input.images.len() > MAX_IMAGES {

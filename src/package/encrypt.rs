@@ -183,7 +183,9 @@ fn parse_recipient(v: Value) -> Result<Recipient, PackageError> {
     let [(k1, Value::Bytes(kid)), (k2, key)] = <[(Value, Value); 2]>::try_from(unprotected)
         .map_err(|_| malformed("a recipient header must hold the kid and the ephemeral key"))?
     else {
-        return Err(malformed("a recipient kid is not bytes"));
+        return Err(malformed(
+            "a recipient header must hold the kid (label 4, 16 bytes) and then the ephemeral key (label -1)",
+        ));
     };
     if !int_is(&k1, 4) || !int_is(&k2, -1) {
         return Err(malformed(

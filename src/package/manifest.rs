@@ -102,8 +102,8 @@ impl Manifest {
 
     /// Parses a manifest, refusing anything but the exact deterministic encoding.
     pub fn decode(bytes: &[u8]) -> Result<Self, PackageError> {
-        let value: Value =
-            ciborium::de::from_reader(bytes).map_err(|e| malformed(format!("not CBOR: {e}")))?;
+        let value: Value = ciborium::de::from_reader(bytes)
+            .map_err(|e| malformed(crate::cose::cbor_problem(&e)))?;
         let mut fields = Fields::new(value, "manifest")?;
         let version = fields.uint(1)?;
         if version != MANIFEST_VERSION {

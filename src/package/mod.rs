@@ -167,7 +167,7 @@ impl<'a> UnverifiedPackage<'a> {
 
     /// The manifest without checking its signature, for `job inspect`.
     pub fn manifest_unverified(&self) -> Result<(Manifest, Vec<u8>), PackageError> {
-        let sign1 = UnverifiedSign1::parse(self.manifest_sign1, "manifest signature")?;
+        let sign1 = UnverifiedSign1::parse(self.manifest_sign1, "job manifest")?;
         let kid = sign1.key_id().to_vec();
         Ok((Manifest::decode(sign1.payload_unverified())?, kid))
     }
@@ -175,7 +175,7 @@ impl<'a> UnverifiedPackage<'a> {
     /// Verifies the OEM signature with one of `trusted` (SEC1 public keys),
     /// then checks every part of the package against the signed digests.
     pub fn verify(self, trusted: &[[u8; 65]]) -> Result<SignedPackage<'a>, PackageError> {
-        let sign1 = UnverifiedSign1::parse(self.manifest_sign1, "manifest signature")?;
+        let sign1 = UnverifiedSign1::parse(self.manifest_sign1, "job manifest")?;
         if sign1.content_type() != Some(MANIFEST_CONTENT_TYPE) {
             return Err(PackageError::Malformed {
                 detail: "the signed object is not a job manifest".to_owned(),

@@ -33,7 +33,7 @@ pub enum CborError {
         offset: usize,
     },
     /// An item of another major type than expected.
-    #[error("the CBOR item at byte {offset} is a {found}, expected a {expected}")]
+    #[error("the CBOR item at byte {offset} is {found}, expected {expected}")]
     WrongType {
         /// Offset of the item.
         offset: usize,
@@ -64,14 +64,14 @@ pub enum CborError {
 
 fn major_name(major: u8) -> &'static str {
     match major {
-        0 => "unsigned integer",
-        1 => "negative integer",
-        2 => "byte string",
-        3 => "text string",
-        4 => "array",
-        5 => "map",
-        6 => "tag",
-        _ => "simple value or float",
+        0 => "an unsigned integer",
+        1 => "a negative integer",
+        2 => "a byte string",
+        3 => "a text string",
+        4 => "an array",
+        5 => "a map",
+        6 => "a tag",
+        _ => "a simple value or float",
     }
 }
 
