@@ -625,3 +625,58 @@ fn overlapping_images_are_refused_at_build_and_at_import() {
     assert!(err.contains("images 1 and 2 overlap"), "{err}");
     assert_nothing_left(&lab);
 }
+
+/// Operator-facing sentences: a build without a pinned fingerprint warns that
+/// the record is trusted on first use; a Kryoptic module started without its
+/// configuration says which variable to set, not a PKCS#11 function name.
+#[test]
+fn trust_on_first_use_is_warned_and_a_module_without_its_config_is_named() {
+    let lab = Lab::new(Kind::Kryoptic);
+    lab.enroll();
+    std::fs::write(lab.path("fw.bin"), vec![0x5au8; 1024]).unwrap();
+    let policy = policy_path();
+    let build = |extra: &[&str]| {
+        let mut args = vec![
+            "job",
+            "build",
+            "--oem",
+            "oem",
+            "--policy",
+            &policy,
+            "--firmware",
+            "fw.bin@0x08000000",
+            "--appliance",
+            "enrollment.cbor",
+        ];
+        args.extend_from_slice(extra);
+        lab.fg(&args)
+    };
+    let out = build(&["-o", "a.fgj"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("trusted on first use"), "{err}");
+    let fp = lab
+        .ok(&["appliance", "show"])
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint:").map(|f| f.trim().to_owned()))
+        .unwrap();
+    let out = build(&["-o", "b.fgj", "--fingerprint", &fp]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("trusted on first use"), "{err}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flashgate"))
+        .args(["job", "list"])
+        .current_dir(lab.path(""))
+        .env_remove("KRYOPTIC_CONF")
+        .env_remove("FLASHGATE_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("KRYOPTIC_CONF (not set in this environment)"),
+        "{err}"
+    );
+    assert!(!err.contains("Function::"), "{err}");
+}
