@@ -714,6 +714,11 @@ impl Provisioner {
             .map_err(|e| ("certificate".to_owned(), e.to_string()))?;
         rec.cert_sha256 = Some(hex::encode(Sha256::digest(&cert)));
         rec.certificate = Some(cert.clone());
+        // Kept durably before the device gets it: a crash from here on
+        // still leaves the OEM the certificate.
+        self.ledger
+            .certificate_issued(counter, &cert)
+            .map_err(|e| ("certificate".to_owned(), e.to_string()))?;
         timed(rec, "certificate", s);
 
         // Inject, then wipe the host copies.
