@@ -244,6 +244,7 @@ impl Appliance {
         policy: &flashgate_policy::Policy,
         manifest_sign1: &[u8],
     ) -> Result<(), ApplianceError> {
+        super::crash_point("import-before-record");
         let audit = self.audit()?;
         audit.append_and_checkpoint(job_imported_record(m, policy, manifest_sign1))?;
         self.mark_import_logged(&m.job_id_hex())
@@ -393,6 +394,23 @@ impl Appliance {
                 set_read_only(&to)?;
             }
         }
+        // The certificates those records name go with them (the new
+        // segment's bundles hold only the certificates it records).
+        if let Ok(rd) = std::fs::read_dir(self.config.state_dir.join("certs")) {
+            for job in rd.flatten() {
+                let to = sealed.join("certs").join(job.file_name());
+                let Ok(files) = std::fs::read_dir(job.path()) else {
+                    continue;
+                };
+                for f in files.flatten() {
+                    let name = f.file_name().to_string_lossy().into_owned();
+                    if name.ends_with(".der") && f.file_type().is_ok_and(|t| t.is_file()) {
+                        std::fs::create_dir_all(&to).map_err(io_err("cannot create", &to))?;
+                        rename_synced(&f.path(), &to.join(&name))?;
+                    }
+                }
+            }
+        }
         set_read_only(&sealed)?;
 
         // The new segment, and the high-water mark that goes with it.
@@ -467,21 +485,31 @@ impl Appliance {
     }
 
     /// Copies the sealed log segments, if any, into `out/sealed/<n>/`
-    /// (files as they are); returns how many.
+    /// (files as they are, with the certificates their records name under
+    /// `certs/<job>/`); returns how many.
     pub fn copy_sealed_segments(&self, out: &std::path::Path) -> Result<usize, ApplianceError> {
+        fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<(), ApplianceError> {
+            std::fs::create_dir_all(to).map_err(io_err("cannot create", to))?;
+            for e in std::fs::read_dir(from)
+                .map_err(io_err("cannot list", from))?
+                .flatten()
+            {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    copy_tree(&e.path(), &to.join(e.file_name()))?;
+                } else {
+                    let bytes =
+                        std::fs::read(e.path()).map_err(io_err("cannot read", &e.path()))?;
+                    write_atomic(&to.join(e.file_name()), &bytes)?;
+                }
+            }
+            Ok(())
+        }
         let Ok(rd) = std::fs::read_dir(self.sealed_dir()) else {
             return Ok(0);
         };
         let mut n = 0;
         for seg in rd.flatten() {
-            let to = out.join(SEALED_DIR).join(seg.file_name());
-            std::fs::create_dir_all(&to).map_err(io_err("cannot create", &to))?;
-            let files =
-                std::fs::read_dir(seg.path()).map_err(io_err("cannot list", &seg.path()))?;
-            for f in files.flatten() {
-                let bytes = std::fs::read(f.path()).map_err(io_err("cannot read", &f.path()))?;
-                write_atomic(&to.join(f.file_name()), &bytes)?;
-            }
+            copy_tree(&seg.path(), &out.join(SEALED_DIR).join(seg.file_name()))?;
             n += 1;
         }
         Ok(n)
