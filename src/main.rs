@@ -246,7 +246,7 @@ fn open_appliance(config: &Path) -> Result<Appliance> {
     let appliance = Appliance::open(cfg)?;
     if let Some(lock) = appliance.try_lock_writer(flashgate::appliance::RECOVERING)? {
         for line in appliance.recover_all(false)? {
-            eprintln!("recovery: {line}");
+            eprintln!("recovered: {line}");
         }
         drop(lock);
     }
@@ -262,7 +262,7 @@ fn open_writer(config: &Path, what: &str) -> Result<(Appliance, flashgate::appli
     let appliance = Appliance::open(cfg)?;
     let lock = appliance.lock_writer(what)?;
     for line in appliance.recover_all(true)? {
-        eprintln!("recovery: {line}");
+        eprintln!("recovered: {line}");
     }
     Ok((appliance, lock))
 }
@@ -806,7 +806,7 @@ fn audit(config: &Path, cmd: AuditCmd, w: &mut String) -> Result<u8> {
             let appliance = Appliance::open(ApplianceConfig::load(config)?)?;
             let _lock = appliance.lock_writer("the audit log is being reset")?;
             for line in appliance.recover()? {
-                eprintln!("recovery: {line}");
+                eprintln!("recovered: {line}");
             }
             if !yes && !confirm_reset()? {
                 bail!("the audit log was not reset (not confirmed)");
