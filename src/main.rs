@@ -120,6 +120,18 @@ enum AuditCmd {
         #[arg(long)]
         job: Option<String>,
     },
+    /// CM supervisor: seal an audit log that can no longer be trusted and start a new segment.
+    ///
+    /// The damaged log moves, read-only, to audit/sealed/<n>/; the new segment's first
+    /// record says what was lost and why. Asks for confirmation unless --yes.
+    Reset {
+        /// Why (recorded in the log-reset record).
+        #[arg(long)]
+        reason: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Check an inclusion proof against the appliance's log key.
     CheckProof {
         /// The proof (JSON, as `audit prove` prints it).
@@ -225,13 +237,34 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Opens the appliance for a read-only command. It never waits for the
+/// writer lock: when no other process holds it, what a crash left is
+/// recovered first (and the lock released); when one does, nothing crashed
+/// and the state is read as it is.
 fn open_appliance(config: &Path) -> Result<Appliance> {
     let cfg = ApplianceConfig::load(config)?;
     let appliance = Appliance::open(cfg)?;
-    for line in appliance.recover()? {
-        eprintln!("recovered: {line}");
+    if let Some(lock) = appliance.try_lock_writer(flashgate::appliance::RECOVERING)? {
+        for line in appliance.recover_all(false)? {
+            eprintln!("recovered: {line}");
+        }
+        drop(lock);
     }
     Ok(appliance)
+}
+
+/// Opens the appliance for a command that changes its state: takes the
+/// writer lock (refused at once, naming the holder, when another process
+/// has it; `what` completes "... by another flashgate process"), then
+/// recovers what a crash left. The lock is held until the guard drops.
+fn open_writer(config: &Path, what: &str) -> Result<(Appliance, flashgate::appliance::WriterLock)> {
+    let cfg = ApplianceConfig::load(config)?;
+    let appliance = Appliance::open(cfg)?;
+    let lock = appliance.lock_writer(what)?;
+    for line in appliance.recover_all(true)? {
+        eprintln!("recovered: {line}");
+    }
+    Ok((appliance, lock))
 }
 
 fn run(cli: Cli, w: &mut String) -> Result<u8> {
@@ -268,6 +301,7 @@ fn run(cli: Cli, w: &mut String) -> Result<u8> {
         Command::Demo(args) => return Ok(flashgate::demo::run(&args)?),
         Command::Appliance(ApplianceCmd::Init { out }) => {
             let appliance = Appliance::open(ApplianceConfig::load(&cli.config)?)?;
+            let _lock = appliance.lock_writer("the appliance is being enrolled")?;
             let (bytes, e) = appliance.enroll()?;
             if let Some(out) = out {
                 std::fs::write(&out, &bytes)
@@ -473,7 +507,7 @@ fn run(cli: Cli, w: &mut String) -> Result<u8> {
             }
         }
         Command::Job(JobCmd::Import { package }) => {
-            let appliance = open_appliance(&cli.config)?;
+            let (appliance, _lock) = open_writer(&cli.config, "a job is being imported")?;
             let job = appliance.import(&package)?;
             let j = job.policy.job();
             let _ = writeln!(
@@ -507,7 +541,8 @@ fn run(cli: Cli, w: &mut String) -> Result<u8> {
             }
         }
         Command::Job(JobCmd::Remove { id }) => {
-            let appliance = open_appliance(&cli.config)?;
+            let (appliance, _lock) =
+                open_writer(&cli.config, &format!("job {id} is being removed"))?;
             appliance.remove_job(&id)?;
             let _ = writeln!(w, "removed job {id} and destroyed its HSM keys");
         }
@@ -520,7 +555,8 @@ fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
     use flashgate::pipeline::{Provisioner, RunEvent, RunOptions, StopHandle};
     use std::fmt::Write as _;
     use std::sync::Arc;
-    let appliance = open_appliance(config)?;
+    // Held until the run ends: no other process changes the state under it.
+    let (appliance, _lock) = open_writer(config, &format!("job {} is being run", args.job))?;
     let job_dir = appliance.job_dir(&args.job);
     let job = flashgate::appliance::ImportedJob::load(&job_dir, &appliance.config.trust.keys)
         .map_err(|_| flashgate::appliance::ApplianceError::NoSuchJob {
@@ -775,6 +811,27 @@ fn audit(config: &Path, cmd: AuditCmd, w: &mut String) -> Result<u8> {
                 "audit bundle for job {job} written to {} ({n} certificates)",
                 out.display()
             );
+            let sealed = appliance.copy_sealed_segments(&out)?;
+            if sealed > 0 {
+                let _ = writeln!(
+                    w,
+                    "the log was reset: {sealed} sealed segment(s) copied into {}",
+                    out.join("sealed").display()
+                );
+            }
+            Ok(0)
+        }
+        AuditCmd::Reset { reason, yes } => {
+            let appliance = Appliance::open(ApplianceConfig::load(config)?)?;
+            let _lock = appliance.lock_writer("the audit log is being reset")?;
+            for line in appliance.recover()? {
+                eprintln!("recovered: {line}");
+            }
+            if !yes && !confirm_reset()? {
+                bail!("the audit log was not reset (not confirmed)");
+            }
+            let report = appliance.reset_log(&reason)?;
+            let _ = writeln!(w, "{report}");
             Ok(0)
         }
         AuditCmd::Verify {
@@ -836,6 +893,24 @@ fn audit(config: &Path, cmd: AuditCmd, w: &mut String) -> Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// Asks on the terminal whether to reset the log; false without a terminal.
+fn confirm_reset() -> Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        bail!("audit reset asks for confirmation on a terminal; run it on one, or pass --yes");
+    }
+    eprint!(
+        "This seals the audit log as evidence and starts a new segment; records after its last verified checkpoint are lost. Type 'reset' to go on: "
+    );
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the answer")?;
+    Ok(line.trim() == "reset")
 }
 
 /// `key=value,key=value` target options.

@@ -325,12 +325,17 @@ fn an_import_whose_record_was_lost_is_recorded_before_its_first_run() {
     lab.enroll();
     let policy = lab.policy("policy.toml", |t| t);
     lab.build_job("job.fgj", &policy, 20_000);
-    // The log cannot be opened: a file where its directory should be.
-    std::fs::write(lab.path("state/audit"), b"not a directory").unwrap();
-    let err = lab.fails(&["job", "import", "job.fgj"]);
-    assert!(err.contains("audit"), "{err}");
+    // The import stops (a test build's crash point) after its commit,
+    // before its record.
+    let out = Command::new(env!("CARGO_BIN_EXE_flashgate"))
+        .args(["job", "import", "job.fgj"])
+        .current_dir(lab.dir.path())
+        .env("SOFTHSM2_CONF", lab.path("token/softhsm2.conf"))
+        .env("FLASHGATE_TEST_CRASH_AT", "import-before-record")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
     let id = lab.first_job_id();
-    std::fs::remove_file(lab.path("state/audit")).unwrap();
     lab.ok(&["run", "--job", &id, "--target", &sim(71), "--units", "2"]);
     lab.ok(&["audit", "export", "--job", &id, "-o", "bundle"]);
     let (code, text) = verify(&lab, "bundle", &[]);

@@ -8,11 +8,13 @@
 mod audit;
 mod config;
 mod import;
+mod lock;
 
-pub use audit::{Audit, HsmCounterStore, HsmLogSigner, RunLedger, COUNTER_PREFIX};
+pub use audit::{Audit, HsmCounterStore, HsmLogSigner, LogResetReport, RunLedger, COUNTER_PREFIX};
 pub use config::{ApplianceConfig, ConfigError};
 pub(crate) use import::job_key_label;
 pub use import::{ImportError, ImportedJob};
+pub use lock::{WriterLock, LOCK_FILE, RECOVERING};
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -75,6 +77,22 @@ pub enum ApplianceError {
     /// The audit log or the quota counter refused or failed.
     #[error("audit log: {0}")]
     Audit(String),
+    /// Another process holds the writer lock.
+    #[error("{holder}")]
+    Busy { holder: String },
+    /// The audit log can no longer be trusted; nothing may change until an
+    /// operator seals it.
+    #[error("the audit log cannot be trusted ({detail}), so this appliance changes no state; read-only commands still work. Export the audit bundles as evidence, then seal the log and start a new segment with `flashgate audit reset --reason TEXT`")]
+    LogDamaged { detail: String },
+    /// `audit reset` without a reason.
+    #[error("say why the log is reset with --reason TEXT; the reason is recorded")]
+    ResetWithoutReason,
+    /// `audit reset` of a log that opens cleanly.
+    #[error("the audit log is intact and agrees with the HSM; there is nothing to reset")]
+    LogIntact,
+    /// The job was removed before.
+    #[error("job {id} was already removed; nothing was done")]
+    AlreadyRemoved { id: String },
 }
 
 pub(crate) fn io_err<'a>(
@@ -322,10 +340,13 @@ impl Appliance {
         Ok(out)
     }
 
-    /// Removes a job: destroys its keys, then its directory. The commit
-    /// marker stays, so the same job can never be imported again.
+    /// Removes a job, write-ahead: a marker file and a `job-removal-started`
+    /// record first, then the keys and the directory are destroyed, then
+    /// `job-removed` is recorded and the marker goes. A crash in between is
+    /// completed by [`Appliance::recover_all`]; a failure before the intent
+    /// is recorded leaves the job intact. The commit marker stays, so the
+    /// same job can never be imported again. The caller holds the writer lock.
     pub fn remove_job(&self, id: &str) -> Result<(), ApplianceError> {
-        let dir = self.job_dir(id);
         if self
             .token
             .find_by_label(&format!("{IMPORTED_PREFIX}{id}"))?
@@ -333,17 +354,136 @@ impl Appliance {
         {
             return Err(ApplianceError::NoSuchJob { id: id.to_owned() });
         }
-        for (h, label) in self.token.labelled_objects()? {
-            if label.starts_with(&format!("{JOB_KEY_PREFIX}{id}:")) {
-                self.token.destroy(h)?;
-            }
-        }
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(io_err("cannot remove", &dir))?;
-        }
         let job_id = crate::package::Manifest::job_id_from_hex(id)
             .ok_or_else(|| ApplianceError::NoSuchJob { id: id.to_owned() })?;
-        self.audit_remove(job_id)
+        if self.job_keys(id)?.is_empty() && !self.job_dir(id).exists() {
+            return Err(ApplianceError::AlreadyRemoved { id: id.to_owned() });
+        }
+        // The log must take records before anything is destroyed.
+        let audit = self.audit()?;
+        let marker = self.removal_marker(id);
+        if let Some(dir) = marker.parent() {
+            fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
+        }
+        write_atomic(&marker, b"")?;
+        if let Err(e) = audit.append_and_checkpoint(flashgate_audit::RecordKind::JobRemovalStarted(
+            flashgate_audit::record::JobRemovalStarted { job_id },
+        )) {
+            let _ = fs::remove_file(&marker);
+            return Err(e);
+        }
+        crash_point("remove-after-intent");
+        self.destroy_job(id, true)?;
+        self.record_removed(&audit, job_id)?;
+        crash_point("remove-after-record");
+        remove_file_synced(&marker)
+    }
+
+    /// The job's key objects.
+    fn job_keys(&self, id: &str) -> Result<Vec<cryptoki::object::ObjectHandle>, ApplianceError> {
+        let prefix = format!("{JOB_KEY_PREFIX}{id}:");
+        Ok(self
+            .token
+            .labelled_objects()?
+            .into_iter()
+            .filter(|(_, l)| l.starts_with(&prefix))
+            .map(|(h, _)| h)
+            .collect())
+    }
+
+    /// Destroys a job's keys, then its directory.
+    fn destroy_job(&self, id: &str, crash_points: bool) -> Result<(), ApplianceError> {
+        for h in self.job_keys(id)? {
+            self.token.destroy(h)?;
+        }
+        if crash_points {
+            crash_point("remove-after-keys");
+        }
+        let dir = self.job_dir(id);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io_err("cannot remove", &dir))?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        if crash_points {
+            crash_point("remove-after-dir");
+        }
+        Ok(())
+    }
+
+    /// Where the intent of an unfinished removal is marked.
+    fn removal_marker(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join("removing").join(id)
+    }
+
+    /// Settles what a crash left half done, under the writer lock: imports
+    /// ([`Appliance::recover`]), removals, leftover temporary files, and,
+    /// when the appliance is enrolled, the audit log: the import records,
+    /// aborted and unused counter values and pending certificates of every
+    /// job. With `log_required` false, a log that cannot be opened is
+    /// reported as a line instead of failing (read-only commands).
+    pub fn recover_all(&self, log_required: bool) -> Result<Vec<String>, ApplianceError> {
+        let mut lines = self.recover()?;
+        remove_temp_files(&self.config.state_dir, &mut lines);
+        if !self.enrollment_path().exists() {
+            return Ok(lines);
+        }
+        let audit = match self.audit() {
+            Ok(a) => a,
+            Err(e) if !log_required => {
+                lines.push(format!("the audit log was not recovered: {e}"));
+                return Ok(lines);
+            }
+            Err(e) => return Err(e),
+        };
+        self.finish_removals(&audit, &mut lines)?;
+        self.recover_log(&audit, &mut lines)?;
+        Ok(lines)
+    }
+
+    /// Completes removals whose intent was recorded; drops markers of
+    /// removals that never got that far (the job stays).
+    fn finish_removals(
+        &self,
+        audit: &Audit,
+        lines: &mut Vec<String>,
+    ) -> Result<(), ApplianceError> {
+        let dir = self.config.state_dir.join("removing");
+        let Ok(rd) = fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for entry in rd.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let Some(job_id) = crate::package::Manifest::job_id_from_hex(&id) else {
+                remove_file_synced(&path)?;
+                continue;
+            };
+            match self.removal_state(audit, &job_id)? {
+                RemovalState::NotStarted => {
+                    lines.push(format!(
+                        "job {id}: a removal stopped before it was recorded; the job is kept"
+                    ));
+                }
+                RemovalState::Started => {
+                    self.destroy_job(&id, false)?;
+                    self.record_removed(audit, job_id)?;
+                    lines.push(format!("job {id}: completed a removal a crash interrupted"));
+                }
+                RemovalState::Done => {
+                    self.destroy_job(&id, false)?;
+                }
+            }
+            remove_file_synced(&path)?;
+        }
+        Ok(())
+    }
+
+    fn record_removed(&self, audit: &Audit, job_id: [u8; 16]) -> Result<(), ApplianceError> {
+        audit.append_and_checkpoint(flashgate_audit::RecordKind::JobRemoved(
+            flashgate_audit::record::JobRemoved { job_id },
+        ))
     }
 
     /// The security-version floor of a product (0 if none was imported).
@@ -363,18 +503,126 @@ impl Appliance {
     }
 }
 
-/// Writes a file atomically: temporary file, fsync, rename, fsync the directory.
+/// Where a job's removal stands in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RemovalState {
+    /// No `job-removal-started` record.
+    NotStarted,
+    /// The intent is recorded, its completion is not.
+    Started,
+    /// `job-removed` follows the intent.
+    Done,
+}
+
+/// In debug and test builds, `FLASHGATE_TEST_CRASH_AT=<point>` aborts the
+/// process at that point, to test what recovery makes of it. Release builds
+/// ignore it.
+pub(crate) fn crash_point(point: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("FLASHGATE_TEST_CRASH_AT").is_ok_and(|v| v == point) {
+        std::process::abort();
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = point;
+}
+
+/// Suffix of the temporary files [`write_atomic`] renames into place.
+const TMP_SUFFIX: &str = ".tmp";
+
+/// Writes a file atomically: a temporary file with a unique name in the
+/// same directory, write, fsync, rename over `path`, fsync the directory.
+/// A crash leaves either the old file or the new one, never a part, and a
+/// leftover temporary file that recovery removes.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ApplianceError> {
     use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
-    f.write_all(bytes).map_err(io_err("cannot write", &tmp))?;
-    f.sync_all().map_err(io_err("cannot sync", &tmp))?;
-    fs::rename(&tmp, path).map_err(io_err("cannot rename", path))?;
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".to_owned(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(
+        ".{name}.{}.{}{TMP_SUFFIX}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err("cannot create", &tmp))?;
+        f.write_all(bytes).map_err(io_err("cannot write", &tmp))?;
+        f.sync_all().map_err(io_err("cannot sync", &tmp))?;
+        fs::rename(&tmp, path).map_err(io_err("cannot rename", path))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
+    sync_dir(dir)
+}
+
+/// Renames `from` to `to` and syncs the directories involved.
+pub(crate) fn rename_synced(from: &Path, to: &Path) -> Result<(), ApplianceError> {
+    fs::rename(from, to).map_err(io_err("cannot rename", from))?;
+    let (a, b) = (from.parent(), to.parent());
+    if let Some(a) = a {
+        sync_dir(a)?;
+    }
+    if let Some(b) = b.filter(|b| Some(*b) != a) {
+        sync_dir(b)?;
+    }
+    Ok(())
+}
+
+fn remove_file_synced(path: &Path) -> Result<(), ApplianceError> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("cannot remove", path)(e)),
+    }
+    path.parent().map_or(Ok(()), sync_dir)
+}
+
+/// Fsyncs a directory, so that the names in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), ApplianceError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("cannot sync", dir))
+}
+
+/// True for a leftover temporary file of [`write_atomic`].
+pub(crate) fn is_temp_file(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(TMP_SUFFIX)
+}
+
+/// Removes what interrupted atomic writes left in the state directory, the
+/// job directories and the certificate directories.
+fn remove_temp_files(state_dir: &Path, lines: &mut Vec<String>) {
+    let mut dirs = vec![state_dir.to_owned()];
+    for sub in ["jobs", "certs"] {
+        if let Ok(rd) = fs::read_dir(state_dir.join(sub)) {
+            for e in rd.flatten() {
+                dirs.push(e.path());
+                dirs.push(e.path().join("aborted"));
+            }
+        }
+    }
+    for dir in dirs {
+        let Ok(rd) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if is_temp_file(&name) && fs::remove_file(e.path()).is_ok() {
+                lines.push(format!(
+                    "removed {} left by an interrupted write",
+                    e.path().display()
+                ));
+            }
+        }
+    }
 }
 
 pub(crate) fn unix_now() -> u64 {

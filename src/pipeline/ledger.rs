@@ -25,6 +25,11 @@ pub trait Ledger: Send + Sync {
     /// Reserves up to `n` counter values, durably, before they are used.
     /// Returns fewer when the quota has fewer left; fails when none are left.
     fn reserve(&self, n: u64) -> Result<Range<u64>, LedgerError>;
+    /// A certificate was issued for the unit holding `counter`, before it
+    /// goes to the device: durable ledgers keep it as pending (durable
+    /// before this returns), so that a crash at any later stage leaves the
+    /// OEM its hash and serial. The unit's record makes it final.
+    fn certificate_issued(&self, counter: u64, der: &[u8]) -> Result<(), LedgerError>;
     /// Records a unit's outcome (durable before it returns).
     fn record(&self, unit: &UnitRecord) -> Result<(), LedgerError>;
     /// Returns counter values reserved but never used (run end).
@@ -100,6 +105,11 @@ impl Ledger for MemoryLedger {
         let r = s.next..end;
         s.next = end;
         Ok(r)
+    }
+
+    fn certificate_issued(&self, _counter: u64, _der: &[u8]) -> Result<(), LedgerError> {
+        // The record keeps the certificate; nothing survives the process anyway.
+        Ok(())
     }
 
     fn record(&self, unit: &UnitRecord) -> Result<(), LedgerError> {

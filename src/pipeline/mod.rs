@@ -943,6 +943,11 @@ impl Provisioner {
             })?;
         rec.cert_sha256 = Some(hex::encode(Sha256::digest(&cert)));
         rec.certificate = Some(cert.clone());
+        // Kept durably before the device gets it: a crash from here on
+        // still leaves the OEM the certificate.
+        self.ledger
+            .certificate_issued(counter, &cert)
+            .map_err(|e| UnitFailure::new(UnitStage::Certificate, FailureKind::Ledger, e.to_string()))?;
         timed(rec, UnitStage::Certificate, s);
 
         // Inject, then wipe the host copies.

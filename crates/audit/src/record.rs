@@ -18,6 +18,17 @@ pub type RunId = [u8; 16];
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];
 
+/// The job id that [`RecordKind::job_id`] gives for records about the whole
+/// appliance (`log-reset`): it matches no job.
+pub const NO_JOB: JobId = [0; 16];
+
+/// The `units-unused` reason of the values a job had used before a log
+/// reset: the new segment reserves and closes them at once, so that its
+/// accounting starts where the job's HSM counter stands. What happened to
+/// them is in the sealed segment.
+pub const REASON_CARRIED_OVER: &str =
+    "counted in a sealed log segment before a log reset; see the log-reset record";
+
 /// The largest encoded record accepted, in bytes.
 pub const MAX_RECORD_LEN: usize = 64 * 1024;
 
@@ -49,8 +60,15 @@ pub(crate) mod key {
     pub const LOCK_LEVEL: u64 = 23;
     pub const TIMINGS: u64 = 24;
     pub const STAGE: u64 = 25;
+    pub const SEGMENT: u64 = 26;
+    pub const CHECKPOINT_SIZE: u64 = 27;
+    pub const CHECKPOINT_ROOT: u64 = 28;
+    pub const CHECKPOINT_SHA256: u64 = 29;
+    pub const LOST_RECORDS: u64 = 30;
+    pub const LOST_BYTES: u64 = 31;
+    pub const HIGH_WATER: u64 = 32;
     /// One past the largest key.
-    pub const END: u64 = 26;
+    pub const END: u64 = 33;
 }
 
 /// The field names, indexed by key, as the CDDL spells them.
@@ -81,6 +99,13 @@ const FIELD_NAMES: [&str; key::END as usize] = [
     "lock_level",
     "timings",
     "stage",
+    "segment",
+    "checkpoint_size",
+    "checkpoint_root",
+    "checkpoint_sha256",
+    "lost_records",
+    "lost_bytes",
+    "high_water",
 ];
 
 fn field_name(k: u64) -> &'static str {
@@ -174,6 +199,10 @@ pub enum RecordKind {
     JobImported(JobImported),
     /// A job was removed from the appliance.
     JobRemoved(JobRemoved),
+    /// A job's removal began (written before any key is destroyed).
+    JobRemovalStarted(JobRemovalStarted),
+    /// The previous log was damaged and sealed; this segment starts anew.
+    LogReset(LogReset),
     /// An operator started a production run.
     RunStarted(RunStarted),
     /// A production run ended.
@@ -212,6 +241,45 @@ pub struct JobImported {
 pub struct JobRemoved {
     /// The job.
     pub job_id: JobId,
+}
+
+/// `job-removal-started`: the intent, recorded before the job's keys and
+/// directory are destroyed; `job-removed` follows once they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRemovalStarted {
+    /// The job.
+    pub job_id: JobId,
+}
+
+/// `log-reset`: the first record of a new log segment, written when an
+/// operator sealed a damaged log (`flashgate audit reset`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogReset {
+    /// Number of the sealed segment (`audit/sealed/<segment>/`), from 1.
+    pub segment: u64,
+    /// The sealed log's last checkpoint that verified against its records
+    /// and the log key, if it had one.
+    pub checkpoint: Option<SealedCheckpoint>,
+    /// Complete records in the sealed log after that checkpoint (not
+    /// covered by any verified signature).
+    pub lost_records: u64,
+    /// Bytes of the sealed log after the records the checkpoint covers.
+    pub lost_bytes: u64,
+    /// The HSM high-water mark of the sealed log when it was sealed.
+    pub high_water: u64,
+    /// Why the operator reset the log.
+    pub reason: String,
+}
+
+/// The checkpoint a `log-reset` record commits to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealedCheckpoint {
+    /// Its tree size.
+    pub size: u64,
+    /// Its root hash.
+    pub root: Digest,
+    /// SHA-256 of its `COSE_Sign1` bytes as stored in `checkpoints.log`.
+    pub sha256: Digest,
 }
 
 /// `run-started`.
@@ -338,6 +406,8 @@ impl RecordKind {
         match self {
             Self::JobImported(_) => "job-imported",
             Self::JobRemoved(_) => "job-removed",
+            Self::JobRemovalStarted(_) => "job-removal-started",
+            Self::LogReset(_) => "log-reset",
             Self::RunStarted(_) => "run-started",
             Self::RunStopped(_) => "run-stopped",
             Self::UnitsReserved(_) => "units-reserved",
@@ -348,12 +418,14 @@ impl RecordKind {
         }
     }
 
-    /// The job the record is about.
+    /// The job the record is about ([`NO_JOB`] for `log-reset`).
     #[must_use]
     pub fn job_id(&self) -> &JobId {
         match self {
             Self::JobImported(r) => &r.job_id,
             Self::JobRemoved(r) => &r.job_id,
+            Self::JobRemovalStarted(r) => &r.job_id,
+            Self::LogReset(_) => &NO_JOB,
             Self::RunStarted(r) => &r.job_id,
             Self::RunStopped(r) => &r.job_id,
             Self::UnitsReserved(r) => &r.job_id,
@@ -417,6 +489,19 @@ impl Record {
                 f.b(MANIFEST_DIGEST, &r.manifest_digest);
             }
             RecordKind::JobRemoved(r) => f.b(JOB_ID, &r.job_id),
+            RecordKind::JobRemovalStarted(r) => f.b(JOB_ID, &r.job_id),
+            RecordKind::LogReset(r) => {
+                f.t(REASON, &r.reason);
+                f.u(SEGMENT, r.segment);
+                if let Some(c) = &r.checkpoint {
+                    f.u(CHECKPOINT_SIZE, c.size);
+                    f.b(CHECKPOINT_ROOT, &c.root);
+                    f.b(CHECKPOINT_SHA256, &c.sha256);
+                }
+                f.u(LOST_RECORDS, r.lost_records);
+                f.u(LOST_BYTES, r.lost_bytes);
+                f.u(HIGH_WATER, r.high_water);
+            }
             RecordKind::RunStarted(r) => {
                 f.b(JOB_ID, &r.job_id);
                 f.b(RUN_ID, &r.run_id);
@@ -550,8 +635,13 @@ enum In<'a> {
     M(Vec<(&'a str, u64)>),
 }
 
-#[derive(Default)]
 struct Slots<'a>([Option<In<'a>>; key::END as usize]);
+
+impl Default for Slots<'_> {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| None))
+    }
+}
 
 impl<'a> Slots<'a> {
     fn take(&mut self, k: u64) -> Option<In<'a>> {
@@ -661,6 +751,40 @@ impl<'a> Slots<'a> {
             "job-removed" => RecordKind::JobRemoved(JobRemoved {
                 job_id: self.fixed(JOB_ID, "job-removed")?,
             }),
+            "job-removal-started" => RecordKind::JobRemovalStarted(JobRemovalStarted {
+                job_id: self.fixed(JOB_ID, "job-removal-started")?,
+            }),
+            "log-reset" => {
+                let k = "log-reset";
+                let size = self.opt_u(CHECKPOINT_SIZE)?;
+                let root = self.opt_fixed::<32>(CHECKPOINT_ROOT)?;
+                let sha256 = self.opt_fixed::<32>(CHECKPOINT_SHA256)?;
+                let checkpoint = match (size, root, sha256) {
+                    (None, None, None) => None,
+                    (Some(size), Some(root), Some(sha256)) => {
+                        Some(SealedCheckpoint { size, root, sha256 })
+                    }
+                    // All three or none: name the first one missing.
+                    (s, r, _) => {
+                        let absent = if s.is_none() {
+                            CHECKPOINT_SIZE
+                        } else if r.is_none() {
+                            CHECKPOINT_ROOT
+                        } else {
+                            CHECKPOINT_SHA256
+                        };
+                        return Err(missing(absent, k));
+                    }
+                };
+                RecordKind::LogReset(LogReset {
+                    segment: self.u(SEGMENT, k)?,
+                    checkpoint,
+                    lost_records: self.u(LOST_RECORDS, k)?,
+                    lost_bytes: self.u(LOST_BYTES, k)?,
+                    high_water: self.u(HIGH_WATER, k)?,
+                    reason: self.t(REASON, k)?,
+                })
+            }
             "run-started" => {
                 let k = "run-started";
                 RecordKind::RunStarted(RunStarted {

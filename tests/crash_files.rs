@@ -1,0 +1,178 @@
+//! Files that survive a kill: a run SIGKILLed again and again at random
+//! points leaves, after the next command's recovery, a DER file for every
+//! recorded certificate, every certificate file named after its SHA-256,
+//! and every certificate issued to a board either recorded or kept under
+//! `aborted/`. An export right after the kills verifies clean apart from the
+//! aborted and unused records. Both tokens, through the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Kind, Lab};
+use flashgate_audit::{Record, RecordKind};
+use sha2::{Digest, Sha256};
+
+fn token_env(lab: &Lab) -> (&'static str, std::path::PathBuf) {
+    match lab.kind {
+        Kind::SoftHsm => ("SOFTHSM2_CONF", lab.path("token/softhsm2.conf")),
+        Kind::Kryoptic => ("KRYOPTIC_CONF", lab.path("token/kryoptic.conf")),
+    }
+}
+
+fn records(lab: &Lab) -> Vec<Record> {
+    let bytes = std::fs::read(lab.path("state/audit/audit.log")).unwrap();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 4 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        out.push(Record::decode(&bytes[at + 4..at + 4 + len]).expect("every record decodes"));
+        at += 4 + len;
+    }
+    out
+}
+
+/// The `.der` files of a directory, each checked against its name.
+fn der_files(dir: &std::path::Path) -> HashSet<String> {
+    let mut out = HashSet::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        if !e.file_type().unwrap().is_file() {
+            continue;
+        }
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.ends_with(".pending") && !name.ends_with(".tmp"),
+            "left after recovery: {}",
+            e.path().display()
+        );
+        let stem = name.strip_suffix(".der").expect("only .der files");
+        let bytes = std::fs::read(e.path()).unwrap();
+        assert!(!bytes.is_empty(), "{} is empty", e.path().display());
+        assert_eq!(
+            hex::encode(Sha256::digest(&bytes)),
+            stem,
+            "{} is not what its name says",
+            e.path().display()
+        );
+        out.insert(stem.to_owned());
+    }
+    out
+}
+
+fn kills_leave_every_certificate_on_disk(kind: Kind) {
+    let lab = Lab::new(kind);
+    lab.enroll();
+    let policy = lab.policy("policy.toml", |t| {
+        t.replace("checkpoint_every_units = 100", "checkpoint_every_units = 7")
+    });
+    // Small firmware: the stages after the certificate are a good part of a unit.
+    lab.build_job("job.fgj", &policy, 4_000);
+    lab.ok(&["job", "import", "job.fgj"]);
+    let id = lab.first_job_id();
+    let (k, v) = token_env(&lab);
+
+    let mut issued = 0usize;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..10u64 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let events = lab.path(&format!("events-{i}.jsonl"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flashgate"))
+            .args(["run", "--job", &id, "--channels", "4", "--target"])
+            .arg(format!(
+                "sim:timing=realistic,seed={},flash-base=0x08000000",
+                200 + i
+            ))
+            .args(["--units", "100000", "--json"])
+            .current_dir(lab.dir.path())
+            .env(k, &v)
+            .stdout(std::fs::File::create(&events).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300 + rng % 900));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // A certificate's stage-done event is emitted only after the
+        // certificate was kept durably.
+        issued += std::fs::read_to_string(&events)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"stage-done\"") && l.contains("\"stage\":\"certificate\""))
+            .count();
+    }
+
+    // Any command recovers; export right away.
+    lab.ok(&["audit", "export", "--job", &id, "-o", "bundle"]);
+    let v = lab.fg(&[
+        "audit",
+        "verify",
+        "bundle",
+        "--oem",
+        "oem/signing-key.pub.pem",
+        "--json",
+    ]);
+    let text = String::from_utf8_lossy(&v.stdout).into_owned();
+    assert_eq!(v.status.code(), Some(0), "{text}");
+    let report: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    let units = &report["units"];
+    let accounted: u64 = ["passed", "failed", "aborted", "unused"]
+        .iter()
+        .map(|k| units[*k].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        accounted,
+        report["quota"]["used"].as_u64().unwrap(),
+        "{report}"
+    );
+    assert!(units["aborted"].as_u64().unwrap() > 0, "{report}");
+
+    let certs = lab.path(&format!("state/certs/{id}"));
+    let finals = der_files(&certs);
+    let aborted = der_files(&certs.join("aborted"));
+    let mut recorded = HashSet::new();
+    for r in records(&lab) {
+        let hash = match r.kind {
+            RecordKind::UnitPassed(u) => Some(u.cert_sha256),
+            RecordKind::UnitFailed(u) => u.cert_sha256,
+            _ => None,
+        };
+        if let Some(h) = hash {
+            recorded.insert(hex::encode(h));
+        }
+    }
+    for h in &recorded {
+        assert!(finals.contains(h), "recorded certificate {h} has no file");
+    }
+    assert!(aborted.is_disjoint(&recorded));
+    // Every certificate issued is recorded or kept as aborted.
+    assert!(
+        recorded.len() + aborted.len() >= issued,
+        "{issued} certificates issued, {} recorded, {} kept as aborted",
+        recorded.len(),
+        aborted.len()
+    );
+    assert!(!aborted.is_empty(), "no kill landed after a certificate");
+    eprintln!(
+        "{issued} issued, {} recorded, {} aborted: {units}",
+        recorded.len(),
+        aborted.len()
+    );
+}
+
+#[test]
+fn kills_leave_every_certificate_on_disk_softhsm() {
+    kills_leave_every_certificate_on_disk(Kind::SoftHsm);
+}
+
+#[test]
+fn kills_leave_every_certificate_on_disk_kryoptic() {
+    kills_leave_every_certificate_on_disk(Kind::Kryoptic);
+}
