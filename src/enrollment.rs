@@ -1,18 +1,21 @@
 //! The enrollment record: who an appliance is, which keys it holds in its
-//! HSM and which key-transport profiles that HSM can run. Signed by the
-//! appliance's log key (a `COSE_Sign1`); the OEM pins it.
+//! HSM, which key-transport profiles that HSM can run and, per profile,
+//! whether the HSM's PIN holder can pull job secrets out of it (measured by
+//! [`crate::hsm::probe`] at enrollment). Signed by the appliance's log key (a
+//! `COSE_Sign1`); the OEM pins it.
 
 use ciborium::value::Value;
 use sha2::{Digest, Sha256};
 
 use crate::cose::{self, CoseError, Es256Signer, SignerError, UnverifiedSign1};
+use crate::hsm::probe::{Extraction, ExtractionProbe};
 use crate::hsm::{Profile, TokenDescription};
 use crate::package::manifest::Fields;
 use crate::package::PackageError;
 
 /// Content type of the enrollment `COSE_Sign1`.
 pub const ENROLLMENT_CONTENT_TYPE: &str = "application/vnd.flashgate.enrollment+cbor";
-const VERSION: u64 = 1;
+const VERSION: u64 = 2;
 
 /// An enrollment record's contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +32,10 @@ pub struct Enrollment {
     pub profiles: Vec<Profile>,
     /// When it was enrolled (Unix seconds).
     pub created: u64,
+    /// Per profile, whether the token's PIN holder can extract job secrets.
+    pub pin_holder_extraction: Vec<(Profile, Extraction)>,
+    /// Every extraction path tried at enrollment: path name and outcome text.
+    pub extraction_paths: Vec<(String, String)>,
 }
 
 /// Why an enrollment record was refused.
@@ -80,7 +87,30 @@ pub fn appliance_id(ka_public: &[u8; 65], log_public: &[u8; 65]) -> String {
     format!("fga-{}", hex::encode(&h.finalize()[..8]))
 }
 
+/// Orders CBOR text keys as RFC 8949 deterministic encoding does (the
+/// length is in the head, so shorter keys sort first).
+fn canonical_text_order(a: &str, b: &str) -> std::cmp::Ordering {
+    (a.len(), a.as_bytes()).cmp(&(b.len(), b.as_bytes()))
+}
+
 impl Enrollment {
+    /// Sets the probe's result as this record's extraction claims.
+    pub fn set_extraction(&mut self, probe: &ExtractionProbe) {
+        self.pin_holder_extraction = probe.by_profile.clone();
+        self.extraction_paths = probe
+            .findings
+            .iter()
+            .map(|f| (f.path.clone(), f.outcome_text()))
+            .collect();
+    }
+
+    /// What the record says about `profile`; `None` if it makes no claim.
+    pub fn extraction(&self, profile: Profile) -> Option<Extraction> {
+        self.pin_holder_extraction
+            .iter()
+            .find_map(|(p, e)| (*p == profile).then_some(*e))
+    }
+
     /// Deterministic CBOR of the payload.
     pub fn encode(&self) -> Vec<u8> {
         let int = |i: u64| Value::Integer(i.into());
@@ -106,7 +136,36 @@ impl Enrollment {
                 ),
             ),
             (int(7), int(self.created)),
+            (int(8), Value::Map(self.extraction_map())),
+            (
+                int(10),
+                Value::Array(
+                    self.extraction_paths
+                        .iter()
+                        .map(|(path, outcome)| {
+                            Value::Array(vec![
+                                Value::Text(path.clone()),
+                                Value::Text(outcome.clone()),
+                            ])
+                        })
+                        .collect(),
+                ),
+            ),
         ]))
+    }
+
+    fn extraction_map(&self) -> Vec<(Value, Value)> {
+        let mut entries: Vec<(&str, &str)> = self
+            .pin_holder_extraction
+            .iter()
+            .map(|(p, e)| (p.name(), e.name()))
+            .collect();
+        entries.sort_by(|a, b| canonical_text_order(a.0, b.0));
+        entries.dedup_by(|a, b| a.0 == b.0);
+        entries
+            .into_iter()
+            .map(|(p, e)| (Value::Text(p.to_owned()), Value::Text(e.to_owned())))
+            .collect()
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, EnrollmentError> {
@@ -141,6 +200,8 @@ impl Enrollment {
             })
             .collect();
         let created = f.uint(7)?;
+        let pin_holder_extraction = decode_extraction(f.take(8)?)?;
+        let extraction_paths = decode_paths(f.take(10)?)?;
         f.finish()?;
         let e = Self {
             appliance_id: id,
@@ -149,6 +210,8 @@ impl Enrollment {
             token,
             profiles,
             created,
+            pin_holder_extraction,
+            extraction_paths,
         };
         if e.appliance_id != appliance_id(&e.ka_public, &e.log_public) {
             return Err(EnrollmentError::Malformed(
@@ -172,6 +235,60 @@ impl Enrollment {
     pub fn ka_kid(&self) -> [u8; 16] {
         cose::key_id(&self.ka_public)
     }
+}
+
+fn malformed(what: &str) -> EnrollmentError {
+    EnrollmentError::Malformed(what.to_owned())
+}
+
+/// Key 8: profile name -> "refused" | "possible", keys in deterministic order.
+/// Profiles this build does not know are skipped, like in key 6.
+fn decode_extraction(v: Value) -> Result<Vec<(Profile, Extraction)>, EnrollmentError> {
+    let Value::Map(entries) = v else {
+        return Err(malformed("pin_holder_extraction is not a map"));
+    };
+    let mut out = Vec::new();
+    let mut last: Option<String> = None;
+    for (k, v) in entries {
+        let (Value::Text(name), Value::Text(verdict)) = (k, v) else {
+            return Err(malformed(
+                "pin_holder_extraction maps profile names to text",
+            ));
+        };
+        if last
+            .as_deref()
+            .is_some_and(|l| canonical_text_order(l, &name) != std::cmp::Ordering::Less)
+        {
+            return Err(malformed(
+                "pin_holder_extraction keys are repeated or out of order",
+            ));
+        }
+        let extraction = Extraction::from_name(&verdict).ok_or_else(|| {
+            malformed("pin_holder_extraction values are \"refused\" or \"possible\"")
+        })?;
+        if let Some(p) = Profile::from_name(&name) {
+            out.push((p, extraction));
+        }
+        last = Some(name);
+    }
+    Ok(out)
+}
+
+/// Key 10: `[[path, outcome], ...]`, both text.
+fn decode_paths(v: Value) -> Result<Vec<(String, String)>, EnrollmentError> {
+    let Value::Array(items) = v else {
+        return Err(malformed("the extraction paths are not an array"));
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::Array(pair) => match <[Value; 2]>::try_from(pair) {
+                Ok([Value::Text(path), Value::Text(outcome)]) => Ok((path, outcome)),
+                _ => Err(malformed("an extraction path is not [text, text]")),
+            },
+            _ => Err(malformed("an extraction path is not [text, text]")),
+        })
+        .collect()
 }
 
 /// A verified enrollment record with the exact bytes it came from.

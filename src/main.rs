@@ -318,28 +318,7 @@ fn run(cli: Cli, w: &mut String) -> Result<u8> {
             for (h, label) in appliance.token.labelled_objects()? {
                 let class = appliance.token.object_class(h)?;
                 let a = appliance.token.key_attributes(h)?;
-                let uses: Vec<&str> = [
-                    (a.sign, "sign"),
-                    (a.derive, "derive"),
-                    (a.decrypt, "decrypt"),
-                    (a.unwrap, "unwrap"),
-                    (a.encrypt, "encrypt"),
-                    (a.wrap, "wrap"),
-                ]
-                .into_iter()
-                .filter_map(|(on, n)| on.then_some(n))
-                .collect();
-                let _ = writeln!(
-                    w,
-                    "  {label}  class={class} sensitive={} extractable={} usage={}",
-                    a.sensitive,
-                    a.extractable,
-                    if uses.is_empty() {
-                        "-".to_owned()
-                    } else {
-                        uses.join(",")
-                    }
-                );
+                print_object(w, &label, class, &a);
             }
         }
         Command::Oem(OemCmd::Init {
@@ -766,6 +745,108 @@ fn print_enrollment(w: &mut String, e: &VerifiedEnrollment) {
     );
     let _ = writeln!(w, "enrolled:     {}", display::time(r.created));
     let _ = writeln!(w, "fingerprint:  {}", e.fingerprint());
+    let _ = writeln!(
+        w,
+        "pin-holder extraction (measured on this token at enrollment):"
+    );
+    for p in &r.profiles {
+        let verdict = r.extraction(*p).map_or("not measured", |x| x.name());
+        let _ = writeln!(w, "  {p}: {verdict}");
+    }
+    for (path, outcome) in &r.extraction_paths {
+        if outcome.starts_with("possible") {
+            let _ = writeln!(w, "    {path}: {outcome}");
+        }
+    }
+    let unsafe_profiles = r
+        .profiles
+        .iter()
+        .any(|p| r.extraction(*p) != Some(flashgate::hsm::probe::Extraction::Refused));
+    if unsafe_profiles {
+        let _ = writeln!(
+            w,
+            "note:         whoever holds this HSM's user PIN can extract job secrets under a profile marked possible; \
+             use this appliance for development only (an OEM policy with `[job] require_pin_holder_safe = true` refuses to build for it)"
+        );
+    }
+}
+
+/// One token object for `appliance show`: only the attributes its class has.
+fn print_object(
+    w: &mut String,
+    label: &str,
+    class: cryptoki::object::ObjectClass,
+    a: &flashgate::hsm::KeyAttributes,
+) {
+    use cryptoki::object::ObjectClass;
+    use std::fmt::Write as _;
+    let flags: Vec<(bool, &str)> = if class == ObjectClass::PRIVATE_KEY {
+        vec![
+            (a.sign, "sign"),
+            (a.sign_recover, "sign-recover"),
+            (a.decrypt, "decrypt"),
+            (a.unwrap, "unwrap"),
+            (a.derive, "derive"),
+        ]
+    } else if class == ObjectClass::PUBLIC_KEY {
+        vec![
+            (a.verify, "verify"),
+            (a.verify_recover, "verify-recover"),
+            (a.encrypt, "encrypt"),
+            (a.wrap, "wrap"),
+            (a.derive, "derive"),
+        ]
+    } else if class == ObjectClass::SECRET_KEY {
+        vec![
+            (a.encrypt, "encrypt"),
+            (a.decrypt, "decrypt"),
+            (a.sign, "sign"),
+            (a.verify, "verify"),
+            (a.wrap, "wrap"),
+            (a.unwrap, "unwrap"),
+            (a.derive, "derive"),
+        ]
+    } else {
+        Vec::new()
+    };
+    let on: Vec<&str> = flags
+        .iter()
+        .filter_map(|(on, n)| on.then_some(*n))
+        .collect();
+    let usage = if on.is_empty() {
+        "-".to_owned()
+    } else {
+        on.join(",")
+    };
+    let storage = format!("modifiable={} copyable={}", a.modifiable, a.copyable);
+    if flags.is_empty() {
+        let _ = writeln!(w, "  {label}  class={class} {storage}");
+        return;
+    }
+    if class == ObjectClass::PUBLIC_KEY {
+        let _ = writeln!(w, "  {label}  class={class} usage={usage}");
+    } else {
+        let _ = writeln!(
+            w,
+            "  {label}  class={class} sensitive={} extractable={} usage={usage}",
+            a.sensitive, a.extractable
+        );
+    }
+    let all: Vec<String> = flags.iter().map(|(v, n)| format!("{n}={v}")).collect();
+    let mechanisms = a.allowed_mechanisms.as_ref().map_or_else(
+        || "any".to_owned(),
+        |m| {
+            m.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        },
+    );
+    let _ = writeln!(
+        w,
+        "      {} {storage} mechanisms={mechanisms}",
+        all.join(" ")
+    );
 }
 
 fn main() -> ExitCode {

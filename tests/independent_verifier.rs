@@ -85,6 +85,8 @@ fn enrollment(ka: &p256::SecretKey, log: &p256::SecretKey, now: u64) -> Verified
         },
         profiles: vec![Profile::CoseEcdhEsA256kw],
         created: now,
+        pin_holder_extraction: Vec::new(),
+        extraction_paths: Vec::new(),
     };
     let log_signer = host_signer(log);
     assert_eq!(log_signer.public_key(), log_public);

@@ -180,6 +180,9 @@ impl Appliance {
             });
         }
         let profiles = self.token.mechanisms().supported_profiles();
+        // Measured on this token with throwaway keys, never assumed; first,
+        // so that a failing probe leaves no appliance keys behind.
+        let probe = crate::hsm::probe::probe(&self.token)?;
         let ka = self
             .token
             .generate_p256(KA_LABEL, KA_LABEL.as_bytes(), KeyUse::AesUnwrap)?;
@@ -188,14 +191,17 @@ impl Appliance {
             .generate_p256(LOG_LABEL, LOG_LABEL.as_bytes(), KeyUse::EcSign)?;
         let ka_public = self.token.ec_point(ka.public)?;
         let log_public = self.token.ec_point(log.public)?;
-        let record = Enrollment {
+        let mut record = Enrollment {
             appliance_id: appliance_id(&ka_public, &log_public),
             ka_public,
             log_public,
             token: self.token.description().clone(),
             profiles,
             created: now(),
+            pin_holder_extraction: Vec::new(),
+            extraction_paths: Vec::new(),
         };
+        record.set_extraction(&probe);
         let signer = LogSigner {
             token: &self.token,
             key: log.private,

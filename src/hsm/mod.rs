@@ -3,14 +3,25 @@
 //! `CKA_SENSITIVE=true` and `CKA_EXTRACTABLE=false`; nothing in this module
 //! returns key material except plaintext the caller asked to decrypt, and that
 //! comes back in a [`Zeroizing`] buffer.
+//!
+//! Every key flashgate makes is also locked down as far as the token allows,
+//! because the PIN holder is assumed hostile: `CKA_MODIFIABLE` and
+//! `CKA_COPYABLE` false, `CKA_ALLOWED_MECHANISMS` naming only the key's
+//! mechanism, every usage flag set explicitly, and (where the token knows
+//! them) derive and unwrap templates that force what comes out of a key to be
+//! secret too. What the token refuses is measured by [`probe`].
 
 mod config;
 mod error;
+mod nested_template;
+pub mod probe;
 mod profile;
 
 pub use config::{PinSource, TokenConfig};
 pub use error::HsmError;
 pub use profile::{Mechanisms, Profile};
+
+use nested_template::{Forced, Template, CKA_DERIVE_TEMPLATE, CKA_UNWRAP_TEMPLATE};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::aead::GcmParams;
@@ -89,7 +100,8 @@ pub struct KeyPair {
     pub private: ObjectHandle,
 }
 
-/// Security-relevant attributes of a key, read back from the token.
+/// Security-relevant attributes of an object, read back from the token.
+/// A flag the object's class does not have reads as false.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[allow(clippy::struct_excessive_bools)]
 pub struct KeyAttributes {
@@ -102,6 +114,151 @@ pub struct KeyAttributes {
     pub unwrap: bool,
     pub wrap: bool,
     pub encrypt: bool,
+    pub verify: bool,
+    pub sign_recover: bool,
+    pub verify_recover: bool,
+    /// `CKA_MODIFIABLE`: whether `C_SetAttributeValue` may change the object.
+    pub modifiable: bool,
+    /// `CKA_COPYABLE`: whether `C_CopyObject` may copy it.
+    pub copyable: bool,
+    /// `CKA_ALLOWED_MECHANISMS`; `None` when the object has no such list
+    /// (any mechanism its usage flags permit).
+    pub allowed_mechanisms: Option<Vec<MechanismType>>,
+}
+
+/// Parts of a template the token refused and that were therefore left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Relaxed {
+    /// `CKA_MODIFIABLE=false` (SoftHSM 2.6.1 refuses it in unwrap and derive
+    /// templates with `CKR_ATTRIBUTE_READ_ONLY`): the key stays modifiable.
+    pub modifiable: bool,
+    /// `CKA_DERIVE_TEMPLATE` (tokens without it answer
+    /// `CKR_ATTRIBUTE_TYPE_INVALID`).
+    pub derive_template: bool,
+    /// `CKA_UNWRAP_TEMPLATE`, likewise.
+    pub unwrap_template: bool,
+}
+
+impl std::ops::BitOr for Relaxed {
+    type Output = Self;
+    fn bitor(self, o: Self) -> Self {
+        Self {
+            modifiable: self.modifiable || o.modifiable,
+            derive_template: self.derive_template || o.derive_template,
+            unwrap_template: self.unwrap_template || o.unwrap_template,
+        }
+    }
+}
+
+/// `CKA_MODIFIABLE` and `CKA_COPYABLE` false, and only `allowed` mechanisms.
+fn locked(allowed: &[MechanismType]) -> [Attribute; 3] {
+    [
+        Attribute::Modifiable(false),
+        Attribute::Copyable(false),
+        Attribute::AllowedMechanisms(allowed.to_vec()),
+    ]
+}
+
+/// Every usage flag of a private key.
+fn private_usage(sign: bool, derive: bool) -> [Attribute; 5] {
+    [
+        Attribute::Sign(sign),
+        Attribute::SignRecover(false),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(derive),
+    ]
+}
+
+/// Every usage flag of a public key.
+fn public_usage(verify: bool, derive: bool) -> [Attribute; 5] {
+    [
+        Attribute::Verify(verify),
+        Attribute::VerifyRecover(false),
+        Attribute::Encrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Derive(derive),
+    ]
+}
+
+/// Every usage flag of a secret key; only the named ones are true.
+#[allow(clippy::fn_params_excessive_bools)]
+fn secret_usage(decrypt: bool, sign: bool, unwrap: bool, derive: bool) -> [Attribute; 7] {
+    [
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(decrypt),
+        Attribute::Sign(sign),
+        Attribute::Verify(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(unwrap),
+        Attribute::Derive(derive),
+    ]
+}
+
+/// The KDF a profile applies to the ECDH shared secret (`None` for a
+/// profile that does no ECDH).
+#[allow(clippy::unnecessary_wraps)]
+fn ecdh_kdf_mechanism(profile: Profile) -> Option<MechanismType> {
+    match profile {
+        Profile::CoseEcdhEsA256kw => Some(MechanismType::HKDF_DERIVE),
+        Profile::P11v2EcdhAesKdf => Some(MechanismType::AES_CBC_ENCRYPT_DATA),
+    }
+}
+
+/// What a key holding a derived or unwrapped secret must be, whatever the caller asks.
+fn forced_secret(allowed: &[MechanismType]) -> Forced {
+    Forced {
+        secret: true,
+        allowed: allowed.to_vec(),
+    }
+}
+
+/// The mechanisms a key unwrapped for `usage` may be used with.
+fn unwrapped_mechanisms(usage: KeyUse) -> &'static [MechanismType] {
+    match usage {
+        KeyUse::AesDecrypt => &[MechanismType::AES_GCM],
+        // A content key unwraps the secret it protects: AES-GCM in the
+        // standard profile, RFC 5649 in the compatibility profile.
+        KeyUse::AesUnwrap => &[MechanismType::AES_GCM, MechanismType::AES_KEY_WRAP_PAD],
+        KeyUse::HmacSign => &[MechanismType::SHA256_HMAC],
+        KeyUse::EcSign => &[MechanismType::ECDSA],
+    }
+}
+
+fn is_rv(e: &cryptoki::error::Error, rv: cryptoki::error::RvError) -> bool {
+    matches!(e, cryptoki::error::Error::Pkcs11(r, _) if *r == rv)
+}
+
+/// Runs `make` with `template`, leaving out what the token refuses on the
+/// exact error it refuses it with, and says what was left out.
+fn tolerant<T>(
+    mut template: Template,
+    make: impl Fn(&[Attribute]) -> cryptoki::error::Result<T>,
+) -> cryptoki::error::Result<(T, Relaxed)> {
+    use cryptoki::error::RvError;
+    let mut relaxed = Relaxed::default();
+    loop {
+        match make(template.attrs()) {
+            Ok(v) => return Ok((v, relaxed)),
+            Err(e)
+                if !relaxed.modifiable
+                    && is_rv(&e, RvError::AttributeReadOnly)
+                    && template
+                        .attrs()
+                        .iter()
+                        .any(|a| matches!(a, Attribute::Modifiable(false))) =>
+            {
+                template = template.without(|a| matches!(a, Attribute::Modifiable(_)));
+                relaxed.modifiable = true;
+            }
+            Err(e) if template.has_array() && is_rv(&e, RvError::AttributeTypeInvalid) => {
+                relaxed.derive_template |= template.has(CKA_DERIVE_TEMPLATE);
+                relaxed.unwrap_template |= template.has(CKA_UNWRAP_TEMPLATE);
+                template = template.without_arrays();
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 impl Token {
@@ -251,54 +408,88 @@ impl Token {
         id: &[u8],
         usage: KeyUse,
     ) -> Result<KeyPair, HsmError> {
+        self.p256_pair(Some((label, id)), usage).map(|(k, _)| k)
+    }
+
+    /// The mechanisms the key-agreement key's shared secret feeds, one per
+    /// ECDH profile the token can run.
+    fn ecdh_next_steps(&self) -> Vec<MechanismType> {
+        self.mechanisms
+            .supported_profiles()
+            .into_iter()
+            .filter_map(ecdh_kdf_mechanism)
+            .collect()
+    }
+
+    /// [`Token::generate_p256`], as session objects when `persist` is `None`.
+    fn p256_pair(
+        &self,
+        persist: Option<(&str, &[u8])>,
+        usage: KeyUse,
+    ) -> Result<(KeyPair, Relaxed), HsmError> {
         let sign = usage == KeyUse::EcSign;
-        let public = [
-            Attribute::Token(true),
+        let mechanism = if sign {
+            MechanismType::ECDSA
+        } else {
+            MechanismType::ECDH1_DERIVE
+        };
+        let mut public = vec![
+            Attribute::Token(persist.is_some()),
             Attribute::Private(false),
             Attribute::KeyType(KeyType::EC),
             Attribute::EcParams(P256_EC_PARAMS.to_vec()),
-            Attribute::Verify(sign),
-            Attribute::Derive(false),
-            Attribute::Label(label.as_bytes().to_vec()),
-            Attribute::Id(id.to_vec()),
         ];
-        let private = [
-            Attribute::Token(true),
+        public.extend(public_usage(sign, !sign));
+        public.extend(locked(&[mechanism]));
+        let mut private = vec![
+            Attribute::Token(persist.is_some()),
             Attribute::Private(true),
             Attribute::KeyType(KeyType::EC),
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
-            Attribute::Sign(sign),
-            Attribute::Derive(!sign),
-            Attribute::Decrypt(false),
-            Attribute::Unwrap(false),
-            Attribute::Label(label.as_bytes().to_vec()),
-            Attribute::Id(id.to_vec()),
         ];
-        let (public, private) = self
-            .session
-            .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
-            .map_err(|e| HsmError::op("generate a P-256 key pair", e))?;
-        Ok(KeyPair { public, private })
+        private.extend(private_usage(sign, !sign));
+        private.extend(locked(&[mechanism]));
+        if let Some((label, id)) = persist {
+            for t in [&mut public, &mut private] {
+                t.push(Attribute::Label(label.as_bytes().to_vec()));
+                t.push(Attribute::Id(id.to_vec()));
+            }
+        }
+        let mut private = Template::new(private);
+        if !sign {
+            private =
+                private.with_array(CKA_DERIVE_TEMPLATE, &forced_secret(&self.ecdh_next_steps()));
+        }
+        let ((public, private), relaxed) = tolerant(private, |private| {
+            self.session
+                .generate_key_pair(&Mechanism::EccKeyPairGen, &public, private)
+        })
+        .map_err(|e| HsmError::op("generate a P-256 key pair", e))?;
+        Ok((KeyPair { public, private }, relaxed))
     }
 
     /// Imports a P-256 private scalar as a non-extractable, derive-only
-    /// session key. Only for known-answer tests with published keys: real
-    /// appliance keys are generated inside the token.
+    /// session key with the key-agreement key's attributes. Only for
+    /// known-answer tests with published keys: real appliance keys are
+    /// generated inside the token.
     pub fn import_p256_derive_key(&self, scalar: &[u8; 32]) -> Result<ObjectHandle, HsmError> {
-        self.session
-            .create_object(&[
-                Attribute::Class(ObjectClass::PRIVATE_KEY),
-                Attribute::KeyType(KeyType::EC),
-                Attribute::Token(false),
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(false),
-                Attribute::Derive(true),
-                Attribute::Sign(false),
-                Attribute::EcParams(P256_EC_PARAMS.to_vec()),
-                Attribute::Value(scalar.to_vec()),
-            ])
+        let mut attrs = vec![
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::Token(false),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::EcParams(P256_EC_PARAMS.to_vec()),
+            Attribute::Value(scalar.to_vec()),
+        ];
+        attrs.extend(private_usage(false, true));
+        attrs.extend(locked(&[MechanismType::ECDH1_DERIVE]));
+        let template = Template::new(attrs)
+            .with_array(CKA_DERIVE_TEMPLATE, &forced_secret(&self.ecdh_next_steps()));
+        tolerant(template, |t| self.session.create_object(t))
+            .map(|(h, _)| h)
             .map_err(|e| HsmError::op("import an EC private key", e))
     }
 
@@ -388,51 +579,80 @@ impl Token {
         kdf: EcdhKdf<'_>,
         kek_len: u64,
     ) -> Result<ObjectHandle, HsmError> {
-        let ecdh = Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), ephemeral_point));
-        let shared_type = match kdf {
-            EcdhKdf::Hkdf { .. } => KeyType::GENERIC_SECRET,
-            EcdhKdf::AesCbc { .. } => KeyType::AES,
+        self.ecdh_kek_relaxed(private, ephemeral_point, kdf, kek_len)
+            .map(|(h, _)| h)
+    }
+
+    /// The ECDH shared secret's template: derive-only, for the profile's KDF.
+    fn ecdh_shared_template(kdf: EcdhKdf<'_>) -> Template {
+        let (shared_type, next) = match kdf {
+            EcdhKdf::Hkdf { .. } => (KeyType::GENERIC_SECRET, MechanismType::HKDF_DERIVE),
+            EcdhKdf::AesCbc { .. } => (KeyType::AES, MechanismType::AES_CBC_ENCRYPT_DATA),
         };
-        let shared_template = [
+        let mut attrs = vec![
             Attribute::Token(false),
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::KeyType(shared_type),
             Attribute::ValueLen(32.into()),
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
-            Attribute::Derive(true),
         ];
-        let shared = self
-            .session
-            .derive_key(&ecdh, private, &shared_template)
-            .map_err(|e| HsmError::op("derive the ECDH shared secret", e))?;
-        let kek_template = [
+        attrs.extend(secret_usage(false, false, false, true));
+        attrs.extend(locked(&[next]));
+        // What the KDF makes of it must be a secret that can only unwrap.
+        Template::new(attrs).with_array(
+            CKA_DERIVE_TEMPLATE,
+            &forced_secret(&[MechanismType::AES_KEY_WRAP]),
+        )
+    }
+
+    /// The key-encryption key's template: unwrap-only (RFC 3394), and what
+    /// it unwraps comes out sensitive and non-extractable.
+    fn kek_template(kek_len: u64) -> Template {
+        let mut attrs = vec![
             Attribute::Token(false),
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::KeyType(KeyType::AES),
             Attribute::ValueLen(kek_len.into()),
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
-            Attribute::Unwrap(true),
         ];
-        let result = match kdf {
+        attrs.extend(secret_usage(false, false, true, false));
+        attrs.extend(locked(&[MechanismType::AES_KEY_WRAP]));
+        Template::new(attrs).with_array(CKA_UNWRAP_TEMPLATE, &forced_secret(&[]))
+    }
+
+    /// [`Token::ecdh_kek_sized`], also saying what the token refused of the
+    /// templates (the same for the shared secret and the KEK).
+    fn ecdh_kek_relaxed(
+        &self,
+        private: ObjectHandle,
+        ephemeral_point: &[u8; 65],
+        kdf: EcdhKdf<'_>,
+        kek_len: u64,
+    ) -> Result<(ObjectHandle, Relaxed), HsmError> {
+        let ecdh = Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), ephemeral_point));
+        let (shared, relaxed_shared) = tolerant(Self::ecdh_shared_template(kdf), |t| {
+            self.session.derive_key(&ecdh, private, t)
+        })
+        .map_err(|e| HsmError::op("derive the ECDH shared secret", e))?;
+        let result = tolerant(Self::kek_template(kek_len), |t| match kdf {
             EcdhKdf::Hkdf { info } => {
                 let params =
                     HkdfParams::new(MechanismType::SHA256_HMAC, Some(HkdfSalt::Null), Some(info));
                 self.session
-                    .derive_key(&Mechanism::HkdfDerive(params), shared, &kek_template)
+                    .derive_key(&Mechanism::HkdfDerive(params), shared, t)
             }
             EcdhKdf::AesCbc { context } => {
                 let params = AesCbcDeriveParams::new([0u8; 16], context);
-                self.session.derive_key(
-                    &Mechanism::AesCbcEncryptData(params),
-                    shared,
-                    &kek_template,
-                )
+                self.session
+                    .derive_key(&Mechanism::AesCbcEncryptData(params), shared, t)
             }
-        };
+        });
         let _ = self.session.destroy_object(shared);
-        result.map_err(|e| HsmError::op("derive the key-encryption key", e))
+        let (kek, relaxed_kek) =
+            result.map_err(|e| HsmError::op("derive the key-encryption key", e))?;
+        Ok((kek, relaxed_shared | relaxed_kek))
     }
 
     /// `C_UnwrapKey` with RFC 3394 AES key wrap (no padding).
@@ -481,46 +701,67 @@ impl Token {
         usage: KeyUse,
         persist: Option<(&str, &[u8])>,
     ) -> Result<ObjectHandle, HsmError> {
-        let mut template = vec![
+        self.unwrap_relaxed(mechanism, kek, wrapped, usage, persist)
+            .map(|(h, _)| h)
+    }
+
+    /// The template of a key unwrapped for `usage`. Every usage flag is set
+    /// explicitly: some tokens default the ones a template leaves out to
+    /// true (SoftHSM does for unwrapped secrets).
+    fn unwrapped_template(usage: KeyUse, persist: Option<(&str, &[u8])>) -> Template {
+        let mut attrs = vec![
             Attribute::Token(persist.is_some()),
             Attribute::Private(true),
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
         ];
         if let Some((label, id)) = persist {
-            template.push(Attribute::Label(label.as_bytes().to_vec()));
-            template.push(Attribute::Id(id.to_vec()));
+            attrs.push(Attribute::Label(label.as_bytes().to_vec()));
+            attrs.push(Attribute::Id(id.to_vec()));
         }
-        // Every usage flag is set explicitly: some tokens default the ones a
-        // template leaves out to true (SoftHSM does for unwrapped secrets).
         match usage {
             KeyUse::AesDecrypt | KeyUse::AesUnwrap | KeyUse::HmacSign => {
-                template.push(Attribute::Class(ObjectClass::SECRET_KEY));
-                template.push(Attribute::KeyType(if usage == KeyUse::HmacSign {
+                attrs.push(Attribute::Class(ObjectClass::SECRET_KEY));
+                attrs.push(Attribute::KeyType(if usage == KeyUse::HmacSign {
                     KeyType::GENERIC_SECRET
                 } else {
                     KeyType::AES
                 }));
-                template.push(Attribute::Decrypt(usage == KeyUse::AesDecrypt));
-                template.push(Attribute::Unwrap(usage == KeyUse::AesUnwrap));
-                template.push(Attribute::Sign(usage == KeyUse::HmacSign));
-                template.push(Attribute::Encrypt(false));
-                template.push(Attribute::Wrap(false));
-                template.push(Attribute::Verify(false));
-                template.push(Attribute::Derive(false));
+                attrs.extend(secret_usage(
+                    usage == KeyUse::AesDecrypt,
+                    usage == KeyUse::HmacSign,
+                    usage == KeyUse::AesUnwrap,
+                    false,
+                ));
             }
             KeyUse::EcSign => {
-                template.push(Attribute::Class(ObjectClass::PRIVATE_KEY));
-                template.push(Attribute::KeyType(KeyType::EC));
-                template.push(Attribute::Sign(true));
-                template.push(Attribute::Decrypt(false));
-                template.push(Attribute::Unwrap(false));
-                template.push(Attribute::Derive(false));
+                attrs.push(Attribute::Class(ObjectClass::PRIVATE_KEY));
+                attrs.push(Attribute::KeyType(KeyType::EC));
+                attrs.extend(private_usage(true, false));
             }
         }
-        self.session
-            .unwrap_key(mechanism, kek, wrapped, &template)
-            .map_err(|e| HsmError::op("unwrap a key", e))
+        attrs.extend(locked(unwrapped_mechanisms(usage)));
+        let template = Template::new(attrs);
+        if usage == KeyUse::AesUnwrap {
+            template.with_array(CKA_UNWRAP_TEMPLATE, &forced_secret(&[]))
+        } else {
+            template
+        }
+    }
+
+    /// [`Token::unwrap`], also saying what the token refused of the template.
+    fn unwrap_relaxed(
+        &self,
+        mechanism: &Mechanism<'_>,
+        kek: ObjectHandle,
+        wrapped: &[u8],
+        usage: KeyUse,
+        persist: Option<(&str, &[u8])>,
+    ) -> Result<(ObjectHandle, Relaxed), HsmError> {
+        tolerant(Self::unwrapped_template(usage, persist), |t| {
+            self.session.unwrap_key(mechanism, kek, wrapped, t)
+        })
+        .map_err(|e| HsmError::op("unwrap a key", e))
     }
 
     /// AES-256-GCM decryption of one chunk inside the token.
@@ -588,6 +829,12 @@ impl Token {
             AttributeType::Unwrap,
             AttributeType::Wrap,
             AttributeType::Encrypt,
+            AttributeType::Verify,
+            AttributeType::SignRecover,
+            AttributeType::VerifyRecover,
+            AttributeType::Modifiable,
+            AttributeType::Copyable,
+            AttributeType::AllowedMechanisms,
         ];
         let mut out = KeyAttributes::default();
         for t in wanted {
@@ -607,6 +854,15 @@ impl Token {
                     Attribute::Unwrap(v) => out.unwrap = v,
                     Attribute::Wrap(v) => out.wrap = v,
                     Attribute::Encrypt(v) => out.encrypt = v,
+                    Attribute::Verify(v) => out.verify = v,
+                    Attribute::SignRecover(v) => out.sign_recover = v,
+                    Attribute::VerifyRecover(v) => out.verify_recover = v,
+                    Attribute::Modifiable(v) => out.modifiable = v,
+                    Attribute::Copyable(v) => out.copyable = v,
+                    // An empty list is the same as none: no restriction.
+                    Attribute::AllowedMechanisms(v) if !v.is_empty() => {
+                        out.allowed_mechanisms = Some(v);
+                    }
                     _ => {}
                 }
             }

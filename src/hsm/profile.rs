@@ -88,6 +88,11 @@ impl Mechanisms {
             .collect()
     }
 
+    /// Whether the token offers `mechanism`.
+    pub fn contains(&self, mechanism: MechanismType) -> bool {
+        self.0.contains(&mechanism)
+    }
+
     /// The profiles this token can run, strongest first.
     pub fn supported_profiles(&self) -> Vec<Profile> {
         Profile::ALL

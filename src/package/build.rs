@@ -30,6 +30,14 @@ pub enum BuildError {
     /// No profile in common.
     #[error("appliance {appliance} supports no key-transport profile this flashgate can build (its enrollment record offers {offered}); update flashgate or the appliance's HSM")]
     NoCommonProfile { appliance: String, offered: String },
+    /// The policy asks for an appliance whose HSM keeps job secrets from its
+    /// PIN holder, and this one's enrollment record does not say so.
+    #[error("the policy sets require_pin_holder_safe, but the enrollment record of appliance {appliance} {claim} for the {profile} profile, so whoever holds its HSM PIN could extract the job secrets; build for an appliance whose record says \"refused\", or drop the setting for a development job")]
+    PinHolderCanExtract {
+        appliance: String,
+        profile: Profile,
+        claim: &'static str,
+    },
     /// Firmware does not fit a job.
     #[error("firmware: {0}")]
     Firmware(String),
@@ -130,6 +138,20 @@ pub fn build(input: &JobInput<'_>) -> Result<BuiltJob, BuildError> {
                 },
             })?,
     };
+    if input.policy.job().require_pin_holder_safe {
+        let claim = match enrollment.extraction(profile) {
+            Some(crate::hsm::probe::Extraction::Refused) => None,
+            Some(crate::hsm::probe::Extraction::Possible) => Some("says extraction is possible"),
+            None => Some("makes no claim about extraction"),
+        };
+        if let Some(claim) = claim {
+            return Err(BuildError::PinHolderCanExtract {
+                appliance: enrollment.appliance_id.clone(),
+                profile,
+                claim,
+            });
+        }
+    }
     if input.images.is_empty() || input.images.len() > MAX_IMAGES {
         return Err(BuildError::Firmware(format!(
             "a job carries 1 to {MAX_IMAGES} images, the firmware gives {}",

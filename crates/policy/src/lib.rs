@@ -289,6 +289,10 @@ pub struct Job {
     /// Number of units the job may provision, `1..=MAX_QUOTA`, and no more
     /// than the serial range holds.
     pub quota: u64,
+    /// Build only for an appliance whose enrollment record says its HSM
+    /// refuses every extraction path a PIN holder could take under the job's
+    /// profile (`require_pin_holder_safe`, default false).
+    pub require_pin_holder_safe: bool,
 }
 
 /// The `[target]` section.
@@ -666,6 +670,7 @@ fn validate_job(raw: raw::RawJob) -> Result<Job, PolicyError> {
         not_before,
         not_after,
         quota: raw.quota,
+        require_pin_holder_safe: raw.require_pin_holder_safe,
     })
 }
 

@@ -31,6 +31,8 @@ pub(crate) struct RawJob {
     pub not_before: TimeText,
     pub not_after: TimeText,
     pub quota: u64,
+    #[serde(default)]
+    pub require_pin_holder_safe: bool,
 }
 
 #[derive(Deserialize)]

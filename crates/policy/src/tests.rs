@@ -832,3 +832,18 @@ fn audit_ranges() {
     .unwrap();
     assert_eq!(p.audit().checkpoint_every_units, 1_000_000);
 }
+
+#[test]
+fn require_pin_holder_safe_defaults_to_false_and_parses() {
+    assert!(!parse(BASE).unwrap().job().require_pin_holder_safe);
+    let on = with(&[(
+        "quota = 1000\n",
+        "quota = 1000\nrequire_pin_holder_safe = true\n",
+    )]);
+    assert!(parse(&on).unwrap().job().require_pin_holder_safe);
+    let wrong = with(&[(
+        "quota = 1000\n",
+        "quota = 1000\nrequire_pin_holder_safe = \"yes\"\n",
+    )]);
+    assert_syntax(&wrong);
+}
