@@ -85,6 +85,7 @@ fn enrollment(ka: &p256::SecretKey, log: &p256::SecretKey, now: u64) -> Verified
         },
         profiles: vec![Profile::CoseEcdhEsA256kw],
         created: now,
+        transport: None,
     };
     let log_signer = host_signer(log);
     assert_eq!(log_signer.public_key(), log_public);

@@ -18,13 +18,16 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::cose::{Es256Signer, SignerError};
+use crate::enrollment::TransportKeys;
 use crate::enrollment::{appliance_id, Enrollment, EnrollmentError, VerifiedEnrollment};
-use crate::hsm::{HsmError, KeyPair, KeyUse, Token};
+use crate::hsm::{HsmError, KeyPair, KeyUse, Profile, Token, TransportRole};
 
 /// Label of the key-agreement key pair.
 pub const KA_LABEL: &str = "flashgate-appliance-ka";
 /// Label of the log-signing key pair.
 pub const LOG_LABEL: &str = "flashgate-appliance-log";
+/// Label prefix of the RSA transport key pairs: `flashgate-appliance-transport-<role>`.
+pub const TRANSPORT_PREFIX: &str = "flashgate-appliance-transport-";
 /// Label prefix of a job's keys: `fg-job:<id>:<name>`.
 pub const JOB_KEY_PREFIX: &str = "fg-job:";
 /// Label prefix of the marker that commits an import: `fg-imported:<id>`.
@@ -161,7 +164,26 @@ impl Appliance {
                 label: self.config.token.label.clone(),
             });
         }
-        let profiles = self.token.mechanisms().supported_profiles();
+        let mut profiles = self.token.mechanisms().supported_profiles();
+        // The RSA-OAEP transport when the token can run it (measured on
+        // throwaway keys), strongest first.
+        let transport = match self.token.transport_support() {
+            Some(support) => {
+                let mut spki = Vec::new();
+                for role in TransportRole::ALL {
+                    let label = transport_label(role);
+                    let pair = self
+                        .token
+                        .generate_transport_key(role, Some(&label), support)?;
+                    spki.push(self.token.rsa_public_key_info(pair.public)?);
+                }
+                profiles.insert(0, Profile::rsa_oaep(support.hash));
+                let [image, master, ca] = <[Vec<u8>; 3]>::try_from(spki)
+                    .map_err(|_| HsmError::Unexpected("three transport keys expected"))?;
+                Some(TransportKeys { image, master, ca })
+            }
+            None => None,
+        };
         let ka = self
             .token
             .generate_p256(KA_LABEL, KA_LABEL.as_bytes(), KeyUse::AesUnwrap)?;
@@ -177,6 +199,7 @@ impl Appliance {
             token: self.token.description().clone(),
             profiles,
             created: now(),
+            transport,
         };
         let signer = LogSigner {
             token: &self.token,
@@ -224,6 +247,14 @@ impl Appliance {
         self.key_pair(KA_LABEL)?
             .map(|k| k.private)
             .ok_or(ApplianceError::NotEnrolled)
+    }
+
+    /// The private transport key of `role`, if enrolled with one.
+    pub(crate) fn transport_private(
+        &self,
+        role: TransportRole,
+    ) -> Result<Option<cryptoki::object::ObjectHandle>, ApplianceError> {
+        Ok(self.key_pair(&transport_label(role))?.map(|k| k.private))
     }
 
     /// The log-signing key as a signer.
@@ -361,6 +392,11 @@ impl Appliance {
         }
         Ok(floor)
     }
+}
+
+/// Label of the transport key pair of `role`.
+pub fn transport_label(role: TransportRole) -> String {
+    format!("{TRANSPORT_PREFIX}{}", role.name())
 }
 
 /// Writes a file atomically: temporary file, fsync, rename, fsync the directory.

@@ -7,7 +7,9 @@
 mod config;
 mod error;
 mod profile;
+mod rsa;
 
+pub use self::rsa::{OaepHash, TransportRole, TransportSupport, TRANSPORT_BITS};
 pub use config::{PinSource, TokenConfig};
 pub use error::HsmError;
 pub use profile::{Mechanisms, Profile};
