@@ -171,7 +171,10 @@ fn hostile_pin_holder(kind: Kind, session: &Session, id: &str, package: &[u8]) -
             Attribute::Sensitive(false),
             Attribute::AllowedMechanisms(vec![MechanismType::RSA_X_509]),
         ] {
-            if session.update_attributes(*key, &[attr.clone()]).is_ok() {
+            if session
+                .update_attributes(*key, std::slice::from_ref(&attr))
+                .is_ok()
+            {
                 leaks.push(format!("C_SetAttributeValue {attr:?} on the {role} key"));
             }
         }
@@ -406,6 +409,9 @@ fn resigned(lab: &Lab, good: &[u8], master: &[u8], ca: &[u8], header: &[u8]) -> 
     encode_package(&signed, master, ca, &elements)
 }
 
+/// A tampered package: what, master object, CA object, image header.
+type Case = (&'static str, Vec<u8>, Vec<u8>, Vec<u8>);
+
 fn edit_oaep(
     obj: &[u8],
     f: impl FnOnce(&mut flashgate::package::encrypt::OaepRecipient),
@@ -432,7 +438,7 @@ fn tampered_rsa_recipients_are_refused_and_leave_nothing() {
         let kid_of = |b: &[u8]| *EncryptObject::parse(b, "t").unwrap().recipient.kid();
         let master_kid = kid_of(master);
         let flip = |r: &mut flashgate::package::encrypt::OaepRecipient| r.encrypted_key[200] ^= 1;
-        let cases: Vec<(&str, Vec<u8>, Vec<u8>, Vec<u8>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "flipped master ciphertext",
                 edit_oaep(master, flip),
