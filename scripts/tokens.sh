@@ -11,9 +11,13 @@ kryoptic_dir="$root/tokens/kryoptic"
 kryoptic_module="$kryoptic_dir/target/release/libkryoptic_pkcs11.so"
 
 build_kryoptic() {
-  if [ ! -f "$kryoptic_module" ]; then
+  # Rebuilt when its manifest changes (a new feature), not only when missing.
+  local want stamp="$kryoptic_dir/target/built-from.sha256"
+  want=$(cat "$kryoptic_dir/Cargo.toml" "$kryoptic_dir/Cargo.lock" | sha256sum | cut -d' ' -f1)
+  if [ ! -f "$kryoptic_module" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "building the Kryoptic PKCS#11 module (once)..." >&2
     (cd "$kryoptic_dir" && CARGO_TARGET_DIR="$kryoptic_dir/target" cargo build --release --locked -p kryoptic >&2)
+    echo "$want" > "$stamp"
   fi
 }
 

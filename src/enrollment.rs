@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cose::{self, CoseError, Es256Signer, SignerError, UnverifiedSign1};
 use crate::hsm::probe::{Extraction, ExtractionProbe};
-use crate::hsm::{Profile, TokenDescription};
+use crate::hsm::{Profile, TokenDescription, TransportRole, TRANSPORT_BITS};
 use crate::package::manifest::Fields;
 use crate::package::PackageError;
 
@@ -36,6 +36,89 @@ pub struct Enrollment {
     pub pin_holder_extraction: Vec<(Profile, Extraction)>,
     /// Every extraction path tried at enrollment: path name and outcome text.
     pub extraction_paths: Vec<(String, String)>,
+    /// The RSA transport public keys (record key 9), when the token runs an
+    /// RSA-OAEP profile.
+    pub transport: Option<TransportKeys>,
+}
+
+/// The appliance's RSA transport public keys, one per role, each as
+/// SubjectPublicKeyInfo DER.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportKeys {
+    /// Unwraps image content keys.
+    pub image: Vec<u8>,
+    /// Unwraps the device master.
+    pub master: Vec<u8>,
+    /// Unwraps the job CA key.
+    pub ca: Vec<u8>,
+}
+
+impl TransportKeys {
+    /// The key of `role`.
+    pub fn get(&self, role: TransportRole) -> &[u8] {
+        match role {
+            TransportRole::Image => &self.image,
+            TransportRole::Master => &self.master,
+            TransportRole::Ca => &self.ca,
+        }
+    }
+
+    /// Key id of the key of `role`.
+    pub fn kid(&self, role: TransportRole) -> [u8; 16] {
+        crate::package::encrypt::transport_kid(self.get(role))
+    }
+
+    // Map order is the deterministic one: "ca", "image", "master".
+    const ORDER: [TransportRole; 3] = [
+        TransportRole::Ca,
+        TransportRole::Image,
+        TransportRole::Master,
+    ];
+
+    fn encode(&self) -> Value {
+        Value::Map(
+            Self::ORDER
+                .iter()
+                .map(|r| {
+                    (
+                        Value::Text(r.name().to_owned()),
+                        Value::Bytes(self.get(*r).to_vec()),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn decode(v: Value) -> Result<Self, EnrollmentError> {
+        let bad = |d: &str| EnrollmentError::Malformed(format!("transport keys: {d}"));
+        let Value::Map(entries) = v else {
+            return Err(bad("not a map"));
+        };
+        let [ca, image, master] = <[(Value, Value); 3]>::try_from(entries)
+            .map_err(|_| bad("there must be exactly the ca, image and master keys"))?;
+        let mut keys = Vec::new();
+        for ((k, v), role) in [ca, image, master].into_iter().zip(Self::ORDER) {
+            let (Value::Text(name), Value::Bytes(der)) = (k, v) else {
+                return Err(bad("an entry is not role name => SubjectPublicKeyInfo"));
+            };
+            if name != role.name() {
+                return Err(bad(
+                    "there must be exactly the ca, image and master keys, in that order",
+                ));
+            }
+            use rsa::pkcs8::DecodePublicKey;
+            use rsa::traits::PublicKeyParts;
+            let key = rsa::PublicKey::from_public_key_der(&der)
+                .map_err(|_| bad("a key is not an RSA SubjectPublicKeyInfo"))?;
+            if key.size() * 8 != TRANSPORT_BITS as usize {
+                return Err(bad("a key is not RSA-3072"));
+            }
+            keys.push(der);
+        }
+        let [ca, image, master] =
+            <[Vec<u8>; 3]>::try_from(keys).map_err(|_| bad("three keys expected"))?;
+        Ok(Self { image, master, ca })
+    }
 }
 
 /// Why an enrollment record was refused.
@@ -120,7 +203,7 @@ impl Enrollment {
             (int(3), Value::Text(self.token.serial.clone())),
             (int(4), Value::Text(self.token.label.clone())),
         ]);
-        cose::encode(&Value::Map(vec![
+        let mut map = vec![
             (int(1), int(VERSION)),
             (int(2), Value::Text(self.appliance_id.clone())),
             (int(3), Value::Bytes(self.ka_public.to_vec())),
@@ -137,21 +220,25 @@ impl Enrollment {
             ),
             (int(7), int(self.created)),
             (int(8), Value::Map(self.extraction_map())),
-            (
-                int(10),
-                Value::Array(
-                    self.extraction_paths
-                        .iter()
-                        .map(|(path, outcome)| {
-                            Value::Array(vec![
-                                Value::Text(path.clone()),
-                                Value::Text(outcome.clone()),
-                            ])
-                        })
-                        .collect(),
-                ),
+        ];
+        if let Some(t) = &self.transport {
+            map.push((int(9), t.encode()));
+        }
+        map.push((
+            int(10),
+            Value::Array(
+                self.extraction_paths
+                    .iter()
+                    .map(|(path, outcome)| {
+                        Value::Array(vec![
+                            Value::Text(path.clone()),
+                            Value::Text(outcome.clone()),
+                        ])
+                    })
+                    .collect(),
             ),
-        ]))
+        ));
+        cose::encode(&Value::Map(map))
     }
 
     fn extraction_map(&self) -> Vec<(Value, Value)> {
@@ -192,7 +279,7 @@ impl Enrollment {
             ));
         };
         // Unknown profiles (from a newer appliance) are skipped, not fatal.
-        let profiles = raw
+        let profiles: Vec<Profile> = raw
             .iter()
             .filter_map(|v| match v {
                 Value::Text(t) => Profile::from_name(t),
@@ -201,8 +288,14 @@ impl Enrollment {
             .collect();
         let created = f.uint(7)?;
         let pin_holder_extraction = decode_extraction(f.take(8)?)?;
+        let transport = f.optional(9).map(TransportKeys::decode).transpose()?;
         let extraction_paths = decode_paths(f.take(10)?)?;
         f.finish()?;
+        if profiles.iter().any(|p| p.oaep_hash().is_some()) && transport.is_none() {
+            return Err(EnrollmentError::Malformed(
+                "an RSA-OAEP profile is listed without transport keys".to_owned(),
+            ));
+        }
         let e = Self {
             appliance_id: id,
             ka_public,
@@ -212,6 +305,7 @@ impl Enrollment {
             created,
             pin_holder_extraction,
             extraction_paths,
+            transport,
         };
         if e.appliance_id != appliance_id(&e.ka_public, &e.log_public) {
             return Err(EnrollmentError::Malformed(

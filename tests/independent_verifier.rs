@@ -87,6 +87,7 @@ fn enrollment(ka: &p256::SecretKey, log: &p256::SecretKey, now: u64) -> Verified
         created: now,
         pin_holder_extraction: Vec::new(),
         extraction_paths: Vec::new(),
+        transport: None,
     };
     let log_signer = host_signer(log);
     assert_eq!(log_signer.public_key(), log_public);

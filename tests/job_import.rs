@@ -44,7 +44,8 @@ fn round_trip_and_key_attributes_on_both_tokens() {
             Kind::SoftHsm => "p11v2-ecdh-aes-kdf",
             Kind::Kryoptic => "cose-ecdh-es-a256kw",
         };
-        assert!(show.contains(&format!("profiles:     {profile}")), "{show}");
+        // The RSA-OAEP transport comes first; the ECDH profile the mechanism list allows follows.
+        assert!(show.contains(&format!(", {profile}")), "{show}");
         // Appliance keys: private halves sensitive, never extractable, one use each.
         assert!(show.contains("flashgate-appliance-ka  class=CKO_PRIVATE_KEY sensitive=true extractable=false usage=derive"), "{show}");
         assert!(show.contains("flashgate-appliance-log  class=CKO_PRIVATE_KEY sensitive=true extractable=false usage=sign"), "{show}");

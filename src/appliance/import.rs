@@ -15,9 +15,10 @@ use super::{
     io_err, write_atomic, Appliance, ApplianceError, IMPORTED_PREFIX, JOB_KEY_PREFIX, SVN_PREFIX,
 };
 use crate::cose::{self, ALG_A256KWP_CONTENT};
-use crate::hsm::{EcdhKdf, HsmError, KeyUse, Profile, Token};
+use crate::hsm::{EcdhKdf, HsmError, KeyUse, OaepHash, Profile, Token, TransportRole};
 use crate::package::encrypt::{
-    recipient_alg, EncryptObject, KdfInput, RecipientContext, ALG_A256GCM,
+    recipient_alg, AnyRecipient, EncryptObject, KdfInput, RecipientContext, ALG_A256GCM,
+    ALG_SECRET_IN_RECIPIENT,
 };
 use crate::package::{
     chunk_external_aad, chunk_nonce, Manifest, PackageError, SignedPackage, UnverifiedPackage,
@@ -192,47 +193,48 @@ impl Appliance {
         self.token.require(m.profile)?;
 
         // Secrets into the token.
-        let ka = self.ka_private()?;
+        let opener = match m.profile.oaep_hash() {
+            None => Opener::Ecdh {
+                ka: self.ka_private()?,
+                ctx: RecipientContext {
+                    profile: m.profile,
+                    job_id: &m.job_id,
+                    kid: &m.recipient_kid,
+                },
+            },
+            Some(hash) => Opener::Oaep {
+                hash,
+                profile: m.profile,
+                keys: self.transport_keys(&enrollment.record)?,
+            },
+        };
         let mut created = Created {
             token: &self.token,
             handles: Vec::new(),
         };
-        let ctx = RecipientContext {
-            profile: m.profile,
-            job_id: &m.job_id,
-            kid: &m.recipient_kid,
-        };
-        let master = open_secret(
+        let master = opener.open_secret(
             &self.token,
-            ka,
-            ctx,
             signed.device_master,
             "device-master key",
             KeyUse::HmacSign,
-            &job_key_label(&id, "master"),
-            &m.job_id,
+            (&job_key_label(&id, "master"), &m.job_id),
         )?;
         created.handles.push(master);
-        let ca = open_secret(
+        let ca = opener.open_secret(
             &self.token,
-            ka,
-            ctx,
             signed.job_ca_key,
             "job CA key",
             KeyUse::EcSign,
-            &job_key_label(&id, "ca"),
-            &m.job_id,
+            (&job_key_label(&id, "ca"), &m.job_id),
         )?;
         created.handles.push(ca);
         check_ca_key_matches_certificate(&self.token, ca, &m.job_ca_cert)?;
         for i in 0..signed.images.len() {
-            let cek = open_image_key(
+            let cek = opener.open_image_key(
                 &self.token,
-                ka,
-                ctx,
                 &signed,
                 i,
-                Some((&job_key_label(&id, &format!("image{i}")), &m.job_id)),
+                (&job_key_label(&id, &format!("image{i}")), &m.job_id),
             )?;
             created.handles.push(cek);
             // Decrypt only to check the digest; the plaintext is dropped (and zeroized) per chunk.
@@ -303,47 +305,172 @@ fn check_ca_key_matches_certificate(
     vk.verify_prehash(&digest, &sig).map_err(|_| mismatch())
 }
 
+/// How this import opens recipients: ECDH with the key-agreement key, or
+/// RSA-OAEP with the transport key of each role.
+enum Opener<'m> {
+    Ecdh {
+        ka: ObjectHandle,
+        ctx: RecipientContext<'m>,
+    },
+    Oaep {
+        hash: OaepHash,
+        profile: Profile,
+        keys: Vec<(TransportRole, ObjectHandle, [u8; 16])>,
+    },
+}
+
+fn role_of(usage: KeyUse) -> TransportRole {
+    match usage {
+        KeyUse::HmacSign => TransportRole::Master,
+        KeyUse::EcSign => TransportRole::Ca,
+        KeyUse::AesDecrypt | KeyUse::AesUnwrap => TransportRole::Image,
+    }
+}
+
+impl Opener<'_> {
+    /// The transport key of `role` for an RSA-OAEP recipient, after checking
+    /// the recipient's header and kid against the profile and the record.
+    fn oaep_key<'r>(
+        &self,
+        role: TransportRole,
+        obj: &'r EncryptObject,
+        what: &str,
+    ) -> Result<(ObjectHandle, OaepHash, &'r [u8]), ImportError> {
+        let not_for_us = || ImportError::NotForThisAppliance {
+            what: what.to_owned(),
+        };
+        let Self::Oaep {
+            hash,
+            profile,
+            keys,
+        } = self
+        else {
+            return Err(not_for_us());
+        };
+        let AnyRecipient::Oaep(r) = &obj.recipient else {
+            return Err(not_for_us());
+        };
+        let (_, handle, kid) = keys
+            .iter()
+            .find(|(k, _, _)| *k == role)
+            .ok_or_else(not_for_us)?;
+        if r.protected != cose::recipient_protected(recipient_alg(*profile)) || r.kid != *kid {
+            return Err(not_for_us());
+        }
+        Ok((*handle, *hash, &r.encrypted_key))
+    }
+
+    /// Unwraps a secret `COSE_Encrypt` into a token object.
+    fn open_secret(
+        &self,
+        token: &Token,
+        bytes: &[u8],
+        what: &'static str,
+        usage: KeyUse,
+        persist: (&str, &[u8]),
+    ) -> Result<ObjectHandle, ImportError> {
+        let obj = EncryptObject::parse(bytes, what)?;
+        match self {
+            Self::Ecdh { ka, ctx } => {
+                open_secret_ecdh(token, *ka, *ctx, &obj, what, usage, persist)
+            }
+            Self::Oaep { profile, .. } => {
+                if obj.alg != ALG_SECRET_IN_RECIPIENT
+                    || obj.iv.is_some()
+                    || obj.ciphertext.as_deref() != Some(&[][..])
+                {
+                    return Err(PackageError::Malformed {
+                        detail: format!(
+                            "the {what} uses a content algorithm the {profile} profile does not allow"
+                        ),
+                    }
+                    .into());
+                }
+                let (key, hash, wrapped) = self.oaep_key(role_of(usage), &obj, what)?;
+                // The transport key's unwrap template fixes what comes out.
+                token
+                    .unwrap_oaep(key, hash, role_of(usage), wrapped, Some(persist))
+                    .map_err(|_| ImportError::NotForThisAppliance {
+                        what: what.to_owned(),
+                    })
+            }
+        }
+    }
+
+    /// Unwraps an image's content key into a token object.
+    fn open_image_key(
+        &self,
+        token: &Token,
+        signed: &SignedPackage<'_>,
+        index: usize,
+        persist: (&str, &[u8]),
+    ) -> Result<ObjectHandle, ImportError> {
+        let what = format!("image {}", index + 1);
+        let obj = EncryptObject::parse(signed.images[index].header, "image header")?;
+        if obj.alg != ALG_A256GCM || obj.iv.is_none() || obj.ciphertext.is_some() {
+            return Err(PackageError::Malformed {
+                detail: format!("{what} is not detached A256GCM"),
+            }
+            .into());
+        }
+        match self {
+            Self::Ecdh { ka, ctx } => {
+                let (kek, wrapped) = recipient_kek(token, *ka, *ctx, &obj, &what)?;
+                let cek = token.unwrap_aes_kw(kek, wrapped, KeyUse::AesDecrypt, Some(persist));
+                let _ = token.destroy(kek);
+                cek.map_err(|_| ImportError::NotForThisAppliance { what })
+            }
+            Self::Oaep { .. } => {
+                let (key, hash, wrapped) = self.oaep_key(TransportRole::Image, &obj, &what)?;
+                token
+                    .unwrap_oaep(key, hash, TransportRole::Image, wrapped, Some(persist))
+                    .map_err(|_| ImportError::NotForThisAppliance { what })
+            }
+        }
+    }
+}
+
 /// ECDH + KDF in the token for one recipient; the result can only unwrap.
-fn recipient_kek(
+/// Returns it with the wrapped CEK.
+fn recipient_kek<'o>(
     token: &Token,
     ka: ObjectHandle,
     ctx: RecipientContext<'_>,
-    obj: &EncryptObject,
+    obj: &'o EncryptObject,
     what: &str,
-) -> Result<ObjectHandle, ImportError> {
-    let r = &obj.recipient;
+) -> Result<(ObjectHandle, &'o [u8]), ImportError> {
+    let not_for_us = || ImportError::NotForThisAppliance {
+        what: what.to_owned(),
+    };
+    let AnyRecipient::Ecdh(r) = &obj.recipient else {
+        return Err(not_for_us());
+    };
     if r.protected != cose::recipient_protected(recipient_alg(ctx.profile)) || r.kid != *ctx.kid {
-        return Err(ImportError::NotForThisAppliance {
-            what: what.to_owned(),
-        });
+        return Err(not_for_us());
     }
     let input = ctx.kdf_input(&r.protected, &r.ephemeral);
     let kdf = match &input {
         KdfInput::Hkdf(info) => EcdhKdf::Hkdf { info },
         KdfInput::AesCbc(c) => EcdhKdf::AesCbc { context: c },
     };
-    token
+    let kek = token
         .ecdh_kek(ka, &r.ephemeral, kdf)
-        .map_err(|_| ImportError::NotForThisAppliance {
-            what: what.to_owned(),
-        })
+        .map_err(|_| not_for_us())?;
+    Ok((kek, &r.wrapped_cek))
 }
 
-/// Unwraps a secret `COSE_Encrypt` into a token object.
-#[allow(clippy::too_many_arguments)]
-fn open_secret(
+/// Unwraps a secret `COSE_Encrypt` of an ECDH profile into a token object.
+fn open_secret_ecdh(
     token: &Token,
     ka: ObjectHandle,
     ctx: RecipientContext<'_>,
-    bytes: &[u8],
+    obj: &EncryptObject,
     what: &'static str,
     usage: KeyUse,
-    label: &str,
-    id: &[u8],
+    persist: (&str, &[u8]),
 ) -> Result<ObjectHandle, ImportError> {
-    let obj = EncryptObject::parse(bytes, what)?;
-    let kek = recipient_kek(token, ka, ctx, &obj, what)?;
-    let cek = token.unwrap_aes_kw(kek, &obj.recipient.wrapped_cek, KeyUse::AesUnwrap, None);
+    let (kek, wrapped) = recipient_kek(token, ka, ctx, obj, what)?;
+    let cek = token.unwrap_aes_kw(kek, wrapped, KeyUse::AesUnwrap, None);
     let _ = token.destroy(kek);
     let cek = cek.map_err(|_| ImportError::NotForThisAppliance {
         what: what.to_owned(),
@@ -352,10 +479,10 @@ fn open_secret(
     let result = match (ctx.profile, obj.alg, obj.iv) {
         (Profile::CoseEcdhEsA256kw, ALG_A256GCM, Some(iv)) => {
             let aad = cose::enc_structure(&obj.protected, b"");
-            token.unwrap_aes_gcm(cek, &iv, &aad, ct, usage, Some((label, id)))
+            token.unwrap_aes_gcm(cek, &iv, &aad, ct, usage, Some(persist))
         }
         (Profile::P11v2EcdhAesKdf, ALG_A256KWP_CONTENT, None) => {
-            token.unwrap_aes_kwp(cek, ct, usage, Some((label, id)))
+            token.unwrap_aes_kwp(cek, ct, usage, Some(persist))
         }
         _ => {
             let _ = token.destroy(cek);
@@ -374,27 +501,23 @@ fn open_secret(
     })
 }
 
-/// Unwraps an image's content key (a token object if `persist` names it).
-pub(crate) fn open_image_key(
-    token: &Token,
-    ka: ObjectHandle,
-    ctx: RecipientContext<'_>,
-    signed: &SignedPackage<'_>,
-    index: usize,
-    persist: Option<(&str, &[u8])>,
-) -> Result<ObjectHandle, ImportError> {
-    let what = format!("image {}", index + 1);
-    let obj = EncryptObject::parse(signed.images[index].header, "image header")?;
-    if obj.alg != ALG_A256GCM || obj.iv.is_none() || obj.ciphertext.is_some() {
-        return Err(PackageError::Malformed {
-            detail: format!("{what} is not detached A256GCM"),
+impl Appliance {
+    /// The private transport keys, with the key ids the record gives them.
+    fn transport_keys(
+        &self,
+        record: &crate::enrollment::Enrollment,
+    ) -> Result<Vec<(TransportRole, ObjectHandle, [u8; 16])>, ImportError> {
+        let not_enrolled = || ImportError::NotForThisAppliance {
+            what: "the job (this appliance has no RSA transport keys)".to_owned(),
+        };
+        let t = record.transport.as_ref().ok_or_else(not_enrolled)?;
+        let mut out = Vec::new();
+        for role in TransportRole::ALL {
+            let key = self.transport_private(role)?.ok_or_else(not_enrolled)?;
+            out.push((role, key, t.kid(role)));
         }
-        .into());
+        Ok(out)
     }
-    let kek = recipient_kek(token, ka, ctx, &obj, &what)?;
-    let cek = token.unwrap_aes_kw(kek, &obj.recipient.wrapped_cek, KeyUse::AesDecrypt, persist);
-    let _ = token.destroy(kek);
-    cek.map_err(|_| ImportError::NotForThisAppliance { what })
 }
 
 /// Decrypts image `index` chunk by chunk in the token, handing each

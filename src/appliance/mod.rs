@@ -20,13 +20,16 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::cose::{Es256Signer, SignerError};
+use crate::enrollment::TransportKeys;
 use crate::enrollment::{appliance_id, Enrollment, EnrollmentError, VerifiedEnrollment};
-use crate::hsm::{HsmError, KeyPair, KeyUse, Token};
+use crate::hsm::{HsmError, KeyPair, KeyUse, Profile, Token, TransportRole};
 
 /// Label of the key-agreement key pair.
 pub const KA_LABEL: &str = "flashgate-appliance-ka";
 /// Label of the log-signing key pair.
 pub const LOG_LABEL: &str = "flashgate-appliance-log";
+/// Label prefix of the RSA transport key pairs: `flashgate-appliance-transport-<role>`.
+pub const TRANSPORT_PREFIX: &str = "flashgate-appliance-transport-";
 /// Label prefix of a job's keys: `fg-job:<id>:<name>`.
 pub const JOB_KEY_PREFIX: &str = "fg-job:";
 /// Label prefix of the marker that commits an import: `fg-imported:<id>`.
@@ -179,10 +182,48 @@ impl Appliance {
                 label: self.config.token.label.clone(),
             });
         }
-        let profiles = self.token.mechanisms().supported_profiles();
+        let mut profiles = self.token.mechanisms().supported_profiles();
         // Measured on this token with throwaway keys, never assumed; first,
         // so that a failing probe leaves no appliance keys behind.
-        let probe = crate::hsm::probe::probe(&self.token)?;
+        let mut probe = crate::hsm::probe::probe(&self.token)?;
+        // The RSA-OAEP transport when the token can run it (measured on
+        // throwaway keys), strongest first, with its own extraction paths.
+        let support = self.token.transport_support();
+        if let Some(support) = support {
+            let profile = Profile::rsa_oaep(support.hash);
+            let findings = self
+                .token
+                .probe_transport(support)?
+                .into_iter()
+                .map(|(path, extracted, detail)| crate::hsm::probe::Finding {
+                    path: format!("{}/{path}", profile.name()),
+                    outcome: if extracted {
+                        crate::hsm::probe::Outcome::Possible
+                    } else {
+                        crate::hsm::probe::Outcome::Refused
+                    },
+                    detail,
+                })
+                .collect();
+            probe.add(profile, findings);
+        }
+        let transport = match support {
+            Some(support) => {
+                let mut spki = Vec::new();
+                for role in TransportRole::ALL {
+                    let label = transport_label(role);
+                    let pair = self
+                        .token
+                        .generate_transport_key(role, Some(&label), support)?;
+                    spki.push(self.token.rsa_public_key_info(pair.public)?);
+                }
+                profiles.insert(0, Profile::rsa_oaep(support.hash));
+                let [image, master, ca] = <[Vec<u8>; 3]>::try_from(spki)
+                    .map_err(|_| HsmError::Unexpected("three transport keys expected"))?;
+                Some(TransportKeys { image, master, ca })
+            }
+            None => None,
+        };
         let ka = self
             .token
             .generate_p256(KA_LABEL, KA_LABEL.as_bytes(), KeyUse::AesUnwrap)?;
@@ -200,6 +241,7 @@ impl Appliance {
             created: now(),
             pin_holder_extraction: Vec::new(),
             extraction_paths: Vec::new(),
+            transport,
         };
         record.set_extraction(&probe);
         let signer = LogSigner {
@@ -248,6 +290,14 @@ impl Appliance {
         self.key_pair(KA_LABEL)?
             .map(|k| k.private)
             .ok_or(ApplianceError::NotEnrolled)
+    }
+
+    /// The private transport key of `role`, if enrolled with one.
+    pub(crate) fn transport_private(
+        &self,
+        role: TransportRole,
+    ) -> Result<Option<cryptoki::object::ObjectHandle>, ApplianceError> {
+        Ok(self.key_pair(&transport_label(role))?.map(|k| k.private))
     }
 
     /// The log-signing key as a signer.
@@ -507,6 +557,11 @@ impl Appliance {
         }
         Ok(floor)
     }
+}
+
+/// Label of the transport key pair of `role`.
+pub fn transport_label(role: TransportRole) -> String {
+    format!("{TRANSPORT_PREFIX}{}", role.name())
 }
 
 /// Where a job's removal stands in the log.

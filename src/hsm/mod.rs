@@ -16,7 +16,9 @@ mod error;
 mod nested_template;
 pub mod probe;
 mod profile;
+mod rsa;
 
+pub use self::rsa::{OaepHash, TransportRole, TransportSupport, TRANSPORT_BITS};
 pub use config::{PinSource, TokenConfig};
 pub use error::HsmError;
 pub use profile::{Mechanisms, Profile};
@@ -197,11 +199,11 @@ fn secret_usage(decrypt: bool, sign: bool, unwrap: bool, derive: bool) -> [Attri
 
 /// The KDF a profile applies to the ECDH shared secret (`None` for a
 /// profile that does no ECDH).
-#[allow(clippy::unnecessary_wraps)]
 fn ecdh_kdf_mechanism(profile: Profile) -> Option<MechanismType> {
     match profile {
         Profile::CoseEcdhEsA256kw => Some(MechanismType::HKDF_DERIVE),
         Profile::P11v2EcdhAesKdf => Some(MechanismType::AES_CBC_ENCRYPT_DATA),
+        Profile::CoseRsaesOaepSha256 | Profile::CoseRsaesOaepSha1 => None,
     }
 }
 

@@ -18,10 +18,6 @@ pub(crate) const CKA_UNWRAP_TEMPLATE: c_ulong = 0x4000_0212;
 /// `CKF_ARRAY_ATTRIBUTE | 0x213`.
 pub(crate) const CKA_DERIVE_TEMPLATE: c_ulong = 0x4000_0213;
 
-const CKA_SENSITIVE: c_ulong = 0x103;
-const CKA_EXTRACTABLE: c_ulong = 0x162;
-const CKA_ALLOWED_MECHANISMS: c_ulong = 0x4000_0600;
-
 /// What an attribute-array attribute forces on the keys made under it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Forced {
@@ -81,36 +77,40 @@ impl Template {
     /// Adds the attribute array `ty` forcing `forced`. Returns the template
     /// unchanged on platforms where the C layout is not the one written
     /// here, or if the buffer the token reads is not aligned for it.
-    pub fn with_array(mut self, ty: c_ulong, forced: &Forced) -> Self {
+    pub fn with_array(self, ty: c_ulong, forced: &Forced) -> Self {
+        let mut attrs = Vec::new();
+        if forced.secret {
+            attrs.push(Attribute::Sensitive(true));
+            attrs.push(Attribute::Extractable(false));
+        }
+        if !forced.allowed.is_empty() {
+            attrs.push(Attribute::AllowedMechanisms(forced.allowed.clone()));
+        }
+        self.with_array_of(ty, &attrs)
+    }
+
+    /// Adds the attribute array `ty` holding exactly `attrs` (booleans,
+    /// class, key type and allowed mechanisms). Returns the template
+    /// unchanged where the layout cannot be written (see [`Self::has`]).
+    pub fn with_array_of(mut self, ty: c_ulong, attrs: &[Attribute]) -> Self {
         const WORD: usize = std::mem::size_of::<usize>();
         // CK_ATTRIBUTE is { CK_ULONG, void *, CK_ULONG }: three equal words,
         // no padding, wherever CK_ULONG is pointer-sized (LP64, ILP32).
         if std::mem::size_of::<c_ulong>() != WORD || cfg!(windows) {
             return self;
         }
-        let mut values: Vec<(c_ulong, Vec<u8>)> = Vec::new();
-        if forced.secret {
-            values.push((CKA_SENSITIVE, vec![1]));
-            values.push((CKA_EXTRACTABLE, vec![0]));
-        }
-        if !forced.allowed.is_empty() {
-            let bytes = forced
-                .allowed
-                .iter()
-                .flat_map(|m| c_ulong::from(*m).to_ne_bytes())
-                .collect();
-            values.push((CKA_ALLOWED_MECHANISMS, bytes));
-        }
-        let mut array = Vec::with_capacity(values.len() * 3 * WORD);
-        let mut pointees = Vec::with_capacity(values.len());
-        for (ty, value) in values {
+        let mut array = Vec::with_capacity(attrs.len() * 3 * WORD);
+        let mut pointees = Vec::with_capacity(attrs.len());
+        for a in attrs {
+            let value = raw_value(a);
+            let ty = c_ulong::from(a.attribute_type());
             array.extend_from_slice(&ty.to_ne_bytes());
             array.extend_from_slice(&(value.as_ptr() as usize).to_ne_bytes());
             array.extend_from_slice(&(value.len() as c_ulong).to_ne_bytes());
             // Moving the Vec into the list does not move its heap buffer.
             pointees.push(value);
         }
-        if (array.as_ptr() as usize) % WORD != 0 {
+        if !(array.as_ptr() as usize).is_multiple_of(WORD) {
             return self;
         }
         self.attrs.push(Attribute::VendorDefined((
@@ -119,6 +119,36 @@ impl Template {
         )));
         self._pointees.extend(pointees);
         self
+    }
+}
+
+/// The value bytes of an attribute inside an attribute array, in the C
+/// layout: `CK_ULONG`s for class, key type and mechanism lists, one byte
+/// for a `CK_BBOOL`.
+fn raw_value(a: &Attribute) -> Vec<u8> {
+    let ulong = |v: c_ulong| v.to_ne_bytes().to_vec();
+    match a {
+        Attribute::Class(c) => ulong((*c).into()),
+        Attribute::KeyType(k) => ulong((*k).into()),
+        Attribute::AllowedMechanisms(m) => m
+            .iter()
+            .flat_map(|t| c_ulong::from(*t).to_ne_bytes())
+            .collect(),
+        Attribute::Decrypt(b)
+        | Attribute::Sign(b)
+        | Attribute::SignRecover(b)
+        | Attribute::Encrypt(b)
+        | Attribute::Verify(b)
+        | Attribute::VerifyRecover(b)
+        | Attribute::Wrap(b)
+        | Attribute::Unwrap(b)
+        | Attribute::Derive(b)
+        | Attribute::Sensitive(b)
+        | Attribute::Extractable(b)
+        | Attribute::Modifiable(b)
+        | Attribute::Copyable(b) => vec![u8::from(*b)],
+        // Attribute arrays here hold only the attributes above.
+        _ => Vec::new(),
     }
 }
 

@@ -385,6 +385,9 @@ fn unwrap_test_ca_key(
                 None,
             )
         }
+        Profile::CoseRsaesOaepSha256 | Profile::CoseRsaesOaepSha1 => Err(HsmError::Unexpected(
+            "the RSA-OAEP profiles have no content key to probe here",
+        )),
     }
 }
 
@@ -400,6 +403,9 @@ fn shared_secret(
     let kdf = match profile {
         Profile::CoseEcdhEsA256kw => EcdhKdf::Hkdf { info: b"" },
         Profile::P11v2EcdhAesKdf => EcdhKdf::AesCbc { context: &[0; 32] },
+        Profile::CoseRsaesOaepSha256 | Profile::CoseRsaesOaepSha1 => {
+            return Err(HsmError::Unexpected("the RSA-OAEP profiles do no ECDH"))
+        }
     };
     let ecdh = ecdh_mechanism(&point);
     let (h, r) = super::tolerant(Token::ecdh_shared_template(kdf), |t| {

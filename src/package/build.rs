@@ -9,14 +9,18 @@ use p256::pkcs8::EncodePrivateKey;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::encrypt::{seal_recipient, EncryptObject, RecipientContext, ALG_A256GCM};
+use super::encrypt::{
+    seal_oaep_recipient, seal_recipient, AnyRecipient, EncryptObject, RecipientContext,
+    ALG_A256GCM, ALG_SECRET_IN_RECIPIENT,
+};
 use super::manifest::{ImageEntry, Manifest, CHUNK_SIZE, MAX_IMAGES, MAX_IMAGE_SIZE};
 use super::{
     chunk_external_aad, chunk_nonce, encode_image_element, encode_package, MANIFEST_CONTENT_TYPE,
 };
 use crate::cose::{self, ALG_A256KWP_CONTENT};
+use crate::enrollment::TransportKeys;
 use crate::enrollment::VerifiedEnrollment;
-use crate::hsm::Profile;
+use crate::hsm::{Profile, TransportRole};
 use crate::oem::{certs, Oem, OemError};
 
 /// Why a job could not be built. Policy and firmware errors carry their own
@@ -165,6 +169,20 @@ pub fn build(input: &JobInput<'_>) -> Result<BuiltJob, BuildError> {
         job_id: &job_id,
         kid: &kid,
     };
+    let transport = match (profile.oaep_hash(), &enrollment.transport) {
+        (None, _) => None,
+        (Some(_), Some(t)) => Some(t),
+        (Some(_), None) => {
+            return Err(BuildError::BadEnrollment(format!(
+                "the record lists {profile} but holds no transport keys"
+            )))
+        }
+    };
+    let seal = Sealer {
+        ctx,
+        appliance: &enrollment.ka_public,
+        transport,
+    };
 
     let mut image_entries = Vec::new();
     let mut image_elements = Vec::new();
@@ -202,7 +220,7 @@ pub fn build(input: &JobInput<'_>) -> Result<BuiltJob, BuildError> {
             alg: ALG_A256GCM,
             iv: Some(base_iv),
             ciphertext: None,
-            recipient: seal_recipient(ctx, &enrollment.ka_public, &cek)?,
+            recipient: seal.recipient(TransportRole::Image, &cek[..])?,
         }
         .encode();
         let element = encode_image_element(&header, &chunks);
@@ -227,8 +245,8 @@ pub fn build(input: &JobInput<'_>) -> Result<BuiltJob, BuildError> {
             .as_bytes()
             .to_vec(),
     );
-    let device_master_obj = seal_secret(ctx, &enrollment.ka_public, &device_master[..])?;
-    let job_ca_key_obj = seal_secret(ctx, &enrollment.ka_public, &job_ca_pkcs8)?;
+    let device_master_obj = seal.secret(TransportRole::Master, &device_master[..])?;
+    let job_ca_key_obj = seal.secret(TransportRole::Ca, &job_ca_pkcs8)?;
 
     let job = input.policy.job();
     let job_ca_public = cose::sec1_uncompressed(&job_ca.public_key());
@@ -274,48 +292,82 @@ pub fn build(input: &JobInput<'_>) -> Result<BuiltJob, BuildError> {
     })
 }
 
-/// Wraps a secret to the appliance: A256GCM content (standard profile) or
-/// RFC 5649 key wrap with padding under the CEK (compatibility profile).
-fn seal_secret(
-    ctx: RecipientContext<'_>,
-    appliance: &[u8; 65],
-    secret: &[u8],
-) -> Result<Vec<u8>, BuildError> {
-    let cek = random::<32>()?;
-    let recipient = seal_recipient(ctx, appliance, &cek)?;
-    let obj = match ctx.profile {
-        Profile::CoseEcdhEsA256kw => {
-            let iv: [u8; 12] = *random::<12>()?;
-            let protected = cose::content_protected(ALG_A256GCM);
-            let aad = cose::enc_structure(&protected, b"");
-            let mut buf = Zeroizing::new(secret.to_vec());
-            let tag = Aes256Gcm::new(&(*cek).into())
-                .encrypt_inout_detached(&iv.into(), &aad, buf.as_mut_slice().into())
-                .map_err(|_| BuildError::Random("AES-GCM encryption failed".to_owned()))?;
-            let mut ct = buf.to_vec();
-            ct.extend_from_slice(&tag);
-            EncryptObject {
-                protected,
-                alg: ALG_A256GCM,
-                iv: Some(iv),
-                ciphertext: Some(ct),
-                recipient,
+/// Seals keys and secrets to the appliance, by profile.
+struct Sealer<'a> {
+    ctx: RecipientContext<'a>,
+    appliance: &'a [u8; 65],
+    transport: Option<&'a TransportKeys>,
+}
+
+impl Sealer<'_> {
+    /// The recipient that carries `key` (a CEK, or an RSA-OAEP profile's
+    /// secret itself) to the appliance.
+    fn recipient(&self, role: TransportRole, key: &[u8]) -> Result<AnyRecipient, BuildError> {
+        match self.transport {
+            Some(t) => Ok(seal_oaep_recipient(self.ctx.profile, t.get(role), key)?.into()),
+            None => {
+                let cek: &[u8; 32] = key
+                    .try_into()
+                    .map_err(|_| BuildError::Random("a content key is not 32 bytes".to_owned()))?;
+                Ok(seal_recipient(self.ctx, self.appliance, cek)?.into())
             }
         }
-        Profile::P11v2EcdhAesKdf => {
-            let mut buf = vec![0u8; secret.len() + 16];
-            let wrapped = KwpAes256::new(&(*cek).into())
-                .wrap_key(secret, &mut buf)
-                .map_err(|_| BuildError::Random("AES key wrap failed".to_owned()))?
-                .to_vec();
-            EncryptObject {
-                protected: cose::content_protected(ALG_A256KWP_CONTENT),
-                alg: ALG_A256KWP_CONTENT,
+    }
+
+    /// Wraps a secret to the appliance: RSA-OAEP of the secret itself to the
+    /// role's transport key (RSA-OAEP profiles), A256GCM content (standard
+    /// profile) or RFC 5649 key wrap with padding under the CEK
+    /// (compatibility profile).
+    fn secret(&self, role: TransportRole, secret: &[u8]) -> Result<Vec<u8>, BuildError> {
+        let ctx = self.ctx;
+        if self.transport.is_some() {
+            return Ok(EncryptObject {
+                protected: cose::content_protected(ALG_SECRET_IN_RECIPIENT),
+                alg: ALG_SECRET_IN_RECIPIENT,
                 iv: None,
-                ciphertext: Some(wrapped),
-                recipient,
+                ciphertext: Some(Vec::new()),
+                recipient: self.recipient(role, secret)?,
             }
+            .encode());
         }
-    };
-    Ok(obj.encode())
+        let cek = random::<32>()?;
+        let recipient = self.recipient(role, &cek[..])?;
+        let obj = match ctx.profile {
+            Profile::CoseEcdhEsA256kw => {
+                let iv: [u8; 12] = *random::<12>()?;
+                let protected = cose::content_protected(ALG_A256GCM);
+                let aad = cose::enc_structure(&protected, b"");
+                let mut buf = Zeroizing::new(secret.to_vec());
+                let tag = Aes256Gcm::new(&(*cek).into())
+                    .encrypt_inout_detached(&iv.into(), &aad, buf.as_mut_slice().into())
+                    .map_err(|_| BuildError::Random("AES-GCM encryption failed".to_owned()))?;
+                let mut ct = buf.to_vec();
+                ct.extend_from_slice(&tag);
+                EncryptObject {
+                    protected,
+                    alg: ALG_A256GCM,
+                    iv: Some(iv),
+                    ciphertext: Some(ct),
+                    recipient,
+                }
+            }
+            Profile::P11v2EcdhAesKdf
+            | Profile::CoseRsaesOaepSha256
+            | Profile::CoseRsaesOaepSha1 => {
+                let mut buf = vec![0u8; secret.len() + 16];
+                let wrapped = KwpAes256::new(&(*cek).into())
+                    .wrap_key(secret, &mut buf)
+                    .map_err(|_| BuildError::Random("AES key wrap failed".to_owned()))?
+                    .to_vec();
+                EncryptObject {
+                    protected: cose::content_protected(ALG_A256KWP_CONTENT),
+                    alg: ALG_A256KWP_CONTENT,
+                    iv: None,
+                    ciphertext: Some(wrapped),
+                    recipient,
+                }
+            }
+        };
+        Ok(obj.encode())
+    }
 }

@@ -1,5 +1,6 @@
-//! `COSE_Encrypt` objects with one ECDH-ES key-agreement recipient, as used
-//! for firmware images (detached, chunked ciphertext) and for wrapped secrets.
+//! `COSE_Encrypt` objects with one recipient (ECDH-ES key agreement, or
+//! RSAES-OAEP key transport), as used for firmware images (detached, chunked
+//! ciphertext) and for wrapped secrets.
 
 use aes_gcm::aead::KeyInit;
 use aes_kw::KwAes256;
@@ -19,11 +20,22 @@ pub const ALG_ECDH_ES_A256KW: i64 = -31;
 pub const ALG_A256KW: i64 = -5;
 /// COSE algorithm A256GCM.
 pub const ALG_A256GCM: i64 = 3;
+/// COSE algorithm RSAES-OAEP w/ SHA-1 (RFC 8230).
+pub const ALG_RSAES_OAEP_SHA1: i64 = -40;
+/// COSE algorithm RSAES-OAEP w/ SHA-256 (RFC 8230).
+pub const ALG_RSAES_OAEP_SHA256: i64 = -41;
+/// Private-use content algorithm: the body is empty and the secret is the
+/// recipient's plaintext itself (RSA-OAEP profiles: no intermediate key).
+pub const ALG_SECRET_IN_RECIPIENT: i64 = -65539;
+/// Bytes of an RSA-OAEP ciphertext (RSA-3072).
+pub const OAEP_CIPHERTEXT_LEN: usize = 384;
 const TAG_COSE_ENCRYPT: u64 = 96;
 
 /// The recipient's key agreement algorithm for a profile.
 pub fn recipient_alg(profile: Profile) -> i64 {
     match profile {
+        Profile::CoseRsaesOaepSha256 => ALG_RSAES_OAEP_SHA256,
+        Profile::CoseRsaesOaepSha1 => ALG_RSAES_OAEP_SHA1,
         Profile::CoseEcdhEsA256kw => ALG_ECDH_ES_A256KW,
         Profile::P11v2EcdhAesKdf => ALG_P11V2_ECDH_AES_KDF_A256KW,
     }
@@ -32,12 +44,13 @@ pub fn recipient_alg(profile: Profile) -> i64 {
 /// The content algorithm of wrapped secrets for a profile.
 pub fn secret_content_alg(profile: Profile) -> i64 {
     match profile {
+        Profile::CoseRsaesOaepSha256 | Profile::CoseRsaesOaepSha1 => ALG_SECRET_IN_RECIPIENT,
         Profile::CoseEcdhEsA256kw => ALG_A256GCM,
         Profile::P11v2EcdhAesKdf => ALG_A256KWP_CONTENT,
     }
 }
 
-/// A parsed recipient.
+/// A parsed ECDH-ES recipient.
 #[derive(Debug, Clone)]
 pub struct Recipient {
     /// The recipient's protected header bytes.
@@ -48,6 +61,56 @@ pub struct Recipient {
     pub ephemeral: [u8; 65],
     /// The AES-KW wrapped CEK (40 bytes).
     pub wrapped_cek: Vec<u8>,
+}
+
+/// A parsed RSAES-OAEP recipient (RFC 8230 key transport).
+#[derive(Debug, Clone)]
+pub struct OaepRecipient {
+    /// The recipient's protected header bytes (`{1: -41}` or `{1: -40}`).
+    pub protected: Vec<u8>,
+    /// Key id of the appliance transport key: SHA-256(SPKI DER)[0:16].
+    pub kid: [u8; 16],
+    /// The RSA-OAEP ciphertext (384 bytes).
+    pub encrypted_key: Vec<u8>,
+}
+
+/// The one recipient of a `COSE_Encrypt`.
+#[derive(Debug, Clone)]
+pub enum AnyRecipient {
+    /// ECDH-ES + AES-KW (the ECDH profiles).
+    Ecdh(Recipient),
+    /// RSAES-OAEP (the RSA-OAEP profiles).
+    Oaep(OaepRecipient),
+}
+
+impl AnyRecipient {
+    /// The recipient protected header bytes.
+    pub fn protected(&self) -> &[u8] {
+        match self {
+            Self::Ecdh(r) => &r.protected,
+            Self::Oaep(r) => &r.protected,
+        }
+    }
+
+    /// The recipient key id.
+    pub fn kid(&self) -> &[u8; 16] {
+        match self {
+            Self::Ecdh(r) => &r.kid,
+            Self::Oaep(r) => &r.kid,
+        }
+    }
+}
+
+impl From<Recipient> for AnyRecipient {
+    fn from(r: Recipient) -> Self {
+        Self::Ecdh(r)
+    }
+}
+
+impl From<OaepRecipient> for AnyRecipient {
+    fn from(r: OaepRecipient) -> Self {
+        Self::Oaep(r)
+    }
 }
 
 /// A parsed `COSE_Encrypt` with exactly one recipient.
@@ -62,7 +125,7 @@ pub struct EncryptObject {
     /// Ciphertext, or `None` when detached.
     pub ciphertext: Option<Vec<u8>>,
     /// The recipient.
-    pub recipient: Recipient,
+    pub recipient: AnyRecipient,
 }
 
 fn malformed(detail: &str) -> PackageError {
@@ -145,18 +208,27 @@ impl EncryptObject {
             Some(iv) => vec![(Value::Integer(5.into()), Value::Bytes(iv.to_vec()))],
             None => vec![],
         };
-        let r = &self.recipient;
-        let recipient = Value::Array(vec![
-            Value::Bytes(r.protected.clone()),
-            Value::Map(vec![
-                (Value::Integer(4.into()), Value::Bytes(r.kid.to_vec())),
-                (
-                    Value::Integer((-1).into()),
-                    cose::cose_key_from_point(&r.ephemeral),
-                ),
+        let recipient = match &self.recipient {
+            AnyRecipient::Ecdh(r) => Value::Array(vec![
+                Value::Bytes(r.protected.clone()),
+                Value::Map(vec![
+                    (Value::Integer(4.into()), Value::Bytes(r.kid.to_vec())),
+                    (
+                        Value::Integer((-1).into()),
+                        cose::cose_key_from_point(&r.ephemeral),
+                    ),
+                ]),
+                Value::Bytes(r.wrapped_cek.clone()),
             ]),
-            Value::Bytes(r.wrapped_cek.clone()),
-        ]);
+            AnyRecipient::Oaep(r) => Value::Array(vec![
+                Value::Bytes(r.protected.clone()),
+                Value::Map(vec![(
+                    Value::Integer(4.into()),
+                    Value::Bytes(r.kid.to_vec()),
+                )]),
+                Value::Bytes(r.encrypted_key.clone()),
+            ]),
+        };
         let v = Value::Tag(
             TAG_COSE_ENCRYPT,
             Box::new(Value::Array(vec![
@@ -170,7 +242,7 @@ impl EncryptObject {
     }
 }
 
-fn parse_recipient(v: Value) -> Result<Recipient, PackageError> {
+fn parse_recipient(v: Value) -> Result<AnyRecipient, PackageError> {
     let Value::Array(items) = v else {
         return Err(malformed("a recipient is not an array"));
     };
@@ -180,6 +252,31 @@ fn parse_recipient(v: Value) -> Result<Recipient, PackageError> {
     else {
         return Err(malformed("a recipient has entries of the wrong type"));
     };
+    if matches!(
+        alg_of(&protected)?,
+        ALG_RSAES_OAEP_SHA1 | ALG_RSAES_OAEP_SHA256
+    ) {
+        let [(k, Value::Bytes(kid))] = <[(Value, Value); 1]>::try_from(unprotected)
+            .map_err(|_| malformed("an RSA-OAEP recipient header must hold exactly the kid"))?
+        else {
+            return Err(malformed("a recipient kid is not bytes"));
+        };
+        if !int_is(&k, 4) {
+            return Err(malformed(
+                "an RSA-OAEP recipient header must hold exactly the kid",
+            ));
+        }
+        let kid = <[u8; 16]>::try_from(kid.as_slice())
+            .map_err(|_| malformed("a recipient kid is not 16 bytes"))?;
+        if wrapped_cek.len() != OAEP_CIPHERTEXT_LEN {
+            return Err(malformed("an RSA-OAEP ciphertext is not 384 bytes"));
+        }
+        return Ok(AnyRecipient::Oaep(OaepRecipient {
+            protected,
+            kid,
+            encrypted_key: wrapped_cek,
+        }));
+    }
     let [(k1, Value::Bytes(kid)), (k2, key)] = <[(Value, Value); 2]>::try_from(unprotected)
         .map_err(|_| malformed("a recipient header must hold the kid and the ephemeral key"))?
     else {
@@ -198,12 +295,12 @@ fn parse_recipient(v: Value) -> Result<Recipient, PackageError> {
     if wrapped_cek.len() != 40 {
         return Err(malformed("a wrapped content key is not 40 bytes"));
     }
-    Ok(Recipient {
+    Ok(AnyRecipient::Ecdh(Recipient {
         protected,
         kid,
         ephemeral,
         wrapped_cek,
-    })
+    }))
 }
 
 /// What the recipient layer needs to know to seal or open, besides keys.
@@ -227,7 +324,10 @@ impl RecipientContext<'_> {
                 protected,
                 &Value::Bytes(KDF_OTHER.to_vec()),
             )),
-            Profile::P11v2EcdhAesKdf => {
+            // The RSA-OAEP profiles have no KDF; callers never ask for one.
+            Profile::P11v2EcdhAesKdf
+            | Profile::CoseRsaesOaepSha256
+            | Profile::CoseRsaesOaepSha1 => {
                 KdfInput::AesCbc(cose::p11v2_context(self.job_id, self.kid, ephemeral))
             }
         }
@@ -302,4 +402,39 @@ pub fn open_recipient(
             })
         })?;
     Ok(out)
+}
+
+/// Host-side: encrypts `secret` (a CEK or a secret itself) with RSA-OAEP to
+/// the transport key `spki_der`, as the recipient of an RSA-OAEP profile.
+pub fn seal_oaep_recipient(
+    profile: Profile,
+    spki_der: &[u8],
+    secret: &[u8],
+) -> Result<OaepRecipient, crate::package::build::BuildError> {
+    use crate::package::build::BuildError;
+    use rsa::pkcs8::DecodePublicKey;
+    let hash = profile.oaep_hash().ok_or_else(|| {
+        BuildError::BadEnrollment(format!("{profile} is not an RSA-OAEP profile"))
+    })?;
+    let key = rsa::PublicKey::from_public_key_der(spki_der).map_err(|_| {
+        BuildError::BadEnrollment("a transport key is not an RSA public key".to_owned())
+    })?;
+    let encrypted_key = hash
+        .encrypt(&key, secret)
+        .map_err(|e| BuildError::Random(format!("RSA-OAEP encryption failed: {e}")))?;
+    Ok(OaepRecipient {
+        protected: cose::recipient_protected(recipient_alg(profile)),
+        kid: transport_kid(spki_der),
+        encrypted_key,
+    })
+}
+
+/// Key id of a transport key: the first 16 bytes of SHA-256 over its
+/// SubjectPublicKeyInfo DER.
+pub fn transport_kid(spki_der: &[u8]) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(spki_der);
+    let mut kid = [0u8; 16];
+    kid.copy_from_slice(&d[..16]);
+    kid
 }

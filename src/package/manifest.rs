@@ -207,7 +207,7 @@ fn malformed(detail: String) -> PackageError {
 
 /// Pulls integer-keyed fields out of a CBOR map in ascending key order.
 pub(crate) struct Fields {
-    entries: std::vec::IntoIter<(Value, Value)>,
+    entries: std::iter::Peekable<std::vec::IntoIter<(Value, Value)>>,
     what: &'static str,
 }
 
@@ -215,7 +215,7 @@ impl Fields {
     pub(crate) fn new(value: Value, what: &'static str) -> Result<Self, PackageError> {
         match value {
             Value::Map(entries) => Ok(Self {
-                entries: entries.into_iter(),
+                entries: entries.into_iter().peekable(),
                 what,
             }),
             _ => Err(malformed(format!("{what} is not a map"))),
@@ -229,6 +229,16 @@ impl Fields {
                 "{} field {key} is missing or out of order",
                 self.what
             ))),
+        }
+    }
+
+    /// The next field if it has `key`, else `None` (for optional fields).
+    pub(crate) fn optional(&mut self, key: u64) -> Option<Value> {
+        match self.entries.peek() {
+            Some((Value::Integer(k), _)) if *k == Integer::from(key) => {
+                self.entries.next().map(|(_, v)| v)
+            }
+            _ => None,
         }
     }
 

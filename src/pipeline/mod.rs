@@ -947,7 +947,9 @@ impl Provisioner {
         // still leaves the OEM the certificate.
         self.ledger
             .certificate_issued(counter, &cert)
-            .map_err(|e| UnitFailure::new(UnitStage::Certificate, FailureKind::Ledger, e.to_string()))?;
+            .map_err(|e| {
+                UnitFailure::new(UnitStage::Certificate, FailureKind::Ledger, e.to_string())
+            })?;
         timed(rec, UnitStage::Certificate, s);
 
         // Inject, then wipe the host copies.
