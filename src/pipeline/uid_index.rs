@@ -119,7 +119,9 @@ impl UidIndex {
     pub fn claim(&self, uid: &[u8]) -> Option<InFlight<'_>> {
         let key = Self::key(uid);
         let mut set = self.in_flight.lock().ok()?;
-        set.insert(key).then_some(InFlight { index: self, key })
+        // Lazily: a guard made and dropped here would remove the key the
+        // other claimant holds (and take this lock again).
+        set.insert(key).then(|| InFlight { index: self, key })
     }
 
     /// The latest attempt on `uid`, if any.
