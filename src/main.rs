@@ -391,7 +391,7 @@ fn run(cli: Cli, w: &mut String) -> Result<u8> {
             }
             let profile = match profile {
                 Some(p) => Some(Profile::from_name(&p).with_context(|| {
-                    format!("unknown profile '{p}' (cose-ecdh-es-a256kw or p11v2-ecdh-aes-kdf)")
+                    format!("unknown profile '{p}' (one of {})", flashgate::hsm::Profile::ALL.map(|p| p.name()).join(", "))
                 })?),
                 None => None,
             };
@@ -758,16 +758,26 @@ fn print_enrollment(w: &mut String, e: &VerifiedEnrollment) {
             let _ = writeln!(w, "    {path}: {outcome}");
         }
     }
-    let unsafe_profiles = r
-        .profiles
-        .iter()
-        .any(|p| r.extraction(*p) != Some(flashgate::hsm::probe::Extraction::Refused));
-    if unsafe_profiles {
-        let _ = writeln!(
-            w,
-            "note:         whoever holds this HSM's user PIN can extract job secrets under a profile marked possible; \
-             use this appliance for development only (an OEM policy with `[job] require_pin_holder_safe = true` refuses to build for it)"
-        );
+    let refused = |p: &flashgate::hsm::Profile| {
+        r.extraction(*p) == Some(flashgate::hsm::probe::Extraction::Refused)
+    };
+    match r.profiles.first() {
+        Some(first) if refused(first) => {
+            if !r.profiles.iter().all(refused) {
+                let _ = writeln!(
+                    w,
+                    "note:         job build chooses {first}, under which the PIN holder cannot extract job secrets; \
+                     a job forced to a profile marked possible can be opened by whoever holds this HSM's user PIN"
+                );
+            }
+        }
+        _ => {
+            let _ = writeln!(
+                w,
+                "note:         whoever holds this HSM's user PIN can extract job secrets under a profile marked possible; \
+                 use this appliance for development only (an OEM policy with `[job] require_pin_holder_safe = true` refuses to build for it)"
+            );
+        }
     }
 }
 

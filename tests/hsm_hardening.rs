@@ -155,9 +155,41 @@ impl Attacker {
     }
 }
 
-/// The outcome text the record gives for `path` under its first profile.
+/// The ECDH profile the record lists (the RSA-OAEP profile, listed first,
+/// has its own attacks in `tests/rsa_transport.rs`).
+fn ecdh_profile(record: &VerifiedEnrollment) -> flashgate::hsm::Profile {
+    *record
+        .record
+        .profiles
+        .iter()
+        .find(|p| p.oaep_hash().is_none())
+        .expect("an ECDH profile")
+}
+
+/// Builds a job for the token's ECDH profile, whose keys these attacks target.
+fn build_ecdh_job(lab: &Lab, rec: &VerifiedEnrollment, out: &str, policy: &str, size: usize) {
+    std::fs::write(lab.path("fw.bin"), vec![0x3cu8; size]).unwrap();
+    lab.ok(&[
+        "job",
+        "build",
+        "--oem",
+        "oem",
+        "--policy",
+        policy,
+        "--firmware",
+        "fw.bin@0x08000000",
+        "--appliance",
+        "enrollment.cbor",
+        "--profile",
+        ecdh_profile(rec).name(),
+        "-o",
+        out,
+    ]);
+}
+
+/// The outcome text the record gives for `path` under the ECDH profile.
 fn claimed(record: &VerifiedEnrollment, key: &str, path: &str) -> String {
-    let full = format!("{}/{key}/{path}", record.record.profiles[0].name());
+    let full = format!("{}/{key}/{path}", ecdh_profile(record).name());
     record
         .record
         .extraction_paths
@@ -196,11 +228,16 @@ fn ecdh_gives_z(lab: &Lab, a: &Attacker, rec: &VerifiedEnrollment) {
         lab.kind
     );
     assert_eq!(
-        rec.record.extraction(rec.record.profiles[0]),
+        rec.record.extraction(ecdh_profile(rec)),
         Some(Extraction::Possible),
         "{:?}",
         lab.kind
     );
+    // The profile job build prefers is the unwrap transport, and the record
+    // says a PIN holder gets nothing out of it.
+    let first = rec.record.profiles[0];
+    assert!(first.oaep_hash().is_some(), "{:?}: {first}", lab.kind);
+    assert_eq!(rec.record.extraction(first), Some(Extraction::Refused));
 }
 
 /// `C_SetAttributeValue` and `C_CopyObject` against one real key, in the
@@ -430,7 +467,7 @@ fn a_hostile_pin_holder_gets_exactly_what_the_enrollment_record_claims() {
         // After import: the job's secrets. Import and runs are unaffected by
         // what was tried above, since every attempt was refused or harmless.
         let policy = lab.policy("policy.toml", |p| p);
-        lab.build_job("job.fgj", &policy, 70_000);
+        build_ecdh_job(&lab, &rec, "job.fgj", &policy, 70_000);
         lab.ok(&["job", "import", "job.fgj"]);
         let id = lab.first_job_id();
         let label = |n: &str| format!("fg-job:{id}:{n}");
@@ -454,17 +491,20 @@ fn appliance_show_prints_extraction_and_every_objects_attributes() {
     for kind in common::both() {
         let lab = Lab::new(kind);
         let init = lab.ok(&["appliance", "init", "-o", "enrollment.cbor"]);
-        let profile = match kind {
-            Kind::SoftHsm => "p11v2-ecdh-aes-kdf",
-            Kind::Kryoptic => "cose-ecdh-es-a256kw",
+        let (profile, rsa) = match kind {
+            Kind::SoftHsm => ("p11v2-ecdh-aes-kdf", "cose-rsaes-oaep-sha1"),
+            Kind::Kryoptic => ("cose-ecdh-es-a256kw", "cose-rsaes-oaep-sha256"),
         };
         for out in [init, lab.ok(&["appliance", "show"])] {
             assert!(out.contains(&format!("  {profile}: possible")), "{out}");
+            assert!(out.contains(&format!("  {rsa}: refused")), "{out}");
             assert!(
                 out.contains(&format!("    {profile}/ka/ecdh-into-extractable: possible")),
                 "{out}"
             );
-            assert!(out.contains("development only"), "{out}");
+            assert!(!out.contains(&format!("    {rsa}/")), "nothing possible under {rsa}: {out}");
+            assert!(out.contains(&format!("job build chooses {rsa}")), "{out}");
+            assert!(!out.contains("development only"), "{out}");
         }
         let show = lab.ok(&["appliance", "show"]);
         let detail = |label: &str, class: &str| {
@@ -483,7 +523,7 @@ fn appliance_show_prints_extraction_and_every_objects_attributes() {
             "verify=true verify-recover=false encrypt=false wrap=false derive=false modifiable=false copyable=false mechanisms=CKM_ECDSA"
         );
         let policy = lab.policy("policy.toml", |p| p);
-        lab.build_job("job.fgj", &policy, 70_000);
+        build_ecdh_job(&lab, &record(&lab), "job.fgj", &policy, 70_000);
         lab.ok(&["job", "import", "job.fgj"]);
         let show = lab.ok(&["appliance", "show"]);
         let modifiable = kind == Kind::SoftHsm;
@@ -523,6 +563,7 @@ fn job_build_refuses_an_appliance_whose_pin_holder_can_extract() {
         .unwrap()
         .contains("require_pin_holder_safe = true"));
     std::fs::write(lab.path("fw.bin"), vec![0x5au8; 4096]).unwrap();
+    // Forced onto the ECDH profile, whose secrets the PIN holder can extract.
     let err = lab.fails(&[
         "job",
         "build",
@@ -534,6 +575,8 @@ fn job_build_refuses_an_appliance_whose_pin_holder_can_extract() {
         "fw.bin@0x08000000",
         "--appliance",
         "enrollment.cbor",
+        "--profile",
+        "p11v2-ecdh-aes-kdf",
         "-o",
         "job.fgj",
     ]);
@@ -543,8 +586,27 @@ fn job_build_refuses_an_appliance_whose_pin_holder_can_extract() {
         "{err}"
     );
     assert!(!lab.path("job.fgj").exists());
-    // The default (false) keeps development appliances usable.
+    // The profile job build chooses by default holds: the same policy builds.
+    lab.build_job("safe.fgj", &safe, 4096);
+    assert!(lab.path("safe.fgj").exists());
+    // The default (false) keeps development use of the ECDH profile possible.
     let dev = lab.policy("dev.toml", |p| p);
-    lab.build_job("job.fgj", &dev, 4096);
+    std::fs::write(lab.path("fw.bin"), vec![0x5au8; 4096]).unwrap();
+    lab.ok(&[
+        "job",
+        "build",
+        "--oem",
+        "oem",
+        "--policy",
+        &dev,
+        "--firmware",
+        "fw.bin@0x08000000",
+        "--appliance",
+        "enrollment.cbor",
+        "--profile",
+        "p11v2-ecdh-aes-kdf",
+        "-o",
+        "job.fgj",
+    ]);
     assert!(lab.path("job.fgj").exists());
 }

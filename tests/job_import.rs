@@ -447,9 +447,10 @@ fn job_ca_chains_to_the_oem_root_with_openssl() {
             && text.contains("X509v3 Authority Key Identifier"),
         "{text}"
     );
-    // Valid no longer than the job: notAfter is the job's not_after.
+    // Valid as long as the last device certificate it can issue: the job's
+    // not_after plus the policy's 7300 days of device validity.
     let until = time::OffsetDateTime::from_unix_timestamp(
-        i64::try_from(common::now() + 180 * 86_400).unwrap(),
+        i64::try_from(common::now() + 180 * 86_400 + 7300 * 86_400).unwrap(),
     )
     .unwrap();
     let month = [
