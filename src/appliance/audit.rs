@@ -413,6 +413,7 @@ impl Ledger for RunLedger {
                 lock_state: unit.lock_raw.clone(),
                 lock_level: unit.lock_level.clone().unwrap_or_else(|| "none".to_owned()),
                 timings: unit.timings_us.clone(),
+                rework_of: None,
             }),
             UnitResult::Failed { stage, reason } => RecordKind::UnitFailed(UnitFailed {
                 job_id: self.job_id,
@@ -427,6 +428,7 @@ impl Ledger for RunLedger {
                 stage: stage.clone(),
                 reason: reason.clone(),
                 timings: unit.timings_us.clone(),
+                rework_of: None,
             }),
         };
         self.audit

@@ -49,8 +49,9 @@ pub(crate) mod key {
     pub const LOCK_LEVEL: u64 = 23;
     pub const TIMINGS: u64 = 24;
     pub const STAGE: u64 = 25;
+    pub const REWORK_OF: u64 = 26;
     /// One past the largest key.
-    pub const END: u64 = 26;
+    pub const END: u64 = 27;
 }
 
 /// The field names, indexed by key, as the CDDL spells them.
@@ -81,6 +82,7 @@ const FIELD_NAMES: [&str; key::END as usize] = [
     "lock_level",
     "timings",
     "stage",
+    "rework_of",
 ];
 
 fn field_name(k: u64) -> &'static str {
@@ -276,6 +278,9 @@ pub struct UnitPassed {
     pub lock_level: String,
     /// Time spent per stage, in microseconds.
     pub timings: BTreeMap<String, u64>,
+    /// When this UID was attempted before in the job: the counter value of
+    /// the most recent earlier attempt, a failed or aborted unit.
+    pub rework_of: Option<u64>,
 }
 
 /// `unit-failed`: identity fields are present when they were known.
@@ -305,6 +310,8 @@ pub struct UnitFailed {
     pub reason: String,
     /// Time spent per stage, in microseconds.
     pub timings: BTreeMap<String, u64>,
+    /// As in [`UnitPassed::rework_of`].
+    pub rework_of: Option<u64>,
 }
 
 /// `unit-aborted`.
@@ -396,6 +403,11 @@ impl<'a> Fields<'a> {
             self.t(k, v);
         }
     }
+    fn ou(&mut self, k: u64, v: Option<u64>) {
+        if let Some(v) = v {
+            self.u(k, v);
+        }
+    }
 }
 
 impl Record {
@@ -446,6 +458,7 @@ impl Record {
                 f.b(LOCK_STATE, &r.lock_state);
                 f.t(LOCK_LEVEL, &r.lock_level);
                 f.0.push((TIMINGS, Out::M(&r.timings)));
+                f.ou(REWORK_OF, r.rework_of);
             }
             RecordKind::UnitFailed(r) => {
                 f.b(JOB_ID, &r.job_id);
@@ -460,6 +473,7 @@ impl Record {
                 f.0.push((TIMINGS, Out::M(&r.timings)));
                 f.t(STAGE, &r.stage);
                 f.t(REASON, &r.reason);
+                f.ou(REWORK_OF, r.rework_of);
             }
             RecordKind::UnitAborted(r) => {
                 f.b(JOB_ID, &r.job_id);
@@ -701,6 +715,7 @@ impl<'a> Slots<'a> {
                     lock_state: self.b(LOCK_STATE, k)?.to_vec(),
                     lock_level: self.t(LOCK_LEVEL, k)?,
                     timings: self.timings(k)?,
+                    rework_of: self.opt_u(REWORK_OF)?,
                 })
             }
             "unit-failed" => {
@@ -718,6 +733,7 @@ impl<'a> Slots<'a> {
                     stage: self.t(STAGE, k)?,
                     reason: self.t(REASON, k)?,
                     timings: self.timings(k)?,
+                    rework_of: self.opt_u(REWORK_OF)?,
                 })
             }
             "unit-aborted" => {
