@@ -7,9 +7,11 @@
 //!
 //! `generate` writes `records.log`, `checkpoints.log` (one checkpoint per
 //! 10,000 records) and `certs.bin` (the 32-byte certificate hashes the
-//! bundle would hold) into DIR. `verify` streams them through the verifier
-//! and prints records per second; run it under `/usr/bin/time -v` for the
-//! peak resident memory.
+//! bundle would hold) into DIR, once. `verify` streams all three through the
+//! verifier (nothing is loaded whole, so the peak memory is the verifier's
+//! own) and prints records per second; run it under `/usr/bin/time -v` for
+//! the peak resident memory. The default, 1,000,000 records, is about
+//! 935,000 units.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -17,7 +19,7 @@
 mod common;
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -50,16 +52,16 @@ fn main() {
             );
         }
         "verify" => {
-            let certs: Vec<[u8; 32]> = std::fs::read(dir.join("certs.bin"))
-                .unwrap()
-                .chunks_exact(32)
-                .map(|c| c.try_into().unwrap())
-                .collect();
+            let mut certs_file = BufReader::new(File::open(dir.join("certs.bin")).unwrap());
+            let certs = std::iter::from_fn(move || {
+                let mut h = [0u8; 32];
+                certs_file.read_exact(&mut h).ok().map(|()| h)
+            });
             let t = Instant::now();
             let report = flashgate_audit::verify_parts(
                 BufReader::new(File::open(dir.join("records.log")).unwrap()),
                 BufReader::new(File::open(dir.join("checkpoints.log")).unwrap()),
-                Some(&certs),
+                Some(certs),
                 &common::options(u64::MAX),
             )
             .unwrap();

@@ -141,9 +141,7 @@ impl CertificateFile {
     #[must_use]
     pub fn from_der(der: &[u8]) -> Self {
         let start = match x509_parser::parse_x509_certificate(der) {
-            Ok(([], cert)) => {
-                CertificateStart::NotBefore(cert.validity().not_before.timestamp())
-            }
+            Ok(([], cert)) => CertificateStart::NotBefore(cert.validity().not_before.timestamp()),
             _ => CertificateStart::Malformed,
         };
         Self {
