@@ -409,10 +409,24 @@ pub fn generate(
     records: &mut impl std::io::Write,
     checkpoints: &mut impl std::io::Write,
 ) -> Vec<[u8; 32]> {
+    let mut certs = Vec::new();
+    generate_with(n, every, records, checkpoints, |der| {
+        certs.push(sha256(der))
+    });
+    certs
+}
+
+/// [`generate`], handing each passed unit's DER certificate to `on_cert`.
+pub fn generate_with(
+    n: u64,
+    every: u64,
+    records: &mut impl std::io::Write,
+    checkpoints: &mut impl std::io::Write,
+    mut on_cert: impl FnMut(&[u8]),
+) {
     let s = signer();
     let mut tree = Tree::new();
     let mut prev = [0u8; 32];
-    let mut certs = Vec::new();
     let mut buf = Vec::with_capacity(512);
     let mut emit = |kind: RecordKind, tree: &mut Tree, prev: &mut [u8; 32]| {
         let seq = tree.size();
@@ -444,8 +458,7 @@ pub fn generate(
             if c % 20 == 19 {
                 emit(failed(c, "program"), &mut tree, &mut prev);
             } else {
-                let cert = cert(c);
-                certs.push(sha256(&cert));
+                on_cert(&cert(c));
                 emit(passed(c), &mut tree, &mut prev);
             }
         }
@@ -457,5 +470,4 @@ pub fn generate(
         put_frame(&mut f, &sign_checkpoint(&s, &cp).unwrap());
         checkpoints.write_all(&f).unwrap();
     }
-    certs
 }
