@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use sha2::{Digest as _, Sha256};
+
 use crate::appliance::Appliance;
 use crate::cose::{CoseError, UnverifiedSign1};
 use crate::enrollment::{EnrollmentError, VerifiedEnrollment};
@@ -126,6 +128,40 @@ pub struct BundleVerification {
     pub report: flashgate_audit::Report,
 }
 
+/// What the verified manifest and its policy say the log must show.
+fn job_facts(
+    manifest: &Manifest,
+    policy: &flashgate_policy::Policy,
+    manifest_sign1: &[u8],
+) -> flashgate_audit::JobFacts {
+    let job = policy.job();
+    let serial = policy.serial();
+    flashgate_audit::JobFacts {
+        job_id: manifest.job_id,
+        quota: job.quota,
+        device_types: policy.target().device_types.clone(),
+        product: job.product.as_str().to_owned(),
+        security_version: u64::from(job.security_version),
+        manifest_digest: Sha256::digest(manifest_sign1).into(),
+        not_before: job.not_before,
+        not_after: job.not_after,
+        serials: flashgate_audit::SerialScheme {
+            prefix: serial.prefix.clone(),
+            start: serial.start,
+            end: serial.end,
+            width: serial.width,
+        },
+        lock_level: policy.lock().level.as_str().to_owned(),
+        // The pipeline measures the images concatenated in order; with one
+        // image that is the image's plaintext digest, which the manifest
+        // carries. With several, only the units' agreement can be checked.
+        firmware_sha256: match manifest.images.as_slice() {
+            [only] => Some(only.digest),
+            _ => None,
+        },
+    }
+}
+
 /// The OEM side: checks the bundle's manifest with the OEM's signing key,
 /// ties the bundle's enrollment record to the one the manifest names (and
 /// to `pinned_fingerprint` when given), then verifies the log with that
@@ -165,12 +201,8 @@ pub fn verify_bundle(
         bundle,
         &flashgate_audit::VerifyOptions {
             log_key: enrollment.record.log_public,
-            facts: flashgate_audit::JobFacts {
-                job_id: manifest.job_id,
-                quota: policy.job().quota,
-                device_types: policy.target().device_types.clone(),
-                product: policy.job().product.as_str().to_owned(),
-            },
+            appliance_id: enrollment.record.appliance_id.clone(),
+            facts: job_facts(&manifest, &policy, &manifest_bytes),
             previous_checkpoint,
         },
     )?;

@@ -104,10 +104,11 @@ enum AuditCmd {
         /// The appliance's enrollment fingerprint as pinned (SHA-256 hex); the bundle's record must match.
         #[arg(long)]
         fingerprint: Option<String>,
-        /// A signed checkpoint kept from an earlier bundle (fork and rollback detection).
+        /// A signed checkpoint kept from an earlier bundle, or that bundle's whole
+        /// checkpoints.log (its last checkpoint is used), for fork and rollback detection.
         #[arg(long)]
         previous_checkpoint: Option<PathBuf>,
-        /// Print the report as JSON.
+        /// Print the verdict and report as JSON (schema in docs/AUDIT-FORMAT.md), also on exit 2.
         #[arg(long)]
         json: bool,
     },
@@ -391,7 +392,10 @@ fn run(cli: Cli, w: &mut String) -> Result<u8> {
             }
             let profile = match profile {
                 Some(p) => Some(Profile::from_name(&p).with_context(|| {
-                    format!("unknown profile '{p}' (one of {})", flashgate::hsm::Profile::ALL.map(|p| p.name()).join(", "))
+                    format!(
+                        "unknown profile '{p}' (one of {})",
+                        flashgate::hsm::Profile::ALL.map(|p| p.name()).join(", ")
+                    )
                 })?),
                 None => None,
             };
@@ -932,21 +936,49 @@ fn audit(config: &Path, cmd: AuditCmd, w: &mut String) -> Result<u8> {
             previous_checkpoint,
             json,
         } => {
-            let key = oem::read_public_key_pem(&oem_key)?;
-            let previous_checkpoint = match previous_checkpoint {
-                Some(p) => Some(
-                    std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?,
-                ),
-                None => None,
+            let verified = (|| -> Result<_> {
+                let key = oem::read_public_key_pem(&oem_key)?;
+                // A kept checkpoint, or a whole checkpoints.log (its last entry counts).
+                let previous_checkpoint = match previous_checkpoint {
+                    Some(p) => Some(
+                        std::fs::read(&p)
+                            .with_context(|| format!("cannot read {}", p.display()))?,
+                    ),
+                    None => None,
+                };
+                Ok(flashgate::bundle::verify_bundle(
+                    &bundle,
+                    &key,
+                    fingerprint.as_deref(),
+                    previous_checkpoint,
+                )?)
+            })();
+            let v = match verified {
+                Ok(v) => v,
+                Err(e) => {
+                    if json {
+                        // The same sentence main prints: causes not already quoted.
+                        let mut parts: Vec<String> = Vec::new();
+                        for cause in e.chain() {
+                            let text = cause.to_string();
+                            if !parts.last().is_some_and(|p| p.contains(&text)) {
+                                parts.push(text);
+                            }
+                        }
+                        let out = flashgate_audit::VerifyOutput::failed(parts.join(": "));
+                        let _ = writeln!(w, "{}", out.to_json());
+                    }
+                    return Err(e);
+                }
             };
-            let v = flashgate::bundle::verify_bundle(
-                &bundle,
-                &key,
-                fingerprint.as_deref(),
-                previous_checkpoint,
-            )?;
+            let code = if v.report.is_clean() { 0 } else { 1 };
             if json {
-                let _ = writeln!(w, "{}", v.report.to_json());
+                let out = flashgate_audit::VerifyOutput::verified(
+                    v.enrollment.record.appliance_id.clone(),
+                    v.enrollment.fingerprint(),
+                    v.report,
+                );
+                let _ = writeln!(w, "{}", out.to_json());
             } else {
                 let _ = writeln!(
                     w,
@@ -956,7 +988,7 @@ fn audit(config: &Path, cmd: AuditCmd, w: &mut String) -> Result<u8> {
                 );
                 let _ = write!(w, "{}", v.report);
             }
-            Ok(if v.report.is_clean() { 0 } else { 1 })
+            Ok(code)
         }
         AuditCmd::Prove { uid, job } => {
             let appliance = open_appliance(config)?;

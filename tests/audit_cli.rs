@@ -92,7 +92,16 @@ fn export_verify_tamper_and_prove() {
         .to_owned();
     let (code, text) = verify(&lab, "bundle", &["--fingerprint", &fp, "--json"]);
     assert_eq!(code, Some(0), "{text}");
-    serde_json::from_str::<serde_json::Value>(text.trim()).expect("--json prints JSON");
+    let v: serde_json::Value = serde_json::from_str(text.trim()).expect("--json prints JSON");
+    assert_eq!(v["format"], "flashgate-audit-verify/1", "{v}");
+    assert_eq!(v["verdict"], "clean", "{v}");
+    assert_eq!(v["fingerprint"], fp.as_str(), "{v}");
+    assert!(
+        v["appliance_id"].as_str().is_some_and(|a| !a.is_empty()),
+        "{v}"
+    );
+    assert_eq!(v["report"]["units"]["passed"], 12, "{v}");
+    assert_eq!(v["report"]["reworks"], 0, "{v}");
 
     // An edited record: anomalies, exit 1.
     copy_dir(&lab.path("bundle"), &lab.path("edited"));
@@ -116,6 +125,25 @@ fn export_verify_tamper_and_prove() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not signed by this OEM key"));
     let (code, _) = verify(&lab, "bundle", &["--fingerprint", "00"]);
     assert_eq!(code, Some(2));
+    // With --json, exit 2 still prints the verdict and the sentence.
+    let out = lab.fg(&[
+        "audit",
+        "verify",
+        "bundle",
+        "--oem",
+        "other-oem.pem",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on exit 2");
+    assert_eq!(v["verdict"], "could-not-verify", "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not signed by this OEM key")),
+        "{v}"
+    );
+    assert_eq!(v["report"], serde_json::Value::Null, "{v}");
     // Another appliance's enrollment record swapped into the bundle: the
     // manifest names the record the job was built for, so this is refused
     // even without a pinned fingerprint.
@@ -140,6 +168,21 @@ fn export_verify_tamper_and_prove() {
     lab.ok(&["audit", "export", "--job", &id, "-o", "bundle2"]);
     let (code, text) = verify(&lab, "bundle2", &["--previous-checkpoint", "kept.cose"]);
     assert_eq!(code, Some(0), "{text}");
+    // So is the earlier bundle's whole checkpoints.log (its last entry counts) ...
+    let (code, text) = verify(
+        &lab,
+        "bundle2",
+        &["--previous-checkpoint", "bundle/checkpoints.log"],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    // ... and a later bundle's log is not a checkpoint of this one's past.
+    let (code, text) = verify(
+        &lab,
+        "bundle",
+        &["--previous-checkpoint", "bundle2/checkpoints.log"],
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("previous-checkpoint-beyond-log"), "{text}");
 
     // One unit proved on its own.
     let proof = lab.ok(&["audit", "prove", "--uid", &uid]);
@@ -164,6 +207,38 @@ fn export_verify_tamper_and_prove() {
         "enrollment.cbor",
     ]);
     assert!(!err.is_empty());
+}
+
+/// On either token, a run's bundle verifies clean against every check of
+/// the job's manifest (window, serials, lock level, firmware, certificates);
+/// one wrong count in bundle.json is exactly one anomaly, and said so.
+#[test]
+fn bundles_from_both_tokens_verify_and_bundle_json_is_checked() {
+    for kind in common::both() {
+        let lab = Lab::new(kind);
+        lab.enroll();
+        let policy = lab.policy("policy.toml", |t| t);
+        lab.build_job("job.fgj", &policy, 20_000);
+        lab.ok(&["job", "import", "job.fgj"]);
+        let id = lab.first_job_id();
+        lab.ok(&["run", "--job", &id, "--target", &sim(81), "--units", "3"]);
+        lab.ok(&["audit", "export", "--job", &id, "-o", "bundle"]);
+        let (code, text) = verify(&lab, "bundle", &["--json"]);
+        assert_eq!(code, Some(0), "{kind:?}: {text}");
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["verdict"], "clean", "{kind:?}: {v}");
+        assert_eq!(v["report"]["units"]["passed"], 3, "{kind:?}: {v}");
+
+        let index = lab.path("bundle/bundle.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+        json["records"] = serde_json::json!(json["records"].as_u64().unwrap() + 1);
+        std::fs::write(&index, json.to_string()).unwrap();
+        let (code, text) = verify(&lab, "bundle", &[]);
+        assert_eq!(code, Some(1), "{kind:?}: {text}");
+        assert!(text.contains("verdict: 1 ANOMALY\n"), "{kind:?}: {text}");
+        assert!(text.contains("[bundle-index-mismatch]"), "{kind:?}: {text}");
+    }
 }
 
 /// The last framed checkpoint of a `checkpoints.log` (`u32be len || bytes`).
@@ -263,7 +338,9 @@ fn sigkill_at_random_points_never_loses_a_unit() {
     lab.ok(&["audit", "export", "--job", &id, "-o", "bundle"]);
     let (code, text) = verify(&lab, "bundle", &["--json"]);
     assert_eq!(code, Some(0), "{text}");
-    let report: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    let out: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(out["verdict"], "clean", "{out}");
+    let report = &out["report"];
     // Every counter value is accounted for: passed + failed + aborted + unused = quota used.
     let units = &report["units"];
     let accounted = ["passed", "failed", "aborted", "unused"]

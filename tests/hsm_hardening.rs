@@ -502,7 +502,10 @@ fn appliance_show_prints_extraction_and_every_objects_attributes() {
                 out.contains(&format!("    {profile}/ka/ecdh-into-extractable: possible")),
                 "{out}"
             );
-            assert!(!out.contains(&format!("    {rsa}/")), "nothing possible under {rsa}: {out}");
+            assert!(
+                !out.contains(&format!("    {rsa}/")),
+                "nothing possible under {rsa}: {out}"
+            );
             assert!(out.contains(&format!("job build chooses {rsa}")), "{out}");
             assert!(!out.contains("development only"), "{out}");
         }

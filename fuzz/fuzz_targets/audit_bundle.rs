@@ -16,7 +16,7 @@ use flashgate_audit::frame::put_frame;
 use flashgate_audit::record::{
     JobImported, RunStarted, UnitFailed, UnitPassed, UnitsReserved, UnitsUnused,
 };
-use flashgate_audit::{verify_parts, JobFacts, Record, RecordKind, VerifyOptions};
+use flashgate_audit::{verify_parts, JobFacts, Record, RecordKind, SerialScheme, VerifyOptions};
 use flashgate_tlog::{leaf_hash, Checkpoint, Tree};
 use libfuzzer_sys::fuzz_target;
 
@@ -70,8 +70,9 @@ fn build() -> Valid {
             cert_sha256: cert(c),
             firmware_sha256: [0x55; 32],
             lock_state: vec![0xFC],
-            lock_level: "locked".to_owned(),
+            lock_level: "readout".to_owned(),
             timings: [("program".to_owned(), 100 + c)].into_iter().collect(),
+            rework_of: None,
         }));
     }
     kinds.push(RecordKind::UnitFailed(UnitFailed {
@@ -87,6 +88,7 @@ fn build() -> Valid {
         stage: "program".to_owned(),
         reason: "verify".to_owned(),
         timings: Default::default(),
+        rework_of: None,
     }));
     kinds.push(RecordKind::UnitsUnused(UnitsUnused {
         job_id: JOB,
@@ -123,11 +125,25 @@ fn build() -> Valid {
         certs: (0..3).map(cert).collect(),
         options: VerifyOptions {
             log_key: signer.public_key(),
+            appliance_id: "fuzz".to_owned(),
             facts: JobFacts {
                 job_id: JOB,
                 quota: 10,
                 device_types: vec!["mcu".to_owned()],
                 product: "widget".to_owned(),
+                security_version: 1,
+                manifest_digest: [0x44; 32],
+                // Record times are 1,000 ms and up.
+                not_before: 0,
+                not_after: 1_000_000,
+                serials: SerialScheme {
+                    prefix: "SN".to_owned(),
+                    start: 0,
+                    end: 9,
+                    width: 1,
+                },
+                lock_level: "readout".to_owned(),
+                firmware_sha256: Some([0x55; 32]),
             },
             previous_checkpoint: None,
         },

@@ -857,6 +857,7 @@ impl Ledger for RunLedger {
                 lock_state: unit.lock_raw.clone(),
                 lock_level: unit.lock_level.clone().unwrap_or_else(|| "none".to_owned()),
                 timings: unit.timings_us.clone(),
+                rework_of: unit.rework_of,
             }),
             UnitResult::Failed(failure) => RecordKind::UnitFailed(UnitFailed {
                 job_id: self.job_id,
@@ -871,6 +872,7 @@ impl Ledger for RunLedger {
                 stage: failure.stage.as_str().to_owned(),
                 reason: failure.reason.clone(),
                 timings: unit.timings_us.clone(),
+                rework_of: unit.rework_of,
             }),
         };
         self.audit

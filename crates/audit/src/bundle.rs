@@ -77,6 +77,83 @@ pub struct BundleIndex {
     pub certificates: Vec<String>,
 }
 
+/// The certificate list of `bundle.json`, summarised while it is read so
+/// that a bundle of millions of units is not held in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateList {
+    /// Entries in the list.
+    pub count: u64,
+    /// SHA-256 over the entries' 32-byte values, concatenated in order.
+    pub sha256: [u8; 32],
+    /// True when the entries are in strictly ascending order.
+    pub sorted: bool,
+}
+
+impl<'de> Deserialize<'de> for CertificateList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = CertificateList;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of hex SHA-256 values")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut hash = Sha256::new();
+                let mut count = 0u64;
+                let mut sorted = true;
+                let mut last: Option<[u8; 32]> = None;
+                while let Some(text) = seq.next_element::<std::borrow::Cow<'de, str>>()? {
+                    let mut v = [0u8; 32];
+                    hex::decode_to_slice(text.as_bytes(), &mut v).map_err(|_| {
+                        serde::de::Error::custom(format!("{text:?} is not a hex SHA-256"))
+                    })?;
+                    sorted &= last.is_none_or(|l| l < v);
+                    last = Some(v);
+                    hash.update(v);
+                    count += 1;
+                }
+                Ok(CertificateList {
+                    count,
+                    sha256: hash.finalize().into(),
+                    sorted,
+                })
+            }
+        }
+        d.deserialize_seq(Visit)
+    }
+}
+
+/// `bundle.json` as the verifier reads it: everything but the certificate
+/// list, which is only summarised.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct IndexSummary {
+    /// [`BUNDLE_FORMAT`].
+    pub format: String,
+    /// The job the bundle was exported for, hex.
+    pub job_id: String,
+    /// Records in `records.log`.
+    pub records: u64,
+    /// Checkpoints in `checkpoints.log`.
+    pub checkpoints: u64,
+    /// The files, by name.
+    pub files: BTreeMap<String, FileEntry>,
+    /// The certificates.
+    pub certificates: CertificateList,
+}
+
+impl IndexSummary {
+    /// Reads `bundle.json` as a stream.
+    pub fn read(path: &Path) -> Result<Self, AuditError> {
+        let f = File::open(path).map_err(|e| AuditError::io("cannot read", path, e))?;
+        serde_json::from_reader(BufReader::new(f)).map_err(|e| {
+            AuditError::Bundle(format!("{} is not a bundle index: {e}", path.display()))
+        })
+    }
+}
+
 struct HashingWriter<W> {
     inner: W,
     hash: Sha256,
@@ -227,17 +304,13 @@ pub fn export(
 #[derive(Debug)]
 pub struct Bundle {
     dir: PathBuf,
-    index: BundleIndex,
+    index: IndexSummary,
 }
 
 impl Bundle {
     /// Opens a bundle and reads its index.
     pub fn open(dir: &Path) -> Result<Self, AuditError> {
-        let path = dir.join(INDEX_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| AuditError::io("cannot read", &path, e))?;
-        let index: BundleIndex = serde_json::from_slice(&bytes).map_err(|e| {
-            AuditError::Bundle(format!("{} is not a bundle index: {e}", path.display()))
-        })?;
+        let index = IndexSummary::read(&dir.join(INDEX_FILE))?;
         if index.format != BUNDLE_FORMAT {
             return Err(AuditError::Bundle(format!(
                 "unknown bundle format {:?}, expected {BUNDLE_FORMAT:?}",
@@ -252,7 +325,7 @@ impl Bundle {
 
     /// The index (unauthenticated).
     #[must_use]
-    pub fn index(&self) -> &BundleIndex {
+    pub fn index(&self) -> &IndexSummary {
         &self.index
     }
 

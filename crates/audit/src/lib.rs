@@ -28,7 +28,7 @@ mod quota;
 pub mod record;
 pub mod verify;
 
-pub use bundle::{export, Bundle, BundleExtras, BundleIndex};
+pub use bundle::{export, Bundle, BundleExtras, BundleIndex, CertificateList, IndexSummary};
 pub use cbor::CborError;
 pub use checkpoint::{
     key_id, sign_checkpoint, verify_checkpoint, CheckpointError, CheckpointSigner, SoftwareSigner,
@@ -46,6 +46,7 @@ pub use quota::{
 };
 pub use record::{Record, RecordError, RecordKind};
 pub use verify::{
-    verify_bundle, verify_parts, Anomaly, AnomalyKind, JobFacts, QuotaUse, Report, ResultCounts,
-    UnitCounts, VerifyOptions,
+    kept_checkpoint, verify_bundle, verify_parts, Anomaly, AnomalyKind, CertificateFile,
+    CertificateStart, JobFacts, QuotaUse, Report, ResultCounts, SerialScheme, UnitCounts, Verdict,
+    VerifyOptions, VerifyOutput,
 };

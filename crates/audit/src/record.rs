@@ -67,8 +67,9 @@ pub(crate) mod key {
     pub const LOST_RECORDS: u64 = 30;
     pub const LOST_BYTES: u64 = 31;
     pub const HIGH_WATER: u64 = 32;
+    pub const REWORK_OF: u64 = 33;
     /// One past the largest key.
-    pub const END: u64 = 33;
+    pub const END: u64 = 34;
 }
 
 /// The field names, indexed by key, as the CDDL spells them.
@@ -106,6 +107,7 @@ const FIELD_NAMES: [&str; key::END as usize] = [
     "lost_records",
     "lost_bytes",
     "high_water",
+    "rework_of",
 ];
 
 fn field_name(k: u64) -> &'static str {
@@ -344,6 +346,9 @@ pub struct UnitPassed {
     pub lock_level: String,
     /// Time spent per stage, in microseconds.
     pub timings: BTreeMap<String, u64>,
+    /// When this UID was attempted before in the job: the counter value of
+    /// the most recent earlier attempt, a failed or aborted unit.
+    pub rework_of: Option<u64>,
 }
 
 /// `unit-failed`: identity fields are present when they were known.
@@ -373,6 +378,8 @@ pub struct UnitFailed {
     pub reason: String,
     /// Time spent per stage, in microseconds.
     pub timings: BTreeMap<String, u64>,
+    /// As in [`UnitPassed::rework_of`].
+    pub rework_of: Option<u64>,
 }
 
 /// `unit-aborted`.
@@ -468,6 +475,11 @@ impl<'a> Fields<'a> {
             self.t(k, v);
         }
     }
+    fn ou(&mut self, k: u64, v: Option<u64>) {
+        if let Some(v) = v {
+            self.u(k, v);
+        }
+    }
 }
 
 impl Record {
@@ -531,6 +543,7 @@ impl Record {
                 f.b(LOCK_STATE, &r.lock_state);
                 f.t(LOCK_LEVEL, &r.lock_level);
                 f.0.push((TIMINGS, Out::M(&r.timings)));
+                f.ou(REWORK_OF, r.rework_of);
             }
             RecordKind::UnitFailed(r) => {
                 f.b(JOB_ID, &r.job_id);
@@ -545,6 +558,7 @@ impl Record {
                 f.0.push((TIMINGS, Out::M(&r.timings)));
                 f.t(STAGE, &r.stage);
                 f.t(REASON, &r.reason);
+                f.ou(REWORK_OF, r.rework_of);
             }
             RecordKind::UnitAborted(r) => {
                 f.b(JOB_ID, &r.job_id);
@@ -825,6 +839,7 @@ impl<'a> Slots<'a> {
                     lock_state: self.b(LOCK_STATE, k)?.to_vec(),
                     lock_level: self.t(LOCK_LEVEL, k)?,
                     timings: self.timings(k)?,
+                    rework_of: self.opt_u(REWORK_OF)?,
                 })
             }
             "unit-failed" => {
@@ -842,6 +857,7 @@ impl<'a> Slots<'a> {
                     stage: self.t(STAGE, k)?,
                     reason: self.t(REASON, k)?,
                     timings: self.timings(k)?,
+                    rework_of: self.opt_u(REWORK_OF)?,
                 })
             }
             "unit-aborted" => {

@@ -19,6 +19,13 @@ fn all_kinds() -> Vec<RecordKind> {
         reserved(0, 64),
         passed(3),
         failed(4, "program"),
+        match passed(6) {
+            RecordKind::UnitPassed(mut p) => {
+                p.rework_of = Some(4);
+                RecordKind::UnitPassed(p)
+            }
+            other => other,
+        },
         RecordKind::UnitFailed(UnitFailed {
             job_id: JOB,
             run_id: RUN,
@@ -32,6 +39,7 @@ fn all_kinds() -> Vec<RecordKind> {
             stage: "lock".to_owned(),
             reason: "lock bits read back 0xFF".to_owned(),
             timings: Default::default(),
+            rework_of: Some(2),
         }),
         RecordKind::UnitAborted(UnitAborted {
             job_id: JOB,
@@ -193,4 +201,40 @@ fn every_prefix_of_a_record_is_refused() {
     for n in 0..bytes.len() {
         assert!(Record::decode(&bytes[..n]).is_err(), "prefix {n}");
     }
+}
+
+#[test]
+fn rework_of_is_key_26_and_absent_when_not_a_rework() {
+    let rec = |kind| Record {
+        seq: 9,
+        time: 1,
+        prev: [0; 32],
+        kind,
+    };
+    let plain = rec(passed(6)).encode();
+    let RecordKind::UnitPassed(mut p) = passed(6) else {
+        unreachable!()
+    };
+    p.rework_of = Some(300);
+    let rework = rec(RecordKind::UnitPassed(p)).encode();
+    // One more map entry, appended last: key 33 (0x18 0x21), uint 300 (0x19 0x01 0x2c).
+    assert_eq!(rework.len(), plain.len() + 5);
+    assert!(rework.ends_with(&[0x18, 0x21, 0x19, 0x01, 0x2c]));
+    assert_eq!(rework[0], plain[0] + 1);
+    let back = Record::decode(&rework).unwrap();
+    let RecordKind::UnitPassed(p) = back.kind else {
+        panic!("kind changed")
+    };
+    assert_eq!(p.rework_of, Some(300));
+    // Not in other kinds: key 33 in a units-reserved record is refused.
+    let mut bad = rec(reserved(0, 1)).encode();
+    bad[0] += 1;
+    bad.extend_from_slice(&[0x18, 0x21, 0x01]);
+    assert!(matches!(
+        Record::decode(&bad),
+        Err(RecordError::UnexpectedField {
+            field: "rework_of",
+            ..
+        })
+    ));
 }

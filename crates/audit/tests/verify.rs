@@ -264,7 +264,7 @@ fn over_quota_is_caught() {
 #[test]
 fn duplicate_uid_is_caught() {
     let mut h = history(UNITS);
-    h[5] = passed_with(2, uid(1), "SN-X".to_owned(), cert(2));
+    h[5] = passed_with(2, uid(1), "SN-00000002".to_owned(), cert(2));
     let records = chain(h);
     let cps = vec![checkpoint(&records, records.len())];
     let r = verify(&records, &cps, &history_certs(UNITS), &options(100));
@@ -288,7 +288,15 @@ fn duplicate_serial_and_certificate_are_caught() {
         .filter(|c| *c != sha256(&cert(2)))
         .collect();
     let r = verify(&records, &cps, &certs, &options(100));
-    assert_only(&r, &[K::DuplicateSerial, K::DuplicateCertificate]);
+    // The repeated serial is also not the one counter 2 gets.
+    assert_only(
+        &r,
+        &[
+            K::DuplicateSerial,
+            K::DuplicateCertificate,
+            K::SerialMismatch,
+        ],
+    );
 }
 
 #[test]
@@ -411,7 +419,7 @@ fn counter_accounting_is_checked() {
     let mut h = vec![imported(100), run_started(), reserved(0, 6)];
     h.push(passed(0));
     h.push(passed(1));
-    h.push(passed_with(1, uid(77), "SN-77".to_owned(), cert(77)));
+    h.push(passed_with(1, uid(77), "SN-00000001".to_owned(), cert(77)));
     h.push(passed(9));
     let records = chain(h);
     let cps = vec![checkpoint(&records, records.len())];
@@ -423,6 +431,8 @@ fn counter_accounting_is_checked() {
             K::CounterNotReserved,
             K::CounterReused,
             K::CountersUnaccounted,
+            // Counter 1 twice: its serial twice.
+            K::DuplicateSerial,
         ],
     );
     let open = r

@@ -13,8 +13,8 @@ use flashgate_audit::record::{
     JobImported, RunStarted, RunStopped, UnitFailed, UnitPassed, UnitsReserved, UnitsUnused,
 };
 use flashgate_audit::{
-    verify_parts, CheckpointSigner, JobFacts, Record, RecordKind, Report, SoftwareSigner,
-    VerifyOptions,
+    verify_parts, CheckpointSigner, JobFacts, Record, RecordKind, Report, SerialScheme,
+    SoftwareSigner, VerifyOptions,
 };
 use flashgate_tlog::{leaf_hash, Checkpoint, Tree};
 use sha2::{Digest, Sha256};
@@ -34,18 +34,40 @@ pub fn other_signer() -> SoftwareSigner {
     SoftwareSigner::from_seed(b"someone else's key")
 }
 
+/// The job window of [`facts`], Unix seconds: 2020-09-13 to 2096-10-02,
+/// around both the fixed record times of [`chain`] and the wall clock.
+pub const NOT_BEFORE: u64 = 1_600_000_000;
+pub const NOT_AFTER: u64 = 4_000_000_000;
+/// The notBefore of the certificates [`cert`] makes (2023-11-14).
+pub const CERT_NOT_BEFORE: u64 = 1_700_000_000;
+pub const FIRMWARE: [u8; 32] = [0x55; 32];
+pub const MANIFEST_DIGEST: [u8; 32] = [0x44; 32];
+
 pub fn facts(quota: u64) -> JobFacts {
     JobFacts {
         job_id: JOB,
         quota,
         device_types: vec![DEVICE.to_owned()],
         product: PRODUCT.to_owned(),
+        security_version: 3,
+        manifest_digest: MANIFEST_DIGEST,
+        not_before: NOT_BEFORE,
+        not_after: NOT_AFTER,
+        serials: SerialScheme {
+            prefix: "SN-".to_owned(),
+            start: 0,
+            end: 99_999_999,
+            width: 8,
+        },
+        lock_level: "readout".to_owned(),
+        firmware_sha256: Some(FIRMWARE),
     }
 }
 
 pub fn options(quota: u64) -> VerifyOptions {
     VerifyOptions {
         log_key: signer().public_key(),
+        appliance_id: APPLIANCE.to_owned(),
         facts: facts(quota),
         previous_checkpoint: None,
     }
@@ -57,7 +79,7 @@ pub fn imported(quota: u64) -> RecordKind {
         product: PRODUCT.to_owned(),
         quota,
         security_version: 3,
-        manifest_digest: [0x44; 32],
+        manifest_digest: MANIFEST_DIGEST,
     })
 }
 
@@ -95,12 +117,120 @@ pub fn unused(first: u64, count: u64) -> RecordKind {
     })
 }
 
-/// The DER "certificate" of unit `n` (any bytes do: the log only holds its
-/// hash).
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let n = content.len();
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let bytes: Vec<u8> = n
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend_from_slice(&bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// `YYMMDDHHMMSSZ` of a Unix time (civil date from days, Gregorian).
+fn utc_time(unix: u64) -> Vec<u8> {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{:02}{m:02}{d:02}{:02}{:02}{:02}Z",
+        y % 100,
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+    .into_bytes()
+}
+
+/// A structurally valid X.509 v3 DER certificate for unit `n`, valid from
+/// `not_before` (Unix seconds) for a year. Its signature is not a real one:
+/// the verifier reads the validity and never checks certificate signatures.
+pub fn cert_from(n: u64, not_before: u64) -> Vec<u8> {
+    let ecdsa_sha256 = der(0x06, &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x02]);
+    let alg = der(0x30, &ecdsa_sha256);
+    let name = der(
+        0x30,
+        &der(
+            0x31,
+            &der(
+                0x30,
+                &[der(0x06, &[0x55, 0x04, 0x03]), der(0x0C, b"test")].concat(),
+            ),
+        ),
+    );
+    let mut serial = vec![0x01];
+    serial.extend_from_slice(&n.to_be_bytes());
+    let validity = der(
+        0x30,
+        &[
+            der(0x17, &utc_time(not_before)),
+            der(0x17, &utc_time(not_before + 365 * 86_400)),
+        ]
+        .concat(),
+    );
+    let mut point = vec![0x00, 0x04];
+    point.extend_from_slice(&[0x42; 64]);
+    let spki = der(
+        0x30,
+        &[
+            der(
+                0x30,
+                &[
+                    der(0x06, &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01]),
+                    der(0x06, &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07]),
+                ]
+                .concat(),
+            ),
+            der(0x03, &point),
+        ]
+        .concat(),
+    );
+    let tbs = der(
+        0x30,
+        &[
+            der(0xA0, &der(0x02, &[0x02])),
+            der(0x02, &serial),
+            alg.clone(),
+            name.clone(),
+            validity,
+            name,
+            spki,
+        ]
+        .concat(),
+    );
+    let sig = der(
+        0x03,
+        &[
+            vec![0x00],
+            der(
+                0x30,
+                &[der(0x02, &[0x01; 32]), der(0x02, &[0x02; 32])].concat(),
+            ),
+        ]
+        .concat(),
+    );
+    der(0x30, &[tbs, alg, sig].concat())
+}
+
+/// The DER certificate of unit `n`, valid from [`CERT_NOT_BEFORE`].
 pub fn cert(n: u64) -> Vec<u8> {
-    let mut c = b"0\x82cert-of-unit-".to_vec();
-    c.extend_from_slice(&n.to_be_bytes());
-    c
+    cert_from(n, CERT_NOT_BEFORE)
 }
 
 pub fn sha256(b: &[u8]) -> [u8; 32] {
@@ -136,10 +266,11 @@ pub fn passed_with(counter: u64, uid: Vec<u8>, serial: String, cert: Vec<u8>) ->
         uid,
         serial,
         cert_sha256: sha256(&cert),
-        firmware_sha256: [0x55; 32],
+        firmware_sha256: FIRMWARE,
         lock_state: vec![0xFC],
-        lock_level: "readout-protected".to_owned(),
+        lock_level: "readout".to_owned(),
         timings,
+        rework_of: None,
     })
 }
 
@@ -159,6 +290,7 @@ pub fn failed(counter: u64, stage: &str) -> RecordKind {
         stage: stage.to_owned(),
         reason: "verify mismatch at 0x0800_0400".to_owned(),
         timings,
+        rework_of: None,
     })
 }
 
@@ -277,10 +409,24 @@ pub fn generate(
     records: &mut impl std::io::Write,
     checkpoints: &mut impl std::io::Write,
 ) -> Vec<[u8; 32]> {
+    let mut certs = Vec::new();
+    generate_with(n, every, records, checkpoints, |der| {
+        certs.push(sha256(der))
+    });
+    certs
+}
+
+/// [`generate`], handing each passed unit's DER certificate to `on_cert`.
+pub fn generate_with(
+    n: u64,
+    every: u64,
+    records: &mut impl std::io::Write,
+    checkpoints: &mut impl std::io::Write,
+    mut on_cert: impl FnMut(&[u8]),
+) {
     let s = signer();
     let mut tree = Tree::new();
     let mut prev = [0u8; 32];
-    let mut certs = Vec::new();
     let mut buf = Vec::with_capacity(512);
     let mut emit = |kind: RecordKind, tree: &mut Tree, prev: &mut [u8; 32]| {
         let seq = tree.size();
@@ -312,8 +458,7 @@ pub fn generate(
             if c % 20 == 19 {
                 emit(failed(c, "program"), &mut tree, &mut prev);
             } else {
-                let cert = cert(c);
-                certs.push(sha256(&cert));
+                on_cert(&cert(c));
                 emit(passed(c), &mut tree, &mut prev);
             }
         }
@@ -325,5 +470,4 @@ pub fn generate(
         put_frame(&mut f, &sign_checkpoint(&s, &cp).unwrap());
         checkpoints.write_all(&f).unwrap();
     }
-    certs
 }
