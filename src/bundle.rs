@@ -40,8 +40,11 @@ pub enum BundleError {
     #[error(transparent)]
     Cose(#[from] CoseError),
     /// The manifest does not verify with the OEM's key.
-    #[error("the bundle's job manifest is not signed by this OEM key")]
+    #[error("the bundle's job manifest is not signed by this OEM key; check that --oem names the key the job was built with")]
     NotSignedByOem,
+    /// The manifest names the OEM's key but its signature fails: altered.
+    #[error("the bundle's job manifest was altered after the OEM signed it (its signature does not verify with the OEM key it names); ask the CM for the bundle again and treat this one as tampered")]
+    ManifestAltered,
     /// The record is not the one pinned.
     #[error("the bundle comes from appliance {appliance} with enrollment fingerprint {found}, not the pinned {pinned}")]
     FingerprintMismatch {
@@ -184,9 +187,16 @@ pub fn verify_bundle(
         }
     }
     let manifest_bytes = b.manifest()?;
-    let payload = UnverifiedSign1::parse(&manifest_bytes, "job manifest")?
-        .verify(oem_key)
-        .map_err(|_| BundleError::NotSignedByOem)?;
+    let sign1 = UnverifiedSign1::parse(&manifest_bytes, "job manifest")?;
+    // The kid tells an altered manifest from one another key signed.
+    let names_this_key = sign1.key_id() == crate::cose::key_id(oem_key).as_slice();
+    let payload = sign1.verify(oem_key).map_err(|_| {
+        if names_this_key {
+            BundleError::ManifestAltered
+        } else {
+            BundleError::NotSignedByOem
+        }
+    })?;
     let manifest = Manifest::decode(&payload)?;
     // The OEM signed which enrollment record the job was built for: the
     // bundle's record, and so the log key, must be that one.

@@ -123,6 +123,17 @@ fn export_verify_tamper_and_prove() {
     let out = lab.fg(&["audit", "verify", "bundle", "--oem", "other-oem.pem"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not signed by this OEM key"));
+    // The manifest altered after signing (it still names the OEM's key):
+    // said as such, not as "another key".
+    copy_dir(&lab.path("bundle"), &lab.path("altered"));
+    let manifest = lab.path("altered/manifest.cose");
+    let mut bytes = std::fs::read(&manifest).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&manifest, bytes).unwrap();
+    let (code, text) = verify(&lab, "altered", &[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("altered after the OEM signed it"), "{text}");
     let (code, _) = verify(&lab, "bundle", &["--fingerprint", "00"]);
     assert_eq!(code, Some(2));
     // With --json, exit 2 still prints the verdict and the sentence.

@@ -121,7 +121,9 @@ fn kills_leave_every_certificate_on_disk(kind: Kind) {
     ]);
     let text = String::from_utf8_lossy(&v.stdout).into_owned();
     assert_eq!(v.status.code(), Some(0), "{text}");
-    let report: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(doc["verdict"], "clean", "{doc}");
+    let report = &doc["report"];
     let units = &report["units"];
     let accounted: u64 = ["passed", "failed", "aborted", "unused"]
         .iter()

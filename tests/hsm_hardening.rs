@@ -377,6 +377,23 @@ fn attributes_match_roles(lab: &Lab, a: &Attacker, job: &str) {
                     MechanismType::ECDSA,
                     unwrapped_modifiable,
                 ),
+                (
+                    "flashgate-appliance-transport-image"
+                    | "flashgate-appliance-transport-master"
+                    | "flashgate-appliance-transport-ca",
+                    ObjectClass::PRIVATE_KEY,
+                ) => (
+                    &[AttributeType::Unwrap],
+                    MechanismType::RSA_PKCS_OAEP,
+                    false,
+                ),
+                // The host encrypts to it; in the token it does nothing.
+                (
+                    "flashgate-appliance-transport-image"
+                    | "flashgate-appliance-transport-master"
+                    | "flashgate-appliance-transport-ca",
+                    ObjectClass::PUBLIC_KEY,
+                ) => (&[], MechanismType::RSA_PKCS_OAEP, false),
                 _ => panic!("{kind:?}: unexpected object {label} ({class})"),
             };
         seen.push(format!("{name}/{class}"));
@@ -444,6 +461,12 @@ fn attributes_match_roles(lab: &Lab, a: &Attacker, job: &str) {
             "flashgate-appliance-ka/CKO_PUBLIC_KEY",
             "flashgate-appliance-log/CKO_PRIVATE_KEY",
             "flashgate-appliance-log/CKO_PUBLIC_KEY",
+            "flashgate-appliance-transport-ca/CKO_PRIVATE_KEY",
+            "flashgate-appliance-transport-ca/CKO_PUBLIC_KEY",
+            "flashgate-appliance-transport-image/CKO_PRIVATE_KEY",
+            "flashgate-appliance-transport-image/CKO_PUBLIC_KEY",
+            "flashgate-appliance-transport-master/CKO_PRIVATE_KEY",
+            "flashgate-appliance-transport-master/CKO_PUBLIC_KEY",
             "image0/CKO_SECRET_KEY",
             "master/CKO_SECRET_KEY",
         ],

@@ -145,7 +145,9 @@ fn damaged_log_is_sealed_and_replaced(kind: Kind) {
     ]);
     let text = String::from_utf8_lossy(&v.stdout).into_owned();
     assert_eq!(v.status.code(), Some(0), "{text}");
-    let report: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(doc["verdict"], "clean", "{doc}");
+    let report = &doc["report"];
     assert_eq!(report["units"]["passed"], 2, "{report}");
 }
 

@@ -2,8 +2,8 @@
 //! profile, a job imports and runs; then a hostile PIN holder, with the real
 //! package in hand and direct `cryptoki` calls, tries every path against the
 //! real transport keys and the imported job keys, and gets no secret out.
-//! Tampered recipients are refused and leave nothing; an independent COSE
-//! library (pycose) opens a package of the new profile.
+//! Tampered recipients are refused and leave nothing. (An independent COSE
+//! library opening a package of this profile: `tests/independent_rsa.rs`.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

@@ -152,7 +152,9 @@ fn export_and_verify(lab: &Lab, id: &str, out: &str) -> serde_json::Value {
         "{text}{}",
         String::from_utf8_lossy(&v.stderr)
     );
-    serde_json::from_str(text.trim()).unwrap()
+    let doc: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(doc["verdict"], "clean", "{doc}");
+    doc["report"].clone()
 }
 
 fn second_writers_are_refused(kind: Kind) {

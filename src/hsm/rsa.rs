@@ -164,6 +164,11 @@ impl Token {
             Attribute::Encrypt(false),
             Attribute::Wrap(false),
             Attribute::Verify(false),
+            Attribute::VerifyRecover(false),
+            Attribute::Derive(false),
+            Attribute::AllowedMechanisms(vec![MechanismType::RSA_PKCS_OAEP]),
+            Attribute::Modifiable(false),
+            Attribute::Copyable(false),
         ];
         let mut private = vec![
             Attribute::Token(persist),

@@ -510,6 +510,10 @@ fn units_of_unknown_runs_and_after_removal_are_caught() {
     let stop = h.pop().unwrap();
     h.insert(
         4,
+        RecordKind::JobRemovalStarted(flashgate_audit::record::JobRemovalStarted { job_id: JOB }),
+    );
+    h.insert(
+        5,
         RecordKind::JobRemoved(flashgate_audit::record::JobRemoved { job_id: JOB }),
     );
     h.push(stop);
