@@ -25,10 +25,11 @@ for n in $units; do
   printf 'state_dir = "state"\n[token]\nmodule = "/usr/lib/softhsm/libsofthsm2.so"\nlabel = "bench"\npin_file = "pin"\n[trust]\noem_keys = ["../oem/signing-key.pub.pem"]\n' > "$dir/appliance.toml"
   export FLASHGATE_CONFIG="$work/$dir/appliance.toml"
   "$fg" appliance init -o "$dir/enr.cbor" >/dev/null
-  "$fg" job build --oem oem --policy policy.toml --firmware fw.bin@0x08000000 --appliance "$dir/enr.cbor" -o "$dir/job.fgj" >/dev/null
+  "$fg" job build --oem oem --policy policy.toml --firmware fw.bin@0x08000000 --appliance "$dir/enr.cbor" -o "$dir/job.fgj" >/dev/null 2>&1
   id=$("$fg" job import "$dir/job.fgj" | awk '{print $3}' | tr -d ':')
-  r=$( { /usr/bin/time -f "%e %M" "$fg" run --job "$id" --channels "$channels" --target sim:timing=zero --units "$n" --json >/dev/null; } 2>&1 | tail -1)
-  echo "run: $n units on $channels channels: wall ${r% *} s, peak RSS ${r#* } KiB"
+  r=$( { /usr/bin/time -f "%e %M" "$fg" run --job "$id" --channels "$channels" --target sim:timing=zero,flash-base=0x08000000 --units "$n" --json > "$dir/events.json" || true; } 2>&1 | tail -1)
+  passed=$(grep -c '"event":"unit-passed"' "$dir/events.json" || true)
+  echo "run: $n units on $channels channels ($passed passed): wall ${r% *} s, peak RSS ${r#* } KiB"
   e=$( { /usr/bin/time -f "%e %M" "$fg" audit export --job "$id" -o "$dir/bundle" >/dev/null; } 2>&1 | tail -1)
   echo "audit export: $n units: wall ${e% *} s, peak RSS ${e#* } KiB"
   unset FLASHGATE_CONFIG

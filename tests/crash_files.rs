@@ -9,31 +9,12 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{Kind, Lab};
-use flashgate_audit::{Record, RecordKind};
+use flashgate_audit::RecordKind;
 use sha2::{Digest, Sha256};
-
-fn token_env(lab: &Lab) -> (&'static str, std::path::PathBuf) {
-    match lab.kind {
-        Kind::SoftHsm => ("SOFTHSM2_CONF", lab.path("token/softhsm2.conf")),
-        Kind::Kryoptic => ("KRYOPTIC_CONF", lab.path("token/kryoptic.conf")),
-    }
-}
-
-fn records(lab: &Lab) -> Vec<Record> {
-    let bytes = std::fs::read(lab.path("state/audit/audit.log")).unwrap();
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 4 <= bytes.len() {
-        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        out.push(Record::decode(&bytes[at + 4..at + 4 + len]).expect("every record decodes"));
-        at += 4 + len;
-    }
-    out
-}
 
 /// The `.der` files of a directory, each checked against its name.
 fn der_files(dir: &std::path::Path) -> HashSet<String> {
@@ -66,16 +47,12 @@ fn der_files(dir: &std::path::Path) -> HashSet<String> {
 }
 
 fn kills_leave_every_certificate_on_disk(kind: Kind) {
-    let lab = Lab::new(kind);
-    lab.enroll();
-    let policy = lab.policy("policy.toml", |t| {
-        t.replace("checkpoint_every_units = 100", "checkpoint_every_units = 7")
-    });
     // Small firmware: the stages after the certificate are a good part of a unit.
-    lab.build_job("job.fgj", &policy, 4_000);
-    lab.ok(&["job", "import", "job.fgj"]);
-    let id = lab.first_job_id();
-    let (k, v) = token_env(&lab);
+    let (lab, id) = Lab::with_job(
+        kind,
+        |t| t.replace("checkpoint_every_units = 100", "checkpoint_every_units = 7"),
+        4_000,
+    );
 
     let mut issued = 0usize;
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
@@ -84,15 +61,23 @@ fn kills_leave_every_certificate_on_disk(kind: Kind) {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let events = lab.path(&format!("events-{i}.jsonl"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flashgate"))
-            .args(["run", "--job", &id, "--channels", "4", "--target"])
-            .arg(format!(
-                "sim:timing=realistic,seed={},flash-base=0x08000000",
-                200 + i
-            ))
-            .args(["--units", "100000", "--json"])
-            .current_dir(lab.dir.path())
-            .env(k, &v)
+        let target = format!(
+            "sim:timing=realistic,seed={},flash-base=0x08000000",
+            200 + i
+        );
+        let mut child = lab
+            .command(&[
+                "run",
+                "--job",
+                &id,
+                "--channels",
+                "4",
+                "--target",
+                &target,
+                "--units",
+                "100000",
+                "--json",
+            ])
             .stdout(std::fs::File::create(&events).unwrap())
             .stderr(Stdio::null())
             .spawn()
@@ -110,19 +95,7 @@ fn kills_leave_every_certificate_on_disk(kind: Kind) {
     }
 
     // Any command recovers; export right away.
-    lab.ok(&["audit", "export", "--job", &id, "-o", "bundle"]);
-    let v = lab.fg(&[
-        "audit",
-        "verify",
-        "bundle",
-        "--oem",
-        "oem/signing-key.pub.pem",
-        "--json",
-    ]);
-    let text = String::from_utf8_lossy(&v.stdout).into_owned();
-    assert_eq!(v.status.code(), Some(0), "{text}");
-    let doc: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
-    assert_eq!(doc["verdict"], "clean", "{doc}");
+    let doc = lab.export_and_verify(&id, "bundle");
     let report = &doc["report"];
     let units = &report["units"];
     let accounted: u64 = ["passed", "failed", "aborted", "unused"]
@@ -140,7 +113,7 @@ fn kills_leave_every_certificate_on_disk(kind: Kind) {
     let finals = der_files(&certs);
     let aborted = der_files(&certs.join("aborted"));
     let mut recorded = HashSet::new();
-    for r in records(&lab) {
+    for r in lab.records() {
         let hash = match r.kind {
             RecordKind::UnitPassed(u) => Some(u.cert_sha256),
             RecordKind::UnitFailed(u) => u.cert_sha256,

@@ -169,22 +169,11 @@ fn ecdh_profile(record: &VerifiedEnrollment) -> flashgate::hsm::Profile {
 /// Builds a job for the token's ECDH profile, whose keys these attacks target.
 fn build_ecdh_job(lab: &Lab, rec: &VerifiedEnrollment, out: &str, policy: &str, size: usize) {
     std::fs::write(lab.path("fw.bin"), vec![0x3cu8; size]).unwrap();
-    lab.ok(&[
-        "job",
-        "build",
-        "--oem",
-        "oem",
-        "--policy",
+    lab.ok(&common::job_build_args(
         policy,
-        "--firmware",
-        "fw.bin@0x08000000",
-        "--appliance",
-        "enrollment.cbor",
-        "--profile",
-        ecdh_profile(rec).name(),
-        "-o",
-        out,
-    ]);
+        &["fw.bin@0x08000000"],
+        &["--profile", ecdh_profile(rec).name(), "-o", out],
+    ));
 }
 
 /// The outcome text the record gives for `path` under the ECDH profile.
@@ -590,22 +579,11 @@ fn job_build_refuses_an_appliance_whose_pin_holder_can_extract() {
         .contains("require_pin_holder_safe = true"));
     std::fs::write(lab.path("fw.bin"), vec![0x5au8; 4096]).unwrap();
     // Forced onto the ECDH profile, whose secrets the PIN holder can extract.
-    let err = lab.fails(&[
-        "job",
-        "build",
-        "--oem",
-        "oem",
-        "--policy",
+    let err = lab.fails(&common::job_build_args(
         &safe,
-        "--firmware",
-        "fw.bin@0x08000000",
-        "--appliance",
-        "enrollment.cbor",
-        "--profile",
-        "p11v2-ecdh-aes-kdf",
-        "-o",
-        "job.fgj",
-    ]);
+        &["fw.bin@0x08000000"],
+        &["--profile", "p11v2-ecdh-aes-kdf", "-o", "job.fgj"],
+    ));
     assert!(
         err.contains("require_pin_holder_safe")
             && err.contains("says extraction is possible for the p11v2-ecdh-aes-kdf profile"),
@@ -618,21 +596,10 @@ fn job_build_refuses_an_appliance_whose_pin_holder_can_extract() {
     // The default (false) keeps development use of the ECDH profile possible.
     let dev = lab.policy("dev.toml", |p| p);
     std::fs::write(lab.path("fw.bin"), vec![0x5au8; 4096]).unwrap();
-    lab.ok(&[
-        "job",
-        "build",
-        "--oem",
-        "oem",
-        "--policy",
+    lab.ok(&common::job_build_args(
         &dev,
-        "--firmware",
-        "fw.bin@0x08000000",
-        "--appliance",
-        "enrollment.cbor",
-        "--profile",
-        "p11v2-ecdh-aes-kdf",
-        "-o",
-        "job.fgj",
-    ]);
+        &["fw.bin@0x08000000"],
+        &["--profile", "p11v2-ecdh-aes-kdf", "-o", "job.fgj"],
+    ));
     assert!(lab.path("job.fgj").exists());
 }

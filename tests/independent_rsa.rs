@@ -15,19 +15,23 @@
 //! (`scripts/setup.sh` installs them); without them the test says so and passes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
-use flashgate::cose::{self, Es256Signer};
-use flashgate::enrollment::{appliance_id, Enrollment, TransportKeys, VerifiedEnrollment};
-use flashgate::hsm::{Profile, TokenDescription};
-use flashgate::oem::{KeyStore, Oem, OemSigner};
-use flashgate::package::build::{build, BuiltJob, JobInput};
+use common::independent::{
+    build_host_job, host_enrollment, host_token, owned_elements, python_ready, run_script, Verdict,
+};
+use flashgate::cose;
+use flashgate::enrollment::{TransportKeys, VerifiedEnrollment};
+use flashgate::hsm::Profile;
+use flashgate::oem::Oem;
+use flashgate::package::build::BuiltJob;
 use flashgate::package::encrypt::AnyRecipient;
 use flashgate::package::{encode_package, EncryptObject, UnverifiedPackage, MANIFEST_CONTENT_TYPE};
 use flashgate_firmware::Segment;
-use flashgate_policy::Policy;
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use sha2::{Digest, Sha256};
 
@@ -35,46 +39,6 @@ const TRANSPORT_BITS: usize = 3072;
 
 /// The two images: one of several chunks, one whose last chunk is one byte.
 const IMAGES: [(u32, usize); 2] = [(0x0800_0000, 300_000), (0x0810_0000, 65_537)];
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Whether `python3` can import what the script needs; says why not.
-fn python_ready() -> bool {
-    match Command::new("python3")
-        .args(["-c", "import pycose, cbor2, cryptography"])
-        .output()
-    {
-        Ok(out) if out.status.success() => true,
-        Ok(out) => {
-            eprintln!(
-                "SKIP: the independent verifier needs Python packages pycose, cbor2 and \
-                 cryptography (scripts/setup.sh installs them): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            false
-        }
-        Err(e) => {
-            eprintln!("SKIP: the independent verifier needs python3: {e}");
-            false
-        }
-    }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn host_signer(secret: &p256::SecretKey) -> OemSigner {
-    OemSigner::File {
-        key: p256::ecdsa::SigningKey::from(secret),
-        public: cose::sec1_uncompressed(&secret.public_key()),
-    }
-}
 
 /// The appliance's three transport key pairs (image, master, ca), made
 /// once: RSA-3072 key generation is slow in a debug build, and both
@@ -105,36 +69,18 @@ fn enrollment(
     now: u64,
 ) -> VerifiedEnrollment {
     let [image, master, ca] = transport_private_keys();
-    let ka_public = cose::sec1_uncompressed(&ka.public_key());
-    let log_public = cose::sec1_uncompressed(&log.public_key());
-    let record = Enrollment {
-        appliance_id: appliance_id(&ka_public, &log_public),
-        ka_public,
-        log_public,
-        token: TokenDescription {
-            manufacturer: "Test Manufacturer".to_owned(),
-            model: "host keys".to_owned(),
-            serial: "0000000000000002".to_owned(),
-            label: "independent-rsa".to_owned(),
-        },
-        profiles: vec![profile, Profile::CoseEcdhEsA256kw],
-        created: now,
-        pin_holder_extraction: Vec::new(),
-        extraction_paths: Vec::new(),
-        transport: Some(TransportKeys {
+    host_enrollment(
+        ka,
+        log,
+        host_token("0000000000000002", "independent-rsa"),
+        vec![profile, Profile::CoseEcdhEsA256kw],
+        Some(TransportKeys {
             image: spki(image),
             master: spki(master),
             ca: spki(ca),
         }),
-    };
-    let log_signer = host_signer(log);
-    assert_eq!(log_signer.public_key(), log_public);
-    let signed = record
-        .sign(&log_signer)
-        .expect("sign the enrollment record");
-    let verified = VerifiedEnrollment::parse(&signed).expect("parse the enrollment record");
-    assert_eq!(verified.record, record);
-    verified
+        now,
+    )
 }
 
 fn firmware(index: usize, size: usize) -> Vec<u8> {
@@ -158,18 +104,11 @@ struct Fixture {
 impl Fixture {
     fn new(profile: Profile) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let now = unix_now();
+        let now = common::now();
         let ka = cose::random_secret_key().unwrap();
         let log = cose::random_secret_key().unwrap();
         let enrollment = enrollment(&ka, &log, profile, now);
 
-        let oem_dir = dir.path().join("oem");
-        flashgate::oem::init(&oem_dir, "Acme Corp", &KeyStore::Files, now).expect("oem init");
-        let oem = Oem::load(&oem_dir).expect("load the OEM material");
-
-        let policy_toml = std::fs::read_to_string(repo().join("policies/sim-secure-mcu.toml"))
-            .expect("read the example policy");
-        let policy = Policy::from_toml_str(&policy_toml).expect("the example policy parses");
         let images: Vec<Segment> = IMAGES
             .iter()
             .enumerate()
@@ -178,24 +117,9 @@ impl Fixture {
                 data: firmware(i, size),
             })
             .collect();
-        let job = build(&JobInput {
-            policy_toml: &policy_toml,
-            policy: &policy,
-            images: &images,
-            enrollment: &enrollment,
-            oem: &oem,
-            now,
-            profile: Some(profile),
-        })
-        .expect("build the job");
+        let (job, _) = build_host_job(dir.path(), &enrollment, &images, Some(profile), now);
         assert_eq!(job.manifest.profile, profile);
         assert_eq!(job.manifest.images.len(), IMAGES.len());
-
-        // flashgate itself accepts what it built, with the OEM's signing key.
-        let signing_public = oem.signing.public_key();
-        UnverifiedPackage::parse(&job.bytes)
-            .and_then(|p| p.verify(&[signing_public]))
-            .expect("flashgate verifies its own package");
 
         let package = dir.path().join("job.fgj");
         std::fs::write(&package, &job.bytes).unwrap();
@@ -236,53 +160,19 @@ impl Fixture {
 
     /// Runs the script on `package` with the transport keys `keys`.
     fn run(&self, package: &Path, keys: [&Path; 3]) -> Verdict {
-        let out = Command::new("python3")
-            .arg(repo().join("tests/independent/open_rsa_package.py"))
-            .arg(package)
-            .arg(self.profile.name())
-            .args(keys)
-            .arg(&self.oem_pub)
-            .args(&self.firmware)
-            .output()
-            .expect("run python3");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        println!("--- open_rsa_package.py stdout ---\n{stdout}--- stderr ---\n{stderr}");
-        Verdict {
-            ok: out.status.success(),
-            stdout,
-            stderr,
-        }
+        run_script(
+            "open_rsa_package.py",
+            [package.as_os_str(), OsStr::new(self.profile.name())]
+                .into_iter()
+                .chain(keys.map(Path::as_os_str))
+                .chain([self.oem_pub.as_os_str()])
+                .chain(self.firmware.iter().map(|p| p.as_os_str())),
+        )
     }
 
     fn run_with_keys(&self, package: &Path) -> Verdict {
         let [a, b, c] = &self.keys;
         self.run(package, [a, b, c])
-    }
-}
-
-/// What the script said: success, stdout, stderr.
-struct Verdict {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Verdict {
-    fn line(&self, prefix: &str) -> &str {
-        self.stdout
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no line {prefix:?} in:\n{}", self.stdout))
-    }
-
-    fn refused(&self, what: &str, needle: &str) {
-        assert!(!self.ok, "the script accepted {what}:\n{}", self.stdout);
-        assert!(
-            self.stderr.contains("REFUSED") && self.stderr.contains(needle),
-            "for {what} expected a refusal naming {needle:?}, got:\n{}",
-            self.stderr
-        );
     }
 }
 
@@ -322,15 +212,7 @@ fn changed_secret_ciphertext(bytes: &[u8], oem: &Oem, secret: Secret, resign: bo
     } else {
         manifest_sign1.to_vec()
     };
-    let elements: Vec<(Vec<u8>, Vec<Vec<u8>>)> = images
-        .iter()
-        .map(|im| {
-            (
-                im.header.to_vec(),
-                im.chunks.iter().map(|c| c.to_vec()).collect(),
-            )
-        })
-        .collect();
+    let elements = owned_elements(images);
     let (master, ca) = match secret {
         Secret::Master => (changed.as_slice(), ca),
         Secret::Ca => (master, changed.as_slice()),

@@ -9,94 +9,38 @@
 //! (`scripts/setup.sh` installs them); without them the test says so and passes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-use flashgate::cose::{self, Es256Signer};
-use flashgate::enrollment::{appliance_id, Enrollment, VerifiedEnrollment};
-use flashgate::hsm::{Profile, TokenDescription};
-use flashgate::oem::{KeyStore, Oem, OemSigner};
-use flashgate::package::build::{build, JobInput};
+use std::path::{Path, PathBuf};
+
+use common::independent::{
+    build_host_job, host_enrollment, host_token, owned_elements, python_ready, run_script, Verdict,
+};
+use flashgate::cose;
+use flashgate::enrollment::VerifiedEnrollment;
+use flashgate::hsm::Profile;
+use flashgate::oem::Oem;
 use flashgate::package::{
     encode_image_element, encode_package, UnverifiedPackage, MANIFEST_CONTENT_TYPE,
 };
 use flashgate_firmware::Segment;
-use flashgate_policy::Policy;
 use p256::pkcs8::{EncodePrivateKey, LineEnding};
 use sha2::{Digest, Sha256};
 
 const FIRMWARE_SIZE: usize = 300_000;
 const FIRMWARE_ADDRESS: u32 = 0x0800_0000;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Whether `python3` can import what the script needs; says why not.
-fn python_ready() -> bool {
-    match Command::new("python3")
-        .args(["-c", "import pycose, cbor2, cryptography"])
-        .output()
-    {
-        Ok(out) if out.status.success() => true,
-        Ok(out) => {
-            eprintln!(
-                "SKIP: the independent verifier needs Python packages pycose, cbor2 and \
-                 cryptography (scripts/setup.sh installs them): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            false
-        }
-        Err(e) => {
-            eprintln!("SKIP: the independent verifier needs python3: {e}");
-            false
-        }
-    }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn host_signer(secret: &p256::SecretKey) -> OemSigner {
-    OemSigner::File {
-        key: p256::ecdsa::SigningKey::from(secret),
-        public: cose::sec1_uncompressed(&secret.public_key()),
-    }
-}
-
 /// An enrollment record for a host-made appliance that offers only the
 /// standard profile, signed by its log key and parsed back.
 fn enrollment(ka: &p256::SecretKey, log: &p256::SecretKey, now: u64) -> VerifiedEnrollment {
-    let ka_public = cose::sec1_uncompressed(&ka.public_key());
-    let log_public = cose::sec1_uncompressed(&log.public_key());
-    let record = Enrollment {
-        appliance_id: appliance_id(&ka_public, &log_public),
-        ka_public,
-        log_public,
-        token: TokenDescription {
-            manufacturer: "Test Manufacturer".to_owned(),
-            model: "host keys".to_owned(),
-            serial: "0000000000000001".to_owned(),
-            label: "independent-verifier".to_owned(),
-        },
-        profiles: vec![Profile::CoseEcdhEsA256kw],
-        created: now,
-        pin_holder_extraction: Vec::new(),
-        extraction_paths: Vec::new(),
-        transport: None,
-    };
-    let log_signer = host_signer(log);
-    assert_eq!(log_signer.public_key(), log_public);
-    let signed = record
-        .sign(&log_signer)
-        .expect("sign the enrollment record");
-    let verified = VerifiedEnrollment::parse(&signed).expect("parse the enrollment record");
-    assert_eq!(verified.record, record);
-    verified
+    host_enrollment(
+        ka,
+        log,
+        host_token("0000000000000001", "independent-verifier"),
+        vec![Profile::CoseEcdhEsA256kw],
+        None,
+        now,
+    )
 }
 
 fn firmware() -> Vec<u8> {
@@ -107,69 +51,25 @@ fn firmware() -> Vec<u8> {
 
 /// Builds a standard-profile package in `dir`; returns its path.
 fn build_package(dir: &Path, ka: &p256::SecretKey, fw: &[u8]) -> PathBuf {
-    let now = unix_now();
+    let now = common::now();
     let log = cose::random_secret_key().unwrap();
     let enrollment = enrollment(ka, &log, now);
 
-    let oem_dir = dir.join("oem");
-    flashgate::oem::init(&oem_dir, "Acme Corp", &KeyStore::Files, now).expect("oem init");
-    let oem = Oem::load(&oem_dir).expect("load the OEM material");
-
-    let policy_toml = std::fs::read_to_string(repo().join("policies/sim-secure-mcu.toml"))
-        .expect("read the example policy");
-    let policy = Policy::from_toml_str(&policy_toml).expect("the example policy parses");
     let images = [Segment {
         address: FIRMWARE_ADDRESS,
         data: fw.to_vec(),
     }];
-    let job = build(&JobInput {
-        policy_toml: &policy_toml,
-        policy: &policy,
-        images: &images,
-        enrollment: &enrollment,
-        oem: &oem,
-        now,
-        profile: None,
-    })
-    .expect("build the job");
+    let (job, _) = build_host_job(dir, &enrollment, &images, None, now);
     assert_eq!(job.manifest.profile, Profile::CoseEcdhEsA256kw);
     assert_eq!(job.manifest.images.len(), 1);
-
-    // flashgate itself accepts what it built, with the OEM's signing key.
-    let signing_public = oem.signing.public_key();
-    UnverifiedPackage::parse(&job.bytes)
-        .and_then(|p| p.verify(&[signing_public]))
-        .expect("flashgate verifies its own package");
 
     let path = dir.join("job.fgj");
     std::fs::write(&path, &job.bytes).unwrap();
     path
 }
 
-/// What the verifier said: success, stdout, stderr.
-struct Verdict {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
 fn run_verifier(package: &Path, ka_pem: &Path, oem_pub: &Path, fw: &Path) -> Verdict {
-    let out = Command::new("python3")
-        .arg(repo().join("tests/independent/open_package.py"))
-        .arg(package)
-        .arg(ka_pem)
-        .arg(oem_pub)
-        .arg(fw)
-        .output()
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    println!("--- open_package.py stdout ---\n{stdout}--- stderr ---\n{stderr}");
-    Verdict {
-        ok: out.status.success(),
-        stdout,
-        stderr,
-    }
+    run_script("open_package.py", [package, ka_pem, oem_pub, fw])
 }
 
 /// The package with one ciphertext bit of image 0 changed and the manifest
@@ -179,15 +79,7 @@ fn resigned_with_changed_chunk(bytes: &[u8], oem: &Oem) -> Vec<u8> {
     let package = UnverifiedPackage::parse(bytes).unwrap();
     let (mut manifest, _) = package.manifest_unverified().unwrap();
     let (_, master, ca, images) = package.parts();
-    let mut elements: Vec<(Vec<u8>, Vec<Vec<u8>>)> = images
-        .iter()
-        .map(|im| {
-            (
-                im.header.to_vec(),
-                im.chunks.iter().map(|c| c.to_vec()).collect(),
-            )
-        })
-        .collect();
+    let mut elements = owned_elements(images);
     elements[0].1[1][1000] ^= 0x80;
     let element = encode_image_element(&elements[0].0, &elements[0].1);
     manifest.images[0].object_digest = Sha256::digest(&element).into();

@@ -312,20 +312,11 @@ fn wrong_pin_missing_token_and_bad_build_inputs() {
     )
     .unwrap();
     std::fs::write(lab.path("fw.bin"), vec![1u8; 100]).unwrap();
-    let err = lab.fails(&[
-        "job",
-        "build",
-        "--oem",
-        "oem",
-        "--policy",
+    let err = lab.fails(&common::job_build_args(
         "broken.toml",
-        "--firmware",
-        "fw.bin@0",
-        "--appliance",
-        "enrollment.cbor",
-        "-o",
-        "x.fgj",
-    ]);
+        &["fw.bin@0"],
+        &["-o", "x.fgj"],
+    ));
     assert!(err.contains("line 3"), "{err}");
     // A malformed Intel HEX file names the line.
     std::fs::write(
@@ -333,56 +324,25 @@ fn wrong_pin_missing_token_and_bad_build_inputs() {
         ":0400000001020304F1\n:0400040001020304EE\n:00000001FF\n",
     )
     .unwrap();
-    let err = lab.fails(&[
-        "job",
-        "build",
-        "--oem",
-        "oem",
-        "--policy",
+    let err = lab.fails(&common::job_build_args(
         &policy_path(),
-        "--firmware",
-        "bad.hex",
-        "--appliance",
-        "enrollment.cbor",
-        "-o",
-        "x.fgj",
-    ]);
+        &["bad.hex"],
+        &["-o", "x.fgj"],
+    ));
     assert!(err.contains("line 1") || err.contains("line 2"), "{err}");
     // A pinned fingerprint that does not match.
-    let err = lab.fails(&[
-        "job",
-        "build",
-        "--oem",
-        "oem",
-        "--policy",
+    let err = lab.fails(&common::job_build_args(
         &policy_path(),
-        "--firmware",
-        "fw.bin@0",
-        "--appliance",
-        "enrollment.cbor",
-        "--fingerprint",
-        "00",
-        "-o",
-        "x.fgj",
-    ]);
+        &["fw.bin@0"],
+        &["--fingerprint", "00", "-o", "x.fgj"],
+    ));
     assert!(err.contains("fingerprint"), "{err}");
     // A profile the appliance cannot run.
-    let err = lab.fails(&[
-        "job",
-        "build",
-        "--oem",
-        "oem",
-        "--policy",
+    let err = lab.fails(&common::job_build_args(
         &policy_path(),
-        "--firmware",
-        "fw.bin@0",
-        "--appliance",
-        "enrollment.cbor",
-        "--profile",
-        "cose-ecdh-es-a256kw",
-        "-o",
-        "x.fgj",
-    ]);
+        &["fw.bin@0"],
+        &["--profile", "cose-ecdh-es-a256kw", "-o", "x.fgj"],
+    ));
     assert!(
         err.contains("cannot run the cose-ecdh-es-a256kw profile"),
         "{err}"
@@ -567,22 +527,11 @@ fn overlapping_images_are_refused_at_build_and_at_import() {
     std::fs::write(lab.path("a.bin"), vec![0x11u8; 0x100]).unwrap();
     std::fs::write(lab.path("b.bin"), vec![0x22u8; 0x40]).unwrap();
     let build = |a: &str, b: &str| {
-        lab.fg(&[
-            "job",
-            "build",
-            "--oem",
-            "oem",
-            "--policy",
+        lab.fg(&common::job_build_args(
             &policy_path(),
-            "--firmware",
-            a,
-            "--firmware",
-            b,
-            "--appliance",
-            "enrollment.cbor",
-            "-o",
-            "two.fgj",
-        ])
+            &[a, b],
+            &["-o", "two.fgj"],
+        ))
     };
     let out = build("a.bin@0x08090000", "b.bin@0x08090010");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -638,20 +587,11 @@ fn trust_on_first_use_is_warned_and_a_module_without_its_config_is_named() {
     std::fs::write(lab.path("fw.bin"), vec![0x5au8; 1024]).unwrap();
     let policy = policy_path();
     let build = |extra: &[&str]| {
-        let mut args = vec![
-            "job",
-            "build",
-            "--oem",
-            "oem",
-            "--policy",
+        lab.fg(&common::job_build_args(
             &policy,
-            "--firmware",
-            "fw.bin@0x08000000",
-            "--appliance",
-            "enrollment.cbor",
-        ];
-        args.extend_from_slice(extra);
-        lab.fg(&args)
+            &["fw.bin@0x08000000"],
+            extra,
+        ))
     };
     let out = build(&["-o", "a.fgj"]);
     let err = String::from_utf8_lossy(&out.stderr);

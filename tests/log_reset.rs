@@ -7,30 +7,15 @@ mod common;
 
 use common::{Kind, Lab};
 use flashgate_audit::record::REASON_CARRIED_OVER;
-use flashgate_audit::{Record, RecordKind};
-
-fn frames(path: &std::path::Path) -> Vec<Vec<u8>> {
-    let bytes = std::fs::read(path).unwrap();
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 4 <= bytes.len() {
-        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        out.push(bytes[at + 4..at + 4 + len].to_vec());
-        at += 4 + len;
-    }
-    out
-}
+use flashgate_audit::RecordKind;
 
 fn damaged_log_is_sealed_and_replaced(kind: Kind) {
-    let lab = Lab::new(kind);
-    lab.enroll();
-    let policy = lab.policy("policy.toml", |t| {
-        t.replace("checkpoint_every_units = 100", "checkpoint_every_units = 2")
-    });
-    lab.build_job("job.fgj", &policy, 20_000);
-    lab.build_job("job2.fgj", &policy, 10_000);
-    lab.ok(&["job", "import", "job.fgj"]);
-    let id = lab.first_job_id();
+    let (lab, id) = Lab::with_job(
+        kind,
+        |t| t.replace("checkpoint_every_units = 100", "checkpoint_every_units = 2"),
+        20_000,
+    );
+    lab.build_job("job2.fgj", "policy.toml", 10_000);
     let target = |seed: u64| format!("sim:seed={seed},flash-base=0x08000000");
     lab.ok(&["run", "--job", &id, "--target", &target(1), "--units", "6"]);
     lab.ok(&["run", "--job", &id, "--target", &target(2), "--units", "4"]);
@@ -95,10 +80,7 @@ fn damaged_log_is_sealed_and_replaced(kind: Kind) {
     assert_eq!(moved, 10, "the sealed records' certificates go with them");
 
     // The new segment: log-reset, the job again, its used values carried over.
-    let recs: Vec<Record> = frames(&log)
-        .iter()
-        .map(|f| Record::decode(f).unwrap())
-        .collect();
+    let recs = lab.records();
     let RecordKind::LogReset(reset) = &recs[0].kind else {
         panic!("the first record is {:?}", recs[0].kind);
     };
@@ -135,18 +117,7 @@ fn damaged_log_is_sealed_and_replaced(kind: Kind) {
         std::fs::read(lab.path("bundle/sealed/1/audit.log")).unwrap(),
         bytes
     );
-    let v = lab.fg(&[
-        "audit",
-        "verify",
-        "bundle",
-        "--oem",
-        "oem/signing-key.pub.pem",
-        "--json",
-    ]);
-    let text = String::from_utf8_lossy(&v.stdout).into_owned();
-    assert_eq!(v.status.code(), Some(0), "{text}");
-    let doc: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
-    assert_eq!(doc["verdict"], "clean", "{doc}");
+    let doc = lab.verify_bundle("bundle");
     let report = &doc["report"];
     assert_eq!(report["units"]["passed"], 2, "{report}");
 }

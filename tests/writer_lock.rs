@@ -12,38 +12,20 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use common::{Kind, Lab};
-use flashgate_audit::{Record, RecordKind};
+use flashgate_audit::RecordKind;
 
 /// A lab of `kind`, enrolled, with job.fgj imported and job2.fgj built.
 fn lab(kind: Kind) -> (Lab, String) {
-    let lab = Lab::new(kind);
-    lab.enroll();
-    let policy = lab.policy("policy.toml", |t| t);
-    lab.build_job("job.fgj", &policy, 30_000);
-    lab.ok(&["job", "import", "job.fgj"]);
-    let id = lab.first_job_id();
+    let (lab, id) = Lab::with_job(kind, |t| t, 30_000);
     let policy2 = lab.policy("policy2.toml", |t| t.replace("quota = 1000", "quota = 900"));
     lab.build_job("job2.fgj", &policy2, 20_000);
     (lab, id)
 }
 
-/// The environment variable that selects the lab's token.
-fn token_env(lab: &Lab) -> (&'static str, std::path::PathBuf) {
-    match lab.kind {
-        Kind::SoftHsm => ("SOFTHSM2_CONF", lab.path("token/softhsm2.conf")),
-        Kind::Kryoptic => ("KRYOPTIC_CONF", lab.path("token/kryoptic.conf")),
-    }
-}
-
 /// `flashgate ARGS` in the lab, not yet started.
 fn command(lab: &Lab, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_flashgate"));
-    let (k, v) = token_env(lab);
-    c.args(args)
-        .current_dir(lab.dir.path())
-        .env(k, v)
-        .env_remove("FLASHGATE_CONFIG")
-        .env_remove("FLASHGATE_TEST_CRASH_AT");
+    let mut c = lab.command(args);
+    c.env_remove("FLASHGATE_TEST_CRASH_AT");
     c
 }
 
@@ -84,7 +66,7 @@ fn start_run(
 /// The job's quota counter as the token holds it (read with pkcs11-tool,
 /// independently of flashgate).
 fn hsm_counter(lab: &Lab, id: &str) -> u64 {
-    let (k, v) = token_env(lab);
+    let (k, v) = lab.token_env();
     let out = Command::new("pkcs11-tool")
         .env(k, v)
         .arg("--module")
@@ -110,51 +92,15 @@ fn hsm_counter(lab: &Lab, id: &str) -> u64 {
     u64::from_be_bytes(out.stdout.try_into().unwrap())
 }
 
-/// The records of the appliance's log.
-fn records(lab: &Lab) -> Vec<Record> {
-    let bytes = std::fs::read(lab.path("state/audit/audit.log")).unwrap();
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 4 <= bytes.len() {
-        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        out.push(Record::decode(&bytes[at + 4..at + 4 + len]).expect("every record decodes"));
-        at += 4 + len;
-    }
-    out
-}
-
 /// Counter values the log reserves for `id`.
 fn reserved_in_log(lab: &Lab, id: &str) -> u64 {
-    records(lab)
+    lab.records()
         .iter()
         .filter_map(|r| match &r.kind {
             RecordKind::UnitsReserved(u) if hex::encode(u.job_id) == id => Some(u.count),
             _ => None,
         })
         .sum()
-}
-
-/// Exports the job's bundle into `out` and verifies it; returns the JSON report.
-fn export_and_verify(lab: &Lab, id: &str, out: &str) -> serde_json::Value {
-    lab.ok(&["audit", "export", "--job", id, "-o", out]);
-    let v = lab.fg(&[
-        "audit",
-        "verify",
-        out,
-        "--oem",
-        "oem/signing-key.pub.pem",
-        "--json",
-    ]);
-    let text = String::from_utf8_lossy(&v.stdout).into_owned();
-    assert_eq!(
-        v.status.code(),
-        Some(0),
-        "{text}{}",
-        String::from_utf8_lossy(&v.stderr)
-    );
-    let doc: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
-    assert_eq!(doc["verdict"], "clean", "{doc}");
-    doc["report"].clone()
 }
 
 fn second_writers_are_refused(kind: Kind) {
@@ -201,7 +147,8 @@ fn second_writers_are_refused(kind: Kind) {
         .any(|l| l == &format!("fg-job:{id}:ca")));
     lab.ok(&["job", "import", "job2.fgj"]);
 
-    let report = export_and_verify(&lab, &id, "bundle");
+    let doc = lab.export_and_verify(&id, "bundle");
+    let report = &doc["report"];
     assert_eq!(report["units"]["passed"], 4, "{report}");
     assert_eq!(
         report["units"]["aborted"].as_u64().unwrap_or(0),
@@ -273,7 +220,8 @@ fn removal_killed_at_each_step(kind: Kind) {
             !lab.path(&format!("state/removing/{id}")).exists(),
             "{point}"
         );
-        let kinds: Vec<&'static str> = records(&lab)
+        let kinds: Vec<&'static str> = lab
+            .records()
             .iter()
             .filter(|r| hex::encode(r.kind.job_id()) == id)
             .map(|r| r.kind.name())
@@ -282,14 +230,14 @@ fn removal_killed_at_each_step(kind: Kind) {
         assert_eq!(kinds, ["job-removal-started", "job-removed"], "{point}");
 
         // Removing it again is refused and appends nothing.
-        let before = records(&lab).len();
+        let before = lab.records().len();
         let err = lab.fails(&["job", "remove", &id]);
         assert!(err.contains("already removed"), "{point}: {err}");
-        assert_eq!(records(&lab).len(), before, "{point}");
+        assert_eq!(lab.records().len(), before, "{point}");
 
         // The log verifies (through the other job's bundle, which holds it
         // all) and the removed job's counter is what its records reserve.
-        export_and_verify(&lab, &id2, "bundle");
+        lab.export_and_verify(&id2, "bundle");
         assert_eq!(
             hsm_counter(&lab, &id),
             reserved_in_log(&lab, &id),

@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod independent;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     SoftHsm,
@@ -92,15 +94,24 @@ impl Lab {
         self.dir.path().join(p)
     }
 
-    /// Runs flashgate in the lab directory.
-    pub fn fg(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_flashgate"))
-            .args(args)
+    /// The environment variable that selects the lab's token, and its value.
+    pub fn token_env(&self) -> (&str, &str) {
+        (&self.env.0, &self.env.1)
+    }
+
+    /// `flashgate ARGS` in the lab directory, not yet started.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_flashgate"));
+        c.args(args)
             .current_dir(self.dir.path())
             .env(&self.env.0, &self.env.1)
-            .env_remove("FLASHGATE_CONFIG")
-            .output()
-            .expect("run flashgate")
+            .env_remove("FLASHGATE_CONFIG");
+        c
+    }
+
+    /// Runs flashgate in the lab directory.
+    pub fn fg(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run flashgate")
     }
 
     /// Runs flashgate and asserts success; returns stdout.
@@ -134,20 +145,11 @@ impl Lab {
     pub fn build_job(&self, out: &str, policy: &str, size: usize) {
         let fw: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
         std::fs::write(self.path("fw.bin"), fw).unwrap();
-        self.ok(&[
-            "job",
-            "build",
-            "--oem",
-            "oem",
-            "--policy",
+        self.ok(&job_build_args(
             policy,
-            "--firmware",
-            "fw.bin@0x08000000",
-            "--appliance",
-            "enrollment.cbor",
-            "-o",
-            out,
-        ]);
+            &["fw.bin@0x08000000"],
+            &["-o", out],
+        ));
     }
 
     /// Writes the sim policy, valid from yesterday for 180 days, with `edit` applied.
@@ -175,10 +177,11 @@ impl Lab {
             .to_owned()
     }
 
-    /// An enrolled SoftHSM appliance with one imported sim job (`edit`
-    /// applied to the policy, `size` bytes of firmware); returns the job id.
-    pub fn with_sim_job(edit: impl FnOnce(String) -> String, size: usize) -> (Lab, String) {
-        let lab = Lab::new(Kind::SoftHsm);
+    /// An enrolled appliance of `kind` with one imported sim job, job.fgj
+    /// (`edit` applied to policy.toml, `size` bytes of firmware); returns
+    /// the job id.
+    pub fn with_job(kind: Kind, edit: impl FnOnce(String) -> String, size: usize) -> (Lab, String) {
+        let lab = Lab::new(kind);
         lab.enroll();
         let policy = lab.policy("policy.toml", edit);
         lab.build_job("job.fgj", &policy, size);
@@ -187,11 +190,83 @@ impl Lab {
         (lab, id)
     }
 
+    /// [`Lab::with_job`] on SoftHSM.
+    pub fn with_sim_job(edit: impl FnOnce(String) -> String, size: usize) -> (Lab, String) {
+        Lab::with_job(Kind::SoftHsm, edit, size)
+    }
+
+    /// The records of the appliance's log.
+    pub fn records(&self) -> Vec<flashgate_audit::Record> {
+        frames(&self.path("state/audit/audit.log"))
+            .iter()
+            .map(|f| flashgate_audit::Record::decode(f).expect("every record decodes"))
+            .collect()
+    }
+
+    /// `audit verify --json` of the bundle in `bundle` against the OEM key;
+    /// asserts exit status 0 and a clean verdict, returns the JSON document.
+    pub fn verify_bundle(&self, bundle: &str) -> serde_json::Value {
+        let v = self.fg(&[
+            "audit",
+            "verify",
+            bundle,
+            "--oem",
+            "oem/signing-key.pub.pem",
+            "--json",
+        ]);
+        let text = String::from_utf8_lossy(&v.stdout).into_owned();
+        assert_eq!(
+            v.status.code(),
+            Some(0),
+            "{text}{}",
+            String::from_utf8_lossy(&v.stderr)
+        );
+        let doc: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(doc["verdict"], "clean", "{doc}");
+        doc
+    }
+
+    /// Exports the job's bundle into `out` and verifies it
+    /// ([`Lab::verify_bundle`]); returns the JSON document.
+    pub fn export_and_verify(&self, id: &str, out: &str) -> serde_json::Value {
+        self.ok(&["audit", "export", "--job", id, "-o", out]);
+        self.verify_bundle(out)
+    }
+
     pub fn job_dirs(&self) -> usize {
         std::fs::read_dir(self.path("state/jobs"))
             .map(|r| r.count())
             .unwrap_or(0)
     }
+}
+
+/// `job build` with the lab's OEM material and enrollment record, `policy`,
+/// one `--firmware` per entry of `firmware`, then `extra` (`-o OUT`, ...).
+pub fn job_build_args<'a>(
+    policy: &'a str,
+    firmware: &[&'a str],
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["job", "build", "--oem", "oem", "--policy", policy];
+    for f in firmware {
+        args.extend(["--firmware", f]);
+    }
+    args.extend(["--appliance", "enrollment.cbor"]);
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The frames of a log file (4-byte big-endian length, then the record).
+pub fn frames(path: &Path) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 4 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        out.push(bytes[at + 4..at + 4 + len].to_vec());
+        at += 4 + len;
+    }
+    out
 }
 
 pub fn now() -> u64 {

@@ -53,7 +53,7 @@ pub const UID_LEN: usize = 12;
 /// | `identity` | identity key location, e.g. `keystore:0x0000` | `keystore:0x0000` |
 /// | `bus-hz` | programming bus rate (after `timing`) | per `timing` |
 /// | `agent-baud` | agent UART baud rate (after `timing`) | per `timing` |
-/// | `keep` | `on`/`off`: keep boards for inspection | `on` |
+/// | `keep` | `on`/`off`: keep every board (its chip: flash, key store) for inspection after the run; for tests, since it grows with every board | `off` |
 ///
 /// Faults: `contact-lost@STAGE`, `timeout@STAGE`, `bit-error`, `brown-out`,
 /// `wrong-signature`, `wrong-device`, `already-locked[@readout|@permanent]`; stages as in
@@ -103,7 +103,7 @@ impl Default for SimConfig {
             flash_size: 1 << 20,
             keystore_size: 4096,
             identity: Location::new(Space::KeyStore, 0),
-            keep_boards: true,
+            keep_boards: false,
         }
     }
 }

@@ -18,6 +18,7 @@ fn zero() -> SimConfig {
     SimConfig {
         seed: 7,
         pace: false,
+        keep_boards: true,
         ..SimConfig::default()
     }
 }
@@ -603,7 +604,7 @@ fn uids_are_deterministic_and_distinct() {
 
 #[test]
 fn fixture_clones_share_one_counter_across_threads() {
-    let fx = SimFixture::from_options("sim:seed=11,boards=60,pace=off").unwrap();
+    let fx = SimFixture::from_options("sim:seed=11,boards=60,pace=off,keep=on").unwrap();
     let handles: Vec<_> = (0..4)
         .map(|_| {
             let mut channel = fx.clone();
@@ -859,7 +860,7 @@ fn option_strings() {
 
 #[test]
 fn fixture_from_options_applies_faults_and_limit() {
-    let mut fx = SimFixture::from_options("sim:seed=3,boards=3,fault=1:wrong-device").unwrap();
+    let mut fx = SimFixture::from_options("sim:seed=3,boards=3,fault=1:wrong-device,keep=on").unwrap();
     let mut types = Vec::new();
     while let Some(mut t) = fx.next_board().unwrap() {
         t.connect().unwrap();
