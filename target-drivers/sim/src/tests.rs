@@ -860,7 +860,8 @@ fn option_strings() {
 
 #[test]
 fn fixture_from_options_applies_faults_and_limit() {
-    let mut fx = SimFixture::from_options("sim:seed=3,boards=3,fault=1:wrong-device,keep=on").unwrap();
+    let mut fx =
+        SimFixture::from_options("sim:seed=3,boards=3,fault=1:wrong-device,keep=on").unwrap();
     let mut types = Vec::new();
     while let Some(mut t) = fx.next_board().unwrap() {
         t.connect().unwrap();
