@@ -97,25 +97,18 @@ pub fn export_bundle(
     out: &Path,
 ) -> Result<usize, BundleError> {
     let manifest = UnverifiedPackage::parse(package)?.parts().0.to_vec();
-    let mut certificates = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(cert_dir) {
-        for e in rd.flatten() {
-            if e.path().extension().is_some_and(|x| x == "der") {
-                certificates.push(read(&e.path())?);
-            }
-        }
-    }
-    let n = certificates.len();
-    flashgate_audit::export(
+    let index = flashgate_audit::export(
         audit_dir,
         job_id,
         &flashgate_audit::BundleExtras {
             enrollment,
             manifest,
-            certificates,
+            certificates: Vec::new(),
+            certificate_dir: Some(cert_dir.to_owned()),
         },
         out,
     )?;
+    let n = index.certificates.len();
     Ok(n)
 }
 

@@ -49,6 +49,10 @@ pub struct BundleExtras {
     pub manifest: Vec<u8>,
     /// The DER device certificates issued for the job.
     pub certificates: Vec<Vec<u8>>,
+    /// A directory of more DER certificates (`*.der`; other files are left
+    /// out): copied one at a time, so that an export's memory does not grow
+    /// with the job's units.
+    pub certificate_dir: Option<PathBuf>,
 }
 
 /// One file in the index.
@@ -274,14 +278,32 @@ pub fn export(
         MANIFEST_FILE.to_owned(),
         write_file(&out_dir.join(MANIFEST_FILE), &extras.manifest)?,
     );
-    let mut certificates = Vec::with_capacity(extras.certificates.len());
+    // Names are kept as 32-byte hashes (the list bundle.json needs, sorted);
+    // the certificates themselves pass through one at a time.
+    let mut hashes: Vec<[u8; 32]> = Vec::with_capacity(extras.certificates.len());
     for der in &extras.certificates {
-        let name = hex::encode(Sha256::digest(der));
-        write_file(&certs_dir.join(format!("{name}.der")), der)?;
-        certificates.push(name);
+        let h: [u8; 32] = Sha256::digest(der).into();
+        write_file(&certs_dir.join(format!("{}.der", hex::encode(h))), der)?;
+        hashes.push(h);
     }
-    certificates.sort();
-    certificates.dedup();
+    if let Some(dir) = &extras.certificate_dir {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                let path = e.path();
+                if !path.extension().is_some_and(|x| x == "der") {
+                    continue;
+                }
+                let der =
+                    std::fs::read(&path).map_err(|e| AuditError::io("cannot read", &path, e))?;
+                let h: [u8; 32] = Sha256::digest(&der).into();
+                write_file(&certs_dir.join(format!("{}.der", hex::encode(h))), &der)?;
+                hashes.push(h);
+            }
+        }
+    }
+    hashes.sort_unstable();
+    hashes.dedup();
+    let certificates: Vec<String> = hashes.into_iter().map(hex::encode).collect();
     let index = BundleIndex {
         format: BUNDLE_FORMAT.to_owned(),
         job_id: hex::encode(job_id),

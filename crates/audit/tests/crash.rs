@@ -182,6 +182,7 @@ fn sigkill_at_random_points_keeps_the_invariants() {
             enrollment: vec![],
             manifest: vec![],
             certificates: certs,
+            certificate_dir: None,
         },
         &out,
     )

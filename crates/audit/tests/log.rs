@@ -353,6 +353,7 @@ fn export_verify_and_prove_end_to_end() {
         enrollment: b"enrollment".to_vec(),
         manifest: b"manifest".to_vec(),
         certificates: (0..UNITS_E2E).filter(|c| c % 5 != 4).map(cert).collect(),
+        certificate_dir: None,
     };
     let index = export(&logdir, &JOB, &extras, &out).unwrap();
     assert_eq!(index.records, log.size());

@@ -43,6 +43,7 @@ fn verify_dir(dir: &Path, certs: Vec<Vec<u8>>, quota: u64) -> flashgate_audit::R
             enrollment: vec![],
             manifest: vec![],
             certificates: certs,
+            certificate_dir: None,
         },
         &out,
     )
