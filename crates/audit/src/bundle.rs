@@ -290,7 +290,7 @@ pub fn export(
         if let Ok(rd) = std::fs::read_dir(dir) {
             for e in rd.flatten() {
                 let path = e.path();
-                if !path.extension().is_some_and(|x| x == "der") {
+                if path.extension().is_none_or(|x| x != "der") {
                     continue;
                 }
                 let der =
