@@ -14,7 +14,7 @@ use super::spill::{Sorted, Spill};
 use super::{kept_checkpoint, CertificateFile, CertificateStart, VerifyOptions};
 use crate::bundle::CertificateList;
 use crate::checkpoint::{origin_for, CheckpointError, UnverifiedCheckpoint, VerifiedCheckpoint};
-use crate::frame::{FrameError, FrameReader};
+use crate::frame::{read_full, FrameError, FrameReader};
 use crate::intervals::Intervals;
 use crate::record::{Digest, Record, RecordKind, RunId, MAX_RECORD_LEN};
 
@@ -1254,16 +1254,3 @@ impl<R: Read> RecordFrames<R> {
     }
 }
 
-/// Reads until `buf` is full or the stream ends; returns the bytes read.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
