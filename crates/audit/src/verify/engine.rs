@@ -1253,4 +1253,3 @@ impl<R: Read> RecordFrames<R> {
         })
     }
 }
-
