@@ -11,66 +11,26 @@
 mod common;
 
 use common::{Kind, Lab};
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::misc::{ExtractParams, KeyDerivationStringData};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
 use flashgate::enrollment::VerifiedEnrollment;
 use flashgate::hsm::probe::Extraction;
 
-/// A PKCS#11 session on the lab's token, opened in this process the way
-/// anyone with the user PIN could.
-struct Attacker {
-    session: Session,
-    _pkcs11: Pkcs11,
+/// The PIN holder's session, with what these attacks need.
+struct Attacker(common::PinHolder);
+
+impl std::ops::Deref for Attacker {
+    type Target = common::PinHolder;
+    fn deref(&self) -> &common::PinHolder {
+        &self.0
+    }
 }
 
 impl Attacker {
     fn open(lab: &Lab) -> Self {
-        // The variable tokens.sh printed for this lab; each module is loaded
-        // once in this process, after it is set.
-        let (var, conf) = match lab.kind {
-            Kind::SoftHsm => ("SOFTHSM2_CONF", "token/softhsm2.conf"),
-            Kind::Kryoptic => ("KRYOPTIC_CONF", "token/kryoptic.conf"),
-        };
-        std::env::set_var(var, lab.path(conf));
-        let pkcs11 = Pkcs11::new(lab.kind.module()).unwrap();
-        match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(())
-            | Err(cryptoki::error::Error::Pkcs11(
-                cryptoki::error::RvError::CryptokiAlreadyInitialized,
-                _,
-            )) => {}
-            Err(e) => panic!("initialise: {e}"),
-        }
-        let slot = pkcs11
-            .get_slots_with_token()
-            .unwrap()
-            .into_iter()
-            .find(|s| pkcs11.get_token_info(*s).unwrap().label().trim() == "appliance")
-            .expect("the appliance token");
-        let session = pkcs11.open_rw_session(slot).unwrap();
-        session
-            .login(UserType::User, Some(&"4711-test-pin".into()))
-            .unwrap();
-        Self {
-            session,
-            _pkcs11: pkcs11,
-        }
-    }
-
-    fn object(&self, label: &str, class: ObjectClass) -> ObjectHandle {
-        let found = self
-            .session
-            .find_objects(&[
-                Attribute::Label(label.as_bytes().to_vec()),
-                Attribute::Class(class),
-            ])
-            .unwrap();
-        assert_eq!(found.len(), 1, "{label}: {found:?}");
-        found[0]
+        Self(lab.pin_holder())
     }
 
     fn label_and_class(&self, h: ObjectHandle) -> (String, ObjectClass) {
@@ -123,7 +83,7 @@ impl Attacker {
 
     fn offers(&self, m: MechanismType) -> bool {
         let slot = self.session.get_session_info().unwrap().slot_id();
-        self._pkcs11.get_mechanism_list(slot).unwrap().contains(&m)
+        self.pkcs11.get_mechanism_list(slot).unwrap().contains(&m)
     }
 
     /// Derives from `base` into a secret asking to be readable; the bytes if it worked.

@@ -9,11 +9,10 @@
 mod common;
 
 use common::{Kind, Lab};
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::Session;
 use flashgate::cose;
 use flashgate::oem::load_signer;
 use flashgate::package::encrypt::AnyRecipient;
@@ -21,16 +20,6 @@ use flashgate::package::{
     encode_package, EncryptObject, Manifest, UnverifiedPackage, MANIFEST_CONTENT_TYPE,
 };
 use sha2::{Digest, Sha256};
-
-const PIN: &str = "4711-test-pin";
-
-/// The env line `Lab::new` set for the lab's token.
-fn token_env(lab: &Lab) -> (&'static str, std::path::PathBuf) {
-    match lab.kind {
-        Kind::SoftHsm => ("SOFTHSM2_CONF", lab.path("token/softhsm2.conf")),
-        Kind::Kryoptic => ("KRYOPTIC_CONF", lab.path("token/kryoptic.conf")),
-    }
-}
 
 fn policy(lab: &Lab) -> String {
     lab.policy("policy.toml", |t| t)
@@ -49,17 +38,6 @@ fn blobs(bytes: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
         ("master", oaep(master)),
         ("ca", oaep(ca)),
     ]
-}
-
-fn find(session: &Session, label: &str, class: ObjectClass) -> ObjectHandle {
-    let found = session
-        .find_objects(&[
-            Attribute::Label(label.as_bytes().to_vec()),
-            Attribute::Class(class),
-        ])
-        .unwrap();
-    assert_eq!(found.len(), 1, "{label}: {found:?}");
-    found[0]
 }
 
 /// True if the object's CKA_VALUE came back.
@@ -82,7 +60,13 @@ fn oaep(kind: Kind) -> Mechanism<'static> {
 
 /// Everything a PIN holder can try with the real keys and the real package.
 /// Returns the paths that yielded a secret (must be none).
-fn hostile_pin_holder(kind: Kind, session: &Session, id: &str, package: &[u8]) -> Vec<String> {
+fn hostile_pin_holder(
+    kind: Kind,
+    holder: &common::PinHolder,
+    id: &str,
+    package: &[u8],
+) -> Vec<String> {
+    let session = &holder.session;
     let mut leaks = Vec::new();
     let blobs = blobs(package);
     let transport: Vec<(&str, ObjectHandle)> = ["image", "master", "ca"]
@@ -90,8 +74,7 @@ fn hostile_pin_holder(kind: Kind, session: &Session, id: &str, package: &[u8]) -
         .map(|r| {
             (
                 r,
-                find(
-                    session,
+                holder.object(
                     &format!("flashgate-appliance-transport-{r}"),
                     ObjectClass::PRIVATE_KEY,
                 ),
@@ -209,7 +192,7 @@ fn hostile_pin_holder(kind: Kind, session: &Session, id: &str, package: &[u8]) -
         ("ca", ObjectClass::PRIVATE_KEY),
         ("image0", ObjectClass::SECRET_KEY),
     ] {
-        let key = find(session, &format!("fg-job:{id}:{name}"), class);
+        let key = holder.object(&format!("fg-job:{id}:{name}"), class);
         if readable(session, key) {
             leaks.push(format!("CKA_VALUE of {name}"));
         }
@@ -317,23 +300,10 @@ fn end_to_end_and_hostile_pin_holder(kind: Kind) {
     assert_eq!(passed, 3, "{kind:?}: {out}");
 
     // The PIN holder, in this process, with the package in hand.
-    let (var, value) = token_env(&lab);
-    std::env::set_var(var, value);
-    let pkcs11 = Pkcs11::new(kind.module()).unwrap();
-    let _ = pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
-    let slot = pkcs11
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| pkcs11.get_token_info(*s).unwrap().label().trim() == "appliance")
-        .unwrap();
-    let session = pkcs11.open_rw_session(slot).unwrap();
-    session
-        .login(UserType::User, Some(&PIN.to_owned().into()))
-        .unwrap();
-    let leaks = hostile_pin_holder(kind, &session, &id, &package);
+    let holder = lab.pin_holder();
+    let leaks = hostile_pin_holder(kind, &holder, &id, &package);
     assert!(leaks.is_empty(), "{kind:?}: secrets came out: {leaks:?}");
-    drop(session);
+    drop(holder);
 
     // The probe flashgate runs on throwaway keys agrees, and leaves no object behind.
     let before = lab.ok(&["appliance", "show"]);

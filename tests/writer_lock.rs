@@ -76,7 +76,7 @@ fn hsm_counter(lab: &Lab, id: &str) -> u64 {
             "appliance",
             "--login",
             "--pin",
-            "4711-test-pin",
+            common::PIN,
             "--read-object",
             "--type",
             "data",

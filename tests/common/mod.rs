@@ -8,6 +8,36 @@ use std::process::{Command, Output};
 
 pub mod independent;
 
+/// The user PIN of every lab token.
+pub const PIN: &str = "4711-test-pin";
+
+/// A hostile PIN holder's session. Field order matters: the session closes
+/// before the module is finalised.
+pub struct PinHolder {
+    pub session: cryptoki::session::Session,
+    pub pkcs11: cryptoki::context::Pkcs11,
+}
+
+impl PinHolder {
+    /// The one object with `label` and `class`.
+    pub fn object(
+        &self,
+        label: &str,
+        class: cryptoki::object::ObjectClass,
+    ) -> cryptoki::object::ObjectHandle {
+        use cryptoki::object::Attribute;
+        let found = self
+            .session
+            .find_objects(&[
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Class(class),
+            ])
+            .unwrap();
+        assert_eq!(found.len(), 1, "{label}: {found:?}");
+        found[0]
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     SoftHsm,
@@ -66,7 +96,7 @@ impl Lab {
     pub fn new(kind: Kind) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pin = dir.path().join("user-pin");
-        std::fs::write(&pin, "4711-test-pin\n").unwrap();
+        std::fs::write(&pin, format!("{PIN}\n")).unwrap();
         let env = init_token(kind, &dir.path().join("token"), "appliance", &pin);
         let lab = Lab { dir, kind, env };
         lab.write_config("appliance.toml", "appliance", "user-pin");
@@ -92,6 +122,34 @@ impl Lab {
 
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
+    }
+
+    /// A logged-in session on the lab's token, opened in this process the
+    /// way anyone with the user PIN could (each module is loaded once per
+    /// process, after its configuration variable is set).
+    pub fn pin_holder(&self) -> PinHolder {
+        use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+        std::env::set_var(&self.env.0, &self.env.1);
+        let pkcs11 = Pkcs11::new(self.kind.module()).unwrap();
+        match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(())
+            | Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::CryptokiAlreadyInitialized,
+                _,
+            )) => {}
+            Err(e) => panic!("initialise: {e}"),
+        }
+        let slot = pkcs11
+            .get_slots_with_token()
+            .unwrap()
+            .into_iter()
+            .find(|s| pkcs11.get_token_info(*s).unwrap().label().trim() == "appliance")
+            .expect("the appliance token");
+        let session = pkcs11.open_rw_session(slot).unwrap();
+        session
+            .login(cryptoki::session::UserType::User, Some(&PIN.into()))
+            .unwrap();
+        PinHolder { session, pkcs11 }
     }
 
     /// The environment variable that selects the lab's token, and its value.
