@@ -6,27 +6,12 @@
 # once at zero latency. Run on purpose; not part of the tests.
 # KILLS=10 CHANNELS=8 by default.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-scripts/setup.sh
-cargo build --release --locked -q
-fg="$root/target/release/flashgate"
+# shellcheck source=scripts/bench-lab.sh
+source "$(dirname "$0")/bench-lab.sh"
 kills=${KILLS:-10}
 channels=${CHANNELS:-8}
-work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
-cd "$work"
-"$fg" oem init --out oem --name "Bench OEM" >/dev/null
-head -c 65536 /dev/urandom > fw.bin
-sed -e 's/^quota = 1000 .*/quota = 1000000/' -e 's/^end = 1000 .*/end = 9999999/' -e 's/^width = 6 .*/width = 7/' \
-  "$root/policies/sim-secure-mcu.toml" > policy.toml
 for timing in realistic zero; do
-  dir="$timing"; mkdir -p "$dir"; echo "bench-pin-1234" > "$dir/pin"
-  envline=$("$root/scripts/tokens.sh" init softhsm "$dir/token" bench "$dir/pin"); export "${envline?}"
-  printf 'state_dir = "state"\n[token]\nmodule = "/usr/lib/softhsm/libsofthsm2.so"\nlabel = "bench"\npin_file = "pin"\n[trust]\noem_keys = ["../oem/signing-key.pub.pem"]\n' > "$dir/appliance.toml"
-  export FLASHGATE_CONFIG="$work/$dir/appliance.toml"
-  "$fg" appliance init -o "$dir/enr.cbor" >/dev/null
-  "$fg" job build --oem oem --policy policy.toml --firmware fw.bin@0x08000000 --appliance "$dir/enr.cbor" -o "$dir/job.fgj" 2>/dev/null >/dev/null
-  id=$("$fg" job import "$dir/job.fgj" | awk '{print $3}' | tr -d ':')
+  dir="$timing"; bench_sim_job "$dir"
   for i in $(seq "$kills"); do
     "$fg" run --job "$id" --channels "$channels" --target "sim:timing=$timing,seed=$((i * 7919)),flash-base=0x08000000" --json >/dev/null 2>&1 &
     pid=$!
