@@ -37,6 +37,7 @@
 pub mod bench;
 mod driver;
 pub mod part;
+mod registration;
 mod serve;
 pub mod sim;
 pub mod stk;
@@ -44,4 +45,5 @@ pub mod uid;
 
 pub use driver::{capabilities, AvrIspConfig, AvrIspTarget, Identity};
 pub use part::{Part, ATMEGA2560, ATMEGA328P, PARTS};
+pub use registration::DRIVER;
 pub use serve::{serve_cli, ServeError, ServeOptions};

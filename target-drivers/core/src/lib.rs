@@ -21,6 +21,7 @@ mod challenge;
 mod device;
 mod error;
 mod location;
+mod registry;
 mod stage;
 mod target;
 
@@ -31,6 +32,9 @@ pub use challenge::{
 pub use device::{DeviceInfo, LockLevel, LockPermission, LockState, MemoryRegion};
 pub use error::{TargetError, MISMATCH_WINDOW};
 pub use location::{Location, Space};
+pub use registry::{
+    parse_target, BoardsFrom, Driver, FixtureSpec, RunWiring, SpecError, SpecOptions,
+};
 pub use stage::Stage;
 pub use target::{Fixture, Target};
 

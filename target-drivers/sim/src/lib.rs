@@ -44,6 +44,7 @@ mod config;
 mod error;
 mod fault;
 mod fixture;
+mod registration;
 mod rng;
 mod target;
 mod timing;
@@ -55,6 +56,7 @@ pub use config::{
 pub use error::SimError;
 pub use fault::{Fault, FaultPlan};
 pub use fixture::{SimBoard, SimFixture};
+pub use registration::DRIVER;
 pub use rng::SimRng;
 pub use target::SimTarget;
 pub use timing::SimTiming;

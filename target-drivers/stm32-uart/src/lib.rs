@@ -30,6 +30,7 @@ mod driver;
 pub mod floor;
 pub mod part;
 pub mod protocol;
+mod registration;
 pub mod sim;
 
 pub use cli::{cli_options, serve_cli, CliError};
@@ -37,3 +38,4 @@ pub use driver::{
     BootloaderInfo, LinkHook, LinkState, Stm32Options, Stm32UartTarget, CAPABILITIES,
 };
 pub use part::{Part, RdpLevel, PARTS, STM32F103_MD, STM32F4_413};
+pub use registration::DRIVER;
