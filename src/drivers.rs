@@ -3,27 +3,18 @@
 //! after its first board has been given secrets.
 
 use flashgate_policy::{KeySource, LockLevel, Policy};
-use flashgate_target::{Capabilities, Capability};
+use flashgate_target::{Capabilities, Capability, Driver};
 
-/// The fixture wiring a driver's capabilities depend on.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Wiring {
-    /// The target's UART reaches the provisioning agent (AVR: `agent=PATH`).
-    pub agent: bool,
-}
+/// Every driver this build has: adding a protocol is its crate and one line here.
+pub static DRIVERS: &[&Driver] = &[
+    &flashgate_target_sim::DRIVER,
+    &flashgate_avr_isp::DRIVER,
+    &flashgate_stm32_uart::DRIVER,
+];
 
-/// What `driver` declares it can do with `wiring`; `None` for a driver
-/// this build does not have.
-pub fn declared(driver: &str, wiring: Wiring) -> Option<Capabilities> {
-    match driver {
-        "sim" => Some(Capabilities::all()),
-        "avr-isp" => Some(flashgate_avr_isp::capabilities(
-            &flashgate_avr_isp::AvrIspConfig::for_part(&flashgate_avr_isp::ATMEGA328P),
-            wiring.agent,
-        )),
-        "stm32-uart" => Some(flashgate_stm32_uart::CAPABILITIES),
-        _ => None,
-    }
+/// The registered driver named `name`.
+pub fn find(name: &str) -> Option<&'static Driver> {
+    DRIVERS.iter().copied().find(|d| d.name == name)
 }
 
 /// The capabilities a driver must have for a job with this policy.
@@ -112,7 +103,7 @@ pub fn check(
 /// fixture would be (agent reachable), can run the job at all.
 pub fn check_policy(policy: &Policy) -> Result<(), DriverMismatch> {
     let driver = policy.target().driver.as_str();
-    let caps = declared(driver, Wiring { agent: true }).unwrap_or_else(Capabilities::empty);
+    let caps = find(driver).map_or_else(Capabilities::empty, |d| (d.production)());
     check(policy, driver, caps)
 }
 
@@ -167,8 +158,10 @@ mod tests {
     #[test]
     fn an_avr_fixture_without_its_agent_is_told_to_add_it() {
         let p = shipped("avr-atmega328p.toml", |t| t).unwrap();
-        let caps = declared("avr-isp", Wiring { agent: false }).unwrap();
-        let e = check(&p, "avr-isp", caps).unwrap_err().to_string();
+        let spec = find("avr-isp").unwrap().spec("port=/dev/null").unwrap();
+        let e = check(&p, "avr-isp", spec.capabilities())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("add agent=PATH"), "{e}");
         assert!(matches!(
             check(&p, "sim", Capabilities::all()),

@@ -549,95 +549,18 @@ fn run_units(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
     if args.channels == 0 {
         bail!("--channels must be at least 1");
     }
-    let (driver, options) = args
-        .target
-        .split_once(':')
-        .unwrap_or((args.target.as_str(), ""));
-    let fixtures: Vec<Box<dyn flashgate_target::Fixture>> = match driver {
-        "sim" => {
-            let f =
-                flashgate_target_sim::SimFixture::from_options(options).context("--target sim")?;
-            flashgate::pipeline::check_driver(&job.policy, "sim", declared("sim", false))?;
-            (0..args.channels)
-                .map(|_| Box::new(f.clone()) as Box<dyn flashgate_target::Fixture>)
-                .collect()
+    let (driver, spec) = flashgate_target::parse_target(flashgate::drivers::DRIVERS, &args.target)?;
+    if let Some(max) = spec.max_channels() {
+        if args.channels > max {
+            return Err(flashgate_target::SpecError::Channels { driver, max }.into());
         }
-        "avr-isp" | "stm32-uart" => {
-            if args.channels != 1 {
-                bail!("--target {driver} drives one programmer: use --channels 1 (one process per programmer)");
-            }
-            let opts = key_values(options)?;
-            let port = opts
-                .get("port")
-                .cloned()
-                .with_context(|| format!("--target {driver}:port=PATH is required"))?;
-            let boards = args.units.unwrap_or(1);
-            let policy = job.policy.clone();
-            if driver == "avr-isp" {
-                let agent = opts.get("agent").cloned();
-                flashgate::pipeline::check_driver(
-                    &job.policy,
-                    "avr-isp",
-                    declared("avr-isp", agent.is_some()),
-                )?;
-                let part = match opts.get("part").map(String::as_str) {
-                    Some("m2560") => &flashgate_avr_isp::ATMEGA2560,
-                    _ => &flashgate_avr_isp::ATMEGA328P,
-                };
-                let mut config = flashgate_avr_isp::AvrIspConfig::for_part(part);
-                if let Some(b) = policy.lock().avr_lock_byte {
-                    config.lock_readout = b;
-                }
-                vec![
-                    Box::new(flashgate::pipeline::BoardsFrom::new(boards, move || {
-                        flashgate_avr_isp::AvrIspTarget::open(
-                            &port,
-                            agent.as_deref(),
-                            config.clone(),
-                        )
-                        .map(|t| Box::new(t) as Box<dyn flashgate_target::Target>)
-                    })) as Box<dyn flashgate_target::Fixture>,
-                ]
-            } else {
-                flashgate::pipeline::check_driver(
-                    &job.policy,
-                    "stm32-uart",
-                    declared("stm32-uart", true),
-                )?;
-                let baud: u32 = opts
-                    .get("baud")
-                    .map_or(Ok(115_200), |b| b.parse())
-                    .context("baud")?;
-                // Real ports carry the bootloader's 8E1; a pty carries no parity.
-                let even_parity = opts.get("parity").is_none_or(|p| p != "none");
-                let options = flashgate_stm32_uart::Stm32Options {
-                    baud,
-                    ..Default::default()
-                };
-                vec![
-                    Box::new(flashgate::pipeline::BoardsFrom::new(boards, move || {
-                        let link = flashgate_serial::SerialPortTransport::open(
-                            &port,
-                            flashgate_serial::LineConfig { baud, even_parity },
-                        )
-                        .map_err(|e| {
-                            flashgate_target::TargetError::Protocol {
-                                stage: flashgate_target::Stage::Connect,
-                                detail: format!("the bootloader port is missing: {e}"),
-                            }
-                        })?;
-                        Ok(
-                            Box::new(flashgate_stm32_uart::Stm32UartTarget::with_options(
-                                link,
-                                options.clone(),
-                            )) as Box<dyn flashgate_target::Target>,
-                        )
-                    })) as Box<dyn flashgate_target::Fixture>,
-                ]
-            }
-        }
-        other => bail!("unknown target '{other}' (sim, avr-isp or stm32-uart)"),
-    };
+    }
+    flashgate::pipeline::check_driver(&job.policy, driver, spec.capabilities())?;
+    let fixtures = spec.fixtures(
+        &flashgate_target::RunWiring::new(args.channels)
+            .with_boards(args.units)
+            .with_lock_byte(job.policy.lock().avr_lock_byte),
+    );
     // Everything is checked: only now is the run recorded as started.
     flashgate::pipeline::check_validity(&job.policy, &args.job)?;
     flashgate::pipeline::check_quota(
@@ -1034,23 +957,4 @@ fn confirm_reset() -> Result<bool> {
         .read_line(&mut line)
         .context("cannot read the answer")?;
     Ok(line.trim() == "reset")
-}
-
-/// `key=value,key=value` target options.
-fn key_values(s: &str) -> Result<std::collections::HashMap<String, String>> {
-    s.split(',')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            p.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .with_context(|| format!("target option '{p}' is not key=value"))
-        })
-        .collect()
-}
-
-/// Every capability but the ones named.
-/// What a driver declares, given whether the fixture reaches its agent.
-fn declared(driver: &str, agent: bool) -> flashgate_target::Capabilities {
-    flashgate::drivers::declared(driver, flashgate::drivers::Wiring { agent })
-        .unwrap_or_else(flashgate_target::Capabilities::empty)
 }
