@@ -35,7 +35,7 @@ fn cpu_seconds() -> f64 {
 }
 
 fn policy() -> String {
-    flashgate::demo::example_policy()
+    flashgate::lab::example_policy()
         .replace("quota = 1000 ", "quota = 10000000 ")
         .replace("end = 1000 ", "end = 99999999 ")
         .replace("width = 6 ", "width = 8 ")
@@ -45,8 +45,8 @@ fn run(dir: &Path, id: &str, sim: &str, channels: u32, units: u64) -> (f64, f64,
     run_with(dir, id, sim, channels, units, false)
 }
 
-/// `durable`: the HSM counter and the fsynced, checkpointed audit log
-/// (as `flashgate run` uses); otherwise an in-memory counter.
+/// `durable`: the station's run, with the HSM counter and the audit log;
+/// otherwise the pipeline alone with an in-memory counter.
 fn run_with(
     dir: &Path,
     id: &str,
@@ -55,26 +55,34 @@ fn run_with(
     units: u64,
     durable: bool,
 ) -> (f64, f64, u64) {
-    let appliance =
-        Appliance::open(ApplianceConfig::load(&dir.join("appliance.toml")).unwrap()).unwrap();
-    let ledger: Arc<dyn flashgate::pipeline::Ledger> = if durable {
-        let job = flashgate::appliance::ImportedJob::load(
-            &appliance.job_dir(id),
-            &appliance.config.trust.keys,
+    let config = ApplianceConfig::load(&dir.join("appliance.toml")).unwrap();
+    if durable {
+        // As `flashgate run` does it: through the station, with the HSM
+        // counter and the fsynced, checkpointed audit log.
+        let station = flashgate::station::Station::open(
+            config,
+            flashgate::station::Access::Write {
+                purpose: "a benchmark runs".to_owned(),
+            },
         )
         .unwrap();
-        let (l, _) = flashgate::appliance::RunLedger::start(
-            &appliance,
-            job.manifest.job_id,
-            &job.policy,
-            "bench",
-            channels,
-        )
-        .unwrap();
-        Arc::new(l)
-    } else {
-        Arc::new(MemoryLedger::new(10_000_000))
-    };
+        let fixtures =
+            flashgate::station::FixtureSet::parse(&format!("sim:{sim}"), channels).unwrap();
+        let cpu0 = cpu_seconds();
+        let t0 = Instant::now();
+        let handle = station
+            .start_run(
+                &id.parse().unwrap(),
+                fixtures,
+                flashgate::station::StartOptions::new("bench").units(Some(units)),
+            )
+            .unwrap();
+        let s = handle.wait();
+        let wall = t0.elapsed().as_secs_f64();
+        return (wall, cpu_seconds() - cpu0, s.passed);
+    }
+    let appliance = Arc::new(Appliance::open(config).unwrap());
+    let ledger: Arc<dyn flashgate::pipeline::Ledger> = Arc::new(MemoryLedger::new(10_000_000));
     let p = Arc::new(Provisioner::open(appliance, id, ledger).unwrap());
     let fixture = SimFixture::from_options(sim).unwrap();
     let fixtures: Vec<Box<dyn Fixture>> = (0..channels)
@@ -117,9 +125,9 @@ fn main() {
     let small: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7) as u8).collect();
 
     if which == "all" || which == "overhead" {
-        let setup = flashgate::demo::setup(&base.path().join("overhead"), "softhsm", None).unwrap();
+        let setup = flashgate::lab::setup(&base.path().join("overhead"), "softhsm", None).unwrap();
         let big: Vec<u8> = (0..1024 * 1024u32).map(|i| (i * 13) as u8).collect();
-        let job = flashgate::demo::build_and_import(&setup, &policy(), big.clone()).unwrap();
+        let job = flashgate::lab::build_and_import(&setup, &policy(), big.clone()).unwrap();
         let dir = setup.dir.clone();
         drop(setup);
         let sim = "seed=1,timing=realistic,flash-size=2m";
@@ -135,8 +143,8 @@ fn main() {
         );
     }
 
-    let setup = flashgate::demo::setup(&base.path().join("fleet"), "softhsm", None).unwrap();
-    let job = flashgate::demo::build_and_import(&setup, &policy(), small.clone()).unwrap();
+    let setup = flashgate::lab::setup(&base.path().join("fleet"), "softhsm", None).unwrap();
+    let job = flashgate::lab::build_and_import(&setup, &policy(), small.clone()).unwrap();
     let dir = setup.dir.clone();
     drop(setup);
 

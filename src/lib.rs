@@ -10,17 +10,20 @@
 //! - [`package`]: job packages: format, OEM-side builder, parser.
 //! - [`appliance`]: the CM side: config, enrollment, import, job state, audit log.
 //! - [`bundle`]: the audit bundle: export on the appliance, offline verification for the OEM.
+//! - [`station`]: the one API the front ends drive the CM side through.
+//! - [`drivers`]: the target drivers this build has.
+//! - [`lab`]: a fresh appliance with a job, for the demo, benchmarks and tests.
 
 pub mod appliance;
 pub mod bundle;
 pub mod cose;
-pub mod demo;
 pub mod display;
 pub mod drivers;
 pub mod enrollment;
 pub mod hsm;
 pub mod identity;
+pub mod lab;
 pub mod oem;
 pub mod package;
 pub mod pipeline;
-pub mod run_view;
+pub mod station;

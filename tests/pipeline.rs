@@ -66,7 +66,7 @@ fn job(
     lab: &InProcess,
     edit: impl Fn(String) -> String,
     firmware: &[u8],
-) -> (Appliance, String, [u8; 32]) {
+) -> (Arc<Appliance>, String, [u8; 32]) {
     job_from(lab, "sim-secure-mcu.toml", edit, firmware, 0)
 }
 
@@ -77,7 +77,7 @@ fn job_from(
     edit: impl Fn(String) -> String,
     firmware: &[u8],
     address: u32,
-) -> (Appliance, String, [u8; 32]) {
+) -> (Arc<Appliance>, String, [u8; 32]) {
     let text = std::fs::read_to_string(common::repo().join("policies").join(policy)).unwrap();
     let text = common::validity(&text, now() - 3600, now() + 86_400);
     let text = edit(text);
@@ -105,7 +105,11 @@ fn job_from(
     let a =
         Appliance::open(ApplianceConfig::load(&lab.dir.join("appliance.toml")).unwrap()).unwrap();
     a.import(&path).unwrap();
-    (a, built.manifest.job_id_hex(), *built.device_master)
+    (
+        Arc::new(a),
+        built.manifest.job_id_hex(),
+        *built.device_master,
+    )
 }
 
 fn run(

@@ -193,9 +193,31 @@ impl Appliance {
         self.config.state_dir.join("audit")
     }
 
-    /// Opens the audit log (checking it against the HSM's high-water mark)
-    /// with its own token sessions.
-    pub fn audit(&self) -> Result<Audit, ApplianceError> {
+    /// The audit log, opened (and checked against the HSM's high-water
+    /// mark) on first use in this process, then shared.
+    pub fn audit(&self) -> Result<Arc<Audit>, ApplianceError> {
+        let mut cached = self
+            .audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(a) = cached.as_ref() {
+            return Ok(a.clone());
+        }
+        let a = Arc::new(self.open_audit()?);
+        *cached = Some(a.clone());
+        Ok(a)
+    }
+
+    /// Forgets the shared audit log (after a reset moved it away).
+    fn forget_audit(&self) {
+        *self
+            .audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    /// Opens the audit log with its own token sessions.
+    fn open_audit(&self) -> Result<Audit, ApplianceError> {
         let enrollment = self.enrollment()?;
         let dir = self.audit_dir();
         let log = Log::open(
@@ -377,6 +399,8 @@ impl Appliance {
             return Err(ApplianceError::ResetWithoutReason);
         }
         let enrollment = self.enrollment()?;
+        // Judge the log as it is on disk now, not as this process opened it.
+        self.forget_audit();
         let detail = match self.audit() {
             Ok(_) => return Err(ApplianceError::LogIntact),
             Err(ApplianceError::LogDamaged { detail }) => detail,
@@ -707,7 +731,7 @@ fn set_read_only(path: &std::path::Path) -> Result<(), ApplianceError> {
 /// The durable ledger of one run: HSM counter first, then the log; a
 /// checkpoint at run start and end and every N units or T seconds.
 pub struct RunLedger {
-    audit: Audit,
+    audit: Arc<Audit>,
     job_id: [u8; 16],
     run_id: [u8; 16],
     quota: u64,

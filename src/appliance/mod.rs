@@ -18,6 +18,7 @@ pub use lock::{WriterLock, LOCK_FILE, RECOVERING};
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::cose::{Es256Signer, SignerError};
 use crate::enrollment::TransportKeys;
@@ -133,13 +134,31 @@ impl Es256Signer for LogSigner<'_> {
     }
 }
 
-/// An open appliance: config, token and enrollment.
+/// One object on the appliance's token.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TokenObject {
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// `CKA_CLASS`.
+    pub class: cryptoki::object::ObjectClass,
+    /// The attributes that say what the key can be used for.
+    pub attributes: crate::hsm::KeyAttributes,
+}
+
+/// An open appliance: config, token and enrollment. One per process: it
+/// holds the PKCS#11 module and the one open audit log that every run,
+/// import and removal in the process appends to.
 #[derive(Debug)]
 pub struct Appliance {
     /// The configuration.
     pub config: ApplianceConfig,
     /// The token.
     pub token: Token,
+    /// The audit log, opened on first use and shared from then on: two
+    /// handles on one log in one process would each take the other's
+    /// unfinished group commit for a torn tail.
+    audit: Mutex<Option<Arc<audit::Audit>>>,
 }
 
 fn now() -> u64 {
@@ -152,7 +171,11 @@ impl Appliance {
     /// Opens the token named in the config.
     pub fn open(config: ApplianceConfig) -> Result<Self, ApplianceError> {
         let token = Token::open(&config.token)?;
-        Ok(Self { config, token })
+        Ok(Self {
+            config,
+            token,
+            audit: Mutex::new(None),
+        })
     }
 
     fn key_pair(&self, label: &str) -> Result<Option<KeyPair>, ApplianceError> {
@@ -170,6 +193,20 @@ impl Appliance {
             (Some(public), Some(private)) => Some(KeyPair { public, private }),
             _ => None,
         })
+    }
+
+    /// Every labelled object on the token, with its class and attributes
+    /// (for `appliance show`: what a PIN holder would find there).
+    pub fn token_objects(&self) -> Result<Vec<TokenObject>, ApplianceError> {
+        let mut out = Vec::new();
+        for (h, label) in self.token.labelled_objects()? {
+            out.push(TokenObject {
+                label,
+                class: self.token.object_class(h)?,
+                attributes: self.token.key_attributes(h)?,
+            });
+        }
+        Ok(out)
     }
 
     /// `appliance init`: creates both key pairs in the token and writes the

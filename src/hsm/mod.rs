@@ -34,6 +34,7 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
+use std::sync::Mutex;
 use zeroize::Zeroizing;
 
 /// DER encoding of the P-256 curve OID (1.2.840.10045.3.1.7), as `CKA_EC_PARAMS` wants it.
@@ -52,14 +53,44 @@ pub struct TokenDescription {
     pub label: String,
 }
 
-/// An open, logged-in session on the configured token.
+/// The configured token, logged in, with a pool of sessions that share the
+/// login (PKCS#11 logins are per application): safe to use from many
+/// threads at once, each operation on a session of its own.
 pub struct Token {
-    // Field order matters: the session must close before the library finalises.
-    session: Session,
+    // Field order matters: the sessions must close before the library finalises.
+    sessions: Mutex<Vec<Session>>,
     pkcs11: Pkcs11,
     slot: Slot,
     description: TokenDescription,
     mechanisms: Mechanisms,
+}
+
+/// A session taken from the token's pool; given back on drop.
+struct PooledSession<'a> {
+    session: Option<Session>,
+    pool: &'a Mutex<Vec<Session>>,
+}
+
+impl std::ops::Deref for PooledSession<'_> {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        // Present from construction until drop.
+        #[allow(clippy::expect_used)]
+        self.session
+            .as_ref()
+            .expect("a pooled session is present until dropped")
+    }
+}
+
+impl Drop for PooledSession<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            self.pool
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(s);
+        }
+    }
 }
 
 impl std::fmt::Debug for Token {
@@ -324,11 +355,34 @@ impl Token {
             }
         })?;
         Ok(Self {
-            session,
+            sessions: Mutex::new(vec![session]),
             pkcs11,
             slot,
             description,
             mechanisms,
+        })
+    }
+
+    /// A session of the pool (a new one when all are in use); it goes back
+    /// to the pool when the guard drops. Sessions are never closed before
+    /// the token is, so the login and session objects stay.
+    fn session(&self) -> Result<PooledSession<'_>, HsmError> {
+        // A panic elsewhere leaves the idle sessions as valid as they were.
+        let idle = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let session = match idle {
+            Some(s) => s,
+            None => self
+                .pkcs11
+                .open_rw_session(self.slot)
+                .map_err(|e| HsmError::op("open a session", e))?,
+        };
+        Ok(PooledSession {
+            session: Some(session),
+            pool: &self.sessions,
         })
     }
 
@@ -341,7 +395,7 @@ impl Token {
             .open_rw_session(self.slot)
             .map_err(|e| HsmError::op("open a session", e))?;
         Ok(Self {
-            session,
+            sessions: Mutex::new(vec![session]),
             pkcs11: self.pkcs11.clone(),
             slot: self.slot,
             description: self.description.clone(),
@@ -372,21 +426,21 @@ impl Token {
 
     /// Every object whose `CKA_LABEL` equals `label`.
     pub fn find_by_label(&self, label: &str) -> Result<Vec<ObjectHandle>, HsmError> {
-        self.session
+        let session = self.session()?;
+        session
             .find_objects(&[Attribute::Label(label.as_bytes().to_vec())])
             .map_err(|e| HsmError::op("search the token", e))
     }
 
     /// Every token object, with its label (for status listings and clean-up).
     pub fn labelled_objects(&self) -> Result<Vec<(ObjectHandle, String)>, HsmError> {
-        let handles = self
-            .session
+        let session = self.session()?;
+        let handles = session
             .find_objects(&[Attribute::Token(true)])
             .map_err(|e| HsmError::op("search the token", e))?;
         let mut out = Vec::with_capacity(handles.len());
         for h in handles {
-            let attrs = self
-                .session
+            let attrs = session
                 .get_attributes(h, &[AttributeType::Label])
                 .map_err(|e| HsmError::op("read an object label", e))?;
             let label = attrs
@@ -429,6 +483,7 @@ impl Token {
         persist: Option<(&str, &[u8])>,
         usage: KeyUse,
     ) -> Result<(KeyPair, Relaxed), HsmError> {
+        let session = self.session()?;
         let sign = usage == KeyUse::EcSign;
         let mechanism = if sign {
             MechanismType::ECDSA
@@ -464,8 +519,7 @@ impl Token {
                 private.with_array(CKA_DERIVE_TEMPLATE, &forced_secret(&self.ecdh_next_steps()));
         }
         let ((public, private), relaxed) = tolerant(private, |private| {
-            self.session
-                .generate_key_pair(&Mechanism::EccKeyPairGen, &public, private)
+            session.generate_key_pair(&Mechanism::EccKeyPairGen, &public, private)
         })
         .map_err(|e| HsmError::op("generate a P-256 key pair", e))?;
         Ok((KeyPair { public, private }, relaxed))
@@ -476,6 +530,7 @@ impl Token {
     /// known-answer tests with published keys: real appliance keys are
     /// generated inside the token.
     pub fn import_p256_derive_key(&self, scalar: &[u8; 32]) -> Result<ObjectHandle, HsmError> {
+        let session = self.session()?;
         let mut attrs = vec![
             Attribute::Class(ObjectClass::PRIVATE_KEY),
             Attribute::KeyType(KeyType::EC),
@@ -490,15 +545,15 @@ impl Token {
         attrs.extend(locked(&[MechanismType::ECDH1_DERIVE]));
         let template = Template::new(attrs)
             .with_array(CKA_DERIVE_TEMPLATE, &forced_secret(&self.ecdh_next_steps()));
-        tolerant(template, |t| self.session.create_object(t))
+        tolerant(template, |t| session.create_object(t))
             .map(|(h, _)| h)
             .map_err(|e| HsmError::op("import an EC private key", e))
     }
 
     /// The uncompressed SEC1 point (65 bytes) of an EC public key object.
     pub fn ec_point(&self, public: ObjectHandle) -> Result<[u8; 65], HsmError> {
-        let attrs = self
-            .session
+        let session = self.session()?;
+        let attrs = session
             .get_attributes(public, &[AttributeType::EcPoint])
             .map_err(|e| HsmError::op("read an EC public key", e))?;
         let raw = attrs
@@ -525,8 +580,8 @@ impl Token {
 
     /// ECDSA P-256 over a SHA-256 digest computed by the caller; returns r||s.
     pub fn sign_prehash(&self, key: ObjectHandle, digest: &[u8; 32]) -> Result<[u8; 64], HsmError> {
-        let sig = self
-            .session
+        let session = self.session()?;
+        let sig = session
             .sign(&Mechanism::Ecdsa, key, digest)
             .map_err(|e| HsmError::op("sign with ECDSA", e))?;
         sig.as_slice().try_into().map_err(|_| {
@@ -540,8 +595,9 @@ impl Token {
         key: ObjectHandle,
         data: &[u8],
     ) -> Result<Zeroizing<[u8; 32]>, HsmError> {
+        let session = self.session()?;
         let mac = Zeroizing::new(
-            self.session
+            session
                 .sign(&Mechanism::Sha256Hmac, key, data)
                 .map_err(|e| HsmError::op("compute HMAC-SHA256", e))?,
         );
@@ -557,7 +613,8 @@ impl Token {
 
     /// Random bytes from the token's RNG.
     pub fn random(&self, out: &mut [u8]) -> Result<(), HsmError> {
-        self.session
+        let session = self.session()?;
+        session
             .generate_random_slice(out)
             .map_err(|e| HsmError::op("draw random bytes", e))
     }
@@ -633,25 +690,24 @@ impl Token {
         kdf: EcdhKdf<'_>,
         kek_len: u64,
     ) -> Result<(ObjectHandle, Relaxed), HsmError> {
+        let session = self.session()?;
         let ecdh = Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), ephemeral_point));
         let (shared, relaxed_shared) = tolerant(Self::ecdh_shared_template(kdf), |t| {
-            self.session.derive_key(&ecdh, private, t)
+            session.derive_key(&ecdh, private, t)
         })
         .map_err(|e| HsmError::op("derive the ECDH shared secret", e))?;
         let result = tolerant(Self::kek_template(kek_len), |t| match kdf {
             EcdhKdf::Hkdf { info } => {
                 let params =
                     HkdfParams::new(MechanismType::SHA256_HMAC, Some(HkdfSalt::Null), Some(info));
-                self.session
-                    .derive_key(&Mechanism::HkdfDerive(params), shared, t)
+                session.derive_key(&Mechanism::HkdfDerive(params), shared, t)
             }
             EcdhKdf::AesCbc { context } => {
                 let params = AesCbcDeriveParams::new([0u8; 16], context);
-                self.session
-                    .derive_key(&Mechanism::AesCbcEncryptData(params), shared, t)
+                session.derive_key(&Mechanism::AesCbcEncryptData(params), shared, t)
             }
         });
-        let _ = self.session.destroy_object(shared);
+        let _ = session.destroy_object(shared);
         let (kek, relaxed_kek) =
             result.map_err(|e| HsmError::op("derive the key-encryption key", e))?;
         Ok((kek, relaxed_shared | relaxed_kek))
@@ -760,8 +816,9 @@ impl Token {
         usage: KeyUse,
         persist: Option<(&str, &[u8])>,
     ) -> Result<(ObjectHandle, Relaxed), HsmError> {
+        let session = self.session()?;
         tolerant(Self::unwrapped_template(usage, persist), |t| {
-            self.session.unwrap_key(mechanism, kek, wrapped, t)
+            session.unwrap_key(mechanism, kek, wrapped, t)
         })
         .map_err(|e| HsmError::op("unwrap a key", e))
     }
@@ -774,10 +831,11 @@ impl Token {
         aad: &[u8],
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        let session = self.session()?;
         let mut iv = *iv;
         let params = GcmParams::new(&mut iv, aad, 128.into())
             .map_err(|e| HsmError::op("prepare AES-GCM parameters", e))?;
-        self.session
+        session
             .decrypt(&Mechanism::AesGcm(params), key, ciphertext)
             .map(Zeroizing::new)
             .map_err(|e| HsmError::op("decrypt with AES-GCM", e))
@@ -785,7 +843,8 @@ impl Token {
 
     /// Creates a token data object (`CKO_DATA`) with a label and a value.
     pub fn create_data(&self, label: &str, value: &[u8]) -> Result<ObjectHandle, HsmError> {
-        self.session
+        let session = self.session()?;
+        session
             .create_object(&[
                 Attribute::Class(ObjectClass::DATA),
                 Attribute::Token(true),
@@ -799,8 +858,8 @@ impl Token {
 
     /// The `CKA_VALUE` of a data object.
     pub fn data_value(&self, object: ObjectHandle) -> Result<Vec<u8>, HsmError> {
-        let attrs = self
-            .session
+        let session = self.session()?;
+        let attrs = session
             .get_attributes(object, &[AttributeType::Value])
             .map_err(|e| HsmError::op("read a data object", e))?;
         attrs
@@ -814,13 +873,15 @@ impl Token {
 
     /// Destroys an object.
     pub fn destroy(&self, object: ObjectHandle) -> Result<(), HsmError> {
-        self.session
+        let session = self.session()?;
+        session
             .destroy_object(object)
             .map_err(|e| HsmError::op("destroy an object", e))
     }
 
     /// Reads back the attributes that decide whether a key can leave the token.
     pub fn key_attributes(&self, key: ObjectHandle) -> Result<KeyAttributes, HsmError> {
+        let session = self.session()?;
         let wanted = [
             AttributeType::Token,
             AttributeType::Sensitive,
@@ -842,7 +903,7 @@ impl Token {
         for t in wanted {
             // Asked one at a time: a key type without the attribute answers
             // CKR_ATTRIBUTE_TYPE_INVALID, which simply means "false".
-            let Ok(attrs) = self.session.get_attributes(key, &[t]) else {
+            let Ok(attrs) = session.get_attributes(key, &[t]) else {
                 continue;
             };
             for a in attrs {
@@ -874,8 +935,8 @@ impl Token {
 
     /// The object's class, for listings.
     pub fn object_class(&self, object: ObjectHandle) -> Result<ObjectClass, HsmError> {
-        let attrs = self
-            .session
+        let session = self.session()?;
+        let attrs = session
             .get_attributes(object, &[AttributeType::Class])
             .map_err(|e| HsmError::op("read an object class", e))?;
         attrs

@@ -12,6 +12,7 @@ use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::misc::{ExtractParams, KeyDerivationStringData};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
 use zeroize::Zeroizing;
 
 use super::{EcdhKdf, HsmError, KeyUse, Profile, Relaxed, Token};
@@ -134,6 +135,7 @@ pub fn probe(token: &Token) -> Result<ExtractionProbe, HsmError> {
     for profile in token.mechanisms().supported_profiles() {
         let mut scratch = Scratch {
             token,
+            session: token.session()?,
             handles: Vec::new(),
         };
         let findings = probe_ecdh_profile(&mut scratch, profile)?;
@@ -145,6 +147,8 @@ pub fn probe(token: &Token) -> Result<ExtractionProbe, HsmError> {
 /// Objects the probe made; destroyed when dropped.
 struct Scratch<'a> {
     token: &'a Token,
+    /// One session for the whole probe: its session objects live as long.
+    session: super::PooledSession<'a>,
     handles: Vec<ObjectHandle>,
 }
 
@@ -158,7 +162,7 @@ impl Scratch<'_> {
 impl Drop for Scratch<'_> {
     fn drop(&mut self) {
         for h in self.handles.drain(..).rev() {
-            let _ = self.token.session.destroy_object(h);
+            let _ = self.session.destroy_object(h);
         }
     }
 }
@@ -408,8 +412,9 @@ fn shared_secret(
         }
     };
     let ecdh = ecdh_mechanism(&point);
+    let session = token.session()?;
     let (h, r) = super::tolerant(Token::ecdh_shared_template(kdf), |t| {
-        token.session.derive_key(&ecdh, ka, t)
+        session.derive_key(&ecdh, ka, t)
     })
     .map_err(|e| HsmError::op("derive the ECDH shared secret", e))?;
     Ok((h, point, r))
@@ -433,8 +438,8 @@ fn extractable_template(len: u64) -> Vec<Attribute> {
 }
 
 /// Reads `CKA_VALUE` of a key the probe made; its length if the token gave it.
-fn readable_value(token: &Token, h: ObjectHandle) -> Result<usize, String> {
-    match token.session.get_attributes(h, &[AttributeType::Value]) {
+fn readable_value(session: &Session, h: ObjectHandle) -> Result<usize, String> {
+    match session.get_attributes(h, &[AttributeType::Value]) {
         Ok(attrs) => attrs
             .into_iter()
             .find_map(|a| match a {
@@ -467,13 +472,13 @@ fn derive_out(
             format!("the token does not offer {}", mechanism.mechanism_type()),
         );
     }
-    match token
+    match s
         .session
         .derive_key(mechanism, base, &extractable_template(len))
     {
         Ok(h) => {
             s.keep(h);
-            match readable_value(token, h) {
+            match readable_value(&s.session, h) {
                 Ok(n) => finding(
                     profile,
                     key,
@@ -555,7 +560,7 @@ fn set_attribute_paths(s: &mut Scratch<'_>, profile: Profile, t: &Target) -> Vec
                 );
             }
             let exposes = matches!(attr, Attribute::Extractable(_) | Attribute::Sensitive(_));
-            match token.session.update_attributes(t.handle, &[attr]) {
+            match s.session.update_attributes(t.handle, &[attr]) {
                 Ok(()) if exposes => finding(
                     profile,
                     t.name,
@@ -577,15 +582,14 @@ fn set_attribute_paths(s: &mut Scratch<'_>, profile: Profile, t: &Target) -> Vec
 }
 
 fn copy_path(s: &mut Scratch<'_>, profile: Profile, t: &Target) -> Finding {
-    let token = s.token;
     let path = "copy-extractable";
-    match token.session.copy_object(
+    match s.session.copy_object(
         t.handle,
         &[Attribute::Extractable(true), Attribute::Sensitive(false)],
     ) {
         Ok(h) => {
             s.keep(h);
-            let detail = match readable_value(token, h) {
+            let detail = match readable_value(&s.session, h) {
                 Ok(n) => format!("the copy gave {n} bytes of key material"),
                 Err(why) => format!("the token made an extractable copy ({why})"),
             };

@@ -154,6 +154,7 @@ impl Token {
         label: Option<&str>,
         support: TransportSupport,
     ) -> Result<KeyPair, HsmError> {
+        let session = self.session()?;
         let persist = label.is_some();
         let mut public = vec![
             Attribute::Token(persist),
@@ -200,8 +201,7 @@ impl Token {
                 "the unwrap template of a transport key cannot be laid out on this platform",
             ));
         }
-        let (public, private) = self
-            .session
+        let (public, private) = session
             .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, private.attrs())
             .map_err(|e| HsmError::op("generate an RSA transport key pair", e))?;
         Ok(KeyPair { public, private })
@@ -209,8 +209,8 @@ impl Token {
 
     /// The public key of an RSA key pair.
     pub fn rsa_public_key(&self, public: ObjectHandle) -> Result<::rsa::PublicKey, HsmError> {
-        let attrs = self
-            .session
+        let session = self.session()?;
+        let attrs = session
             .get_attributes(
                 public,
                 &[AttributeType::Modulus, AttributeType::PublicExponent],
@@ -256,6 +256,7 @@ impl Token {
         wrapped: &[u8],
         persist: Option<(&str, &[u8])>,
     ) -> Result<ObjectHandle, HsmError> {
+        let session = self.session()?;
         let attempt = |lock: bool| {
             let mut template = role.result_template(lock);
             template.push(Attribute::Token(persist.is_some()));
@@ -264,8 +265,7 @@ impl Token {
                 template.push(Attribute::Label(label.as_bytes().to_vec()));
                 template.push(Attribute::Id(id.to_vec()));
             }
-            self.session
-                .unwrap_key(&hash.mechanism(), transport, wrapped, &template)
+            session.unwrap_key(&hash.mechanism(), transport, wrapped, &template)
         };
         // Locked results first; a token that cannot lock them (SoftHSM 2.6)
         // made its transport keys without the lock and refuses this template.
@@ -299,6 +299,7 @@ impl Token {
         role: TransportRole,
         support: TransportSupport,
     ) -> Result<(), HsmError> {
+        let session = self.session()?;
         let pair = self.generate_transport_key(role, None, support)?;
         let result = (|| {
             let public = self.rsa_public_key(pair.public)?;
@@ -309,7 +310,7 @@ impl Token {
                 .map_err(|_| HsmError::Unexpected("host-side RSA-OAEP failed"))?;
             let key = self.unwrap_oaep(pair.private, support.hash, role, &wrapped, None)?;
             let attrs = self.key_attributes(key);
-            let _ = self.session.destroy_object(key);
+            let _ = session.destroy_object(key);
             let attrs = attrs?;
             if attrs.extractable || !attrs.sensitive {
                 return Err(HsmError::Unexpected(
@@ -318,8 +319,8 @@ impl Token {
             }
             Ok(())
         })();
-        let _ = self.session.destroy_object(pair.private);
-        let _ = self.session.destroy_object(pair.public);
+        let _ = session.destroy_object(pair.private);
+        let _ = session.destroy_object(pair.public);
         result
     }
 
@@ -334,10 +335,11 @@ impl Token {
         &self,
         support: TransportSupport,
     ) -> Result<Vec<(&'static str, bool, String)>, HsmError> {
+        let session = self.session()?;
         let mut made: Vec<ObjectHandle> = Vec::new();
         let result = self.probe_with(support, &mut made);
         for h in made {
-            let _ = self.session.destroy_object(h);
+            let _ = session.destroy_object(h);
         }
         result
     }
@@ -347,6 +349,7 @@ impl Token {
         support: TransportSupport,
         made: &mut Vec<ObjectHandle>,
     ) -> Result<Vec<(&'static str, bool, String)>, HsmError> {
+        let session = self.session()?;
         let mut findings = Vec::new();
         let mut keys = Vec::new();
         for role in TransportRole::ALL {
@@ -396,9 +399,7 @@ impl Token {
             for (path, edit) in loosen {
                 let mut t = role.result_template(support.lock);
                 edit(&mut t);
-                let r = self
-                    .session
-                    .unwrap_key(&mech, transport, blob, &session_tpl(t));
+                let r = session.unwrap_key(&mech, transport, blob, &session_tpl(t));
                 findings.push(self.judge_object(path, role, r, made));
             }
             // Another mechanism under the transport key: raw RSA would hand
@@ -413,22 +414,22 @@ impl Token {
                     Attribute::Sensitive(false),
                     Attribute::Extractable(true),
                 ]);
-                let r = self.session.unwrap_key(&m, transport, blob, &t);
+                let r = session.unwrap_key(&m, transport, blob, &t);
                 findings.push(self.judge_object(path, role, r, made));
             }
             // The private-key operation itself.
             for (path, r) in [
                 (
                     "C_Decrypt with the transport key (OAEP)",
-                    self.session.decrypt(&mech, transport, blob),
+                    session.decrypt(&mech, transport, blob),
                 ),
                 (
                     "C_Decrypt with the transport key (raw RSA)",
-                    self.session.decrypt(&Mechanism::RsaX509, transport, blob),
+                    session.decrypt(&Mechanism::RsaX509, transport, blob),
                 ),
                 (
                     "C_Sign with the transport key (raw RSA)",
-                    self.session.sign(&Mechanism::RsaX509, transport, blob),
+                    session.sign(&Mechanism::RsaX509, transport, blob),
                 ),
             ] {
                 findings.push(judge_bytes(path, role, r));
@@ -452,16 +453,13 @@ impl Token {
                     ]),
                 ),
             ] {
-                let r = self.session.update_attributes(transport, &[attr]);
+                let r = session.update_attributes(transport, &[attr]);
                 let extracted = r.is_ok()
-                    && (self.session.decrypt(&mech, transport, blob).is_ok()
-                        || self
-                            .session
-                            .sign(&Mechanism::RsaX509, transport, blob)
-                            .is_ok());
+                    && (session.decrypt(&mech, transport, blob).is_ok()
+                        || session.sign(&Mechanism::RsaX509, transport, blob).is_ok());
                 findings.push((path, extracted, outcome(role, r.map(|()| "changed"))));
             }
-            let r = self.session.copy_object(
+            let r = session.copy_object(
                 transport,
                 &[
                     Attribute::Token(false),
@@ -472,8 +470,8 @@ impl Token {
             let extracted = match &r {
                 Ok(copy) => {
                     made.push(*copy);
-                    self.session.decrypt(&mech, *copy, blob).is_ok()
-                        || self.session.sign(&Mechanism::RsaX509, *copy, blob).is_ok()
+                    session.decrypt(&mech, *copy, blob).is_ok()
+                        || session.sign(&Mechanism::RsaX509, *copy, blob).is_ok()
                 }
                 Err(_) => false,
             };
@@ -488,7 +486,7 @@ impl Token {
                     continue;
                 }
                 let t = session_tpl(role.result_template(support.lock));
-                let r = self.session.unwrap_key(&mech, transport, other_blob, &t);
+                let r = session.unwrap_key(&mech, transport, other_blob, &t);
                 let mut f = self.judge_object(
                     "unwrap another role's blob under this role's key",
                     role,
@@ -513,8 +511,12 @@ impl Token {
         key: ObjectHandle,
         made: &mut Vec<ObjectHandle>,
     ) -> Vec<(&'static str, bool, String)> {
+        let session = match self.session() {
+            Ok(s) => s,
+            Err(e) => return vec![("session", true, format!("not measured: {e}"))],
+        };
         let mut out = Vec::new();
-        let value = self.session.get_attributes(key, &[AttributeType::Value]);
+        let value = session.get_attributes(key, &[AttributeType::Value]);
         let leaked = self.value_readable(key);
         out.push((
             "read CKA_VALUE of the unwrapped key",
@@ -549,14 +551,14 @@ impl Token {
                 Attribute::Unwrap(true),
             ),
         ] {
-            let r = self.session.update_attributes(key, &[attr]);
+            let r = session.update_attributes(key, &[attr]);
             out.push((
                 path,
                 self.value_readable(key),
                 outcome(role, r.map(|()| "changed")),
             ));
         }
-        let r = self.session.copy_object(
+        let r = session.copy_object(
             key,
             &[
                 Attribute::Token(false),
@@ -577,7 +579,7 @@ impl Token {
             outcome(role, r.map(|_| "copied")),
         ));
         // Wrap it out under a key the attacker owns.
-        let kek = self.session.generate_key(
+        let kek = session.generate_key(
             &Mechanism::AesKeyGen,
             &[
                 Attribute::Token(false),
@@ -593,7 +595,7 @@ impl Token {
         let (leaked, detail) = match kek {
             Ok(kek) => {
                 made.push(kek);
-                let r = self.session.wrap_key(&Mechanism::AesKeyWrapPad, kek, key);
+                let r = session.wrap_key(&Mechanism::AesKeyWrapPad, kek, key);
                 (r.is_ok(), outcome(role, r.map(|_| "wrapped out")))
             }
             Err(e) => (
@@ -620,9 +622,7 @@ impl Token {
             Some(cryptoki::mechanism::hkdf::HkdfSalt::Null),
             None,
         );
-        let r = self
-            .session
-            .derive_key(&Mechanism::HkdfDerive(hkdf), key, &tpl);
+        let r = session.derive_key(&Mechanism::HkdfDerive(hkdf), key, &tpl);
         if let Ok(h) = &r {
             made.push(*h);
         }
@@ -632,7 +632,7 @@ impl Token {
             outcome(role, r.map(|_| "derived")),
         ));
         // Use it to unwrap (an unwrapped key must not be an intermediate).
-        let r = self.session.unwrap_key(
+        let r = session.unwrap_key(
             &Mechanism::AesKeyWrapPad,
             key,
             &[0u8; 40],
@@ -673,7 +673,11 @@ impl Token {
     /// Whether the key's value can be read: the secret itself, or (after
     /// raw RSA) its padded block, which decodes to it on the host.
     fn value_readable(&self, key: ObjectHandle) -> bool {
-        self.session
+        // Without a session nothing is shown to be unreadable.
+        let Ok(session) = self.session() else {
+            return true;
+        };
+        session
             .get_attributes(key, &[AttributeType::Value])
             .is_ok_and(|v| {
                 v.iter()

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod certs;
+pub mod job;
 pub mod pkcs11_uri;
 
 use std::fs;

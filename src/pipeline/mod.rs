@@ -328,7 +328,7 @@ impl RunSummary {
 
 /// The job-CA key in the HSM as a signer.
 struct HsmSigner<'a> {
-    appliance: &'a Mutex<Appliance>,
+    appliance: &'a Appliance,
     key: ObjectHandle,
     public: [u8; 65],
 }
@@ -338,11 +338,8 @@ impl Es256Signer for HsmSigner<'_> {
         self.public
     }
     fn sign_digest(&self, digest: &[u8; 32]) -> Result<[u8; 64], SignerError> {
-        let a = self
-            .appliance
-            .lock()
-            .map_err(|_| SignerError("HSM lock poisoned".to_owned()))?;
-        a.token
+        self.appliance
+            .token
             .sign_prehash(self.key, digest)
             .map_err(|e| SignerError(e.to_string()))
     }
@@ -351,7 +348,7 @@ impl Es256Signer for HsmSigner<'_> {
 /// An imported job, opened for programming: its keys found in the token and
 /// its firmware decrypted (in the HSM) into zeroizing memory.
 pub struct Provisioner {
-    appliance: Mutex<Appliance>,
+    appliance: Arc<Appliance>,
     job_id: [u8; 16],
     policy: Policy,
     images: Vec<(u32, Zeroizing<Vec<u8>>)>,
@@ -390,7 +387,11 @@ fn handle(appliance: &Appliance, id: &str, name: &str) -> Result<ObjectHandle, R
 
 impl Provisioner {
     /// Opens job `id` on `appliance`, counting through `ledger`.
-    pub fn open(appliance: Appliance, id: &str, ledger: Arc<dyn Ledger>) -> Result<Self, RunError> {
+    pub fn open(
+        appliance: Arc<Appliance>,
+        id: &str,
+        ledger: Arc<dyn Ledger>,
+    ) -> Result<Self, RunError> {
         let (job, images) = appliance.open_job_firmware(id)?;
         let uids = UidIndex::new(&appliance.job_dir(id).join("uids"));
         check_validity(&job.policy, id)?;
@@ -411,7 +412,7 @@ impl Provisioner {
         let firmware_digest = digest_of_images(&images, &regions)
             .map_err(|e| RunError::Firmware(format!("cannot measure the job's images: {e}")))?;
         Ok(Self {
-            appliance: Mutex::new(appliance),
+            appliance,
             job_id: job.manifest.job_id,
             policy: job.policy,
             images,
@@ -450,11 +451,7 @@ impl Provisioner {
         &self,
         f: impl FnOnce(&Appliance) -> Result<T, crate::hsm::HsmError>,
     ) -> Result<T, String> {
-        let a = self
-            .appliance
-            .lock()
-            .map_err(|_| "HSM lock poisoned".to_owned())?;
-        f(&a).map_err(|e| e.to_string())
+        f(&self.appliance).map_err(|e| e.to_string())
     }
 
     /// Programs boards from `fixtures` (one per channel) until they run out,

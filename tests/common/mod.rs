@@ -346,7 +346,7 @@ pub fn sim_policy_text() -> String {
 
 /// Replaces the policy's `[job]` validity window.
 pub fn validity(text: &str, from: u64, until: u64) -> String {
-    flashgate::demo::with_validity(text, from, until)
+    flashgate::lab::with_validity(text, from, until)
 }
 
 pub fn both() -> [Kind; 2] {

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::pipeline::{RunEvent, RunSummary, UnitResult};
+use flashgate::pipeline::{RunEvent, RunSummary, UnitResult};
 
 /// Renders run events for people.
 #[derive(Debug)]
@@ -88,7 +88,7 @@ impl ProgressView {
                     let _ = std::fs::create_dir_all(dir);
                     let _ = std::fs::write(
                         dir.join(format!("{serial}.pem")),
-                        crate::oem::certs::der_to_pem(cert, "CERTIFICATE"),
+                        flashgate::oem::certs::der_to_pem(cert, "CERTIFICATE"),
                     );
                 }
                 if let Ok(mut c) = self.counts.lock() {

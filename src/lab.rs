@@ -1,54 +1,29 @@
-//! `flashgate demo`: the whole story on fresh parts, with nothing set up
-//! beforehand. A fresh token directory; OEM keys and the appliance's
-//! enrollment; a job built from the example policy and an example firmware
-//! image; import; then units programmed across several simulated channels
-//! with realistic timing and a few injected faults; a summary and the paths
-//! of everything left behind.
+//! A lab: a fresh appliance on a fresh token with OEM material beside it,
+//! and a job built and imported on it. The demo, the benchmarks and the
+//! tests set up through it, so that each sets up the same way the user's
+//! commands do: through the station.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
-use crate::appliance::{Appliance, ApplianceConfig};
-use crate::pipeline::{Provisioner, RunEvent, RunOptions, StopHandle};
+use crate::appliance::ApplianceConfig;
+use crate::station::Station;
 
 /// The example policy, with its validity window moved around today.
 const POLICY: &str = include_str!("../policies/sim-secure-mcu.toml");
 
-/// Options of `flashgate demo`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DemoArgs {
-    /// Where to put everything (emptied first).
-    #[arg(long, default_value = "demo-out")]
-    pub dir: PathBuf,
-    /// Token to use: softhsm or kryoptic.
-    #[arg(long, default_value = "softhsm")]
-    pub token: String,
-    /// PKCS#11 module (default: Debian's SoftHSM2, or the Kryoptic module built by scripts/tokens.sh).
-    #[arg(long)]
-    pub module: Option<PathBuf>,
-    /// Units to program.
-    #[arg(long, default_value_t = 200)]
-    pub units: u64,
-    /// Channels programming at once.
-    #[arg(long, default_value_t = 8)]
-    pub channels: u32,
-    /// Simulated target options (see the `sim` target).
-    #[arg(long, default_value = "seed=7,timing=realistic,fault-rate=0.03")]
-    pub sim: String,
-}
-
-/// Why the demo stopped.
+/// Why a lab could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("demo: {0}")]
-pub struct DemoError(String);
+#[error("lab: {0}")]
+pub struct LabError(String);
 
-fn err(e: impl std::fmt::Display) -> DemoError {
-    DemoError(e.to_string())
+fn err(e: impl std::fmt::Display) -> LabError {
+    LabError(e.to_string())
 }
 
-fn step(s: &str) {
+/// Prints the heading of one step of the story.
+pub fn step(s: &str) {
     eprintln!("\n== {s}");
 }
 
@@ -57,8 +32,8 @@ fn step(s: &str) {
 pub struct Setup {
     /// The directory holding everything.
     pub dir: PathBuf,
-    /// The enrolled appliance.
-    pub appliance: Appliance,
+    /// The enrolled appliance, open with the writer lock.
+    pub station: Station,
     /// The OEM directory (key files).
     pub oem_dir: PathBuf,
     /// The appliance's enrollment record.
@@ -67,7 +42,7 @@ pub struct Setup {
 
 /// A job built and imported on a [`Setup`].
 #[derive(Debug)]
-pub struct ImportedDemoJob {
+pub struct ImportedLabJob {
     /// Job id (hex).
     pub id: String,
     /// The package file.
@@ -78,7 +53,7 @@ pub struct ImportedDemoJob {
 
 /// Creates `dir` (emptied first), a fresh `token` ("softhsm" or "kryoptic"),
 /// OEM keys, and enrolls an appliance.
-pub fn setup(dir: &Path, token: &str, module: Option<PathBuf>) -> Result<Setup, DemoError> {
+pub fn setup(dir: &Path, token: &str, module: Option<PathBuf>) -> Result<Setup, LabError> {
     if dir.exists() {
         fs::remove_dir_all(dir).map_err(err)?;
     }
@@ -104,9 +79,9 @@ pub fn setup(dir: &Path, token: &str, module: Option<PathBuf>) -> Result<Setup, 
         ),
     )
     .map_err(err)?;
-    let appliance =
-        Appliance::open(ApplianceConfig::load(&config_path).map_err(err)?).map_err(err)?;
-    let (record, enrollment) = appliance.enroll().map_err(err)?;
+    let station = Station::open_for_enrollment(ApplianceConfig::load(&config_path).map_err(err)?)
+        .map_err(err)?;
+    let (record, enrollment) = station.enroll().map_err(err)?;
     fs::write(dir.join("enrollment.cbor"), &record).map_err(err)?;
     eprintln!(
         "   appliance {} on {} {}, profiles: {}",
@@ -124,7 +99,7 @@ pub fn setup(dir: &Path, token: &str, module: Option<PathBuf>) -> Result<Setup, 
     eprintln!("   fingerprint {}", enrollment.fingerprint());
     Ok(Setup {
         dir,
-        appliance,
+        station,
         oem_dir,
         enrollment,
     })
@@ -163,7 +138,7 @@ pub fn build_and_import(
     setup: &Setup,
     policy_text: &str,
     firmware: Vec<u8>,
-) -> Result<ImportedDemoJob, DemoError> {
+) -> Result<ImportedLabJob, LabError> {
     step("OEM: build a job for this appliance");
     let dir = &setup.dir;
     fs::write(dir.join("policy.toml"), policy_text).map_err(err)?;
@@ -198,134 +173,13 @@ pub fn build_and_import(
     );
 
     step("CM: import the job (verify, unwrap into the HSM, decrypt and check in the HSM)");
-    let imported = setup.appliance.import(&path).map_err(err)?;
+    let imported = setup.station.import(&path).map_err(err)?;
     eprintln!("   imported; quota {}", imported.policy.job().quota);
-    Ok(ImportedDemoJob { id, path, imported })
-}
-
-/// Runs the demo; returns the exit code (0: the run completed).
-pub fn run(args: &DemoArgs) -> Result<u8, DemoError> {
-    let setup = setup(&args.dir, &args.token, args.module.clone())?;
-    // An example firmware image: 64 KiB at the start of flash.
-    let firmware: Vec<u8> = (0..64 * 1024u32)
-        .map(|i| (i.wrapping_mul(31) ^ (i >> 9)) as u8)
-        .collect();
-    let job = build_and_import(&setup, &example_policy(), firmware)?;
-    let Setup {
-        dir,
-        appliance,
-        oem_dir,
-        ..
-    } = setup;
-    let (id, job_path) = (job.id.clone(), job.path.clone());
-    let cert_dir = appliance.job_dir(&id).join("certs");
-
-    step(&format!(
-        "CM: program {} units on {} channels ({})",
-        args.units, args.channels, args.sim
-    ));
-    let job_id = job.imported.manifest.job_id;
-    let quota = job.imported.policy.job().quota;
-    let (ledger, _) = crate::appliance::RunLedger::start(
-        &appliance,
-        job_id,
-        &job.imported.policy,
-        "demo operator",
-        args.channels,
-    )
-    .map_err(err)?;
-    let audit_dir = appliance.audit_dir();
-    let enrollment_bytes = fs::read(appliance.enrollment_path()).map_err(err)?;
-    let cert_der_dir = appliance.certificate_dir(&job_id);
-    let ledger = Arc::new(ledger);
-    let provisioner = Arc::new(Provisioner::open(appliance, &id, ledger).map_err(err)?);
-    provisioner
-        .check_driver("sim", flashgate_target::Capabilities::all())
-        .map_err(err)?;
-    let fixture = flashgate_target_sim::SimFixture::from_options(&args.sim).map_err(err)?;
-    let fixtures = (0..args.channels)
-        .map(|_| Box::new(fixture.clone()) as Box<dyn flashgate_target::Fixture>)
-        .collect();
-    let events_path = dir.join("run-events.jsonl");
-    let events = std::sync::Mutex::new(fs::File::create(&events_path).map_err(err)?);
-    let view =
-        crate::run_view::ProgressView::new(args.channels, quota, 0, Some(cert_dir.clone()), true);
-    let v = view.clone();
-    let sink: Arc<dyn Fn(RunEvent) + Send + Sync> = Arc::new(move |e: RunEvent| {
-        if let (Ok(line), Ok(mut f)) = (serde_json::to_string(&e), events.lock()) {
-            use std::io::Write as _;
-            let _ = writeln!(f, "{line}");
-        }
-        v.event(&e);
-    });
-    let rt = crate::pipeline::runtime(args.channels).map_err(err)?;
-    let summary = rt.block_on(provisioner.clone().run(
-        fixtures,
-        RunOptions {
-            units: Some(args.units),
-            block: 16,
-        },
-        StopHandle::default(),
-        sink,
-    ));
-    view.finish();
-    println!("{}", crate::run_view::summary_table(&summary));
-    drop(provisioner);
-
-    step("CM: export the audit bundle for the OEM");
-    let bundle_dir = dir.join("audit-bundle");
-    let package = fs::read(&job_path).map_err(err)?;
-    crate::bundle::export_bundle(
-        &audit_dir,
-        enrollment_bytes,
-        &package,
-        &cert_der_dir,
-        &job_id,
-        &bundle_dir,
-    )
-    .map_err(err)?;
-    eprintln!("   {}", bundle_dir.display());
-
-    step("OEM security team: verify the bundle offline (pinned OEM key and enrollment)");
-    let oem_key =
-        crate::oem::read_public_key_pem(&oem_dir.join("signing-key.pub.pem")).map_err(err)?;
-    let pinned = crate::enrollment::VerifiedEnrollment::parse(
-        &fs::read(dir.join("enrollment.cbor")).map_err(err)?,
-    )
-    .map_err(err)?
-    .fingerprint();
-    let report = crate::bundle::verify_bundle(&bundle_dir, &oem_key, Some(&pinned), None)
-        .map_err(err)?
-        .report;
-    println!("{report}");
-    println!("left behind:");
-    println!("  OEM material       {}", oem_dir.display());
-    println!(
-        "  enrollment record  {}",
-        dir.join("enrollment.cbor").display()
-    );
-    println!("  job package        {}", job_path.display());
-    println!("  device certs       {}", cert_dir.display());
-    println!("  run events (JSON)  {}", events_path.display());
-    println!("  audit log          {}", audit_dir.display());
-    println!("  audit bundle       {}", bundle_dir.display());
-    println!("check any certificate chain with:");
-    println!(
-        "  openssl verify -CAfile {} -untrusted {} {}/<serial>.pem",
-        oem_dir.join("root-cert.pem").display(),
-        dir.join("job-ca.pem").display(),
-        cert_dir.display()
-    );
-    println!(
-        "verify again with: flashgate audit verify {} --oem {}",
-        bundle_dir.display(),
-        oem_dir.join("signing-key.pub.pem").display()
-    );
-    Ok(if report.is_clean() { 0 } else { 1 })
+    Ok(ImportedLabJob { id, path, imported })
 }
 
 /// Creates a fresh token under `dir` and points this process at it.
-fn init_token(token: &str, module: Option<PathBuf>, dir: &Path) -> Result<PathBuf, DemoError> {
+fn init_token(token: &str, module: Option<PathBuf>, dir: &Path) -> Result<PathBuf, LabError> {
     let mut pin = [0u8; 9];
     getrandom::fill(&mut pin).map_err(err)?;
     let pin = hex::encode(pin);
@@ -335,16 +189,16 @@ fn init_token(token: &str, module: Option<PathBuf>, dir: &Path) -> Result<PathBu
     let so = hex::encode(so);
     let token_dir = dir.join("token");
     fs::create_dir_all(token_dir.join("objects")).map_err(err)?;
-    let run = |cmd: &mut Command| -> Result<(), DemoError> {
+    let run = |cmd: &mut Command| -> Result<(), LabError> {
         let out = cmd.output().map_err(|e| {
-            DemoError(format!(
+            LabError(format!(
                 "cannot run {cmd:?}: {e}; run scripts/setup.sh first"
             ))
         })?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(DemoError(format!(
+            Err(LabError(format!(
                 "token set-up failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             )))
@@ -380,7 +234,7 @@ fn init_token(token: &str, module: Option<PathBuf>, dir: &Path) -> Result<PathBu
                 PathBuf::from("tokens/kryoptic/target/release/libkryoptic_pkcs11.so")
             });
             let module = fs::canonicalize(&module).map_err(|_| {
-                DemoError(format!(
+                LabError(format!(
                     "no Kryoptic module at {}; run scripts/tokens.sh modules",
                     module.display()
                 ))
@@ -419,13 +273,13 @@ fn init_token(token: &str, module: Option<PathBuf>, dir: &Path) -> Result<PathBu
             ]))?;
             Ok(module)
         }
-        other => Err(DemoError(format!(
+        other => Err(LabError(format!(
             "unknown token '{other}' (softhsm or kryoptic)"
         ))),
     }
 }
 
-fn write_secret(path: &Path, value: &str) -> Result<(), DemoError> {
+fn write_secret(path: &Path, value: &str) -> Result<(), LabError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = fs::OpenOptions::new()

@@ -1,0 +1,136 @@
+//! `flashgate run`: program units on the fixtures of a target spec.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use flashgate::station::{Access, FixtureSet, JobId, RunHandle, StartOptions};
+
+use super::run_view::{summary_table, ProgressView};
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Job id (see `flashgate job list`).
+    #[arg(long)]
+    pub job: String,
+    /// Channels programming at once.
+    #[arg(long, default_value_t = 1)]
+    pub channels: u32,
+    /// Target: `sim[:key=value,...]` (see docs/EVENTS.md for the sim options).
+    #[arg(long, default_value = "sim")]
+    pub target: String,
+    /// Boards to take in all (default: until the fixtures or the quota run out).
+    #[arg(long)]
+    pub units: Option<u64>,
+    /// Emit one JSON event per line on stdout instead of progress lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Counter values a channel reserves at a time.
+    #[arg(long, default_value_t = 16)]
+    pub block: u64,
+    /// Who runs the line (recorded in the audit log).
+    #[arg(long, env = "FLASHGATE_OPERATOR", default_value = "operator")]
+    pub operator: String,
+}
+
+/// Runs `run`: exit 0 when every unit passed, 1 when some failed, 2 when
+/// not one board could be reached.
+pub fn run(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
+    let job: JobId = args.job.parse()?;
+    let fixtures = FixtureSet::parse(&args.target, args.channels)?;
+    // Held until the run ends: no other process changes the state under it.
+    let station = super::open(
+        config,
+        Access::Write {
+            purpose: format!("job {job} is being run"),
+        },
+    )?;
+    let handle = station.start_run(
+        &job,
+        fixtures,
+        StartOptions::new(args.operator.clone())
+            .units(args.units)
+            .block(args.block),
+    )?;
+    if let Some(r) = handle.recovered() {
+        eprintln!("recovered: {r}");
+    }
+    stop_on_ctrl_c(&handle);
+    let snapshot = handle.snapshot();
+    let view = ProgressView::new(
+        args.channels,
+        snapshot.quota,
+        handle.used_before(),
+        Some(handle.certificate_dir().to_owned()),
+        !args.json,
+    );
+    let mut events = handle.events();
+    for e in events.by_ref() {
+        if args.json {
+            if let Ok(line) = serde_json::to_string(&e.event) {
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stdout().lock(), "{line}");
+            }
+        }
+        view.event(&e.event);
+    }
+    if events.missed() > 0 {
+        eprintln!(
+            "warning: {} events were not shown (the display fell behind); the audit log has every unit",
+            events.missed()
+        );
+    }
+    let cert_dir = handle.certificate_dir().to_owned();
+    let summary = handle.wait();
+    view.finish();
+    if args.json {
+        if let Ok(line) =
+            serde_json::to_string(&serde_json::json!({"event": "run-finished", "summary": summary}))
+        {
+            let _ = writeln!(w, "{line}");
+        }
+    } else {
+        w.push_str(&summary_table(&summary));
+        let _ = writeln!(w, "  certificates: {}", cert_dir.display());
+    }
+    if summary.passed + summary.failed() == 0 && summary.fixtures_failed > 0 {
+        // Not one board could be reached: the run did nothing.
+        eprintln!(
+            "error: no board could be reached: {}",
+            summary
+                .fixture_error
+                .as_deref()
+                .unwrap_or("the fixture failed")
+        );
+        return Ok(2);
+    }
+    Ok(u8::from(summary.failed() > 0))
+}
+
+/// Ctrl-C asks the run to finish its units in flight; a second one exits.
+fn stop_on_ctrl_c(handle: &RunHandle) {
+    let stop = handle.stopper();
+    let watch = move || -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot watch for Ctrl-C")?;
+        rt.block_on(async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("stopping: finishing the units in flight (Ctrl-C again to force)");
+                stop.stop();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        });
+        Ok(())
+    };
+    let _ = std::thread::Builder::new()
+        .name("ctrl-c".to_owned())
+        .spawn(move || {
+            if let Err(e) = watch() {
+                eprintln!("warning: {e}");
+            }
+        });
+}

@@ -1,0 +1,275 @@
+//! The station: the one API every front end (the command line, the demo,
+//! a network service, line software) drives the CM side through. It owns
+//! the appliance the way a debug session owns its probe: one PKCS#11
+//! module and one audit log per process, the writer lock when it changes
+//! state, and the live runs.
+//!
+//! ```text
+//! Station::open(config, Access::Write { .. })   lock, then recover what a crash left
+//!   .import(package) / .remove(job)              refused while that job runs
+//!   .start_run(job, fixtures, options)           every check first, then RunStarted
+//!       -> RunHandle: events, snapshot, stop, wait -> RunSummary
+//!   .export_bundle(job, out)
+//! ```
+
+mod fixtures;
+mod job_id;
+mod run;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub use fixtures::FixtureSet;
+pub use job_id::{JobId, JobIdError};
+pub use run::{ChannelSnapshot, EventCursor, RunHandle, RunSnapshot, SeqEvent, StartOptions};
+
+use crate::appliance::{
+    Appliance, ApplianceConfig, ApplianceError, ImportError, ImportedJob, LogResetReport,
+    WriterLock, RECOVERING,
+};
+use crate::bundle::BundleError;
+use crate::drivers::DriverMismatch;
+use crate::enrollment::VerifiedEnrollment;
+use crate::pipeline::RunError;
+
+/// What went wrong at the station: the domain errors of the layers below,
+/// and the station's own refusals (misuse: asking a reader to write, or
+/// changing a job while it runs).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StationError {
+    /// The appliance (token, state, audit log).
+    #[error(transparent)]
+    Appliance(#[from] ApplianceError),
+    /// A package refused at import.
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    /// A run refused at its start.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// The target spec.
+    #[error(transparent)]
+    Spec(#[from] flashgate_target::SpecError),
+    /// The fixtures' driver cannot run the job.
+    #[error(transparent)]
+    Driver(#[from] DriverMismatch),
+    /// Export.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// A job id that does not parse.
+    #[error(transparent)]
+    JobId(#[from] JobIdError),
+    /// A change asked of a station opened to read.
+    #[error("this station was opened read-only; {what} needs the writer lock")]
+    ReadOnly { what: &'static str },
+    /// The job has a live run in this process.
+    #[error("job {id} is running on this station; stop its run first")]
+    JobRunning { id: JobId },
+    /// A change that needs every run stopped.
+    #[error("{what} needs every run on this station stopped; {live} run(s) are live")]
+    RunsLive { what: &'static str, live: usize },
+    /// A run with no channel.
+    #[error("a run needs at least one channel (--channels 1 or more)")]
+    NoChannels,
+    /// The run thread could not be started.
+    #[error("cannot start the run: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// How a station opens the appliance.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// To read. It never waits for the writer lock: when no other process
+    /// holds it, what a crash left is recovered first (and the lock
+    /// released); when one does, the state is read as it is.
+    Read,
+    /// To change state: the writer lock is taken (refused at once, naming
+    /// the holder, when another process has it) and held until the station
+    /// drops. `purpose` completes "... by another flashgate process" in
+    /// the refusal another process gets ("a job is being imported").
+    Write {
+        /// What this process is doing.
+        purpose: String,
+    },
+}
+
+/// An open station.
+#[derive(Debug)]
+pub struct Station {
+    appliance: Arc<Appliance>,
+    writer: Option<Arc<WriterLock>>,
+    live: Arc<Mutex<BTreeSet<JobId>>>,
+    recovered: Vec<String>,
+}
+
+impl Station {
+    /// Opens the appliance `config` names. With [`Access::Write`] the
+    /// writer lock is held from here on and recovery runs under it.
+    pub fn open(config: ApplianceConfig, access: Access) -> Result<Self, StationError> {
+        let appliance = Appliance::open(config)?;
+        let mut recovered = Vec::new();
+        let writer = match access {
+            Access::Read => {
+                if let Some(lock) = appliance.try_lock_writer(RECOVERING)? {
+                    recovered = appliance.recover_all(false)?;
+                    drop(lock);
+                }
+                None
+            }
+            Access::Write { purpose } => {
+                let lock = appliance.lock_writer(&purpose)?;
+                recovered = appliance.recover_all(true)?;
+                Some(Arc::new(lock))
+            }
+        };
+        Ok(Self {
+            appliance: Arc::new(appliance),
+            writer,
+            live: Arc::default(),
+            recovered,
+        })
+    }
+
+    /// Opens an appliance that is not enrolled yet, with the writer lock,
+    /// for [`enroll`](Self::enroll) (nothing to recover).
+    pub fn open_for_enrollment(config: ApplianceConfig) -> Result<Self, StationError> {
+        let appliance = Appliance::open(config)?;
+        let lock = appliance.lock_writer("the appliance is being enrolled")?;
+        Ok(Self {
+            appliance: Arc::new(appliance),
+            writer: Some(Arc::new(lock)),
+            live: Arc::default(),
+            recovered: Vec::new(),
+        })
+    }
+
+    /// Opens the appliance, with the writer lock, to reset a damaged audit
+    /// log: only what needs no log is recovered (job files), since the log
+    /// itself is what is broken.
+    pub fn open_for_reset(config: ApplianceConfig) -> Result<Self, StationError> {
+        let appliance = Appliance::open(config)?;
+        let lock = appliance.lock_writer("the audit log is being reset")?;
+        let recovered = appliance.recover()?;
+        Ok(Self {
+            appliance: Arc::new(appliance),
+            writer: Some(Arc::new(lock)),
+            live: Arc::default(),
+            recovered,
+        })
+    }
+
+    /// What recovery did when the station opened, one sentence each.
+    pub fn recovered(&self) -> &[String] {
+        &self.recovered
+    }
+
+    /// The appliance, to read its state.
+    pub fn appliance(&self) -> &Appliance {
+        &self.appliance
+    }
+
+    fn writer(&self, what: &'static str) -> Result<(), StationError> {
+        match self.writer {
+            Some(_) => Ok(()),
+            None => Err(StationError::ReadOnly { what }),
+        }
+    }
+
+    fn not_running(&self, id: &JobId) -> Result<(), StationError> {
+        if self.live_jobs().contains(id) {
+            return Err(StationError::JobRunning { id: *id });
+        }
+        Ok(())
+    }
+
+    /// The jobs with a live run on this station.
+    pub fn live_jobs(&self) -> BTreeSet<JobId> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// `appliance init`: creates the appliance keys and writes the signed
+    /// enrollment record; returns its bytes.
+    pub fn enroll(&self) -> Result<(Vec<u8>, VerifiedEnrollment), StationError> {
+        self.writer("enrollment")?;
+        Ok(self.appliance.enroll()?)
+    }
+
+    /// The appliance's enrollment record.
+    pub fn enrollment(&self) -> Result<VerifiedEnrollment, StationError> {
+        Ok(self.appliance.enrollment()?)
+    }
+
+    /// Every imported job.
+    pub fn jobs(&self) -> Result<Vec<ImportedJob>, StationError> {
+        Ok(self.appliance.jobs()?)
+    }
+
+    /// Verifies a package and moves its secrets into the HSM.
+    pub fn import(&self, package: &Path) -> Result<ImportedJob, StationError> {
+        self.writer("importing a job")?;
+        Ok(self.appliance.import(package)?)
+    }
+
+    /// Removes a job: its HSM keys are destroyed, its records stay.
+    pub fn remove(&self, id: &JobId) -> Result<(), StationError> {
+        self.writer("removing a job")?;
+        self.not_running(id)?;
+        Ok(self.appliance.remove_job(&id.to_string())?)
+    }
+
+    /// Seals a damaged audit log and starts a new segment.
+    pub fn reset_log(&self, reason: &str) -> Result<LogResetReport, StationError> {
+        self.writer("resetting the audit log")?;
+        let live = self.live_jobs().len();
+        if live > 0 {
+            return Err(StationError::RunsLive {
+                what: "resetting the audit log",
+                live,
+            });
+        }
+        Ok(self.appliance.reset_log(reason)?)
+    }
+
+    /// Writes the audit bundle of a job into `out` (new or empty), with the
+    /// sealed segments of earlier resets.
+    pub fn export_bundle(&self, id: &JobId, out: &Path) -> Result<ExportReport, StationError> {
+        let certificates = self.appliance.export_audit_bundle(id.as_bytes(), out)?;
+        let sealed_segments = self.appliance.copy_sealed_segments(out)?;
+        Ok(ExportReport {
+            certificates,
+            sealed_segments,
+            sealed_dir: out.join("sealed"),
+        })
+    }
+
+    /// Starts a run of job `id` on `fixtures`. Everything is checked before
+    /// anything is recorded (the job, the driver against the policy, the
+    /// validity window, the quota); only then is `run-started` written and
+    /// the channels start. The run goes on in the background; the handle
+    /// streams its events, shows its state, stops it and gives its summary.
+    pub fn start_run(
+        &self,
+        id: &JobId,
+        fixtures: FixtureSet,
+        options: StartOptions,
+    ) -> Result<RunHandle, StationError> {
+        self.writer("running a job")?;
+        run::start(self, id, fixtures, options)
+    }
+}
+
+/// What [`Station::export_bundle`] wrote.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ExportReport {
+    /// Device certificates in the bundle.
+    pub certificates: usize,
+    /// Sealed segments of earlier log resets copied along.
+    pub sealed_segments: usize,
+    /// Where those went.
+    pub sealed_dir: PathBuf,
+}
