@@ -339,21 +339,27 @@ impl Token {
             .open_rw_session(slot)
             .map_err(|e| HsmError::op("open a session", e))?;
         let auth = cryptoki::types::AuthPin::from(pin.as_str());
-        session.login(UserType::User, Some(&auth)).map_err(|e| {
-            use cryptoki::error::{Error, RvError};
-            match e {
-                Error::Pkcs11(RvError::PinIncorrect, _) => HsmError::WrongPin {
-                    label: config.label.clone(),
-                },
-                Error::Pkcs11(RvError::PinLocked, _) => HsmError::PinLocked {
-                    label: config.label.clone(),
-                },
-                Error::Pkcs11(RvError::UserAlreadyLoggedIn, _) => {
-                    HsmError::op("log in to the token", e)
-                }
-                other => HsmError::op("log in to the token", other),
+        match session.login(UserType::User, Some(&auth)) {
+            Ok(()) => {}
+            // PKCS#11 logins are per application: another open Token of
+            // this process (a reader beside a running station) holds it.
+            Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::UserAlreadyLoggedIn,
+                _,
+            )) => {}
+            Err(e) => {
+                use cryptoki::error::{Error, RvError};
+                return Err(match e {
+                    Error::Pkcs11(RvError::PinIncorrect, _) => HsmError::WrongPin {
+                        label: config.label.clone(),
+                    },
+                    Error::Pkcs11(RvError::PinLocked, _) => HsmError::PinLocked {
+                        label: config.label.clone(),
+                    },
+                    other => HsmError::op("log in to the token", other),
+                });
             }
-        })?;
+        }
         Ok(Self {
             sessions: Mutex::new(vec![session]),
             pkcs11,
