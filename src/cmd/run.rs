@@ -56,12 +56,14 @@ pub fn run(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
         eprintln!("recovered: {r}");
     }
     stop_on_ctrl_c(&handle);
+    // PEM copies for people, beside the job (the DER originals are the audit's).
+    let cert_dir = station.appliance().job_dir(&job.to_string()).join("certs");
     let snapshot = handle.snapshot();
     let view = ProgressView::new(
         args.channels,
         snapshot.quota,
         handle.used_before(),
-        Some(handle.certificate_dir().to_owned()),
+        Some(cert_dir.clone()),
         !args.json,
     );
     let mut events = handle.events();
@@ -80,7 +82,6 @@ pub fn run(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
             events.missed()
         );
     }
-    let cert_dir = handle.certificate_dir().to_owned();
     let summary = handle.wait();
     view.finish();
     if args.json {
