@@ -62,6 +62,9 @@ fn advice(driver: &str, missing: &[Capability]) -> String {
     if driver == "avr-isp" && missing == [Capability::AnswerChallenge] {
         return "add agent=PATH (the serial port of the target's UART, where its provisioning agent answers) to --target".to_owned();
     }
+    if driver == "stm32-uart" && missing == [Capability::SetLock] {
+        return "it cannot get the board back into its bootloader after the challenge to set readout protection: add reset=lines (the fixture's DTR/RTS on NRST and BOOT0; on a pseudo-terminal also control=SOCKET, the simulator's control socket) or reset=agent (firmware that answers EnterBootloader) to --target".to_owned();
+    }
     if missing.contains(&Capability::LockPermanent) {
         return format!(
             "the {driver} driver sets readout protection only: ask the OEM for a job with lock.level = \"readout\", or use a driver that can lock permanently"

@@ -19,6 +19,11 @@ pub trait AgentDevice {
     /// Reads the device's own flash (allowed even when readout-locked: the firmware runs on
     /// the chip). Fails with [`AgentError::RegionOutside`] outside flash.
     fn read_flash(&mut self, address: u32, buf: &mut [u8]) -> Result<(), AgentError>;
+    /// Arms a reset into the ROM system bootloader, to happen once the reply is sent; false
+    /// if this firmware does not offer it (the agent then answers `Error(Refused)`).
+    fn enter_bootloader(&mut self) -> bool {
+        false
+    }
 }
 
 /// Answers one request. Replies (a host's message sent to the device) are answered with
@@ -38,11 +43,21 @@ pub fn respond(device: &mut impl AgentDevice, request: &Message) -> Message {
                 Err(e) => Message::Error { code: e.code() },
             }
         }
-        Message::HelloReply { .. } | Message::ChallengeReply(_) | Message::Error { .. } => {
-            Message::Error {
-                code: ErrorCode::UnknownType,
+        Message::EnterBootloader => {
+            if device.enter_bootloader() {
+                Message::EnterBootloaderReply
+            } else {
+                Message::Error {
+                    code: ErrorCode::Refused,
+                }
             }
         }
+        Message::HelloReply { .. }
+        | Message::ChallengeReply(_)
+        | Message::EnterBootloaderReply
+        | Message::Error { .. } => Message::Error {
+            code: ErrorCode::UnknownType,
+        },
     }
 }
 

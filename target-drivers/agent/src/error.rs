@@ -19,6 +19,8 @@ pub enum ErrorCode {
     BadRegion,
     /// 0x06: anything else that went wrong inside the agent.
     Internal,
+    /// 0x07: the firmware does not (or not now) reset into its bootloader on request.
+    Refused,
     /// A code this version does not know.
     Other(u8),
 }
@@ -33,6 +35,7 @@ impl ErrorCode {
             ErrorCode::NoKey => 0x04,
             ErrorCode::BadRegion => 0x05,
             ErrorCode::Internal => 0x06,
+            ErrorCode::Refused => 0x07,
             ErrorCode::Other(b) => b,
         }
     }
@@ -46,6 +49,7 @@ impl ErrorCode {
             0x04 => ErrorCode::NoKey,
             0x05 => ErrorCode::BadRegion,
             0x06 => ErrorCode::Internal,
+            0x07 => ErrorCode::Refused,
             other => ErrorCode::Other(other),
         }
     }
@@ -59,6 +63,7 @@ impl ErrorCode {
             ErrorCode::NoKey => "NoKey",
             ErrorCode::BadRegion => "BadRegion",
             ErrorCode::Internal => "Internal",
+            ErrorCode::Refused => "Refused",
             ErrorCode::Other(_) => "unknown",
         }
     }
@@ -72,6 +77,7 @@ impl ErrorCode {
             ErrorCode::NoKey => "it found no valid identity key: check that key injection wrote the key where the firmware reads it",
             ErrorCode::BadRegion => "a measured region lies outside its flash: check the job's challenge regions against the device",
             ErrorCode::Internal => "it failed internally: retry the board, and scrap it if this repeats",
+            ErrorCode::Refused => "it will not reset into its bootloader: use firmware whose agent implements EnterBootloader, or a fixture that drives NRST and BOOT0 (reset=lines)",
             ErrorCode::Other(_) => "it sent a code this appliance does not know: check the firmware's agent version",
         }
     }

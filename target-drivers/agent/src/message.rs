@@ -1,4 +1,4 @@
-//! The five messages and their payload layouts (see `docs/AGENT.md`).
+//! The seven messages and their payload layouts (see `docs/AGENT.md`).
 
 use flashgate_target::{
     ChallengeRequest, ChallengeResponse, FlashRange, MAX_CHALLENGE_REGIONS, NONCE_LEN,
@@ -20,10 +20,14 @@ pub mod kind {
     pub const HELLO: u8 = 0x01;
     /// Host → device: measure and sign.
     pub const CHALLENGE: u8 = 0x02;
+    /// Host → device: reset into the ROM system bootloader after replying.
+    pub const ENTER_BOOTLOADER: u8 = 0x03;
     /// Device → host: answer to `HELLO`.
     pub const HELLO_REPLY: u8 = 0x81;
     /// Device → host: answer to `CHALLENGE`.
     pub const CHALLENGE_REPLY: u8 = 0x82;
+    /// Device → host: answer to `ENTER_BOOTLOADER`; the device resets once it is sent.
+    pub const ENTER_BOOTLOADER_REPLY: u8 = 0x83;
     /// Device → host: the request failed.
     pub const ERROR: u8 = 0x7F;
 }
@@ -46,6 +50,11 @@ pub enum Message {
     Challenge(ChallengeRequest),
     /// Device's measurement and signature.
     ChallengeReply(ChallengeResponse),
+    /// Host asks the firmware to reset into the ROM system bootloader (for example to set
+    /// readout protection after the challenge). Empty payload.
+    EnterBootloader,
+    /// The device will reset into its bootloader as soon as this frame is sent. Empty payload.
+    EnterBootloaderReply,
     /// Device could not answer.
     Error {
         /// Why.
@@ -61,6 +70,8 @@ impl Message {
             Message::HelloReply { .. } => kind::HELLO_REPLY,
             Message::Challenge(_) => kind::CHALLENGE,
             Message::ChallengeReply(_) => kind::CHALLENGE_REPLY,
+            Message::EnterBootloader => kind::ENTER_BOOTLOADER,
+            Message::EnterBootloaderReply => kind::ENTER_BOOTLOADER_REPLY,
             Message::Error { .. } => kind::ERROR,
         }
     }
@@ -69,7 +80,7 @@ impl Message {
     pub fn payload(&self) -> Result<Vec<u8>, AgentError> {
         let mut p = Vec::new();
         match self {
-            Message::Hello => {}
+            Message::Hello | Message::EnterBootloader | Message::EnterBootloaderReply => {}
             Message::HelloReply {
                 protocol_version,
                 device_type,
@@ -126,6 +137,8 @@ impl Message {
         };
         let msg = match k {
             kind::HELLO => Message::Hello,
+            kind::ENTER_BOOTLOADER => Message::EnterBootloader,
+            kind::ENTER_BOOTLOADER_REPLY => Message::EnterBootloaderReply,
             kind::HELLO_REPLY => {
                 let protocol_version = r.u8()?;
                 let n = r.u8()? as usize;
@@ -184,6 +197,19 @@ impl Message {
             Message::Error { code } => Err(AgentError::Device { code }),
             other => Err(AgentError::UnexpectedReply {
                 expected: kind::CHALLENGE_REPLY,
+                found: other.kind(),
+            }),
+        }
+    }
+
+    /// The reply as an `EnterBootloaderReply`; an `Error` frame (e.g. `Refused`) or another
+    /// type becomes an error.
+    pub fn into_enter_bootloader_reply(self) -> Result<(), AgentError> {
+        match self {
+            Message::EnterBootloaderReply => Ok(()),
+            Message::Error { code } => Err(AgentError::Device { code }),
+            other => Err(AgentError::UnexpectedReply {
+                expected: kind::ENTER_BOOTLOADER_REPLY,
                 found: other.kind(),
             }),
         }

@@ -59,6 +59,11 @@ fn all_messages() -> Vec<Message> {
         Message::Error {
             code: ErrorCode::Other(0x42),
         },
+        Message::EnterBootloader,
+        Message::EnterBootloaderReply,
+        Message::Error {
+            code: ErrorCode::Refused,
+        },
     ]
 }
 
@@ -464,6 +469,84 @@ fn endpoint_answers_each_frame() {
     );
 }
 
+/// A firmware that offers the reset into its bootloader.
+struct Rebooting {
+    inner: Device,
+    armed: bool,
+}
+
+impl AgentDevice for Rebooting {
+    fn device_type(&self) -> &str {
+        self.inner.device_type()
+    }
+    fn uid(&self) -> &[u8] {
+        self.inner.uid()
+    }
+    fn identity_scalar(&mut self) -> Zeroizing<[u8; 32]> {
+        self.inner.identity_scalar()
+    }
+    fn read_flash(&mut self, address: u32, buf: &mut [u8]) -> Result<(), AgentError> {
+        self.inner.read_flash(address, buf)
+    }
+    fn enter_bootloader(&mut self) -> bool {
+        self.armed = true;
+        true
+    }
+}
+
+#[test]
+fn enter_bootloader_is_answered_or_refused() {
+    let request = Message::EnterBootloader.encode().unwrap();
+    // A firmware that does not offer it refuses with its own code.
+    let mut plain = Device {
+        scalar: EXAMPLE_SCALAR,
+        image: example_image(),
+    };
+    let out = AgentEndpoint::new().receive(&mut plain, &request);
+    assert_eq!(hex::encode(&out), ENTER_BOOTLOADER_REFUSED_FRAME);
+    let refused = Message::decode(&decoder_one(&out))
+        .unwrap()
+        .into_enter_bootloader_reply();
+    assert_eq!(
+        refused,
+        Err(AgentError::Device {
+            code: ErrorCode::Refused
+        })
+    );
+    assert!(refused.unwrap_err().to_string().contains("reset=lines"));
+    // One that does arms the reset and replies first.
+    let mut dev = Rebooting {
+        inner: plain,
+        armed: false,
+    };
+    let out = AgentEndpoint::new().receive(&mut dev, &request);
+    assert!(dev.armed);
+    assert_eq!(hex::encode(&out), ENTER_BOOTLOADER_REPLY_FRAME);
+    Message::decode(&decoder_one(&out))
+        .unwrap()
+        .into_enter_bootloader_reply()
+        .unwrap();
+    // A payload is malformed; the reply type is not a request.
+    let mut long = vec![SOF, 0x03, 0x01, 0x00, 0x00];
+    let crc = frame_crc(&long[1..]);
+    long.extend_from_slice(&crc.to_le_bytes());
+    let out = AgentEndpoint::new().receive(&mut dev, &long);
+    assert_eq!(
+        Message::decode(&decoder_one(&out)).unwrap(),
+        Message::Error {
+            code: ErrorCode::Malformed
+        }
+    );
+    let out =
+        AgentEndpoint::new().receive(&mut dev, &Message::EnterBootloaderReply.encode().unwrap());
+    assert_eq!(
+        Message::decode(&decoder_one(&out)).unwrap(),
+        Message::Error {
+            code: ErrorCode::UnknownType
+        }
+    );
+}
+
 fn decoder_one(bytes: &[u8]) -> Frame {
     let mut d = Decoder::new();
     d.feed(bytes);
@@ -501,6 +584,14 @@ fn errors_convert_to_target_errors() {
 fn agent_md_worked_examples() {
     assert_eq!(frame_crc(b"123456789"), 0x29B1);
     assert_eq!(hex::encode(Message::Hello.encode().unwrap()), HELLO_FRAME);
+    assert_eq!(
+        hex::encode(Message::EnterBootloader.encode().unwrap()),
+        ENTER_BOOTLOADER_FRAME
+    );
+    assert_eq!(
+        hex::encode(Message::EnterBootloaderReply.encode().unwrap()),
+        ENTER_BOOTLOADER_REPLY_FRAME
+    );
     assert_eq!(
         hex::encode(
             Message::Error {
@@ -559,6 +650,9 @@ fn agent_md_worked_examples() {
 }
 
 const HELLO_FRAME: &str = "a5010000acfb";
+const ENTER_BOOTLOADER_FRAME: &str = "a5030000cc95";
+const ENTER_BOOTLOADER_REPLY_FRAME: &str = "a583000096ae";
+const ENTER_BOOTLOADER_REFUSED_FRAME: &str = "a57f0100078c55";
 const ERROR_FRAME: &str = "a57f010004ef65";
 const CHALLENGE_FRAME: &str = "a5022900000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f01000000080001000077a4";
 const PUBLIC_KEY: &str = "040217e617f0b6443928278f96999e69a23a4f2c152bdf6d6cdf66e5b80282d4ed194a7debcb97712d2dda3ca85aa8765a56f45fc758599652f2897c65306e5794";
@@ -585,7 +679,10 @@ fn agent_md_text_matches_code() {
             HELLO_FRAME,
             ERROR_FRAME,
             CHALLENGE_FRAME,
-            CHALLENGE_REPLY_FRAME
+            CHALLENGE_REPLY_FRAME,
+            ENTER_BOOTLOADER_FRAME,
+            ENTER_BOOTLOADER_REPLY_FRAME,
+            ENTER_BOOTLOADER_REFUSED_FRAME,
         ]
     );
     let flat: String = doc.split_whitespace().collect();

@@ -1012,15 +1012,24 @@ impl Target for AvrIspTarget {
         self.session.ext_addr = None;
         if let Some(serial) = keep {
             let at = serial_offset(part);
-            self.write_eeprom(stage, at, &serial)?;
             let mut back = [0u8; SERIAL_LEN];
-            self.read_eeprom(stage, at, &mut back)?;
-            if back != serial {
-                return Err(TargetError::VerifyMismatch {
+            let written = self
+                .write_eeprom(stage, at, &serial)
+                .and_then(|()| self.read_eeprom(stage, at, &mut back));
+            if written.is_err() || back != serial {
+                // Erasing again would not bring the serial back, and without it the next
+                // run refuses the board at identify: say how to restore it.
+                let why = match written {
+                    Err(e) => e.to_string(),
+                    Ok(()) => format!("it reads back {}", hex::encode(back)),
+                };
+                return Err(TargetError::Protocol {
                     stage,
-                    address: at,
-                    expected: serial.to_vec(),
-                    found: back.to_vec(),
+                    detail: format!(
+                        "the board serial {} was not written back to EEPROM 0x{at:04x} after the chip erase ({why}): restore it before the board is tried again, with {}",
+                        hex::encode(serial),
+                        crate::uid::restore_command(part, &serial)
+                    ),
                 });
             }
         }

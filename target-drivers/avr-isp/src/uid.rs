@@ -43,3 +43,23 @@ pub fn board_uid(signature: &[u8; 3], serial: &[u8]) -> Vec<u8> {
 pub fn serial_is_blank(serial: &[u8]) -> bool {
     serial.iter().all(|&b| b == 0xFF) || serial.iter().all(|&b| b == 0x00)
 }
+
+/// The avrdude 7.1 command that writes `serial` to the last EEPROM bytes through an
+/// ArduinoISP: terminal `send` of the raw "Write EEPROM Memory" instruction (`C0 hi lo data`)
+/// per byte, because a paged EEPROM write through the sketch lands at twice the address.
+pub fn restore_command(part: &Part, serial: &[u8]) -> String {
+    let at = serial_offset(part) as usize;
+    let mut sends = String::new();
+    for (i, b) in serial.iter().enumerate() {
+        let a = at + i;
+        sends.push_str(&format!(
+            "send 0xc0 0x{:02x} 0x{:02x} 0x{b:02x}\\n",
+            a >> 8,
+            a & 0xFF
+        ));
+    }
+    format!(
+        "printf '{sends}quit\\n' | avrdude -c stk500v1 -p {} -b 19200 -P PORT -t",
+        part.avrdude_id
+    )
+}

@@ -293,3 +293,66 @@ fn avrdude_with_realistic_timing() {
     });
     isp.stop().unwrap();
 }
+
+fn identify_uid(port: &Path) -> Vec<u8> {
+    let mut t = AvrIspTarget::open(port.to_str().unwrap(), None, AvrIspConfig::default()).unwrap();
+    t.connect().unwrap();
+    let uid = t.identify().unwrap().uid;
+    t.disconnect().unwrap();
+    uid
+}
+
+/// The board serial as docs/AGENT.md and the README say to write it: avrdude's terminal
+/// `send`, byte by byte, because a paged EEPROM write through the ArduinoISP lands at twice
+/// the address (`55 f8 03` is taken as 0x3F8 * 2).
+#[test]
+fn avrdude_writes_the_board_serial_the_documented_way() {
+    if !have_avrdude() {
+        return;
+    }
+    let config = AvrSimConfig {
+        timing: AvrTiming::realistic(),
+        ..AvrSimConfig::default()
+    };
+    let sim = AvrSim::new(&config).unwrap();
+    let isp = PtyServer::spawn(sim.programmer(), PtyOptions::default()).unwrap();
+    let serial: [u8; 8] = *b"SN012345";
+    let mut want = vec![0x1E, 0x95, 0x0F];
+    want.extend_from_slice(&serial);
+
+    // The obvious command writes the wrong bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let hex = dir.path().join("serial.hex");
+    let mut rec = vec![8u8, 0x03, 0xF8, 0x00];
+    rec.extend_from_slice(&serial);
+    let sum = rec
+        .iter()
+        .fold(0u8, |a, &b| a.wrapping_add(b))
+        .wrapping_neg();
+    std::fs::write(
+        &hex,
+        format!(":{}{sum:02X}\n:00000001FF\n", hex::encode_upper(&rec)),
+    )
+    .unwrap();
+    let eeprom_w = format!("eeprom:w:{}:i", hex.display());
+    let (ok, log) = avrdude(isp.path(), &["-U", &eeprom_w], Duration::from_secs(60));
+    assert!(ok, "{log}");
+    assert_ne!(
+        identify_uid(isp.path()),
+        want,
+        "a paged write lands elsewhere"
+    );
+
+    // The documented one: terminal `send`, one byte per SPI instruction, as the driver's
+    // advice after a failed write-back gives it.
+    let command = flashgate_avr_isp::uid::restore_command(&ATMEGA328P, &serial)
+        .replace("PORT", isp.path().to_str().unwrap());
+    assert_eq!(command.matches("send 0xc0 0x03 0x").count(), 8, "{command}");
+    let out = Command::new("sh").arg("-c").arg(&command).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(identify_uid(isp.path()), want, "UID = signature || serial");
+}

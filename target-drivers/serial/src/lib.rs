@@ -52,6 +52,33 @@ pub enum SerialError {
     Io(String),
 }
 
+/// A modem control output of a serial port, which fixtures wire to a target's reset or boot
+/// pins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ModemLine {
+    /// Data Terminal Ready.
+    Dtr,
+    /// Request To Send.
+    Rts,
+}
+
+impl ModemLine {
+    /// `dtr` or `rts`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ModemLine::Dtr => "dtr",
+            ModemLine::Rts => "rts",
+        }
+    }
+}
+
+impl std::fmt::Display for ModemLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Line settings a bootloader or programmer needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LineConfig {

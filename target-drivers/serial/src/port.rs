@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serialport::{ClearBuffer, DataBits, FlowControl, Parity, SerialPort, StopBits};
 
-use crate::{LineConfig, SerialError, Transport};
+use crate::{LineConfig, ModemLine, SerialError, Transport};
 
 /// How long DTR/RTS are held low by [`Transport::pulse_reset`], as avrdude does for
 /// Arduino-style boards.
@@ -99,6 +99,22 @@ impl SerialPortTransport {
     /// Whether even parity was asked for but not set because the port is a pty.
     pub fn parity_dropped(&self) -> bool {
         self.parity_dropped
+    }
+
+    /// Asserts (`true`, the TIOCM bit set) or clears a modem control line, as stm32flash's
+    /// `-i rts`/`-i -rts` does. A pty has no modem lines: that is an error, not a no-op.
+    pub fn set_modem_line(&mut self, line: ModemLine, asserted: bool) -> Result<(), SerialError> {
+        if self.pty {
+            return Err(SerialError::Io(format!(
+                "{} is a pseudo-terminal, which has no {line} line: give the simulator's control socket instead",
+                self.path
+            )));
+        }
+        let r = match line {
+            ModemLine::Dtr => self.port.write_data_terminal_ready(asserted),
+            ModemLine::Rts => self.port.write_request_to_send(asserted),
+        };
+        r.map_err(|e| self.io(e))
     }
 
     fn io(&self, e: impl std::fmt::Display) -> SerialError {

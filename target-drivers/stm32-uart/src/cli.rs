@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use flashgate_serial::pty::{serve_forever, PtyOptions};
+use flashgate_serial::pty::{announce, PtyOptions, PtyServer, ShutdownSignal};
 
 use crate::part::Part;
-use crate::sim::{SimError, SimOptions, Stm32Sim};
+use crate::sim::{ControlServer, SimError, SimHandle, SimOptions, Stm32Sim};
 
 /// Why the simulator could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -19,13 +19,25 @@ pub enum CliError {
     Serve(#[from] flashgate_serial::SerialError),
 }
 
-/// Splits the serving options (`link=PATH`, `realtime=on|off`) from the simulator's.
-fn split_options(options: &str) -> Result<(String, PtyOptions), SimError> {
+/// How the simulator is served: the pty, and the fixture's control socket if asked for.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// The pty.
+    pub pty: PtyOptions,
+    /// `control=PATH`: the socket on which a host sets DTR/RTS (README, "Control socket").
+    pub control: Option<PathBuf>,
+}
+
+/// Splits the serving options (`link=PATH`, `realtime=on|off`, `control=PATH`) from the
+/// simulator's.
+fn split_options(options: &str) -> Result<(String, ServeOptions), SimError> {
     let mut pty = PtyOptions::default();
+    let mut control = None;
     let mut rest = Vec::new();
     for item in options.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         match item.split_once('=') {
             Some(("link", v)) => pty.link = Some(PathBuf::from(v)),
+            Some(("control", v)) => control = Some(PathBuf::from(v)),
             Some(("realtime", v)) => {
                 pty.realtime = match v {
                     "on" | "true" | "yes" | "1" => true,
@@ -42,7 +54,7 @@ fn split_options(options: &str) -> Result<(String, PtyOptions), SimError> {
             _ => rest.push(item),
         }
     }
-    Ok((rest.join(","), pty))
+    Ok((rest.join(","), ServeOptions { pty, control }))
 }
 
 /// The simulator and serving options `serve_cli` would use (checked without serving).
@@ -50,7 +62,7 @@ pub fn cli_options(
     part: &str,
     state: Option<PathBuf>,
     options: &str,
-) -> Result<(SimOptions, PtyOptions), CliError> {
+) -> Result<(SimOptions, ServeOptions), CliError> {
     let (sim_options, pty) = split_options(options)?;
     let mut o: SimOptions = sim_options.parse()?;
     o.part = Part::lookup(part).ok_or_else(|| SimError::BadValue {
@@ -82,10 +94,25 @@ pub fn cli_options(
 /// [`SimOptions`]), e.g. `timing=instant,fault=nack@write#3`, plus two serving options:
 /// `link=PATH` (a stable symbolic link to the pty) and `realtime=off` (answer without
 /// sleeping the simulated time). Empty for defaults: realistic timing, served in real time.
+/// With `control=PATH` the fixture's DTR/RTS are set on a Unix socket at PATH, printed as the
+/// second line of standard output and removed at exit.
 pub fn serve_cli(part: &str, state: Option<PathBuf>, options: &str) -> Result<(), CliError> {
-    let (o, pty) = cli_options(part, state, options)?;
-    let sim = Stm32Sim::new(o)?;
-    let mut sim = serve_forever(sim, pty)?;
-    sim.save()?;
-    Ok(())
+    let (o, serve) = cli_options(part, state, options)?;
+    let sim = SimHandle::new(Stm32Sim::new(o)?);
+    let shutdown = ShutdownSignal::install()?;
+    let control = match &serve.control {
+        Some(path) => Some(ControlServer::spawn(path, sim.clone())?),
+        None => None,
+    };
+    let server = PtyServer::spawn(sim.clone(), serve.pty)?;
+    let mut paths = vec![server.path()];
+    if let Some(c) = &control {
+        paths.push(c.path());
+    }
+    announce(&paths)?;
+    shutdown.wait();
+    drop(control);
+    server.stop()?;
+    let result = sim.lock().save();
+    Ok(result?)
 }

@@ -15,6 +15,20 @@ use zeroize::Zeroizing;
 use crate::part::{Part, RdpLevel, PARTS};
 use crate::protocol::*;
 
+/// How the driver gets the board back into its ROM bootloader once the application owns
+/// the UART (after the challenge, to set readout protection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum BootloaderEntry {
+    /// [`Transport::pulse_reset`]: the fixture resets the board with BOOT0 high (its
+    /// DTR/RTS lines, see [`crate::fixture::FixtureLink`]).
+    #[default]
+    Reset,
+    /// The agent's EnterBootloader message (docs/AGENT.md): the firmware resets into the
+    /// bootloader itself.
+    Agent,
+}
+
 /// Driver settings. [`Default`] suits a real port at 115200 baud and the simulator alike.
 #[derive(Debug, Clone)]
 pub struct Stm32Options {
@@ -36,6 +50,8 @@ pub struct Stm32Options {
     pub app_address: Option<u32>,
     /// How long the agent may take to answer one frame (signing included).
     pub agent_timeout: Duration,
+    /// How to get from the application back to the bootloader.
+    pub bootloader_entry: BootloaderEntry,
 }
 
 impl Default for Stm32Options {
@@ -49,6 +65,7 @@ impl Default for Stm32Options {
             ack_timeout: Duration::from_secs(1),
             app_address: None,
             agent_timeout: Duration::from_secs(5),
+            bootloader_entry: BootloaderEntry::Reset,
         }
     }
 }
@@ -474,8 +491,26 @@ impl<T: Transport> Stm32UartTarget<T> {
     /// Makes sure the bootloader is listening: after Go (the application has the UART) or a
     /// lost sync, the board is reset through the transport and synchronised again.
     fn ensure_bootloader(&mut self, stage: Stage) -> Result<(), TargetError> {
+        let agent = self.options.bootloader_entry == BootloaderEntry::Agent;
         match self.state {
             LinkState::Bootloader => Ok(()),
+            LinkState::Application if agent => self.agent_enter_bootloader(stage),
+            LinkState::Unsynced if agent => {
+                // Perhaps the bootloader is there; else perhaps the application is.
+                let ctx = Ctx {
+                    stage,
+                    address: None,
+                    cmd: SYNC,
+                };
+                self.run_hook(false, ctx)?;
+                match self.sync(stage) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        self.run_hook(true, ctx)?;
+                        self.agent_enter_bootloader(stage).map_err(|_| e)
+                    }
+                }
+            }
             LinkState::Application | LinkState::Unsynced => {
                 let ctx = Ctx {
                     stage,
@@ -493,6 +528,25 @@ impl<T: Transport> Stm32UartTarget<T> {
                 self.sync(stage)
             }
         }
+    }
+
+    /// EnterBootloader to the agent, then the sync once the firmware has reset.
+    fn agent_enter_bootloader(&mut self, stage: Stage) -> Result<(), TargetError> {
+        let ctx = Ctx {
+            stage,
+            address: None,
+            cmd: SYNC,
+        };
+        self.agent_exchange(stage, &Message::EnterBootloader)?
+            .into_enter_bootloader_reply()
+            .map_err(|e| e.at_stage(stage))?;
+        self.state = LinkState::Unsynced;
+        self.agent_checked = false;
+        self.run_hook(false, ctx)?;
+        if let Err(e) = self.link.clear_input() {
+            return Err(self.serial_error(ctx, e));
+        }
+        self.sync(stage)
     }
 
     fn run_hook(&mut self, to_app: bool, ctx: Ctx) -> Result<(), TargetError> {
@@ -701,8 +755,7 @@ impl<T: Transport> Stm32UartTarget<T> {
     }
 
     /// Frames to the agent and its one reply.
-    fn agent_exchange(&mut self, request: &Message) -> Result<Message, TargetError> {
-        let stage = Stage::Challenge;
+    fn agent_exchange(&mut self, stage: Stage, request: &Message) -> Result<Message, TargetError> {
         let ctx = Ctx {
             stage,
             address: None,
@@ -994,7 +1047,7 @@ impl<T: Transport> Target for Stm32UartTarget<T> {
         }
         if !self.agent_checked {
             let (_, uid) = self
-                .agent_exchange(&Message::Hello)?
+                .agent_exchange(stage, &Message::Hello)?
                 .into_hello_reply()
                 .map_err(|e| e.at_stage(stage))?;
             if !self.uid.is_empty() && uid != self.uid {
@@ -1009,7 +1062,7 @@ impl<T: Transport> Target for Stm32UartTarget<T> {
             }
             self.agent_checked = true;
         }
-        self.agent_exchange(&Message::Challenge(request.clone()))?
+        self.agent_exchange(stage, &Message::Challenge(request.clone()))?
             .into_challenge_reply()
             .map_err(|e| e.at_stage(stage))
     }

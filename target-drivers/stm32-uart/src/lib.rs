@@ -8,6 +8,8 @@
 //!   [`flashgate_serial::SerialDevice`] so it can be served in process or on a pty (where
 //!   stm32flash can talk to it).
 //! - [`part`]: the parts table (STM32F103 medium density, STM32F40x/41x).
+//! - [`fixture`]: NRST/BOOT0 through DTR/RTS (stm32flash `-i` sequences), on a pty through
+//!   the simulator's control socket.
 //! - [`floor`]: the bus-limited floor of programming an image.
 //! - [`serve_cli`]: what `flashgate sim stm32-uart` runs.
 //!
@@ -27,15 +29,17 @@
 
 mod cli;
 mod driver;
+pub mod fixture;
 pub mod floor;
 pub mod part;
 pub mod protocol;
 mod registration;
 pub mod sim;
 
-pub use cli::{cli_options, serve_cli, CliError};
+pub use cli::{cli_options, serve_cli, CliError, ServeOptions};
 pub use driver::{
-    BootloaderInfo, LinkHook, LinkState, Stm32Options, Stm32UartTarget, CAPABILITIES,
+    BootloaderEntry, BootloaderInfo, LinkHook, LinkState, Stm32Options, Stm32UartTarget,
+    CAPABILITIES,
 };
 pub use part::{Part, RdpLevel, PARTS, STM32F103_MD, STM32F4_413};
 pub use registration::DRIVER;

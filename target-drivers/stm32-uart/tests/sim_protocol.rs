@@ -411,13 +411,22 @@ fn option_strings() {
 
 #[test]
 fn cli_options_check() {
-    let (o, pty) = flashgate_stm32_uart::cli_options(
+    let (o, serve) = flashgate_stm32_uart::cli_options(
         "f103",
         Some("/tmp/x.json".into()),
-        "timing=instant,realtime=off,link=/tmp/ttySTM",
+        "timing=instant,realtime=off,link=/tmp/ttySTM,control=/tmp/stm.sock,nrst=rts,boot0=dtr",
     )
     .unwrap();
     assert_eq!(o.part.pid, 0x410);
+    assert_eq!(
+        serve.control.as_deref(),
+        Some(std::path::Path::new("/tmp/stm.sock"))
+    );
+    assert_eq!(
+        o.wiring.nrst,
+        flashgate_stm32_uart::sim::PinSource::Line(flashgate_serial::ModemLine::Rts)
+    );
+    let pty = serve.pty;
     assert!(!pty.realtime);
     assert_eq!(
         pty.link.as_deref(),

@@ -32,7 +32,14 @@
 //!   link goes silent. Go to SRAM is taken as the reset stub stm32flash writes there
 //!   (`-R`): a system reset.
 //! - **Faults** ([`Fault`]), each firing once at a chosen command.
+//! - **Fixture wiring** ([`Wiring`]): the programmer's DTR and RTS drive NRST and BOOT0
+//!   ([`Stm32Sim::set_modem_line`], on a pty through the [`ControlServer`] socket). Holding
+//!   NRST low keeps the chip in reset (nothing answers); releasing it starts the bootloader
+//!   if BOOT0 is high, the application if low.
+//! - **EnterBootloader** (agent message 0x03): the application answers and then resets into
+//!   the ROM bootloader, whatever BOOT0 is (the firmware jumps to system memory).
 
+mod control;
 mod fault;
 mod memory;
 mod state;
@@ -44,10 +51,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use flashgate_agent::{AgentDevice, AgentEndpoint, AgentError};
-use flashgate_serial::SerialDevice;
+use flashgate_serial::{ModemLine, SerialDevice};
 use flashgate_target::Location;
 use zeroize::Zeroizing;
 
+pub use control::ControlServer;
 pub use fault::{Fault, FaultKind, Trigger};
 pub use state::STATE_FORMAT;
 
@@ -71,7 +79,7 @@ pub enum SimError {
         expected: &'static str,
     },
     /// An option name is not known.
-    #[error("unknown simulator option {key:?}: use part, timing, baud, parity, seed, uid, identity, fault, reset-on-reopen or state")]
+    #[error("unknown simulator option {key:?}: use part, timing, baud, parity, seed, uid, identity, fault, reset-on-reopen, nrst, boot0, line-levels, agent-reboot or state")]
     UnknownKey {
         /// The name given.
         key: String,
@@ -154,6 +162,70 @@ fn bits_ns(bits: u64, baud: u32) -> u64 {
 /// Application start-up after Go until the agent listens, µs.
 const APP_BOOT_US: u64 = 2_000;
 
+/// What drives one of the chip's NRST or BOOT0 pins on the fixture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinSource {
+    /// A modem line of the programmer's port.
+    Line(ModemLine),
+    /// Tied high (NRST: pulled up; BOOT0: strapped to the bootloader).
+    High,
+    /// Tied low (BOOT0 strapped to the application).
+    Low,
+}
+
+impl FromStr for PinSource {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "dtr" => Ok(PinSource::Line(ModemLine::Dtr)),
+            "rts" => Ok(PinSource::Line(ModemLine::Rts)),
+            "high" | "none" => Ok(PinSource::High),
+            "low" => Ok(PinSource::Low),
+            _ => Err(()),
+        }
+    }
+}
+
+/// How the fixture wires the programmer's modem lines to the chip.
+///
+/// Default: DTR to NRST, RTS to BOOT0, through a USB-UART whose outputs are inverted (an
+/// asserted line is at 0 V), the wiring stm32flash's `-rts,dtr,-dtr:rts` expects. With both
+/// lines cleared (as at power-up) both pins are high: the chip runs, and a reset starts the
+/// bootloader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wiring {
+    /// What drives NRST (active low: low holds the chip in reset).
+    pub nrst: PinSource,
+    /// What drives BOOT0 (high at reset: the bootloader starts).
+    pub boot0: PinSource,
+    /// An asserted line is low at the pin (true, a TTL USB-UART) or high (false).
+    pub inverted: bool,
+}
+
+impl Default for Wiring {
+    fn default() -> Self {
+        Wiring {
+            nrst: PinSource::Line(ModemLine::Dtr),
+            boot0: PinSource::Line(ModemLine::Rts),
+            inverted: true,
+        }
+    }
+}
+
+impl Wiring {
+    /// The pin's level (true = high) with DTR and RTS asserted as given.
+    pub fn level(&self, pin: PinSource, dtr: bool, rts: bool) -> bool {
+        match pin {
+            PinSource::High => true,
+            PinSource::Low => false,
+            PinSource::Line(l) => {
+                let asserted = if l == ModemLine::Dtr { dtr } else { rts };
+                asserted != self.inverted
+            }
+        }
+    }
+}
+
 /// Everything that defines one simulated chip.
 ///
 /// Option string (for `flashgate sim stm32-uart` and tests), comma-separated `key=value`:
@@ -170,6 +242,10 @@ const APP_BOOT_US: u64 = 2_000;
 /// | `identity` | where the agent reads its key, e.g. `flash:0x1fc00`, `otp:0x0` | per part |
 /// | `fault` | `KIND@COMMAND[#N][:ADDRESS]`, repeatable (see [`Fault`]) | none |
 /// | `reset-on-reopen` | `on`: the fixture resets the chip into the bootloader whenever the host closes/reopens or resets the link; `off`: the chip keeps running | `on` |
+/// | `nrst` | what drives NRST: `dtr`, `rts` or `none` (pulled up) | `dtr` |
+/// | `boot0` | what drives BOOT0: `rts`, `dtr`, `high` or `low` | `rts` |
+/// | `line-levels` | `inverted` (an asserted line is low at the pin) or `direct` | `inverted` |
+/// | `agent-reboot` | `on`: the agent answers EnterBootloader and resets into the bootloader; `off`: it refuses | `on` |
 /// | `state` | state file to load at start (if it exists) and save to | none |
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimOptions {
@@ -187,6 +263,10 @@ pub struct SimOptions {
     pub faults: Vec<Fault>,
     /// See the `reset-on-reopen` option.
     pub reset_on_link_reset: bool,
+    /// How DTR and RTS reach NRST and BOOT0.
+    pub wiring: Wiring,
+    /// Whether the agent offers EnterBootloader.
+    pub agent_reboot: bool,
     /// State file: loaded by [`Stm32Sim::new`] if it exists, saved as the chip changes.
     pub state_file: Option<PathBuf>,
 }
@@ -208,6 +288,8 @@ impl SimOptions {
             identity: None,
             faults: Vec::new(),
             reset_on_link_reset: true,
+            wiring: Wiring::default(),
+            agent_reboot: true,
             state_file: None,
         }
     }
@@ -338,6 +420,31 @@ impl FromStr for SimOptions {
                         _ => return Err(bad("reset-on-reopen", v, "on or off")),
                     }
                 }
+                "nrst" => {
+                    o.wiring.nrst = match v.parse() {
+                        Ok(p @ (PinSource::Line(_) | PinSource::High)) => p,
+                        _ => return Err(bad("nrst", v, "dtr, rts or none")),
+                    }
+                }
+                "boot0" => {
+                    o.wiring.boot0 = v
+                        .parse()
+                        .map_err(|()| bad("boot0", v, "rts, dtr, high or low"))?
+                }
+                "line-levels" => {
+                    o.wiring.inverted = match v {
+                        "inverted" => true,
+                        "direct" => false,
+                        _ => return Err(bad("line-levels", v, "inverted or direct")),
+                    }
+                }
+                "agent-reboot" => {
+                    o.agent_reboot = match v {
+                        "on" | "true" | "yes" | "1" => true,
+                        "off" | "false" | "no" | "0" => false,
+                        _ => return Err(bad("agent-reboot", v, "on or off")),
+                    }
+                }
                 "state" => o.state_file = Some(PathBuf::from(v)),
                 other => {
                     return Err(SimError::UnknownKey {
@@ -365,6 +472,8 @@ pub enum SimMode {
     Hung,
     /// RDP level 2: the bootloader is disabled for good.
     Disabled,
+    /// NRST is held low: the chip is in reset and nothing answers.
+    HeldInReset,
 }
 
 /// Counters of what the chip saw.
@@ -425,6 +534,7 @@ enum Mode {
     Crashed,
     Hung,
     Disabled,
+    InReset,
 }
 
 /// The simulated chip: bootloader, memories, application agent, timing and faults.
@@ -433,6 +543,10 @@ pub struct Stm32Sim {
     timing: SimTiming,
     identity: Location,
     reset_on_link_reset: bool,
+    wiring: Wiring,
+    agent_reboot: bool,
+    /// DTR and RTS asserted, as the host last set them.
+    lines: (bool, bool),
     mode: Mode,
     faults: FaultBook,
     agent: AgentEndpoint,
@@ -487,6 +601,9 @@ impl Stm32Sim {
             timing: options.timing,
             identity,
             reset_on_link_reset: options.reset_on_link_reset,
+            wiring: options.wiring,
+            agent_reboot: options.agent_reboot,
+            lines: (false, false),
             mode,
             faults: FaultBook::new(&options.faults),
             agent: AgentEndpoint::new(),
@@ -524,6 +641,7 @@ impl Stm32Sim {
             Mode::Crashed => SimMode::Crashed,
             Mode::Hung => SimMode::Hung,
             Mode::Disabled => SimMode::Disabled,
+            Mode::InReset => SimMode::HeldInReset,
         }
     }
 
@@ -616,10 +734,14 @@ impl Stm32Sim {
         self.faults.push(fault);
     }
 
-    /// Resets the chip (NRST pulse with BOOT0 high): back to the bootloader, waiting for sync.
+    /// Resets the chip into the bootloader, waiting for sync (the resets the bootloader
+    /// itself triggers, the fixture's reset on reopen, EnterBootloader). While NRST is held
+    /// low the chip stays in reset.
     pub fn system_reset(&mut self) {
         self.stats.resets += 1;
-        self.mode = if self.mem.rdp() == RdpLevel::Level2 {
+        self.mode = if !self.nrst_high() {
+            Mode::InReset
+        } else if self.mem.rdp() == RdpLevel::Level2 {
             Mode::Disabled
         } else {
             Mode::AwaitSync
@@ -628,6 +750,54 @@ impl Stm32Sim {
         self.app_booted = false;
         // SRAM content is not guaranteed across reset; the bootloader's variables change.
         self.persist(true);
+    }
+
+    /// The levels at NRST and BOOT0 (true = high).
+    pub fn pins(&self) -> (bool, bool) {
+        let (dtr, rts) = self.lines;
+        (
+            self.wiring.level(self.wiring.nrst, dtr, rts),
+            self.wiring.level(self.wiring.boot0, dtr, rts),
+        )
+    }
+
+    fn nrst_high(&self) -> bool {
+        self.pins().0
+    }
+
+    /// The host asserted (`true`) or cleared a modem line of the fixture. NRST going low
+    /// holds the chip in reset; going high starts it, in the bootloader if BOOT0 is high,
+    /// else in the application.
+    pub fn set_modem_line(&mut self, line: ModemLine, asserted: bool) {
+        let was = self.nrst_high();
+        match line {
+            ModemLine::Dtr => self.lines.0 = asserted,
+            _ => self.lines.1 = asserted,
+        }
+        let (now, boot0) = self.pins();
+        if was && !now {
+            self.mode = Mode::InReset;
+            self.agent.reset();
+            self.app_booted = false;
+        } else if !was && now {
+            self.system_reset();
+            if !boot0 && matches!(self.mode, Mode::AwaitSync) {
+                self.mode = self.start_application(self.mem.part.flash_base);
+            }
+        }
+    }
+
+    /// What the core does when it starts the application at `address`: a blank vector
+    /// table (initial stack pointer 0xFFFFFFFF) faults.
+    fn start_application(&mut self, address: u32) -> Mode {
+        self.agent.reset();
+        self.app_booted = false;
+        let sp = self.mem.read(address, 4).unwrap_or_default();
+        if sp.iter().all(|&b| b == 0xFF) {
+            Mode::Crashed
+        } else {
+            Mode::App
+        }
     }
 
     /// Saves the state file now (if one is configured and anything changed).
@@ -711,7 +881,7 @@ impl Stm32Sim {
                 self.mode = Mode::App;
                 self.app_bytes(&[b]);
             }
-            m @ (Mode::Crashed | Mode::Hung | Mode::Disabled) => self.mode = m,
+            m @ (Mode::Crashed | Mode::Hung | Mode::Disabled | Mode::InReset) => self.mode = m,
         }
     }
 
@@ -1175,9 +1345,10 @@ impl Stm32Sim {
         let mut view = AgentView {
             sim: &*self,
             measured: 0,
+            reboot: false,
         };
         let reply = endpoint.receive(&mut view, bytes);
-        let measured = view.measured;
+        let (measured, reboot) = (view.measured, view.reboot);
         self.agent = endpoint;
         if self.timing.agent_work {
             let p = self.mem.part;
@@ -1188,6 +1359,11 @@ impl Stm32Sim {
             self.ns = self.ns.saturating_add(ns);
         }
         self.out.extend_from_slice(&reply);
+        if reboot {
+            // The reply is out; the firmware resets into system memory.
+            self.charge_us(u64::from(self.mem.part.timing.reset_us));
+            self.system_reset();
+        }
     }
 }
 
@@ -1254,6 +1430,7 @@ impl SerialDevice for Stm32Sim {
 struct AgentView<'a> {
     sim: &'a Stm32Sim,
     measured: u64,
+    reboot: bool,
 }
 
 impl AgentDevice for AgentView<'_> {
@@ -1292,6 +1469,11 @@ impl AgentDevice for AgentView<'_> {
         self.measured += u64::from(length);
         Ok(())
     }
+
+    fn enter_bootloader(&mut self) -> bool {
+        self.reboot = self.sim.agent_reboot;
+        self.reboot
+    }
 }
 
 /// One simulated chip shared between whoever serves it (a pty server, an in-process link)
@@ -1323,5 +1505,9 @@ impl SerialDevice for SimHandle {
 
     fn reset_link(&mut self) {
         self.lock().reset_link();
+    }
+
+    fn idle(&mut self, duration: Duration) {
+        self.lock().idle(duration);
     }
 }
