@@ -8,7 +8,6 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use common::{Kind, Lab};
 
@@ -44,17 +43,7 @@ fn serve(lab: &Lab, args: &[&str], lines: usize) -> (Child, Vec<String>) {
 }
 
 fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    for _ in 0..100 {
-        if child.try_wait().unwrap().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    common::terminate(&mut child);
 }
 
 fn job(

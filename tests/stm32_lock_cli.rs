@@ -12,7 +12,6 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use common::{Kind, Lab};
 use flashgate_stm32_uart::sim::{SimOptions, Stm32Sim};
@@ -49,20 +48,9 @@ impl Sim {
 
     /// SIGTERM, so that it saves its state and removes its socket.
     fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        for _ in 0..200 {
-            if child.try_wait().unwrap().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(mut child) = self.child.take() {
+            common::terminate(&mut child);
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 

@@ -1121,48 +1121,9 @@ fn digest_of_images(
     })
 }
 
-/// A fixture that makes each board with a closure: for targets reached
-/// through a programmer on a port, where each board means opening the port
-/// again (the operator has swapped the board in the fixture).
-pub struct BoardsFrom<F> {
-    make: F,
-    left: u64,
-}
-
-impl<F> std::fmt::Debug for BoardsFrom<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BoardsFrom")
-            .field("left", &self.left)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<F> BoardsFrom<F>
-where
-    F: FnMut() -> Result<Box<dyn Target>, TargetError> + Send,
-{
-    /// At most `boards` boards, each made by `make`.
-    pub fn new(boards: u64, make: F) -> Self {
-        Self { make, left: boards }
-    }
-}
-
-impl<F> Fixture for BoardsFrom<F>
-where
-    F: FnMut() -> Result<Box<dyn Target>, TargetError> + Send,
-{
-    fn next_board(&mut self) -> Result<Option<Box<dyn Target>>, TargetError> {
-        if self.left == 0 {
-            return Ok(None);
-        }
-        self.left -= 1;
-        (self.make)().map(Some)
-    }
-
-    fn boards_left(&self) -> Option<u64> {
-        Some(self.left)
-    }
-}
+/// A fixture that makes each board with a closure (kept here for callers
+/// of the pipeline; it lives with the driver model).
+pub use flashgate_target::BoardsFrom;
 
 /// The runtime a run needs: each channel holds a blocking thread for the
 /// whole run, beside the time-based checkpoint ticker.

@@ -352,3 +352,20 @@ pub fn validity(text: &str, from: u64, until: u64) -> String {
 pub fn both() -> [Kind; 2] {
     [Kind::SoftHsm, Kind::Kryoptic]
 }
+
+/// Stops a child process the way an operator would: SIGTERM (so that a
+/// simulator saves its state and removes its sockets), then a kill if it
+/// has not gone within ten seconds.
+pub fn terminate(child: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    for _ in 0..200 {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
