@@ -2,7 +2,7 @@
 //! ECDH-ES + AES-KW recipient and its KDF context, and the `Enc_structure`.
 //!
 //! Host-side sealing lives here (the OEM builds packages without an HSM);
-//! opening inside the token is in `package::import`. The host-side `open`
+//! opening inside the token is in `appliance::import` (through `hsm`). The host-side `open`
 //! functions exist so that known-answer vectors and tests can check the
 //! construction independently of any token.
 

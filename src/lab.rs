@@ -145,7 +145,7 @@ pub fn build_and_import(
     let policy = flashgate_policy::Policy::from_toml_str(policy_text).map_err(err)?;
     fs::write(dir.join("firmware.bin"), &firmware).map_err(err)?;
     let oem = crate::oem::Oem::load(&setup.oem_dir).map_err(err)?;
-    let job = crate::package::build::build(&crate::package::build::JobInput {
+    let job = crate::oem::build::build(&crate::oem::build::JobInput {
         policy_toml: policy_text,
         policy: &policy,
         images: &[flashgate_firmware::Segment {

@@ -26,4 +26,6 @@ pub mod lab;
 pub mod oem;
 pub mod package;
 pub mod pipeline;
+pub mod profile;
 pub mod station;
+pub mod unit;

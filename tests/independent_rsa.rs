@@ -27,8 +27,8 @@ use common::independent::{
 use flashgate::cose;
 use flashgate::enrollment::{TransportKeys, VerifiedEnrollment};
 use flashgate::hsm::Profile;
+use flashgate::oem::build::BuiltJob;
 use flashgate::oem::Oem;
-use flashgate::package::build::BuiltJob;
 use flashgate::package::encrypt::AnyRecipient;
 use flashgate::package::{encode_package, EncryptObject, UnverifiedPackage, MANIFEST_CONTENT_TYPE};
 use flashgate_firmware::Segment;

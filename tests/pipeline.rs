@@ -87,7 +87,7 @@ fn job_from(
     )
     .unwrap();
     let oem = flashgate::oem::Oem::load(&lab.dir.join("oem")).unwrap();
-    let built = flashgate::package::build::build(&flashgate::package::build::JobInput {
+    let built = flashgate::oem::build::build(&flashgate::oem::build::JobInput {
         policy_toml: &text,
         policy: &policy,
         images: &[flashgate_firmware::Segment {

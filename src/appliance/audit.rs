@@ -23,7 +23,8 @@ use super::{
     RemovalState, IMPORTED_PREFIX, LOG_LABEL,
 };
 use crate::hsm::Token;
-use crate::pipeline::{Ledger, LedgerError, UnitRecord, UnitResult};
+use crate::unit::ledger::{Ledger, LedgerError};
+use crate::unit::{UnitRecord, UnitResult};
 
 /// Marker file in a job directory: the job's `job-imported` record is in the log.
 const IMPORT_LOGGED: &str = "import-logged";

@@ -18,10 +18,11 @@ pub mod probe;
 mod profile;
 mod rsa;
 
-pub use self::rsa::{OaepHash, TransportRole, TransportSupport, TRANSPORT_BITS};
+pub use self::rsa::TransportSupport;
+pub use crate::profile::{OaepHash, Profile, TransportRole, TRANSPORT_BITS};
 pub use config::{PinSource, TokenConfig};
 pub use error::HsmError;
-pub use profile::{Mechanisms, Profile};
+pub use profile::Mechanisms;
 
 use nested_template::{Forced, Template, CKA_DERIVE_TEMPLATE, CKA_UNWRAP_TEMPLATE};
 

@@ -1,62 +1,8 @@
 use cryptoki::mechanism::MechanismType;
 
-use super::OaepHash;
-
-/// A key-transport profile: how secrets in a job package are wrapped to the
-/// appliance (its RSA transport keys or its key-agreement key). See docs/FORMATS.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Profile {
-    /// COSE RSAES-OAEP with SHA-256 (alg -41) to per-role transport keys.
-    CoseRsaesOaepSha256,
-    /// COSE RSAES-OAEP with SHA-1 (alg -40): the OAEP SoftHSM 2.6 offers.
-    CoseRsaesOaepSha1,
-    /// COSE ECDH-ES + A256KW with HKDF in the token (PKCS#11 3.0 tokens).
-    CoseEcdhEsA256kw,
-    /// ECDH + `CKM_AES_CBC_ENCRYPT_DATA` KDF + AES-KW (PKCS#11 2.40 tokens).
-    P11v2EcdhAesKdf,
-}
+use super::Profile;
 
 impl Profile {
-    /// Every profile, strongest first.
-    pub const ALL: [Self; 4] = [
-        Self::CoseRsaesOaepSha256,
-        Self::CoseRsaesOaepSha1,
-        Self::CoseEcdhEsA256kw,
-        Self::P11v2EcdhAesKdf,
-    ];
-
-    /// The name used in enrollment records, manifests and messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::CoseRsaesOaepSha256 => "cose-rsaes-oaep-sha256",
-            Self::CoseRsaesOaepSha1 => "cose-rsaes-oaep-sha1",
-            Self::CoseEcdhEsA256kw => "cose-ecdh-es-a256kw",
-            Self::P11v2EcdhAesKdf => "p11v2-ecdh-aes-kdf",
-        }
-    }
-
-    /// Parses a profile name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.name() == name)
-    }
-
-    /// The OAEP hash of an RSA-OAEP profile; `None` for the ECDH profiles.
-    pub fn oaep_hash(self) -> Option<OaepHash> {
-        match self {
-            Self::CoseRsaesOaepSha256 => Some(OaepHash::Sha256),
-            Self::CoseRsaesOaepSha1 => Some(OaepHash::Sha1),
-            Self::CoseEcdhEsA256kw | Self::P11v2EcdhAesKdf => None,
-        }
-    }
-
-    /// The RSA-OAEP profile of an OAEP hash.
-    pub fn rsa_oaep(hash: OaepHash) -> Self {
-        match hash {
-            OaepHash::Sha256 => Self::CoseRsaesOaepSha256,
-            OaepHash::Sha1 => Self::CoseRsaesOaepSha1,
-        }
-    }
-
     /// The mechanisms a token must offer to import and run jobs of this profile.
     pub fn mechanisms(self) -> &'static [MechanismType] {
         const COMMON: [MechanismType; 6] = [
@@ -99,12 +45,6 @@ impl Profile {
             Self::CoseEcdhEsA256kw => &STANDARD,
             Self::P11v2EcdhAesKdf => &COMPAT,
         }
-    }
-}
-
-impl std::fmt::Display for Profile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 

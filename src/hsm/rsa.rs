@@ -10,40 +10,9 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use zeroize::Zeroizing;
 
 use super::nested_template::{Template, CKA_UNWRAP_TEMPLATE};
-use super::{HsmError, KeyPair, Token};
-
-/// Modulus size of transport keys.
-pub const TRANSPORT_BITS: u64 = 3072;
-
-/// What a transport key unwraps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum TransportRole {
-    /// Image content keys: AES-256, decrypt (AES-GCM) only.
-    Image,
-    /// The device master: generic secret, HMAC-SHA256 only.
-    Master,
-    /// The job CA key: P-256 private key, ECDSA only.
-    Ca,
-}
+use super::{HsmError, KeyPair, OaepHash, Token, TransportRole, TRANSPORT_BITS};
 
 impl TransportRole {
-    /// Every role.
-    pub const ALL: [Self; 3] = [Self::Image, Self::Master, Self::Ca];
-
-    /// The role name used in the enrollment record and in labels.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Image => "image",
-            Self::Master => "master",
-            Self::Ca => "ca",
-        }
-    }
-
-    /// Parses a role name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.name() == name)
-    }
-
     /// The only mechanism the unwrapped key may be used with.
     fn result_mechanism(self) -> MechanismType {
         match self {
@@ -95,21 +64,6 @@ impl TransportRole {
     }
 }
 
-impl std::fmt::Display for TransportRole {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// The OAEP hash (and MGF1 hash); the label is always empty.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum OaepHash {
-    /// SHA-1 (COSE -40): the only OAEP SoftHSM 2.6 offers.
-    Sha1,
-    /// SHA-256 (COSE -41).
-    Sha256,
-}
-
 impl OaepHash {
     fn mechanism(self) -> Mechanism<'static> {
         let (hash, mgf) = match self {
@@ -117,19 +71,6 @@ impl OaepHash {
             Self::Sha256 => (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256),
         };
         Mechanism::RsaPkcsOaep(PkcsOaepParams::new(hash, mgf, PkcsOaepSource::empty()))
-    }
-
-    /// Host-side OAEP encryption to `public` (what the OEM builder does).
-    pub fn encrypt(
-        self,
-        public: &::rsa::PublicKey,
-        message: &[u8],
-    ) -> Result<Vec<u8>, ::rsa::Error> {
-        let mut rng = getrandom::SysRng;
-        match self {
-            Self::Sha1 => public.encrypt(&mut rng, ::rsa::Oaep::<sha1::Sha1>::new(), message),
-            Self::Sha256 => public.encrypt(&mut rng, ::rsa::Oaep::<sha2::Sha256>::new(), message),
-        }
     }
 }
 

@@ -5,10 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
+use super::build::{build, BuildError, JobInput};
 use crate::enrollment::{EnrollmentError, VerifiedEnrollment};
-use crate::hsm::Profile;
-use crate::package::build::{build, BuildError, JobInput};
 use crate::package::Manifest;
+use crate::profile::Profile;
 
 use super::{Oem, OemError};
 

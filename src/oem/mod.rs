@@ -9,6 +9,7 @@
 //! root_cert = "root-cert.pem"
 //! ```
 
+pub mod build;
 pub mod certs;
 pub mod job;
 pub mod pkcs11_uri;

@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 use crate::cose::{
     self, KekDerivation, ALG_A256KWP_CONTENT, ALG_P11V2_ECDH_AES_KDF_A256KW, KDF_OTHER,
 };
-use crate::hsm::Profile;
+use crate::profile::Profile;
 
 use super::PackageError;
 
@@ -353,17 +353,28 @@ impl KdfInput {
     }
 }
 
+/// Why a secret could not be sealed to a recipient.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealError {
+    /// The recipient's key (from the enrollment record) cannot be used.
+    #[error("the appliance enrollment record cannot be used: {0}")]
+    BadRecipient(String),
+    /// The OS RNG failed.
+    #[error("the random number generator failed: {0}")]
+    Random(String),
+}
+
 /// Host-side: wraps `cek` to the appliance public key `recipient_public`.
 pub fn seal_recipient(
     ctx: RecipientContext<'_>,
     recipient_public: &[u8; 65],
     cek: &[u8; 32],
-) -> Result<Recipient, crate::package::build::BuildError> {
-    use crate::package::build::BuildError;
-    let eph = cose::random_secret_key().map_err(|e| BuildError::Random(e.to_string()))?;
+) -> Result<Recipient, SealError> {
+    let eph = cose::random_secret_key().map_err(|e| SealError::Random(e.to_string()))?;
     let ephemeral = cose::sec1_uncompressed(&eph.public_key());
     let z = cose::ecdh_x(&eph, recipient_public).map_err(|_| {
-        BuildError::BadEnrollment("the appliance key is not a P-256 point".to_owned())
+        SealError::BadRecipient("the appliance key is not a P-256 point".to_owned())
     })?;
     let protected = cose::recipient_protected(recipient_alg(ctx.profile));
     let input = ctx.kdf_input(&protected, &ephemeral);
@@ -372,7 +383,7 @@ pub fn seal_recipient(
     let mut buf = [0u8; 40];
     let wrapped = kw
         .wrap_key(cek, &mut buf)
-        .map_err(|_| BuildError::Random("AES key wrap failed".to_owned()))?
+        .map_err(|_| SealError::Random("AES key wrap failed".to_owned()))?
         .to_vec();
     Ok(Recipient {
         protected,
@@ -410,18 +421,17 @@ pub fn seal_oaep_recipient(
     profile: Profile,
     spki_der: &[u8],
     secret: &[u8],
-) -> Result<OaepRecipient, crate::package::build::BuildError> {
-    use crate::package::build::BuildError;
+) -> Result<OaepRecipient, SealError> {
     use rsa::pkcs8::DecodePublicKey;
-    let hash = profile.oaep_hash().ok_or_else(|| {
-        BuildError::BadEnrollment(format!("{profile} is not an RSA-OAEP profile"))
-    })?;
+    let hash = profile
+        .oaep_hash()
+        .ok_or_else(|| SealError::BadRecipient(format!("{profile} is not an RSA-OAEP profile")))?;
     let key = rsa::PublicKey::from_public_key_der(spki_der).map_err(|_| {
-        BuildError::BadEnrollment("a transport key is not an RSA public key".to_owned())
+        SealError::BadRecipient("a transport key is not an RSA public key".to_owned())
     })?;
     let encrypted_key = hash
         .encrypt(&key, secret)
-        .map_err(|e| BuildError::Random(format!("RSA-OAEP encryption failed: {e}")))?;
+        .map_err(|e| SealError::Random(format!("RSA-OAEP encryption failed: {e}")))?;
     Ok(OaepRecipient {
         protected: cose::recipient_protected(recipient_alg(profile)),
         kid: transport_kid(spki_der),

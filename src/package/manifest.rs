@@ -2,7 +2,7 @@
 
 use ciborium::value::{Integer, Value};
 
-use crate::hsm::Profile;
+use crate::profile::Profile;
 
 use super::PackageError;
 

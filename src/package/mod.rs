@@ -6,7 +6,6 @@
 //! Layout (docs/FORMATS.md has it byte for byte):
 //! `["flashgate-job", 1, manifest: bstr, [master: bstr, ca_key: bstr], [* [image: bstr, [+ chunk: bstr]]]]`
 
-pub mod build;
 pub(crate) mod cbor;
 pub mod encrypt;
 pub mod manifest;

@@ -9,19 +9,19 @@ use p256::pkcs8::EncodePrivateKey;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::encrypt::{
-    seal_oaep_recipient, seal_recipient, AnyRecipient, EncryptObject, RecipientContext,
-    ALG_A256GCM, ALG_SECRET_IN_RECIPIENT,
-};
-use super::manifest::{ImageEntry, Manifest, CHUNK_SIZE, MAX_IMAGES, MAX_IMAGE_SIZE};
-use super::{
-    chunk_external_aad, chunk_nonce, encode_image_element, encode_package, MANIFEST_CONTENT_TYPE,
-};
+use super::{certs, Oem, OemError};
 use crate::cose::{self, ALG_A256KWP_CONTENT};
 use crate::enrollment::TransportKeys;
 use crate::enrollment::VerifiedEnrollment;
-use crate::hsm::{Profile, TransportRole};
-use crate::oem::{certs, Oem, OemError};
+use crate::package::encrypt::{
+    seal_oaep_recipient, seal_recipient, AnyRecipient, EncryptObject, RecipientContext,
+    ALG_A256GCM, ALG_SECRET_IN_RECIPIENT,
+};
+use crate::package::manifest::{ImageEntry, Manifest, CHUNK_SIZE, MAX_IMAGES, MAX_IMAGE_SIZE};
+use crate::package::{
+    chunk_external_aad, chunk_nonce, encode_image_element, encode_package, MANIFEST_CONTENT_TYPE,
+};
+use crate::profile::{Profile, TransportRole};
 
 /// Why a job could not be built. Policy and firmware errors carry their own
 /// messages (with line numbers).
@@ -48,6 +48,9 @@ pub enum BuildError {
     /// The OS RNG failed.
     #[error("the random number generator failed: {0}")]
     Random(String),
+    /// Sealing a secret to the appliance failed.
+    #[error(transparent)]
+    Seal(#[from] crate::package::encrypt::SealError),
     /// OEM key or certificate trouble.
     #[error(transparent)]
     Oem(#[from] OemError),
