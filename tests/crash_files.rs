@@ -82,7 +82,17 @@ fn kills_leave_every_certificate_on_disk(kind: Kind) {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(300 + rng % 900));
+        // Kill while units are in production: after the first certificate
+        // (a loaded machine can take long to start), at a random moment.
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(120)
+            && !std::fs::read_to_string(&events)
+                .unwrap_or_default()
+                .contains("\"stage\":\"certificate\"")
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(rng % 900));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         // A certificate's stage-done event is emitted only after the
