@@ -902,6 +902,7 @@ impl Provisioner {
 
         // Challenge: a fresh nonce from the HSM RNG.
         let s = Instant::now();
+        let mut proof = None;
         if self.policy.lock().require_challenge {
             let mut nonce = [0u8; 32];
             self.hsm(|a| a.token.random(&mut nonce))
@@ -912,7 +913,7 @@ impl Provisioner {
                     regions: self.regions.clone(),
                 })
                 .map_err(terr)?;
-            flashgate_agent::verify_challenge_reply(
+            let p = flashgate_agent::verify_challenge_reply(
                 &identity_public,
                 &nonce,
                 &info.uid,
@@ -926,6 +927,7 @@ impl Provisioner {
                     format!("the device did not prove its key: {e}"),
                 )
             })?;
+            proof = Some(p);
             timed(rec, UnitStage::Challenge, s);
         }
 
@@ -942,8 +944,18 @@ impl Provisioner {
                 )),
             };
         if let Some(level) = want {
+            // Only a device that proved its key can be locked (the policy
+            // parser refuses a lock without a challenge).
+            let Some(proof) = proof else {
+                return Err(UnitFailure::new(
+                    UnitStage::Lock,
+                    FailureKind::Provisioning,
+                    "the policy locks without a challenge, which no lock permission allows; ask the OEM for a job with lock.require_challenge = true",
+                ));
+            };
             let s = Instant::now();
-            t.set_lock(LockPermission::allow(level)).map_err(terr)?;
+            t.set_lock(LockPermission::after(proof, level))
+                .map_err(terr)?;
             timed(rec, UnitStage::Lock, s);
             let s = Instant::now();
             let state = t.read_lock().map_err(terr)?;

@@ -1,47 +1,24 @@
 //! The signed message, the firmware digest, and both ends of the signature.
 
-use flashgate_target::{ChallengeRequest, ChallengeResponse, FlashRange, MAX_CHALLENGE_REGIONS};
-use p256::ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
-use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
+use flashgate_target::{
+    ChallengeRequest, ChallengeResponse, FlashRange, ProvenDevice, MAX_CHALLENGE_REGIONS,
+};
+use p256::ecdsa::signature::hazmat::PrehashSigner;
+use p256::ecdsa::{Signature, SigningKey};
 use sha2::{Digest, Sha256};
 
-use crate::message::MAX_UID_LEN;
 use crate::AgentError;
-
-/// Domain-separation prefix of the signed message, NUL included (19 bytes).
-///
-/// The version in it changes whenever the signed message changes, so a signature made for
-/// one layout can never be accepted under another.
-pub const DOMAIN: &[u8; 19] = b"flashgate-agent-v1\0";
 
 /// How many flash bytes are read at a time while measuring (keeps device RAM small).
 const MEASURE_CHUNK: usize = 256;
 
-/// The exact bytes the device signs:
-/// `DOMAIN || nonce (32) || uid_len (1) || uid || firmware_digest (32)`.
-///
-/// The signature is ECDSA P-256 with SHA-256 over these bytes, i.e. over
-/// `e = SHA-256(message)` ([`signed_message_hash`]).
+/// The exact bytes the device signs (see [`flashgate_target::signed_message`]).
 pub fn signed_message(
     nonce: &[u8; 32],
     uid: &[u8],
     firmware_digest: &[u8; 32],
 ) -> Result<Vec<u8>, AgentError> {
-    if uid.is_empty() || uid.len() > MAX_UID_LEN {
-        return Err(AgentError::FieldLength {
-            field: "uid",
-            length: uid.len(),
-            min: 1,
-            max: MAX_UID_LEN,
-        });
-    }
-    let mut m = Vec::with_capacity(DOMAIN.len() + 32 + 1 + uid.len() + 32);
-    m.extend_from_slice(DOMAIN);
-    m.extend_from_slice(nonce);
-    m.push(uid.len() as u8);
-    m.extend_from_slice(uid);
-    m.extend_from_slice(firmware_digest);
-    Ok(m)
+    flashgate_target::signed_message(nonce, uid, firmware_digest).map_err(AgentError::from)
 }
 
 /// `SHA-256(signed_message(..))`: the value ECDSA signs.
@@ -50,7 +27,7 @@ pub fn signed_message_hash(
     uid: &[u8],
     firmware_digest: &[u8; 32],
 ) -> Result<[u8; 32], AgentError> {
-    Ok(sha256(&signed_message(nonce, uid, firmware_digest)?))
+    flashgate_target::signed_message_hash(nonce, uid, firmware_digest).map_err(AgentError::from)
 }
 
 /// `SHA-256` of the bytes of `regions`, concatenated in order, as returned by `read`.
@@ -138,7 +115,8 @@ pub fn answer_challenge(
     })
 }
 
-/// The host side: checks a challenge reply.
+/// The host side: checks a challenge reply ([`flashgate_target::verify_challenge_reply`]);
+/// the [`ProvenDevice`] it returns is what a lock permission is made from.
 ///
 /// `public_key_sec1` is the key from the certificate the appliance issued for this unit
 /// (SEC1, compressed or uncompressed). The signature is checked first, so a unit holding the
@@ -150,20 +128,15 @@ pub fn verify_challenge_reply(
     uid: &[u8],
     expected_firmware_digest: &[u8; 32],
     reply: &ChallengeResponse,
-) -> Result<(), AgentError> {
-    let key =
-        VerifyingKey::from_sec1_bytes(public_key_sec1).map_err(|_| AgentError::BadPublicKey)?;
-    let sig = Signature::from_slice(&reply.signature).map_err(|_| AgentError::BadSignature)?;
-    let hash = signed_message_hash(nonce, uid, &reply.firmware_digest)?;
-    key.verify_prehash(&hash, &sig)
-        .map_err(|_| AgentError::BadSignature)?;
-    if reply.firmware_digest != *expected_firmware_digest {
-        return Err(AgentError::FirmwareDigestMismatch {
-            expected: *expected_firmware_digest,
-            found: reply.firmware_digest,
-        });
-    }
-    Ok(())
+) -> Result<ProvenDevice, AgentError> {
+    flashgate_target::verify_challenge_reply(
+        public_key_sec1,
+        nonce,
+        uid,
+        expected_firmware_digest,
+        reply,
+    )
+    .map_err(AgentError::from)
 }
 
 /// The uncompressed SEC1 public key (`04 || x || y`) of an identity scalar.
@@ -189,10 +162,6 @@ fn signing_key(scalar: &[u8; 32]) -> Result<SigningKey, AgentError> {
         return Err(AgentError::InvalidKey);
     }
     SigningKey::from_slice(scalar).map_err(|_| AgentError::InvalidKey)
-}
-
-fn sha256(data: &[u8]) -> [u8; 32] {
-    to32(&Sha256::digest(data))
 }
 
 fn to32(b: &[u8]) -> [u8; 32] {

@@ -235,3 +235,23 @@ fn hex32(b: &[u8; 32]) -> String {
     }
     s
 }
+
+impl From<flashgate_target::ChallengeError> for AgentError {
+    fn from(e: flashgate_target::ChallengeError) -> Self {
+        use flashgate_target::ChallengeError as C;
+        match e {
+            C::UidLength { length } => AgentError::FieldLength {
+                field: "uid",
+                length,
+                min: 1,
+                max: flashgate_target::MAX_UID_LEN,
+            },
+            C::BadPublicKey => AgentError::BadPublicKey,
+            C::FirmwareDigestMismatch { expected, found } => {
+                AgentError::FirmwareDigestMismatch { expected, found }
+            }
+            // A new reason is still a refusal of the reply.
+            C::BadSignature | _ => AgentError::BadSignature,
+        }
+    }
+}

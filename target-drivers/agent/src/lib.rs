@@ -21,10 +21,11 @@ mod message;
 
 pub use crypto::{
     answer_challenge, firmware_digest, firmware_digest_of_image, is_valid_scalar, public_key,
-    signed_message, signed_message_hash, verify_challenge_reply, DOMAIN,
+    signed_message, signed_message_hash, verify_challenge_reply,
 };
 pub use device::{respond, AgentDevice, AgentEndpoint};
 pub use error::{AgentError, ErrorCode};
+pub use flashgate_target::DOMAIN;
 pub use frame::{
     encode_frame, frame_crc, Decoder, Frame, CRC_LEN, HEADER_LEN, MAX_FRAME, MAX_PAYLOAD, SOF,
 };

@@ -12,7 +12,7 @@ pub const PROTOCOL_VERSION: u8 = 1;
 /// Longest device type string in `HelloReply`.
 pub const MAX_DEVICE_TYPE_LEN: usize = 32;
 /// Longest UID in `HelloReply` (and in the signed message).
-pub const MAX_UID_LEN: usize = 32;
+pub const MAX_UID_LEN: usize = flashgate_target::MAX_UID_LEN;
 
 /// Frame type bytes. Requests have bit 7 clear, replies set; `ERROR` answers any request.
 pub mod kind {

@@ -266,7 +266,8 @@ fn sign_and_verify() {
     )
     .unwrap();
     assert_eq!(reply.firmware_digest, expected);
-    verify_challenge_reply(&pk, &req.nonce, &EXAMPLE_UID, &expected, &reply).unwrap();
+    let proof = verify_challenge_reply(&pk, &req.nonce, &EXAMPLE_UID, &expected, &reply).unwrap();
+    assert_eq!(proof.uid(), &EXAMPLE_UID[..]);
 
     // Wrong key.
     let other = public_key(&[0x22; 32]).unwrap();
@@ -309,7 +310,8 @@ fn sign_and_verify() {
     let mut compressed = [0u8; 33];
     compressed[0] = 0x02 | (pk[64] & 1);
     compressed[1..].copy_from_slice(&pk[1..33]);
-    verify_challenge_reply(&compressed, &req.nonce, &EXAMPLE_UID, &expected, &reply).unwrap();
+    let _ =
+        verify_challenge_reply(&compressed, &req.nonce, &EXAMPLE_UID, &expected, &reply).unwrap();
     assert_eq!(
         verify_challenge_reply(&[4; 65], &req.nonce, &EXAMPLE_UID, &expected, &reply),
         Err(AgentError::BadPublicKey)
@@ -418,7 +420,8 @@ fn endpoint_answers_each_frame() {
     let reply = got[1].clone().into_challenge_reply().unwrap();
     let pk = public_key(&EXAMPLE_SCALAR).unwrap();
     let expected = firmware_digest_of_image(0x0800_0000, &example_image(), &req.regions).unwrap();
-    verify_challenge_reply(&pk, &req.nonce, &EXAMPLE_UID, &expected, &reply).unwrap();
+    let proof = verify_challenge_reply(&pk, &req.nonce, &EXAMPLE_UID, &expected, &reply).unwrap();
+    assert_eq!(proof.uid(), &EXAMPLE_UID[..]);
 
     // Blank key → NoKey; region outside flash → BadRegion; garbage frame → BadFrame;
     // a reply type sent to the device → UnknownType.
@@ -636,7 +639,7 @@ fn agent_md_worked_examples() {
     // The documented signature verifies (a firmware using random k produces another one that
     // verifies just as well).
     let sig: [u8; 64] = hex::decode(SIGNATURE).unwrap().try_into().unwrap();
-    verify_challenge_reply(
+    let _proof = verify_challenge_reply(
         &pk,
         &req.nonce,
         &EXAMPLE_UID,

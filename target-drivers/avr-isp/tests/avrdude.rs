@@ -226,7 +226,7 @@ fn flashgate_programs_and_avrdude_reads_back() {
         };
         let reply = t.challenge(&request).unwrap();
         let digest = flashgate_agent::firmware_digest_of_image(0, &fw, &request.regions).unwrap();
-        flashgate_agent::verify_challenge_reply(
+        let proof = flashgate_agent::verify_challenge_reply(
             &flashgate_agent::public_key(&key).unwrap(),
             &request.nonce,
             &info.uid,
@@ -234,6 +234,7 @@ fn flashgate_programs_and_avrdude_reads_back() {
             &reply,
         )
         .unwrap();
+        assert_eq!(proof.uid(), &info.uid[..]);
         t.disconnect().unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
@@ -250,7 +251,7 @@ fn flashgate_programs_and_avrdude_reads_back() {
             .unwrap();
         t.connect().unwrap();
         t.identify().unwrap();
-        t.set_lock(LockPermission::allow(LockLevel::Readout))
+        t.set_lock(LockPermission::unchecked(LockLevel::Readout))
             .unwrap();
     }
     let (ok, log) = avrdude(isp.path(), &["-U", "lock:r:-:h"], Duration::from_secs(60));

@@ -135,7 +135,7 @@ fn realistic_timing_meets_the_floor_and_respects_write_times() {
     t.verify(0, &image).unwrap();
     t.store_secret("eeprom:0x0000".parse().unwrap(), &identity_key(3))
         .unwrap();
-    t.set_lock(LockPermission::allow(LockLevel::Readout))
+    t.set_lock(LockPermission::unchecked(LockLevel::Readout))
         .unwrap();
     sim.with_chip(|c| {
         // The driver waited out every erase and write: nothing was ignored as busy.
@@ -190,7 +190,7 @@ fn atmega2560_extended_addressing() {
     };
     let reply = t.challenge(&request).unwrap();
     let digest = flashgate_agent::firmware_digest_of_image(base, &image, &regions).unwrap();
-    flashgate_agent::verify_challenge_reply(
+    let proof = flashgate_agent::verify_challenge_reply(
         &flashgate_agent::public_key(&key).unwrap(),
         &request.nonce,
         &info.uid,
@@ -198,7 +198,8 @@ fn atmega2560_extended_addressing() {
         &reply,
     )
     .unwrap();
-    t.set_lock(LockPermission::allow(LockLevel::Readout))
+    assert_eq!(proof.uid(), &info.uid[..]);
+    t.set_lock(LockPermission::after(proof, LockLevel::Readout))
         .unwrap();
     assert_eq!(t.read_lock().unwrap().raw, vec![0xFC]);
     // Out of range.
@@ -273,7 +274,7 @@ fn swapped_board_is_not_locked() {
         c.load_eeprom(at, &[1, 2, 3, 4, 5, 6, 7, 8]);
     });
     let e = t
-        .set_lock(LockPermission::allow(LockLevel::Readout))
+        .set_lock(LockPermission::unchecked(LockLevel::Readout))
         .unwrap_err();
     assert_eq!(e.stage(), Some(Stage::Lock));
     assert!(e.to_string().contains("swapped"), "{e}");
@@ -292,18 +293,18 @@ fn lock_byte_is_configurable_and_permanent_refused() {
     t.connect().unwrap();
     t.identify().unwrap();
     let e = t
-        .set_lock(LockPermission::allow(LockLevel::Permanent))
+        .set_lock(LockPermission::unchecked(LockLevel::Permanent))
         .unwrap_err();
     assert!(e.to_string().contains("no permanent lock"), "{e}");
     assert!(matches!(
-        t.set_lock(LockPermission::allow(LockLevel::None))
+        t.set_lock(LockPermission::unchecked(LockLevel::None))
             .unwrap_err(),
         TargetError::InvalidRequest {
             stage: Stage::Lock,
             ..
         }
     ));
-    t.set_lock(LockPermission::allow(LockLevel::Readout))
+    t.set_lock(LockPermission::unchecked(LockLevel::Readout))
         .unwrap();
     assert_eq!(t.read_lock().unwrap().raw, vec![0xCC]);
     assert!(matches!(

@@ -131,8 +131,20 @@ impl DeviceInfo {
 ///
 /// Locking is irreversible or destroys the unit's keys, so [`Target::set_lock`](crate::Target::set_lock)
 /// takes this value, which has no `Default`, no public fields, is neither `Clone` nor `Copy`,
-/// and is consumed by the call. The only way to get one is [`LockPermission::allow`], so every
-/// lock in the code base is visible at a call site.
+/// and is consumed by the call. It is made only from the [`ProvenDevice`](crate::ProvenDevice)
+/// that [`verify_challenge_reply`](crate::verify_challenge_reply) returns when the device
+/// proved its key over the programmed firmware.
+///
+/// There is no other way to make one:
+/// ```compile_fail
+/// use flashgate_target::{LockLevel, LockPermission};
+/// let p = LockPermission { level: LockLevel::Readout };
+/// ```
+/// ```compile_fail
+/// use flashgate_target::{LockLevel, LockPermission, ProvenDevice};
+/// let forged = ProvenDevice { uid: vec![1] };
+/// let p = LockPermission::after(forged, LockLevel::Readout);
+/// ```
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a LockPermission does nothing until it is passed to Target::set_lock"]
 pub struct LockPermission {
@@ -140,12 +152,18 @@ pub struct LockPermission {
 }
 
 impl LockPermission {
-    /// Allows one `set_lock` call at `level`.
-    ///
-    /// Construct this only after the device proved its key (the challenge reply verified
-    /// against the certificate just issued and the firmware digest matched) and every earlier
-    /// stage passed: a unit that failed anything must never be locked.
-    pub fn allow(level: LockLevel) -> Self {
+    /// Allows one `set_lock` call at `level` on the device that `proof` is
+    /// of. Make it only once every stage before the lock has passed: a unit
+    /// that failed anything must never be locked.
+    pub fn after(proof: crate::ProvenDevice, level: LockLevel) -> Self {
+        let _ = proof;
+        LockPermission { level }
+    }
+
+    /// A permission without a proof, for driver tests that lock a simulated
+    /// chip directly. Not in a build without the `test-support` feature.
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn unchecked(level: LockLevel) -> Self {
         LockPermission { level }
     }
 

@@ -5,8 +5,8 @@
 //! touching any unit ([`Capabilities::missing`]). Every error carries the [`Stage`] and, where
 //! there is one, the address ([`TargetError`]).
 //!
-//! Locking is gated: [`Target::set_lock`] consumes a [`LockPermission`], which exists only
-//! where code calls [`LockPermission::allow`] on purpose, after the device proved its key.
+//! Locking is gated: [`Target::set_lock`] consumes a [`LockPermission`], which is made only
+//! from the [`ProvenDevice`] that a successful [`verify_challenge_reply`] returns.
 //!
 //! ```
 //! use flashgate_target::{Capabilities, Capability};
@@ -21,6 +21,7 @@ mod challenge;
 mod device;
 mod error;
 mod location;
+mod proof;
 mod registry;
 mod stage;
 mod target;
@@ -32,6 +33,10 @@ pub use challenge::{
 pub use device::{DeviceInfo, LockLevel, LockPermission, LockState, MemoryRegion};
 pub use error::{TargetError, MISMATCH_WINDOW};
 pub use location::{Location, Space};
+pub use proof::{
+    signed_message, signed_message_hash, verify_challenge_reply, ChallengeError, ProvenDevice,
+    DOMAIN, MAX_UID_LEN,
+};
 pub use registry::{
     parse_target, BoardsFrom, Driver, FixtureSpec, RunWiring, SpecError, SpecOptions,
 };
@@ -127,7 +132,7 @@ mod tests {
         assert!(LockLevel::Permanent > LockLevel::Readout);
         assert!(LockLevel::Readout > LockLevel::None);
         assert_eq!(
-            LockPermission::allow(LockLevel::Readout).level(),
+            LockPermission::unchecked(LockLevel::Readout).level(),
             LockLevel::Readout
         );
     }
@@ -254,7 +259,7 @@ mod tests {
     fn unsupported_defaults_name_capability() {
         let mut m: Box<dyn Target> = Box::new(Memory { flash: vec![] });
         assert_eq!(
-            m.set_lock(LockPermission::allow(LockLevel::Readout))
+            m.set_lock(LockPermission::unchecked(LockLevel::Readout))
                 .unwrap_err(),
             TargetError::Unsupported {
                 stage: Stage::Lock,

@@ -57,7 +57,7 @@ fn provision(t: &mut dyn Target, firmware: &[u8], key: &[u8; 32]) -> Result<(), 
     let reply = t.challenge(&req)?;
     let expected = firmware_digest_of_image(info.flash.base, firmware, &req.regions)
         .map_err(|e| e.at_stage(Stage::Challenge))?;
-    verify_challenge_reply(
+    let _proof = verify_challenge_reply(
         &public_key(key).unwrap(),
         &req.nonce,
         &info.uid,
@@ -65,7 +65,7 @@ fn provision(t: &mut dyn Target, firmware: &[u8], key: &[u8; 32]) -> Result<(), 
         &reply,
     )
     .map_err(|e| e.at_stage(Stage::Challenge))?;
-    t.set_lock(LockPermission::allow(LockLevel::Readout))?;
+    t.set_lock(LockPermission::unchecked(LockLevel::Readout))?;
     let state = t.read_lock()?;
     assert_eq!(state.level, LockLevel::Readout);
     Ok(())
@@ -199,7 +199,7 @@ fn readout_lock_refuses_access_and_erase_unlocks() {
     t.erase().unwrap();
     t.program(0, &image(512)).unwrap();
     t.store_secret(IDENTITY, &KEY).unwrap();
-    t.set_lock(LockPermission::allow(LockLevel::Readout))
+    t.set_lock(LockPermission::unchecked(LockLevel::Readout))
         .unwrap();
     let state = t.read_lock().unwrap();
     assert_eq!((state.level, state.raw), (LockLevel::Readout, vec![0x00]));
@@ -243,7 +243,7 @@ fn readout_lock_refuses_access_and_erase_unlocks() {
     let reply = t.challenge(&req).unwrap();
     let info = t.identify().unwrap();
     assert_eq!(info.lock.level, LockLevel::Readout);
-    verify_challenge_reply(
+    let _proof = verify_challenge_reply(
         &public_key(&KEY).unwrap(),
         &req.nonce,
         &info.uid,
@@ -269,9 +269,9 @@ fn readout_lock_refuses_access_and_erase_unlocks() {
 #[test]
 fn permanent_lock_cannot_be_undone() {
     let mut t = board(FaultPlan::none());
-    t.set_lock(LockPermission::allow(LockLevel::Readout))
+    t.set_lock(LockPermission::unchecked(LockLevel::Readout))
         .unwrap();
-    t.set_lock(LockPermission::allow(LockLevel::Permanent))
+    t.set_lock(LockPermission::unchecked(LockLevel::Permanent))
         .unwrap();
     assert_eq!(
         t.erase().unwrap_err(),
@@ -282,7 +282,7 @@ fn permanent_lock_cannot_be_undone() {
         }
     );
     assert!(matches!(
-        t.set_lock(LockPermission::allow(LockLevel::Readout))
+        t.set_lock(LockPermission::unchecked(LockLevel::Readout))
             .unwrap_err(),
         TargetError::AlreadyLocked {
             stage: Stage::Lock,
@@ -295,7 +295,7 @@ fn permanent_lock_cannot_be_undone() {
     // A permission for "none" locks nothing and is refused.
     let mut u = board(FaultPlan::none());
     assert!(matches!(
-        u.set_lock(LockPermission::allow(LockLevel::None))
+        u.set_lock(LockPermission::unchecked(LockLevel::None))
             .unwrap_err(),
         TargetError::InvalidRequest {
             stage: Stage::Lock,
@@ -331,7 +331,7 @@ fn challenge_with_right_wrong_and_missing_key() {
     t.store_secret(IDENTITY, &KEY).unwrap();
     let reply = t.challenge(&req).unwrap();
     assert_eq!(reply.firmware_digest, expected);
-    verify_challenge_reply(
+    let _proof = verify_challenge_reply(
         &public_key(&KEY).unwrap(),
         &req.nonce,
         &uid,
@@ -416,7 +416,7 @@ fn on_chip_keygen_key_is_used_by_agent() {
     let req = request(0, 256);
     let reply = t.challenge(&req).unwrap();
     let expected = firmware_digest_of_image(0, &image(256), &req.regions).unwrap();
-    verify_challenge_reply(&public, &req.nonce, &uid, &expected, &reply).unwrap();
+    let _proof = verify_challenge_reply(&public, &req.nonce, &uid, &expected, &reply).unwrap();
     // Deterministic from the seed.
     let mut again = board(FaultPlan::none());
     assert_eq!(again.generate_key(IDENTITY).unwrap(), public);
@@ -438,7 +438,7 @@ fn identity_location_is_configurable() {
     let req = request(0, 64);
     let reply = t.challenge(&req).unwrap();
     let expected = firmware_digest_of_image(0, &image(64), &req.regions).unwrap();
-    verify_challenge_reply(
+    let _proof = verify_challenge_reply(
         &public_key(&KEY).unwrap(),
         &req.nonce,
         &uid,
@@ -697,7 +697,7 @@ fn computed_bus_time_of_a_small_realistic_unit() {
     assert_eq!(step(&t), Duration::from_micros(520));
     t.store_secret(IDENTITY, &KEY).unwrap(); // 32 bytes + page erase + page write, read back 32
     assert_eq!(step(&t), Duration::from_micros(36 + 2000 + 1400 + 36));
-    t.set_lock(LockPermission::allow(LockLevel::Readout))
+    t.set_lock(LockPermission::unchecked(LockLevel::Readout))
         .unwrap();
     assert_eq!(step(&t), Duration::from_micros(9 + 1400));
     t.read_lock().unwrap();

@@ -88,12 +88,13 @@ fn full_flow_f103_128k() {
     let public = flashgate_agent::public_key(&key).unwrap();
     let expected =
         flashgate_agent::firmware_digest_of_image(0x0800_0000, &fw, &req.regions).unwrap();
-    flashgate_agent::verify_challenge_reply(&public, &req.nonce, &info.uid, &expected, &reply)
-        .unwrap();
+    let proof =
+        flashgate_agent::verify_challenge_reply(&public, &req.nonce, &info.uid, &expected, &reply)
+            .unwrap();
     // A second challenge goes straight to the running agent.
     d.challenge(&req).unwrap();
 
-    d.set_lock(LockPermission::allow(LockLevel::Readout))
+    d.set_lock(LockPermission::after(proof, LockLevel::Readout))
         .unwrap();
     assert_eq!(sim.lock().rdp(), RdpLevel::Level1);
     let lock = d.read_lock().unwrap();
@@ -145,7 +146,7 @@ fn full_flow_f103_128k() {
         "{e}"
     );
     let e = d
-        .set_lock(LockPermission::allow(LockLevel::Readout))
+        .set_lock(LockPermission::unchecked(LockLevel::Readout))
         .unwrap_err();
     assert!(
         matches!(
@@ -258,9 +259,10 @@ fn full_flow_f4_otp_key() {
     let public = flashgate_agent::public_key(&key).unwrap();
     let expected =
         flashgate_agent::firmware_digest_of_image(0x0800_0000, &fw, &req.regions).unwrap();
-    flashgate_agent::verify_challenge_reply(&public, &req.nonce, &info.uid, &expected, &reply)
-        .unwrap();
-    d.set_lock(LockPermission::allow(LockLevel::Readout))
+    let proof =
+        flashgate_agent::verify_challenge_reply(&public, &req.nonce, &info.uid, &expected, &reply)
+            .unwrap();
+    d.set_lock(LockPermission::after(proof, LockLevel::Readout))
         .unwrap();
     assert_eq!(
         d.read_lock().unwrap(),
@@ -271,7 +273,7 @@ fn full_flow_f4_otp_key() {
     );
     assert_eq!(sim.lock().rdp(), RdpLevel::Level1);
     let e = d
-        .set_lock(LockPermission::allow(LockLevel::Permanent))
+        .set_lock(LockPermission::unchecked(LockLevel::Permanent))
         .unwrap_err();
     assert!(matches!(
         e,
@@ -431,9 +433,10 @@ fn run_flow(d: &mut Driver) -> Result<(), TargetError> {
     let reply = d.challenge(&req)?;
     let public = flashgate_agent::public_key(&key).unwrap();
     let digest = flashgate_agent::firmware_digest_of_image(0x0800_0000, &fw, &req.regions).unwrap();
-    flashgate_agent::verify_challenge_reply(&public, &req.nonce, &info.uid, &digest, &reply)
-        .map_err(|e| e.at_stage(Stage::Challenge))?;
-    d.set_lock(LockPermission::allow(LockLevel::Readout))?;
+    let proof =
+        flashgate_agent::verify_challenge_reply(&public, &req.nonce, &info.uid, &digest, &reply)
+            .map_err(|e| e.at_stage(Stage::Challenge))?;
+    d.set_lock(LockPermission::after(proof, LockLevel::Readout))?;
     let lock = d.read_lock()?;
     assert_eq!(lock.level, LockLevel::Readout);
     Ok(())
@@ -639,7 +642,7 @@ fn reset_without_reset_wiring_is_reported() {
         .unwrap();
     d.challenge(&challenge_for(0x0800_0000, 1024)).unwrap();
     let e = d
-        .set_lock(LockPermission::allow(LockLevel::Readout))
+        .set_lock(LockPermission::unchecked(LockLevel::Readout))
         .unwrap_err();
     assert_eq!(e.stage(), Some(Stage::Lock));
     assert!(

@@ -69,9 +69,10 @@ pub fn provision(
     let reply = t.challenge(&request)?;
     let public = flashgate_agent::public_key(key).unwrap();
     let digest = flashgate_agent::firmware_digest_of_image(0, image, &regions).unwrap();
-    flashgate_agent::verify_challenge_reply(&public, &nonce, &info.uid, &digest, &reply)
-        .map_err(|e| e.at_stage(flashgate_target::Stage::Challenge))?;
-    t.set_lock(LockPermission::allow(LockLevel::Readout))?;
+    let proof =
+        flashgate_agent::verify_challenge_reply(&public, &nonce, &info.uid, &digest, &reply)
+            .map_err(|e| e.at_stage(flashgate_target::Stage::Challenge))?;
+    t.set_lock(LockPermission::after(proof, LockLevel::Readout))?;
     let lock = t.read_lock()?;
     assert_eq!(lock.level, LockLevel::Readout);
     Ok(())
