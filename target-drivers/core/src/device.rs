@@ -172,3 +172,42 @@ impl LockPermission {
         self.level
     }
 }
+
+/// An irreversible step that is not a lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Destructive {
+    /// Readout-protection regression (STM32 RDP 1 → 0), which mass-erases
+    /// the flash and every key stored in it.
+    RdpRegression,
+}
+
+impl std::fmt::Display for Destructive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::RdpRegression => "a readout-protection regression (erases the chip)",
+        })
+    }
+}
+
+/// Permission for one irreversible step that is not a lock, granted on
+/// purpose by whoever reworks the board: like [`LockPermission`] it is
+/// neither `Clone` nor `Copy` and is consumed by the call it allows, so
+/// every such step is visible at a call site that names it.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a DestructivePermission does nothing until it is passed to the step it allows"]
+pub struct DestructivePermission {
+    step: Destructive,
+}
+
+impl DestructivePermission {
+    /// Grants one `step`. Never part of a provisioning flow.
+    pub fn grant(step: Destructive) -> Self {
+        Self { step }
+    }
+
+    /// The step this permission allows.
+    pub fn step(&self) -> Destructive {
+        self.step
+    }
+}

@@ -30,7 +30,10 @@ pub use capability::{Capabilities, Capability};
 pub use challenge::{
     ChallengeRequest, ChallengeResponse, FlashRange, MAX_CHALLENGE_REGIONS, NONCE_LEN,
 };
-pub use device::{DeviceInfo, LockLevel, LockPermission, LockState, MemoryRegion};
+pub use device::{
+    Destructive, DestructivePermission, DeviceInfo, LockLevel, LockPermission, LockState,
+    MemoryRegion,
+};
 pub use error::{TargetError, MISMATCH_WINDOW};
 pub use location::{Location, Space};
 pub use proof::{

@@ -7,8 +7,9 @@ use std::time::Duration;
 use flashgate_agent::{Decoder, Message, HEADER_LEN, MAX_PAYLOAD, SOF};
 use flashgate_serial::{SerialError, Transport};
 use flashgate_target::{
-    Capabilities, Capability, ChallengeRequest, ChallengeResponse, DeviceInfo, Location, LockLevel,
-    LockPermission, LockState, MemoryRegion, Stage, Target, TargetError,
+    Capabilities, Capability, ChallengeRequest, ChallengeResponse, Destructive,
+    DestructivePermission, DeviceInfo, Location, LockLevel, LockPermission, LockState,
+    MemoryRegion, Stage, Target, TargetError,
 };
 use zeroize::Zeroizing;
 
@@ -222,9 +223,22 @@ impl<T: Transport> Stm32UartTarget<T> {
     /// **Destroys the chip's contents.** Readout Unprotect: the bootloader mass-erases flash
     /// (and with it any key stored there), returns RDP to level 0 and resets; the driver syncs
     /// again. Never part of a provisioning flow: use it to recover a board that must be
-    /// reworked. Reported as stage `erase`.
-    pub fn readout_unprotect_erasing_everything(&mut self) -> Result<(), TargetError> {
+    /// reworked; it takes a [`DestructivePermission`] for
+    /// [`Destructive::RdpRegression`], granted on purpose. Reported as stage `erase`.
+    pub fn readout_unprotect_erasing_everything(
+        &mut self,
+        permission: DestructivePermission,
+    ) -> Result<(), TargetError> {
         let stage = Stage::Erase;
+        if permission.step() != Destructive::RdpRegression {
+            return Err(TargetError::Protocol {
+                stage,
+                detail: format!(
+                    "readout unprotect needs a permission for a readout-protection regression, not for {}",
+                    permission.step()
+                ),
+            });
+        }
         self.ensure_bootloader(stage)?;
         let part = self.require_part(stage)?;
         let ctx = Ctx {

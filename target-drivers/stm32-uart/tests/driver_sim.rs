@@ -179,7 +179,10 @@ fn full_flow_f103_128k() {
     assert_eq!(sim.lock().peek(0x0801_FC00, 32).unwrap(), key.to_vec());
 
     // Only the explicit, destructive call removes protection.
-    d.readout_unprotect_erasing_everything().unwrap();
+    d.readout_unprotect_erasing_everything(flashgate_target::DestructivePermission::grant(
+        flashgate_target::Destructive::RdpRegression,
+    ))
+    .unwrap();
     assert_eq!(sim.lock().rdp(), RdpLevel::Level0);
     assert!(sim.lock().flash().iter().all(|&b| b == 0xFF));
     assert_eq!(d.read_lock().unwrap().level, LockLevel::None);
