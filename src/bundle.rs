@@ -173,7 +173,7 @@ pub fn verify_bundle(
     if let Some(pinned) = pinned_fingerprint {
         if !pinned.eq_ignore_ascii_case(&enrollment.fingerprint()) {
             return Err(BundleError::FingerprintMismatch {
-                appliance: enrollment.record.appliance_id.clone(),
+                appliance: enrollment.record().appliance_id.clone(),
                 found: enrollment.fingerprint(),
                 pinned: pinned.to_owned(),
             });
@@ -193,7 +193,7 @@ pub fn verify_bundle(
     let manifest = Manifest::decode(&payload)?;
     // The OEM signed which enrollment record the job was built for: the
     // bundle's record, and so the log key, must be that one.
-    if manifest.enrollment_digest != enrollment.digest {
+    if manifest.enrollment_digest != *enrollment.digest() {
         return Err(BundleError::NotTheJobsAppliance {
             found: enrollment.fingerprint(),
             signed: hex::encode(manifest.enrollment_digest),
@@ -203,8 +203,8 @@ pub fn verify_bundle(
     let report = flashgate_audit::verify_bundle(
         bundle,
         &flashgate_audit::VerifyOptions {
-            log_key: enrollment.record.log_public,
-            appliance_id: enrollment.record.appliance_id.clone(),
+            log_key: enrollment.record().log_public,
+            appliance_id: enrollment.record().appliance_id.clone(),
             facts: job_facts(&manifest, &policy, &manifest_bytes),
             previous_checkpoint,
         },

@@ -132,7 +132,7 @@ pub enum EnrollmentError {
     #[error("the enrollment record's signature does not verify; ask the CM for the record again and compare its fingerprint")]
     BadSignature,
     /// The record's fingerprint does not match the one pinned.
-    #[error("the enrollment record has fingerprint {found}, not the pinned {expected}")]
+    #[error("the enrollment record has fingerprint {found}, not the pinned {expected}; get the record from the CM again")]
     FingerprintMismatch { expected: String, found: String },
 }
 
@@ -385,16 +385,80 @@ fn decode_paths(v: Value) -> Result<Vec<(String, String)>, EnrollmentError> {
         .collect()
 }
 
-/// A verified enrollment record with the exact bytes it came from.
+/// An enrollment record whose self-signature verified (proof that its
+/// maker holds the log key). Self-signed is not trusted: a job is built
+/// only for a [`PinnedEnrollment`].
 #[derive(Debug, Clone)]
 pub struct VerifiedEnrollment {
-    /// The contents.
-    pub record: Enrollment,
-    /// SHA-256 of the signed bytes: the fingerprint the OEM pins.
-    pub digest: [u8; 32],
+    record: Enrollment,
+    digest: [u8; 32],
+}
+
+/// How far an enrollment record is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnrollmentTrust {
+    /// Its fingerprint matched the one pinned out of band.
+    Pinned,
+    /// Trusted on first use, by the OEM's explicit choice.
+    FirstUse,
+}
+
+/// An enrollment record the OEM trusts: its fingerprint matched the one
+/// pinned out of band, or the OEM chose to trust it on first use.
+#[derive(Debug, Clone)]
+pub struct PinnedEnrollment {
+    verified: VerifiedEnrollment,
+    trust: EnrollmentTrust,
+}
+
+impl PinnedEnrollment {
+    /// How it came to be trusted.
+    pub fn trust(&self) -> EnrollmentTrust {
+        self.trust
+    }
+}
+
+impl std::ops::Deref for PinnedEnrollment {
+    type Target = VerifiedEnrollment;
+    fn deref(&self) -> &VerifiedEnrollment {
+        &self.verified
+    }
 }
 
 impl VerifiedEnrollment {
+    /// The contents.
+    pub fn record(&self) -> &Enrollment {
+        &self.record
+    }
+
+    /// SHA-256 of the signed bytes: the fingerprint the OEM pins.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+
+    /// Trusts the record because its fingerprint is `pinned` (hex, any case).
+    pub fn pin(self, pinned: &str) -> Result<PinnedEnrollment, EnrollmentError> {
+        if !pinned.eq_ignore_ascii_case(&self.fingerprint()) {
+            return Err(EnrollmentError::FingerprintMismatch {
+                expected: pinned.to_owned(),
+                found: self.fingerprint(),
+            });
+        }
+        Ok(PinnedEnrollment {
+            verified: self,
+            trust: EnrollmentTrust::Pinned,
+        })
+    }
+
+    /// Trusts the record without a pinned fingerprint (development, or a
+    /// first contact whose fingerprint is compared afterwards).
+    pub fn trust_on_first_use(self) -> PinnedEnrollment {
+        PinnedEnrollment {
+            verified: self,
+            trust: EnrollmentTrust::FirstUse,
+        }
+    }
+
     /// Parses a signed record and verifies it with the log key inside it
     /// (proof of possession). Trust comes from pinning the fingerprint.
     pub fn parse(bytes: &[u8]) -> Result<Self, EnrollmentError> {

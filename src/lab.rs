@@ -36,8 +36,8 @@ pub struct Setup {
     pub station: Station,
     /// The OEM directory (key files).
     pub oem_dir: PathBuf,
-    /// The appliance's enrollment record.
-    pub enrollment: crate::enrollment::VerifiedEnrollment,
+    /// The appliance's enrollment record, pinned (this lab made it).
+    pub enrollment: crate::enrollment::PinnedEnrollment,
 }
 
 /// A job built and imported on a [`Setup`].
@@ -85,11 +85,11 @@ pub fn setup(dir: &Path, token: &str, module: Option<PathBuf>) -> Result<Setup, 
     fs::write(dir.join("enrollment.cbor"), &record).map_err(err)?;
     eprintln!(
         "   appliance {} on {} {}, profiles: {}",
-        enrollment.record.appliance_id,
-        enrollment.record.token.manufacturer,
-        enrollment.record.token.model,
+        enrollment.record().appliance_id,
+        enrollment.record().token.manufacturer,
+        enrollment.record().token.model,
         enrollment
-            .record
+            .record()
             .profiles
             .iter()
             .map(|p| p.name())
@@ -97,6 +97,8 @@ pub fn setup(dir: &Path, token: &str, module: Option<PathBuf>) -> Result<Setup, 
             .join(", ")
     );
     eprintln!("   fingerprint {}", enrollment.fingerprint());
+    let fingerprint = enrollment.fingerprint();
+    let enrollment = enrollment.pin(&fingerprint).map_err(err)?;
     Ok(Setup {
         dir,
         station,

@@ -119,7 +119,7 @@ impl Attacker {
 /// has its own attacks in `tests/rsa_transport.rs`).
 fn ecdh_profile(record: &VerifiedEnrollment) -> flashgate::hsm::Profile {
     *record
-        .record
+        .record()
         .profiles
         .iter()
         .find(|p| p.oaep_hash().is_none())
@@ -140,7 +140,7 @@ fn build_ecdh_job(lab: &Lab, rec: &VerifiedEnrollment, out: &str, policy: &str, 
 fn claimed(record: &VerifiedEnrollment, key: &str, path: &str) -> String {
     let full = format!("{}/{key}/{path}", ecdh_profile(record).name());
     record
-        .record
+        .record()
         .extraction_paths
         .iter()
         .find(|(p, _)| *p == full)
@@ -164,7 +164,7 @@ fn ecdh_gives_z(lab: &Lab, a: &Attacker, rec: &VerifiedEnrollment) {
         ka,
         32,
     );
-    let host = flashgate::cose::ecdh_x(&eph, &rec.record.ka_public).unwrap();
+    let host = flashgate::cose::ecdh_x(&eph, &rec.record().ka_public).unwrap();
     assert_eq!(
         z.as_deref(),
         Some(host.as_slice()),
@@ -177,16 +177,16 @@ fn ecdh_gives_z(lab: &Lab, a: &Attacker, rec: &VerifiedEnrollment) {
         lab.kind
     );
     assert_eq!(
-        rec.record.extraction(ecdh_profile(rec)),
+        rec.record().extraction(ecdh_profile(rec)),
         Some(Extraction::Possible),
         "{:?}",
         lab.kind
     );
     // The profile job build prefers is the unwrap transport, and the record
     // says a PIN holder gets nothing out of it.
-    let first = rec.record.profiles[0];
+    let first = rec.record().profiles[0];
     assert!(first.oaep_hash().is_some(), "{:?}: {first}", lab.kind);
-    assert_eq!(rec.record.extraction(first), Some(Extraction::Refused));
+    assert_eq!(rec.record().extraction(first), Some(Extraction::Refused));
 }
 
 /// `C_SetAttributeValue` and `C_CopyObject` against one real key, in the

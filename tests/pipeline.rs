@@ -94,7 +94,7 @@ fn job_from(
             address,
             data: firmware.to_vec(),
         }],
-        enrollment: &enrollment,
+        enrollment: &enrollment.trust_on_first_use(),
         oem: &oem,
         now: now(),
         profile: None,

@@ -223,7 +223,7 @@ impl Appliance {
         let dir = self.audit_dir();
         let log = Log::open(
             &dir,
-            LogOptions::new(enrollment.record.appliance_id.clone()),
+            LogOptions::new(enrollment.record().appliance_id.clone()),
         )
         .map_err(damage)?;
         let store = HsmCounterStore {
@@ -242,7 +242,7 @@ impl Appliance {
         let signer = HsmLogSigner {
             token: Mutex::new(self.token.another_session()?),
             key,
-            public: enrollment.record.log_public,
+            public: enrollment.record().log_public,
         };
         Ok(Audit {
             ledger,
@@ -408,7 +408,7 @@ impl Appliance {
             Err(e) => return Err(e),
         };
         let dir = self.audit_dir();
-        let evidence = examine_log(&dir, &enrollment.record.log_public)?;
+        let evidence = examine_log(&dir, &enrollment.record().log_public)?;
         let sealed_root = self.sealed_dir();
         std::fs::create_dir_all(&sealed_root).map_err(io_err("cannot create", &sealed_root))?;
         let segment = next_segment(&sealed_root);
@@ -511,10 +511,10 @@ impl Appliance {
         let signed = crate::package::UnverifiedPackage::parse(&package)
             .and_then(|p| p.verify(&self.config.trust.keys))
             .map_err(|e| ApplianceError::Audit(e.to_string()))?;
-        let policy = flashgate_policy::Policy::from_toml_str(&signed.manifest.policy_toml)
+        let policy = flashgate_policy::Policy::from_toml_str(&signed.manifest().policy_toml)
             .map_err(|e| ApplianceError::Audit(e.to_string()))?;
-        let sign1 = signed.manifest_sign1.to_vec();
-        Ok((signed.manifest, policy, sign1))
+        let sign1 = signed.manifest_sign1().to_vec();
+        Ok((signed.into_manifest(), policy, sign1))
     }
 
     /// Copies the sealed log segments, if any, into `out/sealed/<n>/`

@@ -107,14 +107,14 @@ impl ImportedJob {
             source,
         })?;
         let signed = UnverifiedPackage::parse(&bytes)?.verify(trusted)?;
-        let policy = Policy::from_toml_str(&signed.manifest.policy_toml)?;
+        let policy = Policy::from_toml_str(&signed.manifest().policy_toml)?;
         let imported_at = fs::metadata(&package_path)
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs());
         Ok(Self {
-            manifest: signed.manifest,
+            manifest: signed.into_manifest(),
             policy,
             package_path,
             imported_at,
@@ -150,21 +150,21 @@ impl Appliance {
             source,
         })?;
         let signed = UnverifiedPackage::parse(&bytes)?.verify(&self.config.trust.keys)?;
-        let policy = Policy::from_toml_str(&signed.manifest.policy_toml)?;
-        let m = &signed.manifest;
+        let policy = Policy::from_toml_str(&signed.manifest().policy_toml)?;
+        let m = &signed.manifest();
         let id = m.job_id_hex();
 
         // Binding, validity, anti-rollback, replay.
         let enrollment = self.enrollment()?;
-        if m.appliance_id != enrollment.record.appliance_id
-            || m.recipient_kid != enrollment.record.ka_kid()
+        if m.appliance_id != enrollment.record().appliance_id
+            || m.recipient_kid != enrollment.record().ka_kid()
         {
             return Err(ImportError::WrongAppliance {
                 job_for: m.appliance_id.clone(),
-                this: enrollment.record.appliance_id,
+                this: enrollment.record().appliance_id.clone(),
             });
         }
-        if m.enrollment_digest != enrollment.digest {
+        if m.enrollment_digest != *enrollment.digest() {
             return Err(ImportError::WrongEnrollment);
         }
         let now = super::unix_now();
@@ -205,7 +205,7 @@ impl Appliance {
             Some(hash) => Opener::Oaep {
                 hash,
                 profile: m.profile,
-                keys: self.transport_keys(&enrollment.record)?,
+                keys: self.transport_keys(enrollment.record())?,
             },
         };
         let mut created = Created {
@@ -214,7 +214,7 @@ impl Appliance {
         };
         let master = opener.open_secret(
             &self.token,
-            signed.device_master,
+            signed.device_master(),
             "device-master key",
             KeyUse::HmacSign,
             (&job_key_label(&id, "master"), &m.job_id),
@@ -222,14 +222,14 @@ impl Appliance {
         created.handles.push(master);
         let ca = opener.open_secret(
             &self.token,
-            signed.job_ca_key,
+            signed.job_ca_key(),
             "job CA key",
             KeyUse::EcSign,
             (&job_key_label(&id, "ca"), &m.job_id),
         )?;
         created.handles.push(ca);
         check_ca_key_matches_certificate(&self.token, ca, &m.job_ca_cert)?;
-        for i in 0..signed.images.len() {
+        for i in 0..signed.images().len() {
             let cek = opener.open_image_key(
                 &self.token,
                 &signed,
@@ -275,9 +275,9 @@ impl Appliance {
             return Err(e);
         }
         created.handles.clear();
-        self.audit_import(m, &policy, signed.manifest_sign1)?;
+        self.audit_import(m, &policy, signed.manifest_sign1())?;
         Ok(ImportedJob {
-            manifest: signed.manifest,
+            manifest: signed.into_manifest(),
             policy,
             package_path: dir.join("package.fgj"),
             imported_at: now,
@@ -406,7 +406,7 @@ impl Opener<'_> {
         persist: (&str, &[u8]),
     ) -> Result<ObjectHandle, ImportError> {
         let what = format!("image {}", index + 1);
-        let obj = EncryptObject::parse(signed.images[index].header, "image header")?;
+        let obj = EncryptObject::parse(signed.images()[index].header, "image header")?;
         if obj.alg != ALG_A256GCM || obj.iv.is_none() || obj.ciphertext.is_some() {
             return Err(PackageError::Malformed {
                 detail: format!("{what} is not detached A256GCM"),
@@ -529,15 +529,15 @@ pub fn decrypt_image(
     index: usize,
     mut sink: impl FnMut(&[u8]),
 ) -> Result<[u8; 32], ImportError> {
-    let obj = EncryptObject::parse(signed.images[index].header, "image header")?;
+    let obj = EncryptObject::parse(signed.images()[index].header, "image header")?;
     let Some(base_iv) = obj.iv else {
         return Err(PackageError::Malformed {
             detail: "image header has no IV".to_owned(),
         }
         .into());
     };
-    let entry = &signed.manifest.images[index];
-    let chunks = &signed.images[index].chunks;
+    let entry = &signed.manifest().images[index];
+    let chunks = &signed.images()[index].chunks;
     let mut hasher = Sha256::new();
     let mut total: u64 = 0;
     for (i, ct) in chunks.iter().enumerate() {
@@ -588,7 +588,7 @@ impl Appliance {
         })?;
         let signed = UnverifiedPackage::parse(&bytes)?.verify(&self.config.trust.keys)?;
         let mut images = Vec::new();
-        for (i, entry) in signed.manifest.images.iter().enumerate() {
+        for (i, entry) in signed.manifest().images.iter().enumerate() {
             let label = job_key_label(id, &format!("image{i}"));
             let key = self
                 .token

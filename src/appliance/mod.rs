@@ -314,8 +314,8 @@ impl Appliance {
             path: path.clone(),
             source,
         })?;
-        if e.record.ka_public != self.token.ec_point(ka.public)?
-            || e.record.log_public != self.token.ec_point(log.public)?
+        if e.record().ka_public != self.token.ec_point(ka.public)?
+            || e.record().log_public != self.token.ec_point(log.public)?
         {
             return Err(ApplianceError::EnrollmentMismatch { path });
         }

@@ -51,7 +51,7 @@ pub fn run(config: &Path, cmd: ApplianceCmd, w: &mut String) -> Result<u8> {
 
 pub fn print_enrollment(w: &mut String, e: &VerifiedEnrollment) {
     use std::fmt::Write as _;
-    let r = &e.record;
+    let r = e.record();
     let _ = writeln!(w, "appliance:    {}", r.appliance_id);
     let _ = writeln!(
         w,

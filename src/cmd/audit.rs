@@ -138,7 +138,7 @@ pub fn run(config: &Path, cmd: AuditCmd, w: &mut String) -> Result<u8> {
             let code = if v.report.is_clean() { 0 } else { 1 };
             if json {
                 let out = flashgate_audit::VerifyOutput::verified(
-                    v.enrollment.record.appliance_id.clone(),
+                    v.enrollment.record().appliance_id.clone(),
                     v.enrollment.fingerprint(),
                     v.report,
                 );
@@ -147,7 +147,7 @@ pub fn run(config: &Path, cmd: AuditCmd, w: &mut String) -> Result<u8> {
                 let _ = writeln!(
                     w,
                     "appliance {} (fingerprint {})",
-                    v.enrollment.record.appliance_id,
+                    v.enrollment.record().appliance_id,
                     v.enrollment.fingerprint()
                 );
                 let _ = write!(w, "{}", v.report);
@@ -172,11 +172,13 @@ pub fn run(config: &Path, cmd: AuditCmd, w: &mut String) -> Result<u8> {
             let proof: flashgate_audit::InclusionProof =
                 serde_json::from_str(&text).context("not an inclusion proof")?;
             let e = VerifiedEnrollment::parse(&std::fs::read(&appliance)?)?;
-            let proven = flashgate_audit::verify_proof(&proof, &e.record.log_public)?;
+            let proven = flashgate_audit::verify_proof(&proof, &e.record().log_public)?;
             let _ = writeln!(
                 w,
                 "proof OK: record {} is in the log of appliance {} at checkpoint size {}",
-                proven.record.seq, e.record.appliance_id, proven.checkpoint.size
+                proven.record.seq,
+                e.record().appliance_id,
+                proven.checkpoint.size
             );
             Ok(0)
         }

@@ -143,7 +143,7 @@ pub fn run(config: &Path, cmd: JobCmd, w: &mut String) -> Result<u8> {
                 now: super::now(),
             })
             .with_context(|| format!("{}", policy.display()))?;
-            if job.trust == EnrollmentTrust::FirstUse {
+            if job.enrollment.trust() == EnrollmentTrust::FirstUse {
                 eprintln!(
                     "warning: no --fingerprint given: the enrollment record {} (fingerprint {}) is trusted on first use; compare the fingerprint with the one the CM reads from `flashgate appliance show`, over a channel you trust",
                     appliance.display(),

@@ -11,8 +11,8 @@ use zeroize::Zeroizing;
 
 use super::{certs, Oem, OemError};
 use crate::cose::{self, ALG_A256KWP_CONTENT};
+use crate::enrollment::PinnedEnrollment;
 use crate::enrollment::TransportKeys;
-use crate::enrollment::VerifiedEnrollment;
 use crate::package::encrypt::{
     seal_oaep_recipient, seal_recipient, AnyRecipient, EncryptObject, RecipientContext,
     ALG_A256GCM, ALG_SECRET_IN_RECIPIENT,
@@ -69,7 +69,7 @@ pub struct JobInput<'a> {
     /// Firmware segments; each becomes one image.
     pub images: &'a [Segment],
     /// The appliance the job is for.
-    pub enrollment: &'a VerifiedEnrollment,
+    pub enrollment: &'a PinnedEnrollment,
     /// The OEM's keys.
     pub oem: &'a Oem,
     /// Build time (Unix seconds).
@@ -118,7 +118,7 @@ pub fn build(input: &JobInput<'_>) -> Result<BuiltJob, BuildError> {
             "{o}: give each --firmware its own address range"
         )));
     }
-    let enrollment = &input.enrollment.record;
+    let enrollment = input.enrollment.record();
     let profile = match input.profile {
         Some(p) if enrollment.profiles.contains(&p) => p,
         Some(p) => {
@@ -271,7 +271,7 @@ pub fn build(input: &JobInput<'_>) -> Result<BuiltJob, BuildError> {
         created: input.now,
         appliance_id: enrollment.appliance_id.clone(),
         recipient_kid: kid,
-        enrollment_digest: input.enrollment.digest,
+        enrollment_digest: *input.enrollment.digest(),
         profile,
         policy_toml: input.policy_toml.to_owned(),
         images: image_entries,

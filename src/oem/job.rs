@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use super::build::{build, BuildError, JobInput};
-use crate::enrollment::{EnrollmentError, VerifiedEnrollment};
+pub use crate::enrollment::EnrollmentTrust;
+use crate::enrollment::{EnrollmentError, PinnedEnrollment, VerifiedEnrollment};
 use crate::package::Manifest;
 use crate::profile::Profile;
 
@@ -33,15 +34,6 @@ pub struct BuildRequest<'a> {
     pub now: u64,
 }
 
-/// How far the enrollment record was trusted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EnrollmentTrust {
-    /// Its fingerprint matched the pinned one.
-    Pinned,
-    /// No fingerprint was given: trusted on first use.
-    FirstUse,
-}
-
 /// A job built and written.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -52,10 +44,8 @@ pub struct BuiltPackage {
     pub size: usize,
     /// Where the device master was kept.
     pub escrow: PathBuf,
-    /// The appliance it is for.
-    pub enrollment: VerifiedEnrollment,
-    /// How the enrollment record was trusted.
-    pub trust: EnrollmentTrust,
+    /// The appliance it is for, and how its record was trusted.
+    pub enrollment: PinnedEnrollment,
 }
 
 /// Why a job was not built.
@@ -68,9 +58,6 @@ pub enum JobBuildError {
     /// The enrollment record is not a valid, self-consistent record.
     #[error(transparent)]
     Enrollment(#[from] EnrollmentError),
-    /// The enrollment record is not the pinned one.
-    #[error("the enrollment record has fingerprint {found}, not the pinned {pinned}; get the record from the CM again")]
-    NotPinned { found: String, pinned: String },
     /// The OEM keys or the escrow.
     #[error(transparent)]
     Oem(#[from] OemError),
@@ -83,16 +70,10 @@ pub enum JobBuildError {
 /// `OEM_DIR/jobs/`, then writes the package.
 pub fn build_job(req: &BuildRequest<'_>) -> Result<BuiltPackage, JobBuildError> {
     let policy = flashgate_policy::Policy::from_toml_str(req.policy_toml)?;
-    let enrollment = VerifiedEnrollment::parse(req.enrollment_record)?;
-    let trust = match req.pinned_fingerprint {
-        Some(fp) if fp.eq_ignore_ascii_case(&enrollment.fingerprint()) => EnrollmentTrust::Pinned,
-        Some(fp) => {
-            return Err(JobBuildError::NotPinned {
-                found: enrollment.fingerprint(),
-                pinned: fp.to_owned(),
-            })
-        }
-        None => EnrollmentTrust::FirstUse,
+    let verified = VerifiedEnrollment::parse(req.enrollment_record)?;
+    let enrollment = match req.pinned_fingerprint {
+        Some(fp) => verified.pin(fp)?,
+        None => verified.trust_on_first_use(),
     };
     let oem = Oem::load(req.oem_dir)?;
     let job = build(&JobInput {
@@ -118,6 +99,5 @@ pub fn build_job(req: &BuildRequest<'_>) -> Result<BuiltPackage, JobBuildError> 
         manifest: job.manifest,
         escrow,
         enrollment,
-        trust,
     })
 }

@@ -242,18 +242,49 @@ fn check_digest(bytes: &[u8], expected: &[u8; 32], what: &str) -> Result<(), Pac
 /// checked at import.
 #[derive(Debug)]
 pub struct SignedPackage<'a> {
+    manifest: Manifest,
+    manifest_sign1: &'a [u8],
+    signer_kid: Vec<u8>,
+    device_master: &'a [u8],
+    job_ca_key: &'a [u8],
+    images: Vec<RawImage<'a>>,
+}
+
+impl<'a> SignedPackage<'a> {
     /// The signed manifest.
-    pub manifest: Manifest,
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The manifest, for keeping.
+    pub fn into_manifest(self) -> Manifest {
+        self.manifest
+    }
+
     /// The manifest `COSE_Sign1` exactly as stored (for the audit bundle).
-    pub manifest_sign1: &'a [u8],
+    pub fn manifest_sign1(&self) -> &'a [u8] {
+        self.manifest_sign1
+    }
+
     /// Key id of the OEM key that signed it.
-    pub signer_kid: Vec<u8>,
+    pub fn signer_kid(&self) -> &[u8] {
+        &self.signer_kid
+    }
+
     /// The device-master `COSE_Encrypt`.
-    pub device_master: &'a [u8],
+    pub fn device_master(&self) -> &'a [u8] {
+        self.device_master
+    }
+
     /// The job-CA-key `COSE_Encrypt`.
-    pub job_ca_key: &'a [u8],
+    pub fn job_ca_key(&self) -> &'a [u8] {
+        self.job_ca_key
+    }
+
     /// The images.
-    pub images: Vec<RawImage<'a>>,
+    pub fn images(&self) -> &[RawImage<'a>] {
+        &self.images
+    }
 }
 
 /// Encodes a package from its parts (the inverse of [`UnverifiedPackage::parse`]).

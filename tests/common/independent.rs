@@ -86,7 +86,7 @@ pub fn host_enrollment(
         .sign(&log_signer)
         .expect("sign the enrollment record");
     let verified = VerifiedEnrollment::parse(&signed).expect("parse the enrollment record");
-    assert_eq!(verified.record, record);
+    assert_eq!(verified.record(), &record);
     verified
 }
 
@@ -111,7 +111,7 @@ pub fn build_host_job(
         policy_toml: &policy_toml,
         policy: &policy,
         images,
-        enrollment,
+        enrollment: &enrollment.clone().trust_on_first_use(),
         oem: &oem,
         now,
         profile,
