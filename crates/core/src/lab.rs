@@ -11,7 +11,7 @@ use crate::appliance::ApplianceConfig;
 use crate::station::Station;
 
 /// The example policy, with its validity window moved around today.
-const POLICY: &str = include_str!("../policies/sim-secure-mcu.toml");
+const POLICY: &str = include_str!("../../../policies/sim-secure-mcu.toml");
 
 /// Why a lab could not be set up.
 #[derive(Debug, thiserror::Error)]

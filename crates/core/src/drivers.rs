@@ -117,6 +117,7 @@ mod tests {
 
     fn shipped(name: &str, edit: impl Fn(String) -> String) -> Result<Policy, String> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
             .join("policies")
             .join(name);
         let text = edit(std::fs::read_to_string(path).unwrap());

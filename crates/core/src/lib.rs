@@ -1,0 +1,31 @@
+#![forbid(unsafe_code)]
+//! flashgate: a secure provisioning appliance for electronics manufacturing.
+//!
+//! The library carries everything; the `flashgate` binary is a thin command
+//! line over it, and a network service will be another front end.
+//!
+//! - [`hsm`]: the PKCS#11 token and the key-transport profiles it can run.
+//! - [`enrollment`]: the appliance's signed enrollment record.
+//! - [`oem`]: OEM keys (files or PKCS#11 URIs) and certificates.
+//! - [`package`]: job packages: format, OEM-side builder, parser.
+//! - [`appliance`]: the CM side: config, enrollment, import, job state, audit log.
+//! - [`bundle`]: the audit bundle: export on the appliance, offline verification for the OEM.
+//! - [`station`]: the one API the front ends drive the CM side through.
+//! - [`drivers`]: the target drivers this build has.
+//! - [`lab`]: a fresh appliance with a job, for the demo, benchmarks and tests.
+
+pub mod appliance;
+pub mod bundle;
+pub mod cose;
+pub mod display;
+pub mod drivers;
+pub mod enrollment;
+pub mod hsm;
+pub mod identity;
+pub mod lab;
+pub mod oem;
+pub mod package;
+pub mod pipeline;
+pub mod profile;
+pub mod station;
+pub mod unit;
