@@ -153,8 +153,9 @@ pub struct TokenObject {
 pub struct Appliance {
     /// The configuration.
     pub config: ApplianceConfig,
-    /// The token.
-    pub token: Token,
+    /// The token: the crate's own layers use it, front ends go through the
+    /// station.
+    pub(crate) token: Token,
     /// The audit log, opened on first use and shared from then on: two
     /// handles on one log in one process would each take the other's
     /// unfinished group commit for a torn tail.
