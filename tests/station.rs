@@ -130,4 +130,51 @@ fn two_runs_live_in_one_process_and_everything_is_counted() {
     // Once stopped, the job can be removed.
     station.remove(&ida).unwrap();
     assert_eq!(station.jobs().unwrap().len(), 1);
+
+    // The station's clock decides validity: past B's window its run is
+    // refused before anything is recorded, back inside it runs again.
+    let records_before = log_len(&setup.dir);
+    let flashgate::lab::Setup { station, dir, .. } = setup;
+    drop(station);
+    let window = b.imported.policy.job();
+    let clock = std::sync::Arc::new(flashgate::clock::FixedClock::at(window.not_after));
+    let station = Station::open_with_clock(
+        ApplianceConfig::load(&dir.join("appliance.toml")).unwrap(),
+        Access::Write {
+            purpose: "a clock test".to_owned(),
+        },
+        clock.clone(),
+    )
+    .unwrap();
+    let late = station.start_run(
+        &idb,
+        FixtureSet::parse("sim:seed=21,timing=zero", 1).unwrap(),
+        StartOptions::new("line 2").units(Some(1)),
+    );
+    assert!(
+        matches!(
+            late,
+            Err(StationError::Run(
+                flashgate::pipeline::RunError::OutsideValidity { .. }
+            ))
+        ),
+        "{late:?}"
+    );
+    assert_eq!(log_len(&dir), records_before, "nothing recorded");
+    clock.set(window.not_after - 1);
+    let summary = station
+        .start_run(
+            &idb,
+            FixtureSet::parse("sim:seed=22,timing=zero", 1).unwrap(),
+            StartOptions::new("line 2").units(Some(1)),
+        )
+        .unwrap()
+        .wait();
+    assert_eq!(summary.passed, 1, "{summary:?}");
+}
+
+/// Bytes in the appliance's audit log (it only grows).
+fn log_len(dir: &std::path::Path) -> usize {
+    let bytes = std::fs::read(dir.join("state/audit/audit.log")).unwrap();
+    bytes.len()
 }

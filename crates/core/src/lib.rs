@@ -16,6 +16,7 @@
 
 pub mod appliance;
 pub mod bundle;
+pub mod clock;
 pub mod cose;
 pub mod display;
 pub mod drivers;

@@ -167,7 +167,7 @@ impl Appliance {
         if m.enrollment_digest != *enrollment.digest() {
             return Err(ImportError::WrongEnrollment);
         }
-        let now = super::unix_now();
+        let now = self.now();
         let job = policy.job();
         if now < job.not_before {
             return Err(ImportError::NotYetValid(job.not_before));

@@ -160,23 +160,33 @@ pub struct Appliance {
     /// handles on one log in one process would each take the other's
     /// unfinished group commit for a torn tail.
     audit: Mutex<Option<Arc<audit::Audit>>>,
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    /// Where "now" comes from.
+    clock: Arc<dyn crate::clock::TimeProvider>,
 }
 
 impl Appliance {
     /// Opens the token named in the config.
     pub fn open(config: ApplianceConfig) -> Result<Self, ApplianceError> {
+        Self::open_with_clock(config, Arc::new(crate::clock::SystemClock))
+    }
+
+    /// Opens the token named in the config, reading the time from `clock`.
+    pub fn open_with_clock(
+        config: ApplianceConfig,
+        clock: Arc<dyn crate::clock::TimeProvider>,
+    ) -> Result<Self, ApplianceError> {
         let token = Token::open(&config.token)?;
         Ok(Self {
             config,
             token,
             audit: Mutex::new(None),
+            clock,
         })
+    }
+
+    /// Now, by the appliance's clock (Unix seconds).
+    pub fn now(&self) -> u64 {
+        self.clock.now()
     }
 
     fn key_pair(&self, label: &str) -> Result<Option<KeyPair>, ApplianceError> {
@@ -276,7 +286,7 @@ impl Appliance {
             log_public,
             token: self.token.description().clone(),
             profiles,
-            created: now(),
+            created: self.now(),
             pin_holder_extraction: Vec::new(),
             extraction_paths: Vec::new(),
             transport,
@@ -725,5 +735,5 @@ fn remove_temp_files(state_dir: &Path, lines: &mut Vec<String>) {
 }
 
 pub(crate) fn unix_now() -> u64 {
-    now()
+    crate::clock::TimeProvider::now(&crate::clock::SystemClock)
 }

@@ -331,7 +331,7 @@ impl Provisioner {
     ) -> Result<Self, RunError> {
         let (job, images) = appliance.open_job_firmware(id)?;
         let uids = UidIndex::new(&appliance.job_dir(id).join("uids"));
-        check_validity(&job.policy, id)?;
+        check_validity(&job.policy, id, appliance.now())?;
         let master = handle(&appliance, id, "master")?;
         let ca = handle(&appliance, id, "ca")?;
         let issuer = DeviceCertificateIssuer::new(&job.manifest.job_ca_cert)?;
@@ -712,7 +712,7 @@ impl Provisioner {
 
         // The job CA signs only inside the job window: checked for every
         // unit, before anything is counted.
-        let now = crate::appliance::unix_now();
+        let now = self.appliance.now();
         let window = self.policy.job();
         if now < window.not_before || now >= window.not_after {
             return Err(UnitFailure::new(
@@ -1022,9 +1022,8 @@ pub fn check_quota(policy: &Policy, id: &str, used: u64) -> Result<(), RunError>
     Ok(())
 }
 
-/// Fails when the job is outside its validity window now.
-pub fn check_validity(policy: &Policy, id: &str) -> Result<(), RunError> {
-    let now = crate::appliance::unix_now();
+/// Fails when the job is outside its validity window at `now`.
+pub fn check_validity(policy: &Policy, id: &str, now: u64) -> Result<(), RunError> {
     let j = policy.job();
     if now < j.not_before || now >= j.not_after {
         return Err(RunError::OutsideValidity {

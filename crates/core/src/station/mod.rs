@@ -107,7 +107,17 @@ impl Station {
     /// Opens the appliance `config` names. With [`Access::Write`] the
     /// writer lock is held from here on and recovery runs under it.
     pub fn open(config: ApplianceConfig, access: Access) -> Result<Self, StationError> {
-        let appliance = Appliance::open(config)?;
+        Self::open_with_clock(config, access, Arc::new(crate::clock::SystemClock))
+    }
+
+    /// [`open`](Self::open), reading the time from `clock` (validity
+    /// windows, certificate dates, records).
+    pub fn open_with_clock(
+        config: ApplianceConfig,
+        access: Access,
+        clock: Arc<dyn crate::clock::TimeProvider>,
+    ) -> Result<Self, StationError> {
+        let appliance = Appliance::open_with_clock(config, clock)?;
         let mut recovered = Vec::new();
         let writer = match access {
             Access::Read => {

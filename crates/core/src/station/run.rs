@@ -366,7 +366,7 @@ pub(super) fn start(
         .map_err(|_| ApplianceError::NoSuchJob { id: hex_id.clone() })?;
     let policy = &job.policy;
     crate::pipeline::check_driver(policy, fixtures.driver(), fixtures.capabilities())?;
-    crate::pipeline::check_validity(policy, &hex_id)?;
+    crate::pipeline::check_validity(policy, &hex_id, appliance.now())?;
     crate::pipeline::check_quota(policy, &hex_id, appliance.quota_used(id.as_bytes())?)?;
     let boards = fixtures.fixtures(options.units, policy.lock().avr_lock_byte);
     let channels = fixtures.channels();
