@@ -210,7 +210,10 @@ fuzz_target!(|data: &[u8]| {
     .expect("in-memory input cannot fail to read");
     let unchanged = records == valid.records && checkpoints == valid.checkpoints;
     if unchanged {
-        assert!(report.is_clean(), "the valid bundle must verify clean:\n{report}");
+        assert!(
+            report.is_clean(),
+            "the valid bundle must verify clean:\n{report}"
+        );
     } else {
         assert!(!report.is_clean(), "a changed bundle verified clean");
     }

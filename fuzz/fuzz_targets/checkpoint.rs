@@ -15,5 +15,9 @@ fuzz_target!(|data: &[u8]| {
         data,
         "an accepted checkpoint re-encodes byte for byte"
     );
-    assert_eq!(checkpoint.validate(), Ok(()), "an accepted checkpoint is valid");
+    assert_eq!(
+        checkpoint.validate(),
+        Ok(()),
+        "an accepted checkpoint is valid"
+    );
 });

@@ -11,11 +11,22 @@ fuzz_target!(|data: &[u8]| {
     let Ok(pkg) = UnverifiedPackage::parse(data) else {
         return;
     };
-    assert_eq!(pkg.encode(), data, "accepted package does not re-encode to its bytes");
+    assert_eq!(
+        pkg.encode(),
+        data,
+        "accepted package does not re-encode to its bytes"
+    );
     let (_, master, ca, images) = pkg.parts();
-    for obj in [master, ca].into_iter().chain(images.iter().map(|i| i.header)) {
+    for obj in [master, ca]
+        .into_iter()
+        .chain(images.iter().map(|i| i.header))
+    {
         if let Ok(parsed) = EncryptObject::parse(obj, "object") {
-            assert_eq!(parsed.encode(), obj, "accepted COSE_Encrypt does not re-encode");
+            assert_eq!(
+                parsed.encode(),
+                obj,
+                "accepted COSE_Encrypt does not re-encode"
+            );
         }
     }
     if let Ok((manifest, _kid)) = pkg.manifest_unverified() {

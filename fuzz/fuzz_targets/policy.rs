@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
     let job = policy.job();
     let serial = policy.serial();
     assert!(job.quota >= 1, "quota is at least 1");
-    assert!(job.quota <= serial.capacity(), "serial range covers the quota");
+    assert!(
+        job.quota <= serial.capacity(),
+        "serial range covers the quota"
+    );
     assert!(job.not_before < job.not_after, "job window is not empty");
 
     let identities: Vec<_> = policy
@@ -26,7 +29,11 @@ fuzz_target!(|data: &[u8]| {
         .filter(|k| k.role == Some(KeyRole::Identity))
         .collect();
     assert_eq!(identities.len(), 1, "exactly one identity key");
-    assert_eq!(identities[0].key_type, KeyType::P256, "identity key is P-256");
+    assert_eq!(
+        identities[0].key_type,
+        KeyType::P256,
+        "identity key is P-256"
+    );
     assert_eq!(policy.identity_key(), identities[0]);
 
     let expected_len = serial.prefix.len() + usize::from(serial.width);
@@ -34,12 +41,19 @@ fuzz_target!(|data: &[u8]| {
         let Some(s) = policy.serial_for(index) else {
             panic!("serial_for({index}) is None for a unit within the quota");
         };
-        assert_eq!(s.len(), expected_len, "serial {s:?} has prefix + width chars");
+        assert_eq!(
+            s.len(),
+            expected_len,
+            "serial {s:?} has prefix + width chars"
+        );
         assert!(s.starts_with(&serial.prefix));
     }
 
     // Rendering accepted templates cannot fail or panic.
     let first = policy.serial_for(0).unwrap_or_default();
     let fields = policy.certificate().render(&first, &[0x00, 0xff]);
-    assert!(!fields.common_name.is_empty(), "common name renders non-empty");
+    assert!(
+        !fields.common_name.is_empty(),
+        "common name renders non-empty"
+    );
 });

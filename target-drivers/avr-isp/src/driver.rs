@@ -334,6 +334,9 @@ impl AvrIspTarget {
                 ))
             }
             FAILED => {
+                // Answers to commands sent after this one may still be queued: the link is
+                // lost, so the next operation cannot take one of them as its own answer.
+                self.session.connected = false;
                 return Err(TargetError::Nack { stage, address });
             }
             other => {
@@ -349,7 +352,10 @@ impl AvrIspTarget {
         self.read_bytes(stage, address, &mut b)?;
         match b[0] {
             OK => Ok(()),
-            FAILED => Err(TargetError::Nack { stage, address }),
+            FAILED => {
+                self.session.connected = false;
+                Err(TargetError::Nack { stage, address })
+            }
             other => Err(self.protocol(
                 stage,
                 format!(

@@ -285,3 +285,79 @@ fn wrong_part_is_refused_by_device_type() {
     );
     sim.with_chip(|c| assert_eq!(c.lock(), 0xFF));
 }
+
+/// A programmer that answers each write with the next canned reply.
+struct Canned(
+    std::collections::VecDeque<Vec<u8>>,
+    std::collections::VecDeque<u8>,
+);
+
+impl flashgate_serial::Transport for Canned {
+    fn write_all(&mut self, _: &[u8]) -> Result<(), flashgate_serial::SerialError> {
+        let reply = self.0.pop_front().unwrap_or_default();
+        self.1.extend(reply);
+        Ok(())
+    }
+    fn read_exact(
+        &mut self,
+        buf: &mut [u8],
+        timeout: Duration,
+    ) -> Result<(), flashgate_serial::SerialError> {
+        if self.1.len() < buf.len() {
+            self.1.clear();
+            return Err(flashgate_serial::SerialError::Timeout(timeout));
+        }
+        for b in buf.iter_mut() {
+            *b = self.1.pop_front().unwrap();
+        }
+        Ok(())
+    }
+    fn clear_input(&mut self) -> Result<(), flashgate_serial::SerialError> {
+        self.1.clear();
+        Ok(())
+    }
+    fn wait(&mut self, _: Duration) {}
+}
+
+/// A refused command in a pipelined read leaves the answers to the commands after it in the
+/// port: the link counts as lost, so the next operation cannot take one of them (here
+/// `14 AA 10`, the start of a READ_PAGE answer) as its own answer. Found by the avr_stk500
+/// fuzz target.
+#[test]
+fn failed_mid_pipeline_loses_the_link() {
+    let ok = || vec![0x14, 0x10];
+    let one = |b: u8| vec![0x14, b, 0x10];
+    let mut serial_read = vec![0x14, 0x10, 0x14];
+    serial_read.extend_from_slice(b"SN012345");
+    serial_read.push(0x10);
+    let replies = vec![
+        ok(),
+        one(2),
+        one(1),
+        one(18),
+        ok(),
+        ok(),
+        ok(),
+        ok(),
+        vec![0x14, 0x1e, 0x95, 0x0f, 0x10],
+        one(0xFF),
+        one(0xD9),
+        serial_read,
+        // The read: STK_FAILED to the first LOAD_ADDRESS, then the next answers.
+        vec![0x11, 0x14, 0xAA, 0x10],
+    ];
+    let mut t = AvrIspTarget::new(
+        Box::new(Canned(replies.into(), Default::default())),
+        None,
+        AvrIspConfig::default(),
+    );
+    t.connect().unwrap();
+    t.identify().unwrap();
+    let mut buf = vec![0u8; 1024];
+    let e = t.read(0, &mut buf).unwrap_err();
+    assert!(matches!(e, TargetError::Nack { .. }), "{e}");
+    let e = t
+        .read_lock()
+        .expect_err("a stale answer was taken as the lock byte");
+    assert!(e.to_string().contains("call connect first"), "{e}");
+}
