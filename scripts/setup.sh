@@ -2,8 +2,7 @@
 # Installs what flashgate's demo and tests need on a fresh Debian machine
 # with Rust: the PKCS#11 tokens (SoftHSM2 from Debian, Kryoptic built from
 # crates.io), OpenSC's pkcs11-tool, OpenSSL, the Python packages the
-# independent-verifier test uses, and cargo-deny for CI's dependency policy.
-# Safe to run again.
+# independent-verifier test uses. Safe to run again.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -22,11 +21,6 @@ fi
 if ! python3 -c 'import pycose, cryptography, cbor2' 2>/dev/null; then
   echo "installing Python packages: pycose cryptography cbor2" >&2
   python3 -m pip install -q pycose cryptography "cbor2<6" >&2
-fi
-
-if ! command -v cargo-deny >/dev/null 2>&1; then
-  echo "installing cargo-deny" >&2
-  cargo install cargo-deny --locked
 fi
 
 "$root/scripts/tokens.sh" modules >/dev/null
