@@ -154,7 +154,7 @@ fuzz_target!(|data: &[u8]| {
                     regions: vec![FlashRange::new(0, 64)],
                 })
                 .map(drop),
-            8 => avr.set_lock(LockPermission::allow(LockLevel::Readout)),
+            8 => avr.set_lock(LockPermission::unchecked(LockLevel::Readout)),
             _ => avr.read_lock().map(drop),
         };
         match result {

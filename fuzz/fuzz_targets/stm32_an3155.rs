@@ -272,7 +272,7 @@ fuzz_target!(|data: &[u8]| {
                 false,
             ),
             8 => (
-                stm.set_lock(LockPermission::allow(LockLevel::Readout)),
+                stm.set_lock(LockPermission::unchecked(LockLevel::Readout)),
                 false,
             ),
             _ => (stm.read_lock().map(drop), true),
