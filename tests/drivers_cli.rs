@@ -57,26 +57,7 @@ fn job(
     let text = common::validity(&edit(text), common::now() - 3600, common::now() + 86_400);
     std::fs::write(lab.path("p.toml"), text).unwrap();
     std::fs::write(lab.path("fw.bin"), firmware).unwrap();
-    lab.ok(&[
-        "job",
-        "build",
-        "--oem",
-        "oem",
-        "--policy",
-        "p.toml",
-        "--firmware",
-        &format!("fw.bin@{at}"),
-        "--appliance",
-        "enrollment.cbor",
-        "-o",
-        "j.fgj",
-    ]);
-    let out = lab.ok(&["job", "import", "j.fgj"]);
-    out.split_whitespace()
-        .nth(2)
-        .unwrap()
-        .trim_end_matches(':')
-        .to_owned()
+    lab.build_and_import(&format!("fw.bin@{at}"))
 }
 
 fn firmware(len: usize) -> Vec<u8> {

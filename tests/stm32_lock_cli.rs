@@ -81,26 +81,7 @@ fn job(lab: &Lab, policy: &str) -> String {
     let text = common::validity(policy, common::now() - 3600, common::now() + 86_400);
     std::fs::write(lab.path("p.toml"), text).unwrap();
     std::fs::write(lab.path("fw.bin"), firmware(6000)).unwrap();
-    lab.ok(&[
-        "job",
-        "build",
-        "--oem",
-        "oem",
-        "--policy",
-        "p.toml",
-        "--firmware",
-        "fw.bin@0x08000000",
-        "--appliance",
-        "enrollment.cbor",
-        "-o",
-        "j.fgj",
-    ]);
-    let out = lab.ok(&["job", "import", "j.fgj"]);
-    out.split_whitespace()
-        .nth(2)
-        .unwrap()
-        .trim_end_matches(':')
-        .to_owned()
+    lab.build_and_import("fw.bin@0x08000000")
 }
 
 fn shipped_policy() -> String {

@@ -253,6 +253,18 @@ impl Lab {
         Lab::with_job(Kind::SoftHsm, edit, size)
     }
 
+    /// Builds `p.toml` with `fw.bin@ADDRESS` (as `firmware`) into `j.fgj`,
+    /// imports it and returns the job id `job import` printed.
+    pub fn build_and_import(&self, firmware: &str) -> String {
+        self.ok(&job_build_args("p.toml", &[firmware], &["-o", "j.fgj"]));
+        let out = self.ok(&["job", "import", "j.fgj"]);
+        out.split_whitespace()
+            .nth(2)
+            .expect("job import names the job")
+            .trim_end_matches(':')
+            .to_owned()
+    }
+
     /// The records of the appliance's log.
     pub fn records(&self) -> Vec<flashgate_audit::Record> {
         frames(&self.path("state/audit/audit.log"))
