@@ -17,7 +17,8 @@
 #![warn(missing_docs)]
 
 pub mod bundle;
-mod cbor;
+/// The deterministic CBOR the records are written in.
+use flashgate_dcbor as cbor;
 pub mod checkpoint;
 mod error;
 pub mod frame;

@@ -6,7 +6,6 @@
 //! Layout (docs/FORMATS.md has it byte for byte):
 //! `["flashgate-job", 1, manifest: bstr, [master: bstr, ca_key: bstr], [* [image: bstr, [+ chunk: bstr]]]]`
 
-pub(crate) mod cbor;
 pub mod encrypt;
 pub mod manifest;
 
@@ -16,7 +15,7 @@ pub use encrypt::{EncryptObject, Recipient};
 pub use manifest::{ImageEntry, Manifest, CHUNK_SIZE};
 
 use crate::cose::{CoseError, UnverifiedSign1};
-use cbor::Reader;
+use flashgate_dcbor::{self as cbor, Reader};
 
 /// The magic string that opens every package.
 pub const MAGIC: &str = "flashgate-job";
@@ -85,7 +84,7 @@ impl<'a> UnverifiedPackage<'a> {
         }
         let mut r = Reader::new(bytes);
         let bad = |e: cbor::CborError| PackageError::Malformed {
-            detail: format!("{} at byte {}", e.detail, e.offset),
+            detail: e.to_string(),
         };
         if r.array().map_err(|_| PackageError::NotAPackage)? != 5 {
             return Err(PackageError::NotAPackage);
@@ -295,14 +294,14 @@ pub fn encode_package(
     images: &[(Vec<u8>, Vec<Vec<u8>>)],
 ) -> Vec<u8> {
     let mut out = Vec::new();
-    cbor::write_array(&mut out, 5);
-    cbor::write_text(&mut out, MAGIC);
-    cbor::write_uint(&mut out, FORMAT_VERSION);
-    cbor::write_bytes(&mut out, manifest_sign1);
-    cbor::write_array(&mut out, 2);
-    cbor::write_bytes(&mut out, device_master);
-    cbor::write_bytes(&mut out, job_ca_key);
-    cbor::write_array(&mut out, images.len() as u64);
+    cbor::put_array(&mut out, 5);
+    cbor::put_text(&mut out, MAGIC);
+    cbor::put_uint(&mut out, FORMAT_VERSION);
+    cbor::put_bytes(&mut out, manifest_sign1);
+    cbor::put_array(&mut out, 2);
+    cbor::put_bytes(&mut out, device_master);
+    cbor::put_bytes(&mut out, job_ca_key);
+    cbor::put_array(&mut out, images.len());
     for (header, chunks) in images {
         out.extend_from_slice(&encode_image_element(header, chunks));
     }
@@ -312,11 +311,11 @@ pub fn encode_package(
 /// Encodes one image element `[header, [+ chunk]]`.
 pub fn encode_image_element(header: &[u8], chunks: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::new();
-    cbor::write_array(&mut out, 2);
-    cbor::write_bytes(&mut out, header);
-    cbor::write_array(&mut out, chunks.len() as u64);
+    cbor::put_array(&mut out, 2);
+    cbor::put_bytes(&mut out, header);
+    cbor::put_array(&mut out, chunks.len());
     for c in chunks {
-        cbor::write_bytes(&mut out, c);
+        cbor::put_bytes(&mut out, c);
     }
     out
 }

@@ -1,6 +1,8 @@
+#![forbid(unsafe_code)]
 //! The small subset of deterministic CBOR (RFC 8949 §4.2.1, "core
-//! deterministic encoding") that audit records use: unsigned integers, byte
-//! strings, text strings and maps, all with definite lengths and
+//! deterministic encoding") that flashgate's own formats use (audit
+//! records, the outer layer of a job package): unsigned integers, byte
+//! strings, text strings, arrays and maps, all with definite lengths and
 //! shortest-form heads.
 //!
 //! The decoder accepts only what the encoder produces, so a record that
@@ -13,6 +15,8 @@ const MAJOR_UINT: u8 = 0;
 const MAJOR_BYTES: u8 = 2;
 /// Major type 3: text string.
 const MAJOR_TEXT: u8 = 3;
+/// Major type 4: array.
+const MAJOR_ARRAY: u8 = 4;
 /// Major type 5: map.
 const MAJOR_MAP: u8 = 5;
 
@@ -55,7 +59,7 @@ pub enum CborError {
         offset: usize,
     },
     /// Bytes follow the top-level item.
-    #[error("{count} bytes follow the end of the record")]
+    #[error("{count} bytes follow the end of the item")]
     TrailingBytes {
         /// How many.
         count: usize,
@@ -76,7 +80,7 @@ fn major_name(major: u8) -> &'static str {
 }
 
 /// Appends a head (major type and argument) in shortest form.
-pub(crate) fn put_head(out: &mut Vec<u8>, major: u8, value: u64) {
+pub fn put_head(out: &mut Vec<u8>, major: u8, value: u64) {
     let m = major << 5;
     if value < 24 {
         out.push(m | value as u8);
@@ -96,30 +100,35 @@ pub(crate) fn put_head(out: &mut Vec<u8>, major: u8, value: u64) {
 }
 
 /// Appends an unsigned integer.
-pub(crate) fn put_uint(out: &mut Vec<u8>, value: u64) {
+pub fn put_uint(out: &mut Vec<u8>, value: u64) {
     put_head(out, MAJOR_UINT, value);
 }
 
 /// Appends a byte string.
-pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+pub fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     put_head(out, MAJOR_BYTES, bytes.len() as u64);
     out.extend_from_slice(bytes);
 }
 
 /// Appends a text string.
-pub(crate) fn put_text(out: &mut Vec<u8>, text: &str) {
+pub fn put_text(out: &mut Vec<u8>, text: &str) {
     put_head(out, MAJOR_TEXT, text.len() as u64);
     out.extend_from_slice(text.as_bytes());
 }
 
+/// Appends an array head for `len` items.
+pub fn put_array(out: &mut Vec<u8>, len: usize) {
+    put_head(out, MAJOR_ARRAY, len as u64);
+}
+
 /// Appends a map head for `len` pairs.
-pub(crate) fn put_map(out: &mut Vec<u8>, len: usize) {
+pub fn put_map(out: &mut Vec<u8>, len: usize) {
     put_head(out, MAJOR_MAP, len as u64);
 }
 
 /// Orders text keys as deterministic CBOR does: by the bytes of their
 /// encodings, which for text strings means shorter first, then bytewise.
-pub(crate) fn text_key_order(a: &str, b: &str) -> std::cmp::Ordering {
+pub fn text_key_order(a: &str, b: &str) -> std::cmp::Ordering {
     a.len()
         .cmp(&b.len())
         .then_with(|| a.as_bytes().cmp(b.as_bytes()))
@@ -127,18 +136,18 @@ pub(crate) fn text_key_order(a: &str, b: &str) -> std::cmp::Ordering {
 
 /// A strict reader over a byte slice.
 #[derive(Debug)]
-pub(crate) struct Reader<'a> {
+pub struct Reader<'a> {
     input: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(input: &'a [u8]) -> Self {
+    pub fn new(input: &'a [u8]) -> Self {
         Self { input, pos: 0 }
     }
 
     /// Fails unless the whole input has been read.
-    pub(crate) fn finish(&self) -> Result<(), CborError> {
+    pub fn finish(&self) -> Result<(), CborError> {
         let rest = self.input.len().saturating_sub(self.pos);
         if rest == 0 {
             Ok(())
@@ -217,7 +226,7 @@ impl<'a> Reader<'a> {
         Ok((v, offset))
     }
 
-    pub(crate) fn uint(&mut self) -> Result<u64, CborError> {
+    pub fn uint(&mut self) -> Result<u64, CborError> {
         Ok(self.expect(MAJOR_UINT)?.0)
     }
 
@@ -228,12 +237,12 @@ impl<'a> Reader<'a> {
         Ok((n, offset))
     }
 
-    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], CborError> {
+    pub fn bytes(&mut self) -> Result<&'a [u8], CborError> {
         let (n, offset) = self.len_arg(MAJOR_BYTES)?;
         self.take(n, offset)
     }
 
-    pub(crate) fn text(&mut self) -> Result<&'a str, CborError> {
+    pub fn text(&mut self) -> Result<&'a str, CborError> {
         let (n, offset) = self.len_arg(MAJOR_TEXT)?;
         let b = self.take(n, offset)?;
         std::str::from_utf8(b).map_err(|_| CborError::InvalidUtf8 { offset })
@@ -241,17 +250,32 @@ impl<'a> Reader<'a> {
 
     /// Reads a map head; returns the number of pairs (not yet checked
     /// against the remaining input: callers read pairs one by one).
-    pub(crate) fn map(&mut self) -> Result<u64, CborError> {
+    pub fn map(&mut self) -> Result<u64, CborError> {
         Ok(self.expect(MAJOR_MAP)?.0)
     }
 
+    /// Reads an array head; returns its item count.
+    pub fn array(&mut self) -> Result<u64, CborError> {
+        Ok(self.expect(MAJOR_ARRAY)?.0)
+    }
+
+    /// Bytes read so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Whether the whole input has been read.
+    pub fn at_end(&self) -> bool {
+        self.pos == self.input.len()
+    }
+
     /// Peeks at the major type of the next item.
-    pub(crate) fn peek_major(&self) -> Option<u8> {
+    pub fn peek_major(&self) -> Option<u8> {
         self.input.get(self.pos).map(|b| b >> 5)
     }
 
     /// Reads an unsigned-integer map key that must be greater than `prev`.
-    pub(crate) fn uint_key(&mut self, prev: Option<u64>) -> Result<(u64, usize), CborError> {
+    pub fn uint_key(&mut self, prev: Option<u64>) -> Result<(u64, usize), CborError> {
         let offset = self.pos;
         let k = self.uint()?;
         if prev.is_some_and(|p| k <= p) {
@@ -261,7 +285,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a text map key that must sort after `prev`.
-    pub(crate) fn text_key(&mut self, prev: Option<&str>) -> Result<&'a str, CborError> {
+    pub fn text_key(&mut self, prev: Option<&str>) -> Result<&'a str, CborError> {
         let offset = self.pos;
         let k = self.text()?;
         if prev.is_some_and(|p| text_key_order(p, k) != std::cmp::Ordering::Less) {
@@ -270,9 +294,9 @@ impl<'a> Reader<'a> {
         Ok(k)
     }
 
-    pub(crate) const MAJOR_UINT: u8 = MAJOR_UINT;
-    pub(crate) const MAJOR_BYTES: u8 = MAJOR_BYTES;
-    pub(crate) const MAJOR_TEXT: u8 = MAJOR_TEXT;
+    pub const MAJOR_UINT: u8 = MAJOR_UINT;
+    pub const MAJOR_BYTES: u8 = MAJOR_BYTES;
+    pub const MAJOR_TEXT: u8 = MAJOR_TEXT;
 }
 
 #[cfg(test)]
