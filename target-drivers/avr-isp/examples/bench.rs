@@ -103,6 +103,7 @@ fn main() -> Result<(), Error> {
     let write_floor = programming_floor(part, &timing, size as u32).total;
     let read_floor = read_floor(&timing, size);
     let inject_floor = inject_floor(part, &timing, &[key.len(), cert.len()]);
+    let prog_page_floor = prog_page_eeprom_floor(&timing, &[key.len(), cert.len()]);
     let peer_floor = write_floor + read_floor;
     let our_floor = peer_floor + inject_floor;
     println!(
@@ -117,6 +118,11 @@ fn main() -> Result<(), Error> {
         key.len(),
         cert.len(),
         inject_floor.as_secs_f64()
+    );
+    println!(
+        "  (the same inject through STK_PROG_PAGE 'E', which the sketch writes byte by byte with {:?} each: at least {:.3} s)",
+        timing.eeprom_byte_delay,
+        prog_page_floor.as_secs_f64()
     );
 
     // avrdude: write + verify.
@@ -295,6 +301,19 @@ fn inject_floor(part: &Part, timing: &AvrTiming, lens: &[usize]) -> Duration {
             let pages = n.div_ceil(page);
             timing.serial((n + pages) * 9)
                 + part.eeprom_write * pages as u32
+                + read_floor(timing, n)
+        })
+        .sum()
+}
+
+/// The same EEPROM writes through `LOAD_ADDRESS` + `PROG_PAGE 'E'` (the sketch's own EEPROM
+/// path): 4 + n + 5 bytes out, 2 + 2 back, and the sketch's delay after every byte.
+fn prog_page_eeprom_floor(timing: &AvrTiming, lens: &[usize]) -> Duration {
+    lens.iter()
+        .map(|&n| {
+            let blocks = n.div_ceil(256);
+            timing.serial(blocks * 13 + n)
+                + timing.eeprom_byte_delay * n as u32
                 + read_floor(timing, n)
         })
         .sum()
