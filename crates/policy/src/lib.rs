@@ -174,6 +174,33 @@ policy_words!(Driver {
     Stm32Uart => "stm32-uart",
 });
 
+/// Which device flash the pipeline checks reads erased after the chip erase
+/// and before programming (`target.blank_check`).
+///
+/// Programming only clears bits, so a bit an erase left programmed inside an
+/// image shows up at verify anyway; what verify never reads is the flash the
+/// images do not cover, where earlier firmware or keys could survive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum BlankCheck {
+    /// The device flash the job's images do not cover (the default): nothing
+    /// left on the chip outside the images survives unnoticed.
+    #[default]
+    Uncovered,
+    /// The whole device flash, images included.
+    Full,
+    /// No blank check: flash outside the images is neither read nor proved
+    /// erased.
+    None,
+}
+
+policy_words!(BlankCheck {
+    Uncovered => "uncovered",
+    Full => "full",
+    None => "none",
+});
+
 /// Type of a per-device key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -304,6 +331,9 @@ pub struct Target {
     /// Device type names (as the driver reports them) the job may program;
     /// never empty, no duplicates.
     pub device_types: Vec<String>,
+    /// Which flash must read erased before programming (`blank_check`,
+    /// default [`BlankCheck::Uncovered`]).
+    pub blank_check: BlankCheck,
 }
 
 impl Target {
@@ -708,6 +738,7 @@ fn validate_target(raw: raw::RawTarget) -> Result<Target, PolicyError> {
     Ok(Target {
         driver: raw.driver,
         device_types: raw.device_types,
+        blank_check: raw.blank_check.unwrap_or_default(),
     })
 }
 

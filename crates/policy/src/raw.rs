@@ -8,7 +8,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::{Driver, ExtendedKeyUsage, KeyRole, KeySource, KeyType, LockLevel};
+use crate::{BlankCheck, Driver, ExtendedKeyUsage, KeyRole, KeySource, KeyType, LockLevel};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +40,7 @@ pub(crate) struct RawJob {
 pub(crate) struct RawTarget {
     pub driver: Driver,
     pub device_types: Vec<String>,
+    pub blank_check: Option<BlankCheck>,
 }
 
 #[derive(Deserialize)]

@@ -164,6 +164,10 @@ fn example_policies_have_expected_targets() {
     );
     let sim = Policy::from_file(&dir.join("sim-secure-mcu.toml")).unwrap();
     assert_eq!(sim, parse(BASE).unwrap());
+    // None of them names a blank check: each gets the safe default.
+    for p in [&avr, &stm, &sim] {
+        assert_eq!(p.target().blank_check, BlankCheck::Uncovered);
+    }
 }
 
 #[test]
@@ -390,6 +394,51 @@ fn target_device_types_rules() {
         &with(&[("[\"sim-secure-mcu\"]", &format!("[{many}]"))]),
         "target.device_types",
     );
+}
+
+#[test]
+fn blank_check_defaults_to_the_uncovered_flash_and_takes_three_words() {
+    assert_eq!(
+        parse(BASE).unwrap().target().blank_check,
+        BlankCheck::Uncovered
+    );
+    for (word, want) in [
+        ("uncovered", BlankCheck::Uncovered),
+        ("full", BlankCheck::Full),
+        ("none", BlankCheck::None),
+    ] {
+        let text = with(&[(
+            "device_types = [\"sim-secure-mcu\"]",
+            &format!("device_types = [\"sim-secure-mcu\"]\nblank_check = \"{word}\""),
+        )]);
+        let p = parse(&text).unwrap();
+        assert_eq!(p.target().blank_check, want);
+        assert_eq!(want.as_str(), word);
+        assert_eq!(want.to_string(), word);
+    }
+}
+
+#[test]
+fn blank_check_refuses_an_unknown_word_with_the_words_it_takes() {
+    let line = BASE
+        .lines()
+        .position(|l| l.starts_with("device_types"))
+        .unwrap()
+        + 2;
+    for bad in ["\"images\"", "\"Uncovered\"", "\"\"", "true", "1"] {
+        let text = with(&[(
+            "device_types = [\"sim-secure-mcu\"]",
+            &format!("device_types = [\"sim-secure-mcu\"]\nblank_check = {bad}"),
+        )]);
+        let message = assert_syntax(&text);
+        assert!(message.contains(&format!("line {line}")), "{message}");
+        if bad.starts_with('"') {
+            for word in ["uncovered", "full", "none"] {
+                assert!(message.contains(word), "{message}");
+            }
+        }
+        assert!(message.ends_with("fix the policy file"), "{message}");
+    }
 }
 
 // ---- [serial] ----

@@ -20,6 +20,10 @@ const LOCK_MASK: u8 = 0x3F;
 const READ_BLOCK: u32 = 256;
 /// The ArduinoISP sketch's serial receive buffer: never queue more than this many bytes.
 const PROGRAMMER_RX_BUFFER: usize = 64;
+/// The sketch's answer to `UNIVERSAL` (`STK_INSYNC`, the byte, `STK_OK`).
+const WRITE_PAGE_REPLY_LEN: u64 = 3;
+/// The shortest command that makes the sketch send an SPI instruction (`READ_SIGN`, `EOP`).
+const SHORTEST_SPI_COMMAND_LEN: u64 = 2;
 /// Time-out used when leaving programming mode as the driver is dropped.
 const DROP_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -137,8 +141,10 @@ struct Session {
 ///   [`read_pipeline`](AvrIspConfig::read_pipeline) deep.
 /// - **store_secret**: `flash:OFFSET` through the flash path; `eeprom:OFFSET` through
 ///   `UNIVERSAL` Load EEPROM Page (`C1`) and Write EEPROM Page (`C2`) sent one page per
-///   write, waiting tWD_EEPROM (faster than the sketch's 45 ms per byte and free of its
-///   word-address rule); read back and compared without revealing it.
+///   write, waiting what of tWD_EEPROM the sketch's answer and the next command do not
+///   already take on the wire (faster than `PROG_PAGE 'E'`, which the sketch writes byte by
+///   byte with 45 ms each, and free of its word-address rule); read back and compared
+///   without revealing it.
 /// - **challenge**: leaves programming mode so the firmware runs, then talks
 ///   `flashgate-agent` frames on the agent link (Hello first, UID checked against identify).
 /// - **set_lock**: re-enters programming mode, checks it is still the same board (signature
@@ -785,10 +791,22 @@ impl AvrIspTarget {
             for _ in 0..=n {
                 self.expect_reply(stage, Some(at), UNIVERSAL, &mut [0u8; 1])?;
             }
-            self.isp.wait(self.part.eeprom_write);
+            // The sketch answers after the page write has started, and the next SPI
+            // instruction needs a whole command after that answer: those bytes' wire time
+            // is part of tWD_EEPROM already.
+            self.isp.wait(
+                self.part.eeprom_write.saturating_sub(
+                    self.wire_time(WRITE_PAGE_REPLY_LEN + SHORTEST_SPI_COMMAND_LEN),
+                ),
+            );
             done += n;
         }
         Ok(())
+    }
+
+    /// How long `bytes` take on the programmer's serial line (8N1).
+    fn wire_time(&self, bytes: u64) -> Duration {
+        Duration::from_nanos(bytes * 10 * 1_000_000_000 / u64::from(self.config.baud.max(1)))
     }
 
     fn lock_state(raw: u8) -> LockState {

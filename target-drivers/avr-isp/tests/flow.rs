@@ -370,3 +370,33 @@ fn odd_addresses_and_lengths() {
         "{e}"
     );
 }
+
+#[test]
+fn eeprom_pages_are_written_only_after_the_previous_write_at_realistic_timing() {
+    // A certificate-sized secret on both parts (4- and 8-byte EEPROM pages, tWD_EEPROM
+    // 3.6 and 9 ms), at an aligned and an odd offset.
+    let cert: Vec<u8> = (0..530u32).map(|i| (i * 31 + 5) as u8).collect();
+    for (part, at) in [
+        (&ATMEGA328P, 0x040),
+        (&ATMEGA328P, 0x0C3),
+        (&ATMEGA2560, 0x101),
+    ] {
+        let c = AvrSimConfig {
+            part,
+            timing: AvrTiming::realistic(),
+            ..AvrSimConfig::default()
+        };
+        let sim = AvrSim::new(&c).unwrap();
+        let mut t = driver(&sim, part);
+        t.connect().unwrap();
+        t.identify().unwrap();
+        t.erase().unwrap();
+        t.store_secret(Location::new(Space::Eeprom, at), &cert)
+            .unwrap();
+        sim.with_chip(|c| {
+            assert_eq!(c.stats().ignored_busy, 0, "{}: {:?}", part.name, c.stats());
+            let at = at as usize;
+            assert_eq!(&c.eeprom()[at..at + cert.len()], &cert[..], "{}", part.name);
+        });
+    }
+}

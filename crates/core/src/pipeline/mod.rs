@@ -6,6 +6,7 @@
 //! stage is never locked; once a counter value is reserved, the unit counts
 //! against the quota whatever happens next.
 
+mod blank;
 mod uid_index;
 
 use std::collections::BTreeMap;
@@ -29,6 +30,7 @@ use crate::cose::{Es256Signer, SignerError};
 use crate::identity::{self, DeviceCertificateIssuer, DeviceCertificateRequest, DeviceSecret};
 pub use crate::unit::ledger::{Ledger, LedgerError, MemoryLedger};
 pub use crate::unit::{FailureKind, UnitFailure, UnitRecord, UnitResult, UnitStage};
+pub use blank::blank_check_ranges;
 pub use uid_index::{Attempt, AttemptState, UidIndex, UidIndexError};
 
 /// Why a run could not start.
@@ -769,11 +771,16 @@ impl Provisioner {
         let s = Instant::now();
         t.erase().map_err(terr)?;
         timed(rec, UnitStage::Erase, s);
-        let s = Instant::now();
-        for r in &self.regions {
-            t.blank_check(r.address, r.length).map_err(terr)?;
+        // Blank check of the flash the policy names (by default what the
+        // images do not cover; verify reads the images themselves).
+        let blank = self.policy.target().blank_check;
+        if blank != flashgate_policy::BlankCheck::None {
+            let s = Instant::now();
+            for r in blank_check_ranges(blank, &info.flash, &self.regions) {
+                t.blank_check(r.address, r.length).map_err(terr)?;
+            }
+            timed(rec, UnitStage::BlankCheck, s);
         }
-        timed(rec, UnitStage::BlankCheck, s);
         let s = Instant::now();
         for (addr, data) in &self.images {
             t.program(*addr, data).map_err(terr)?;
