@@ -214,7 +214,7 @@ fn main() -> Result<(), Error> {
     };
     let reply = t.challenge(&request)?;
     let digest = flashgate_agent::firmware_digest_of_image(0, &image, &regions)?;
-    flashgate_agent::verify_challenge_reply(
+    let proof = flashgate_agent::verify_challenge_reply(
         &flashgate_agent::public_key(&key)?,
         &request.nonce,
         &info.uid,
@@ -222,7 +222,7 @@ fn main() -> Result<(), Error> {
         &reply,
     )?;
     step("challenge", &mut lap);
-    t.set_lock(LockPermission::allow(LockLevel::Readout))?;
+    t.set_lock(LockPermission::after(proof, LockLevel::Readout))?;
     if t.read_lock()?.level != LockLevel::Readout {
         return Err("the lock did not read back".into());
     }

@@ -240,7 +240,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let reply = d.challenge(&request)?;
     let digest = flashgate_agent::firmware_digest_of_image(base, &fw, &regions)?;
-    flashgate_agent::verify_challenge_reply(
+    let proof = flashgate_agent::verify_challenge_reply(
         &flashgate_agent::public_key(&key)?,
         &request.nonce,
         &info.uid,
@@ -248,7 +248,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &reply,
     )?;
     step("challenge", &mut lap);
-    d.set_lock(LockPermission::allow(LockLevel::Readout))?;
+    d.set_lock(LockPermission::after(proof, LockLevel::Readout))?;
     if d.read_lock()?.level != LockLevel::Readout {
         return Err("the lock did not read back".into());
     }
