@@ -7,11 +7,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use common::Kind;
-use flashgate::appliance::{Appliance, ApplianceConfig};
 use flashgate::pipeline::{
     FailureKind, MemoryLedger, Provisioner, RunEvent, RunOptions, StopHandle, UnitRecord,
     UnitResult, UnitStage,
@@ -77,40 +75,10 @@ impl Target for Leftover {
     }
 }
 
-struct Lab {
-    dir: PathBuf,
-}
+use common::in_process::{in_process, InProcess as Lab};
 
 fn lab() -> std::sync::MutexGuard<'static, Lab> {
-    static LAB: OnceLock<Mutex<Lab>> = OnceLock::new();
-    let m = LAB.get_or_init(|| {
-        let kind = Kind::SoftHsm;
-        let dir = tempfile::tempdir().unwrap().keep();
-        std::fs::write(dir.join("user-pin"), "blank-check-pin-1\n").unwrap();
-        let (k, v) = common::init_token(kind, &dir.join("token"), "blank", &dir.join("user-pin"));
-        std::env::set_var(k, v);
-        std::fs::write(
-            dir.join("appliance.toml"),
-            format!(
-                "state_dir = \"state\"\n[token]\nmodule = \"{}\"\nlabel = \"blank\"\npin_file = \"user-pin\"\n[trust]\noem_keys = [\"oem/signing-key.pub.pem\"]\n",
-                kind.module().display()
-            ),
-        )
-        .unwrap();
-        flashgate::oem::init(
-            &dir.join("oem"),
-            "Acme Corp",
-            &flashgate::oem::KeyStore::Files,
-            now(),
-        )
-        .unwrap();
-        let a =
-            Appliance::open(ApplianceConfig::load(&dir.join("appliance.toml")).unwrap()).unwrap();
-        let (record, _) = a.enroll().unwrap();
-        std::fs::write(dir.join("enrollment.cbor"), record).unwrap();
-        Mutex::new(Lab { dir })
-    });
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    in_process(Kind::SoftHsm)
 }
 
 fn now() -> u64 {
@@ -137,32 +105,8 @@ fn provisioner(lab: &Lab, blank_check: Option<&str>) -> Arc<Provisioner> {
         let end = at + text[at..].find('\n').unwrap();
         text.insert_str(end, &format!("\nblank_check = \"{word}\""));
     }
-    let policy = flashgate_policy::Policy::from_toml_str(&text).unwrap();
-    let enrollment = flashgate::enrollment::VerifiedEnrollment::parse(
-        &std::fs::read(lab.dir.join("enrollment.cbor")).unwrap(),
-    )
-    .unwrap();
-    let oem = flashgate::oem::Oem::load(&lab.dir.join("oem")).unwrap();
-    let built = flashgate::oem::build::build(&flashgate::oem::build::JobInput {
-        policy_toml: &text,
-        policy: &policy,
-        images: &[flashgate_firmware::Segment {
-            address: 0,
-            data: firmware(),
-        }],
-        enrollment: &enrollment.trust_on_first_use(),
-        oem: &oem,
-        now: now(),
-        profile: None,
-    })
-    .unwrap();
-    let path = lab.dir.join(format!("{}.fgj", built.manifest.job_id_hex()));
-    std::fs::write(&path, &built.bytes).unwrap();
-    let a =
-        Appliance::open(ApplianceConfig::load(&lab.dir.join("appliance.toml")).unwrap()).unwrap();
-    a.import(&path).unwrap();
-    let id = built.manifest.job_id_hex();
-    Arc::new(Provisioner::open(Arc::new(a), &id, Arc::new(MemoryLedger::new(1000))).unwrap())
+    let (appliance, id, _) = lab.job("sim-secure-mcu.toml", |_| text.clone(), &firmware(), 0);
+    Arc::new(Provisioner::open(appliance, &id, Arc::new(MemoryLedger::new(1000))).unwrap())
 }
 
 /// Runs one board whose erase leaves bytes at `leftover` (if any); returns

@@ -7,51 +7,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use common::Kind;
-use flashgate::appliance::{Appliance, ApplianceConfig};
+use flashgate::appliance::Appliance;
 use flashgate::pipeline::{
     MemoryLedger, Provisioner, RunOptions, RunSummary, StopHandle, UnitRecord, UnitResult,
 };
 use flashgate_target::{Fixture, LockLevel};
 use flashgate_target_sim::SimFixture;
 
-/// One token per kind per test process (a PKCS#11 module is initialised
-/// once per process); tests on the same token take turns.
-struct InProcess {
-    dir: PathBuf,
-}
-
-fn lab(kind: Kind) -> MutexGuard<'static, InProcess> {
-    static SOFT: OnceLock<Mutex<InProcess>> = OnceLock::new();
-    static KRY: OnceLock<Mutex<InProcess>> = OnceLock::new();
-    let cell = match kind {
-        Kind::SoftHsm => &SOFT,
-        Kind::Kryoptic => &KRY,
-    };
-    let m = cell.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
-        std::fs::write(dir.join("user-pin"), "pipeline-pin-1\n").unwrap();
-        let (k, v) = common::init_token(kind, &dir.join("token"), "pipeline", &dir.join("user-pin"));
-        std::env::set_var(k, v);
-        std::fs::write(
-            dir.join("appliance.toml"),
-            format!(
-                "state_dir = \"state\"\n[token]\nmodule = \"{}\"\nlabel = \"pipeline\"\npin_file = \"user-pin\"\n[trust]\noem_keys = [\"oem/signing-key.pub.pem\"]\n",
-                kind.module().display()
-            ),
-        )
-        .unwrap();
-        flashgate::oem::init(&dir.join("oem"), "Acme Corp", &flashgate::oem::KeyStore::Files, now()).unwrap();
-        let a = Appliance::open(ApplianceConfig::load(&dir.join("appliance.toml")).unwrap()).unwrap();
-        let (record, _) = a.enroll().unwrap();
-        std::fs::write(dir.join("enrollment.cbor"), record).unwrap();
-        Mutex::new(InProcess { dir })
-    });
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use common::in_process::{in_process as lab, InProcess};
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -78,38 +45,7 @@ fn job_from(
     firmware: &[u8],
     address: u32,
 ) -> (Arc<Appliance>, String, [u8; 32]) {
-    let text = std::fs::read_to_string(common::repo().join("policies").join(policy)).unwrap();
-    let text = common::validity(&text, now() - 3600, now() + 86_400);
-    let text = edit(text);
-    let policy = flashgate_policy::Policy::from_toml_str(&text).unwrap();
-    let enrollment = flashgate::enrollment::VerifiedEnrollment::parse(
-        &std::fs::read(lab.dir.join("enrollment.cbor")).unwrap(),
-    )
-    .unwrap();
-    let oem = flashgate::oem::Oem::load(&lab.dir.join("oem")).unwrap();
-    let built = flashgate::oem::build::build(&flashgate::oem::build::JobInput {
-        policy_toml: &text,
-        policy: &policy,
-        images: &[flashgate_firmware::Segment {
-            address,
-            data: firmware.to_vec(),
-        }],
-        enrollment: &enrollment.trust_on_first_use(),
-        oem: &oem,
-        now: now(),
-        profile: None,
-    })
-    .unwrap();
-    let path = lab.dir.join(format!("{}.fgj", built.manifest.job_id_hex()));
-    std::fs::write(&path, &built.bytes).unwrap();
-    let a =
-        Appliance::open(ApplianceConfig::load(&lab.dir.join("appliance.toml")).unwrap()).unwrap();
-    a.import(&path).unwrap();
-    (
-        Arc::new(a),
-        built.manifest.job_id_hex(),
-        *built.device_master,
-    )
+    lab.job(policy, edit, firmware, address)
 }
 
 fn run(

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod in_process;
 pub mod independent;
 
 /// The user PIN of every lab token.
