@@ -133,12 +133,16 @@ impl Station {
                 Some(Arc::new(lock))
             }
         };
-        Ok(Self {
+        Ok(Self::new(appliance, writer, recovered))
+    }
+
+    fn new(appliance: Appliance, writer: Option<Arc<WriterLock>>, recovered: Vec<String>) -> Self {
+        Self {
             appliance: Arc::new(appliance),
             writer,
             live: Arc::default(),
             recovered,
-        })
+        }
     }
 
     /// Opens an appliance that is not enrolled yet, with the writer lock,
@@ -146,12 +150,7 @@ impl Station {
     pub fn open_for_enrollment(config: ApplianceConfig) -> Result<Self, StationError> {
         let appliance = Appliance::open(config)?;
         let lock = appliance.lock_writer("the appliance is being enrolled")?;
-        Ok(Self {
-            appliance: Arc::new(appliance),
-            writer: Some(Arc::new(lock)),
-            live: Arc::default(),
-            recovered: Vec::new(),
-        })
+        Ok(Self::new(appliance, Some(Arc::new(lock)), Vec::new()))
     }
 
     /// Opens the appliance, with the writer lock, to reset a damaged audit
@@ -161,12 +160,7 @@ impl Station {
         let appliance = Appliance::open(config)?;
         let lock = appliance.lock_writer("the audit log is being reset")?;
         let recovered = appliance.recover()?;
-        Ok(Self {
-            appliance: Arc::new(appliance),
-            writer: Some(Arc::new(lock)),
-            live: Arc::default(),
-            recovered,
-        })
+        Ok(Self::new(appliance, Some(Arc::new(lock)), recovered))
     }
 
     /// What recovery did when the station opened, one sentence each.
