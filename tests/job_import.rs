@@ -159,6 +159,23 @@ fn tampered_packages_are_refused_and_leave_nothing() {
         let mut trailing = good.clone();
         trailing.push(0);
         variants.push(("trailing byte", trailing));
+        // The high-S twin of the manifest signature: valid ECDSA, but not
+        // the one encoding flashgate accepts (FORMATS.md §3.3).
+        let mut twin = m.to_vec();
+        let at = twin.len() - 64;
+        let sig = p256::ecdsa::Signature::from_slice(&twin[at..]).unwrap();
+        let (r, s) = sig.split_scalars();
+        let high = p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
+        twin[at..].copy_from_slice(&high.to_bytes());
+        variants.push((
+            "high-S signature",
+            encode_package(
+                &twin,
+                dm,
+                ca,
+                &[(images[0].header.to_vec(), chunks.clone())],
+            ),
+        ));
         for (what, bytes) in variants {
             std::fs::write(lab.path("bad.fgj"), &bytes).unwrap();
             let err = lab.fails(&["job", "import", "bad.fgj"]);

@@ -11,7 +11,7 @@
 
 use std::sync::OnceLock;
 
-use flashgate_audit::checkpoint::{origin_for, sign_checkpoint, CheckpointSigner, SoftwareSigner};
+use flashgate_audit::checkpoint::{origin_for, sign_checkpoint, Es256Signer, SoftwareSigner};
 use flashgate_audit::frame::put_frame;
 use flashgate_audit::record::{
     JobImported, RunStarted, UnitFailed, UnitPassed, UnitsReserved, UnitsUnused,

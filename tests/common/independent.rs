@@ -40,10 +40,7 @@ pub fn python_ready() -> bool {
 }
 
 pub fn host_signer(secret: &p256::SecretKey) -> OemSigner {
-    OemSigner::File {
-        key: p256::ecdsa::SigningKey::from(secret),
-        public: cose::sec1_uncompressed(&secret.public_key()),
-    }
+    OemSigner::File(p256::ecdsa::SigningKey::from(secret))
 }
 
 /// The token a host-made appliance describes in its enrollment record.

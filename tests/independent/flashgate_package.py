@@ -23,6 +23,7 @@ MANIFEST_CONTENT_TYPE = "application/vnd.flashgate.manifest+cbor"
 CHUNK_SIZE = 64 * 1024
 TAG_COSE_SIGN1 = 18
 TAG_COSE_ENCRYPT = 96
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
 class Refused(Exception):
@@ -157,6 +158,10 @@ def verify_manifest(sign1, oem_cose_key):
     """Verifies the manifest signature with the OEM key; returns the manifest
     map, checked to be canonical CBOR."""
     sign1.key = oem_cose_key
+    # FORMATS.md §3.3: only the low-S form is valid.
+    check(len(sign1.signature) == 64, "the manifest signature is not 64 bytes")
+    s = int.from_bytes(sign1.signature[32:], "big")
+    check(s <= P256_ORDER // 2, "the manifest signature is not low-S")
     check(sign1.verify_signature(), "the manifest signature does not verify")
     manifest = cbor2.loads(sign1.payload)
     check(cbor2.dumps(manifest, canonical=True) == sign1.payload, "the manifest is not canonical CBOR")

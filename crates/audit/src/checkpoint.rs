@@ -1,15 +1,15 @@
 //! Signed checkpoints: the C2SP tlog-checkpoint text of the log (origin
-//! `flashgate/<appliance id>`, size, root) as the payload of a tagged
-//! `COSE_Sign1` (ES256, key id and content type in the protected header, an
-//! empty unprotected header, low-S `r || s` signature).
+//! `flashgate/<appliance id>`, size, root) as the payload of flashgate's one
+//! `COSE_Sign1` form ([`flashgate_cose`]: ES256, key id and content type in
+//! the protected header, an empty unprotected header, low-S `r || s`).
 //!
 //! Parsing gives an [`UnverifiedCheckpoint`]; only
 //! [`UnverifiedCheckpoint::verify`] with the pinned log key turns it into a
 //! [`VerifiedCheckpoint`].
 
-use coset::{iana, CoseSign1, CoseSign1Builder, Header, HeaderBuilder, TaggedCborSerializable};
+pub use flashgate_cose::{key_id, Es256Signer};
+use flashgate_cose::{CoseError, UnverifiedSign1};
 use flashgate_tlog::Checkpoint;
-use p256::ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
 use sha2::{Digest, Sha256};
 
 /// The content type of a signed checkpoint's payload.
@@ -18,14 +18,12 @@ pub const CHECKPOINT_CONTENT_TYPE: &str = "application/vnd.flashgate.checkpoint"
 /// The largest signed checkpoint accepted, in bytes.
 pub const MAX_CHECKPOINT_LEN: usize = 4096;
 
-/// Signs checkpoints with the appliance's log key (an HSM key on the
-/// appliance; [`SoftwareSigner`] in tests and development).
-pub trait CheckpointSigner: Send + Sync {
-    /// The uncompressed SEC1 public key (65 bytes, starting with 0x04).
-    fn public_key(&self) -> [u8; 65];
-    /// Signs a SHA-256 digest with ECDSA P-256; returns `r || s`.
-    fn sign_digest(&self, digest: &[u8; 32]) -> Result<[u8; 64], String>;
-}
+/// What signs checkpoints: the appliance's log key (an HSM key on the
+/// appliance; [`SoftwareSigner`] in tests and development). Shared by the
+/// log's writers, so it must be usable from any thread.
+pub trait CheckpointSigner: Es256Signer + Send + Sync {}
+
+impl<T: Es256Signer + Send + Sync + ?Sized> CheckpointSigner for T {}
 
 /// A log key held in memory. For tests and development only: the appliance
 /// keeps its log key in the HSM.
@@ -37,7 +35,7 @@ pub struct SoftwareSigner {
 impl std::fmt::Debug for SoftwareSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SoftwareSigner")
-            .field("kid", &hex::encode(key_id(&self.public_key())))
+            .field("kid", &hex::encode(self.key_id()))
             .finish_non_exhaustive()
     }
 }
@@ -68,35 +66,20 @@ impl SoftwareSigner {
     }
 }
 
-impl CheckpointSigner for SoftwareSigner {
-    fn public_key(&self) -> [u8; 65] {
-        let point = self.key.verifying_key().to_sec1_point(false);
-        let mut out = [0u8; 65];
-        if point.as_bytes().len() == 65 {
-            out.copy_from_slice(point.as_bytes());
-        }
-        out
-    }
-
-    fn sign_digest(&self, digest: &[u8; 32]) -> Result<[u8; 64], String> {
-        let sig: p256::ecdsa::Signature = self
-            .key
-            .sign_prehash(digest)
-            .map_err(|e| format!("signing failed: {e}"))?;
-        let mut out = [0u8; 64];
-        out.copy_from_slice(&sig.to_bytes());
-        Ok(out)
+impl flashgate_cose::Keypair for SoftwareSigner {
+    type VerifyingKey = flashgate_cose::VerifyingKey;
+    fn verifying_key(&self) -> flashgate_cose::VerifyingKey {
+        *self.key.verifying_key()
     }
 }
 
-/// The 16-byte key id of a P-256 public key: the first 16 bytes of SHA-256
-/// over its uncompressed SEC1 encoding.
-#[must_use]
-pub fn key_id(public_key: &[u8; 65]) -> [u8; 16] {
-    let d = Sha256::digest(public_key);
-    let mut kid = [0u8; 16];
-    kid.copy_from_slice(&d[..16]);
-    kid
+impl flashgate_cose::PrehashSigner<flashgate_cose::Signature> for SoftwareSigner {
+    fn sign_prehash(
+        &self,
+        prehash: &[u8],
+    ) -> Result<flashgate_cose::Signature, p256::ecdsa::signature::Error> {
+        self.key.sign_prehash(prehash)
+    }
 }
 
 /// The checkpoint origin of an appliance's log.
@@ -130,7 +113,8 @@ pub enum CheckpointError {
         /// The pinned key's id, hex.
         expected: String,
     },
-    /// The signature does not verify under the pinned key.
+    /// The signature does not verify under the pinned key (or is the high-S
+    /// twin of one that does).
     #[error("the checkpoint signature does not verify under the pinned log key")]
     BadSignature,
     /// The pinned key is not a P-256 point.
@@ -141,76 +125,42 @@ pub enum CheckpointError {
     Signer(String),
 }
 
-fn expected_protected(kid: &[u8]) -> Header {
-    HeaderBuilder::new()
-        .algorithm(iana::Algorithm::ES256)
-        .key_id(kid.to_vec())
-        .content_type(CHECKPOINT_CONTENT_TYPE.to_owned())
-        .build()
-}
-
-/// Encodes a `COSE_Sign1` exactly as flashgate writes it.
-fn canonical(kid: &[u8], payload: &[u8], signature: &[u8]) -> Result<Vec<u8>, CheckpointError> {
-    CoseSign1Builder::new()
-        .protected(expected_protected(kid))
-        .payload(payload.to_vec())
-        .signature(signature.to_vec())
-        .build()
-        .to_tagged_vec()
-        .map_err(|e| CheckpointError::Malformed(e.to_string()))
+impl From<CoseError> for CheckpointError {
+    fn from(e: CoseError) -> Self {
+        match e {
+            CoseError::Malformed { detail, .. } => Self::Malformed(detail),
+            CoseError::NotCanonical { .. } => {
+                Self::UnexpectedForm("not in deterministic encoding".to_owned())
+            }
+            CoseError::WrongAlgorithm { found, .. } => {
+                Self::UnexpectedForm(format!("algorithm {found}, expected ES256"))
+            }
+            CoseError::BadSignature { .. } | CoseError::HighS { .. } => Self::BadSignature,
+            // Anything else keeps its own sentence.
+            other => Self::Malformed(other.to_string()),
+        }
+    }
 }
 
 /// Signs a checkpoint; returns the tagged `COSE_Sign1` bytes that are stored.
 ///
-/// The signature is normalised to low-S (both forms verify under ECDSA; the
-/// verifier accepts only the low one, so the stored bytes are the only
-/// valid encoding) and checked against the signer's public key before it is
-/// returned, so a misbehaving signer cannot leave an invalid checkpoint.
+/// [`flashgate_cose::sign1`] stores the low-S form and checks the new
+/// signature against the signer's public key, so a misbehaving signer
+/// cannot leave an invalid checkpoint.
 pub fn sign_checkpoint(
     signer: &dyn CheckpointSigner,
     checkpoint: &Checkpoint,
 ) -> Result<Vec<u8>, CheckpointError> {
     checkpoint.validate()?;
-    let public_key = signer.public_key();
-    let kid = key_id(&public_key);
     let payload = checkpoint.to_text().into_bytes();
-    let mut sign_error = None;
-    let sign1 = CoseSign1Builder::new()
-        .protected(expected_protected(&kid))
-        .payload(payload)
-        .create_signature(b"", |tbs| {
-            let digest: [u8; 32] = Sha256::digest(tbs).into();
-            match signer.sign_digest(&digest) {
-                Ok(sig) => match p256::ecdsa::Signature::from_slice(&sig) {
-                    Ok(s) => s.normalize_s().to_bytes().to_vec(),
-                    Err(_) => {
-                        sign_error = Some("the signer returned an invalid r || s".to_owned());
-                        Vec::new()
-                    }
-                },
-                Err(e) => {
-                    sign_error = Some(e);
-                    Vec::new()
-                }
-            }
-        })
-        .build();
-    if let Some(e) = sign_error {
-        return Err(CheckpointError::Signer(e));
-    }
-    let bytes = sign1
-        .to_tagged_vec()
-        .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
-    UnverifiedCheckpoint::parse(&bytes)?
-        .verify(&public_key)
-        .map_err(|e| CheckpointError::Signer(format!("the new signature does not verify: {e}")))?;
-    Ok(bytes)
+    flashgate_cose::sign1(signer, CHECKPOINT_CONTENT_TYPE, payload)
+        .map_err(|e| CheckpointError::Signer(e.0))
 }
 
 /// A parsed signed checkpoint whose signature has not been checked.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct UnverifiedCheckpoint {
-    sign1: CoseSign1,
+    sign1: UnverifiedSign1,
     checkpoint: Checkpoint,
 }
 
@@ -224,48 +174,20 @@ impl UnverifiedCheckpoint {
                 bytes.len()
             )));
         }
-        let sign1 = CoseSign1::from_tagged_slice(bytes)
-            .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
-        let kid = sign1.protected.header.key_id.clone();
-        if kid.len() != 16 {
-            return Err(CheckpointError::UnexpectedForm(
-                "the protected header has no 16-byte key id".to_owned(),
-            ));
-        }
-        let Some(payload) = sign1.payload.as_deref() else {
-            return Err(CheckpointError::UnexpectedForm(
-                "the payload is detached".to_owned(),
-            ));
-        };
-        if sign1.signature.len() != 64 {
-            return Err(CheckpointError::UnexpectedForm(format!(
-                "the signature is {} bytes, expected 64",
-                sign1.signature.len()
-            )));
-        }
-        if sign1.protected.header != expected_protected(&kid) {
+        let sign1 = UnverifiedSign1::parse(bytes, "signed checkpoint")?;
+        if sign1.content_type() != Some(CHECKPOINT_CONTENT_TYPE) {
             return Err(CheckpointError::UnexpectedForm(format!(
                 "the protected header must hold exactly ES256, the key id and content type {CHECKPOINT_CONTENT_TYPE:?}"
             )));
         }
-        if sign1.unprotected != Header::default() {
-            return Err(CheckpointError::UnexpectedForm(
-                "the unprotected header is not empty".to_owned(),
-            ));
-        }
-        if canonical(&kid, payload, &sign1.signature)? != bytes {
-            return Err(CheckpointError::UnexpectedForm(
-                "not in deterministic encoding".to_owned(),
-            ));
-        }
-        let checkpoint = Checkpoint::parse(payload)?;
+        let checkpoint = Checkpoint::parse(sign1.payload_unverified())?;
         Ok(Self { sign1, checkpoint })
     }
 
     /// The key id in the protected header.
     #[must_use]
     pub fn key_id(&self) -> &[u8] {
-        &self.sign1.protected.header.key_id
+        self.sign1.key_id()
     }
 
     /// The checkpoint text, not yet authenticated.
@@ -283,17 +205,9 @@ impl UnverifiedCheckpoint {
                 expected: hex::encode(expected),
             });
         }
-        let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(public_key)
+        p256::ecdsa::VerifyingKey::from_sec1_bytes(public_key)
             .map_err(|_| CheckpointError::BadPublicKey)?;
-        self.sign1.verify_signature(b"", |sig, tbs| {
-            let sig = p256::ecdsa::Signature::from_slice(sig)
-                .map_err(|_| CheckpointError::BadSignature)?;
-            if sig.normalize_s() != sig {
-                return Err(CheckpointError::BadSignature);
-            }
-            vk.verify_prehash(&Sha256::digest(tbs), &sig)
-                .map_err(|_| CheckpointError::BadSignature)
-        })?;
+        self.sign1.verify(public_key)?;
         Ok(VerifiedCheckpoint {
             checkpoint: self.checkpoint,
         })
@@ -338,6 +252,7 @@ pub fn verify_checkpoint(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use coset::{CoseSign1, TaggedCborSerializable};
 
     #[test]
     fn sign_and_verify_round_trip() {
@@ -358,16 +273,30 @@ mod tests {
         let s = SoftwareSigner::from_seed(b"k");
         let cp = Checkpoint::new("flashgate/a1", 3, [7; 32]).unwrap();
         let bytes = sign_checkpoint(&s, &cp).unwrap();
-        let u = UnverifiedCheckpoint::parse(&bytes).unwrap();
-        let sig = p256::ecdsa::Signature::from_slice(&u.sign1.signature).unwrap();
+        let mut sign1 = CoseSign1::from_tagged_slice(&bytes).unwrap();
+        let sig = p256::ecdsa::Signature::from_slice(&sign1.signature).unwrap();
         let (r, s_) = sig.split_scalars();
         let high = p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s_).to_bytes()).unwrap();
-        let payload = u.sign1.payload.clone().unwrap();
-        let twin = canonical(u.key_id(), &payload, &high.to_bytes()).unwrap();
+        sign1.signature = high.to_bytes().to_vec();
+        let twin = sign1.to_tagged_vec().unwrap();
         assert_ne!(twin, bytes);
         assert_eq!(
             verify_checkpoint(&twin, &s.public_key()),
             Err(CheckpointError::BadSignature)
         );
+    }
+
+    #[test]
+    fn another_content_type_is_refused() {
+        let s = SoftwareSigner::from_seed(b"k");
+        let cp = Checkpoint::new("flashgate/a1", 3, [7; 32]).unwrap();
+        let bytes = flashgate_cose::sign1(
+            &s,
+            "application/vnd.flashgate.manifest+cbor",
+            cp.to_text().into_bytes(),
+        )
+        .unwrap();
+        let e = UnverifiedCheckpoint::parse(&bytes).unwrap_err();
+        assert!(matches!(e, CheckpointError::UnexpectedForm(_)), "{e}");
     }
 }

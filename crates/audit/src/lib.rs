@@ -32,8 +32,8 @@ pub mod verify;
 pub use bundle::{export, Bundle, BundleExtras, BundleIndex, CertificateList, IndexSummary};
 pub use cbor::CborError;
 pub use checkpoint::{
-    key_id, sign_checkpoint, verify_checkpoint, CheckpointError, CheckpointSigner, SoftwareSigner,
-    UnverifiedCheckpoint, VerifiedCheckpoint, CHECKPOINT_CONTENT_TYPE,
+    key_id, sign_checkpoint, verify_checkpoint, CheckpointError, CheckpointSigner, Es256Signer,
+    SoftwareSigner, UnverifiedCheckpoint, VerifiedCheckpoint, CHECKPOINT_CONTENT_TYPE,
 };
 pub use error::{AuditError, RollbackFinding};
 pub use log::{

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use common::*;
 use flashgate_audit::bundle::{export, BundleExtras};
 use flashgate_audit::{
-    prove_uid, verify_bundle, verify_checkpoint, verify_proof, AuditError, CheckpointSigner, Log,
+    prove_uid, verify_bundle, verify_checkpoint, verify_proof, AuditError, Es256Signer, Log,
     LogOptions, Record, RecordFile, RollbackFinding, CHECKPOINTS_FILE, LEAVES_FILE, LOG_FILE,
 };
 

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use flashgate_audit::{AnomalyKind as K, CheckpointSigner, Report};
+use flashgate_audit::{AnomalyKind as K, Es256Signer, Report};
 
 const UNITS: u64 = 10;
 

@@ -17,7 +17,7 @@
 pub mod appliance;
 pub mod bundle;
 pub mod clock;
-pub mod cose;
+pub use flashgate_cose as cose;
 pub mod display;
 pub mod drivers;
 pub mod enrollment;

@@ -13,8 +13,8 @@ use flashgate_audit::record::{
     JobImported, RunStarted, RunStopped, UnitFailed, UnitPassed, UnitsReserved, UnitsUnused,
 };
 use flashgate_audit::{
-    verify_parts, CheckpointSigner, JobFacts, Record, RecordKind, Report, SerialScheme,
-    SoftwareSigner, VerifyOptions,
+    verify_parts, CheckpointSigner, Es256Signer, JobFacts, Record, RecordKind, Report,
+    SerialScheme, SoftwareSigner, VerifyOptions,
 };
 use flashgate_tlog::{leaf_hash, Checkpoint, Tree};
 use sha2::{Digest, Sha256};

@@ -13,9 +13,7 @@ use flashgate_audit::record::{
     JobImported, LogReset, RunStarted, RunStopped, SealedCheckpoint, UnitFailed, UnitPassed,
     UnitsReserved, UnitsUnused, REASON_CARRIED_OVER,
 };
-use flashgate_audit::{
-    AuditError, CheckpointSigner, CounterStore, Log, LogOptions, RecordKind, LOG_HIGH_WATER_ID,
-};
+use flashgate_audit::{AuditError, CounterStore, Log, LogOptions, RecordKind, LOG_HIGH_WATER_ID};
 use sha2::{Digest, Sha256};
 
 use super::{
@@ -131,33 +129,8 @@ impl CounterStore for HsmCounterStore {
     }
 }
 
-/// The HSM log key as the checkpoint signer.
-pub struct HsmLogSigner {
-    token: Mutex<Token>,
-    key: ObjectHandle,
-    public: [u8; 65],
-}
-
-impl std::fmt::Debug for HsmLogSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HsmLogSigner")
-    }
-}
-
-impl CheckpointSigner for HsmLogSigner {
-    fn public_key(&self) -> [u8; 65] {
-        self.public
-    }
-    fn sign_digest(&self, digest: &[u8; 32]) -> Result<[u8; 64], String> {
-        let token = self
-            .token
-            .lock()
-            .map_err(|_| "token lock poisoned".to_owned())?;
-        token
-            .sign_prehash(self.key, digest)
-            .map_err(|e| e.to_string())
-    }
-}
+/// The HSM log key as the checkpoint signer, on a session of its own.
+pub type HsmLogSigner = crate::hsm::TokenKey<Token>;
 
 /// The appliance's audit log, its quota ledger and the log key.
 pub struct Audit {
@@ -239,11 +212,11 @@ impl Appliance {
                 self.token.object_class(*h).ok() == Some(cryptoki::object::ObjectClass::PRIVATE_KEY)
             })
             .ok_or(ApplianceError::NotEnrolled)?;
-        let signer = HsmLogSigner {
-            token: Mutex::new(self.token.another_session()?),
+        let signer = HsmLogSigner::new(
+            self.token.another_session()?,
             key,
-            public: enrollment.record().log_public,
-        };
+            &enrollment.record().log_public,
+        )?;
         Ok(Audit {
             ledger,
             signer,

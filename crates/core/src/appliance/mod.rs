@@ -20,7 +20,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::cose::{Es256Signer, SignerError};
+use crate::cose::SignerError;
 use crate::enrollment::TransportKeys;
 use crate::enrollment::{appliance_id, Enrollment, EnrollmentError, VerifiedEnrollment};
 use crate::hsm::{HsmError, KeyPair, KeyUse, Profile, Token, TransportRole};
@@ -111,28 +111,7 @@ pub(crate) fn io_err<'a>(
 }
 
 /// The log-signing key, as a signer.
-pub struct LogSigner<'a> {
-    token: &'a Token,
-    key: cryptoki::object::ObjectHandle,
-    public: [u8; 65],
-}
-
-impl std::fmt::Debug for LogSigner<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LogSigner")
-    }
-}
-
-impl Es256Signer for LogSigner<'_> {
-    fn public_key(&self) -> [u8; 65] {
-        self.public
-    }
-    fn sign_digest(&self, digest: &[u8; 32]) -> Result<[u8; 64], SignerError> {
-        self.token
-            .sign_prehash(self.key, digest)
-            .map_err(|e| SignerError(e.to_string()))
-    }
-}
+pub type LogSigner<'a> = crate::hsm::TokenKey<&'a Token>;
 
 /// One object on the appliance's token.
 #[derive(Debug, Clone)]
@@ -292,11 +271,7 @@ impl Appliance {
             transport,
         };
         record.set_extraction(&probe);
-        let signer = LogSigner {
-            token: &self.token,
-            key: log.private,
-            public: log_public,
-        };
+        let signer = LogSigner::new(&self.token, log.private, &log_public)?;
         let bytes = record.sign(&signer)?;
         let verified =
             VerifiedEnrollment::parse(&bytes).map_err(|source| ApplianceError::Enrollment {
@@ -353,11 +328,11 @@ impl Appliance {
         let kp = self
             .key_pair(LOG_LABEL)?
             .ok_or(ApplianceError::NotEnrolled)?;
-        Ok(LogSigner {
-            token: &self.token,
-            key: kp.private,
-            public: self.token.ec_point(kp.public)?,
-        })
+        Ok(LogSigner::new(
+            &self.token,
+            kp.private,
+            &self.token.ec_point(kp.public)?,
+        )?)
     }
 
     /// Directory of one job.

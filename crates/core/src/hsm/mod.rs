@@ -17,12 +17,14 @@ mod nested_template;
 pub mod probe;
 mod profile;
 mod rsa;
+mod signer;
 
 pub use self::rsa::TransportSupport;
 pub use crate::profile::{OaepHash, Profile, TransportRole, TRANSPORT_BITS};
 pub use config::{PinSource, TokenConfig};
 pub use error::HsmError;
 pub use profile::Mechanisms;
+pub use signer::TokenKey;
 
 use nested_template::{Forced, Template, CKA_DERIVE_TEMPLATE, CKA_UNWRAP_TEMPLATE};
 

@@ -9,7 +9,7 @@ use rcgen::{
 use time::OffsetDateTime;
 
 use super::OemError;
-use crate::cose::Es256Signer;
+use crate::cose::{self, Es256Signer};
 
 /// Adapts an [`Es256Signer`] to rcgen (X.509 wants DER-encoded ECDSA signatures).
 pub struct RcgenSigner<'a> {
@@ -46,12 +46,8 @@ impl SigningKey for RcgenSigner<'_> {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
         use sha2::Digest;
         let digest: [u8; 32] = sha2::Sha256::digest(msg).into();
-        let raw = self
-            .signer
-            .sign_digest(&digest)
+        let sig = cose::sign_digest_low_s(self.signer, &digest)
             .map_err(|_| rcgen::Error::RemoteKeyError)?;
-        let sig =
-            p256::ecdsa::Signature::from_slice(&raw).map_err(|_| rcgen::Error::RemoteKeyError)?;
         Ok(sig.to_der().as_bytes().to_vec())
     }
 }

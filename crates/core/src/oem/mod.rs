@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::cose::{self, Es256Signer, SignerError};
-use crate::hsm::{HsmError, KeyUse, Token};
+use crate::hsm::{HsmError, KeyUse, Token, TokenKey};
 pub use pkcs11_uri::Pkcs11Uri;
 
 /// Label of the OEM signing key in an OEM token.
@@ -104,62 +104,37 @@ pub struct OemConfig {
 /// A loaded signing key.
 pub enum OemSigner {
     /// A key file.
-    File {
-        /// The key.
-        key: p256::ecdsa::SigningKey,
-        /// Its public point.
-        public: [u8; 65],
-    },
-    /// A key in a PKCS#11 token.
-    Token {
-        /// The open token (shared by the keys that live in it).
-        token: std::rc::Rc<Token>,
-        /// The private key handle.
-        key: cryptoki::object::ObjectHandle,
-        /// Its public point.
-        public: [u8; 65],
-    },
+    File(p256::ecdsa::SigningKey),
+    /// A key in a PKCS#11 token (shared by the keys that live in it).
+    Token(TokenKey<std::rc::Rc<Token>>),
 }
 
 impl std::fmt::Debug for OemSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
+        let kind = match self {
+            Self::File(_) => "File",
+            Self::Token(_) => "Token",
+        };
+        write!(f, "OemSigner::{kind}(kid {})", hex::encode(self.key_id()))
+    }
+}
+
+impl cose::Keypair for OemSigner {
+    type VerifyingKey = cose::VerifyingKey;
+    fn verifying_key(&self) -> cose::VerifyingKey {
         match self {
-            Self::File { public, .. } => write!(
-                f,
-                "OemSigner::File(kid {})",
-                hex::encode(cose::key_id(public))
-            ),
-            Self::Token { public, .. } => write!(
-                f,
-                "OemSigner::Token(kid {})",
-                hex::encode(cose::key_id(public))
-            ),
+            Self::File(key) => *key.verifying_key(),
+            Self::Token(key) => key.verifying_key(),
         }
     }
 }
 
-impl Es256Signer for OemSigner {
-    fn public_key(&self) -> [u8; 65] {
+impl cose::PrehashSigner<cose::Signature> for OemSigner {
+    fn sign_prehash(&self, prehash: &[u8]) -> Result<cose::Signature, cose::SignatureError> {
         match self {
-            Self::File { public, .. } | Self::Token { public, .. } => *public,
-        }
-    }
-
-    fn sign_digest(&self, digest: &[u8; 32]) -> Result<[u8; 64], SignerError> {
-        match self {
-            Self::File { key, .. } => {
-                use p256::ecdsa::signature::hazmat::PrehashSigner;
-                let sig: p256::ecdsa::Signature = key
-                    .sign_prehash(digest)
-                    .map_err(|e| SignerError(e.to_string()))?;
-                let mut out = [0u8; 64];
-                out.copy_from_slice(&sig.to_bytes());
-                Ok(out)
-            }
-            Self::Token { token, key, .. } => token
-                .sign_prehash(*key, digest)
-                .map_err(|e| SignerError(e.to_string())),
+            Self::File(key) => key.sign_prehash(prehash),
+            Self::Token(key) => key.sign_prehash(prehash),
         }
     }
 }
@@ -212,14 +187,13 @@ fn load_signer_with(
         let (Some(key), Some(public)) = (private, public) else {
             return Err(OemError::KeyNotFound { label });
         };
-        Ok(OemSigner::Token { token, key, public })
+        Ok(OemSigner::Token(TokenKey::new(token, key, &public)?))
     } else {
         let path = base.join(reference);
         let pem = Zeroizing::new(fs::read_to_string(&path).map_err(io("cannot read", &path))?);
         let key = p256::ecdsa::SigningKey::from_pkcs8_pem(&pem)
             .map_err(|_| OemError::BadKeyFile { path: path.clone() })?;
-        let public = cose::sec1_uncompressed(&p256::PublicKey::from(key.verifying_key()));
-        Ok(OemSigner::File { key, public })
+        Ok(OemSigner::File(key))
     }
 }
 

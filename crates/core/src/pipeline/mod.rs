@@ -26,7 +26,6 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::appliance::{Appliance, ApplianceError, ImportError};
-use crate::cose::{Es256Signer, SignerError};
 use crate::identity::{self, DeviceCertificateIssuer, DeviceCertificateRequest, DeviceSecret};
 pub use crate::unit::ledger::{Ledger, LedgerError, MemoryLedger};
 pub use crate::unit::{FailureKind, UnitFailure, UnitRecord, UnitResult, UnitStage};
@@ -262,25 +261,6 @@ impl RunSummary {
     /// Units that failed.
     pub fn failed(&self) -> u64 {
         self.failed_by_stage.values().sum()
-    }
-}
-
-/// The job-CA key in the HSM as a signer.
-struct HsmSigner<'a> {
-    appliance: &'a Appliance,
-    key: ObjectHandle,
-    public: [u8; 65],
-}
-
-impl Es256Signer for HsmSigner<'_> {
-    fn public_key(&self) -> [u8; 65] {
-        self.public
-    }
-    fn sign_digest(&self, digest: &[u8; 32]) -> Result<[u8; 64], SignerError> {
-        self.appliance
-            .token
-            .sign_prehash(self.key, digest)
-            .map_err(|e| SignerError(e.to_string()))
     }
 }
 
@@ -857,11 +837,8 @@ impl Provisioner {
         let mut cert_serial = [0u8; 16];
         self.hsm(|a| a.token.random(&mut cert_serial))
             .map_err(hsm_err(UnitStage::Certificate))?;
-        let signer = HsmSigner {
-            appliance: &self.appliance,
-            key: self.ca,
-            public: self.ca_public,
-        };
+        let signer = crate::hsm::TokenKey::new(&self.appliance.token, self.ca, &self.ca_public)
+            .map_err(|e| hsm_err(UnitStage::Certificate)(e.to_string()))?;
         let cert = self
             .issuer
             .issue(

@@ -1,14 +1,25 @@
-//! The COSE pieces flashgate uses (RFC 9052/9053): ES256 `COSE_Sign1`, the
-//! ECDH-ES + AES-KW recipient and its KDF context, and the `Enc_structure`.
+#![forbid(unsafe_code)]
+//! The COSE structures of flashgate's formats (RFC 9052/9053).
 //!
-//! Host-side sealing lives here (the OEM builds packages without an HSM);
-//! opening inside the token is in `appliance::import` (through `hsm`). The host-side `open`
-//! functions exist so that known-answer vectors and tests can check the
-//! construction independently of any token.
+//! - One ES256 `COSE_Sign1`, strict: [`sign1`] writes it and
+//!   [`UnverifiedSign1`] reads it, for the enrollment record, the job
+//!   manifest and the audit log's checkpoints alike. Exactly the documented
+//!   headers, deterministic encoding, and a low-S signature, so each signed
+//!   payload has exactly one valid encoding.
+//! - One signer trait, [`Es256Signer`]: any RustCrypto
+//!   [`PrehashSigner`] + [`Keypair`] for P-256 (a key file, a token key).
+//! - The pieces of the job package's `COSE_Encrypt`: the ECDH-ES + AES-KW
+//!   recipient, its KDF context and the `Enc_structure`. Opening inside a
+//!   token is the appliance's; the host-side functions here let the OEM
+//!   seal without an HSM and let known-answer tests check the construction.
 
 use ciborium::value::Value;
 use coset::{iana, CoseSign1, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable};
+pub use p256::ecdsa::signature::hazmat::PrehashSigner;
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
+pub use p256::ecdsa::signature::Error as SignatureError;
+pub use p256::ecdsa::signature::Keypair;
+pub use p256::ecdsa::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -40,23 +51,78 @@ pub enum CoseError {
     /// The signature does not verify.
     #[error("the signature on the {what} does not verify")]
     BadSignature { what: &'static str },
+    /// The signature is the high-S twin of a valid one; flashgate writes and
+    /// accepts only low-S, so that each payload has one valid encoding.
+    #[error(
+        "the signature on the {what} is not in low-S form (its s is above half the group order)"
+    )]
+    HighS { what: &'static str },
     /// Decryption or unwrapping failed its integrity check.
     #[error("the {what} failed its integrity check")]
     Integrity { what: &'static str },
 }
 
-/// Something that makes ES256 signatures: a key file or a token key.
-pub trait Es256Signer {
-    /// The uncompressed SEC1 public key.
-    fn public_key(&self) -> [u8; 65];
-    /// Signs a SHA-256 digest; returns r||s.
-    fn sign_digest(&self, digest: &[u8; 32]) -> Result<[u8; 64], SignerError>;
+/// Something that makes ES256 signatures: a key file, a token key.
+///
+/// Implemented for every RustCrypto [`PrehashSigner`] of P-256 signatures
+/// that knows its [`VerifyingKey`] (`p256::ecdsa::SigningKey` is one). A
+/// token key implements those two traits and nothing else.
+pub trait Es256Signer: PrehashSigner<Signature> + Keypair<VerifyingKey = VerifyingKey> {
+    /// The uncompressed SEC1 public key (65 bytes, starting with 0x04).
+    fn public_key(&self) -> [u8; 65] {
+        sec1_of(&self.verifying_key())
+    }
+
+    /// The key id of [`Self::public_key`].
+    fn key_id(&self) -> [u8; 16] {
+        key_id(&self.public_key())
+    }
 }
 
-/// A signer failed.
+impl<T> Es256Signer for T where
+    T: PrehashSigner<Signature> + Keypair<VerifyingKey = VerifyingKey> + ?Sized
+{
+}
+
+/// A signer failed, or returned a signature that does not verify.
 #[derive(Debug, thiserror::Error)]
 #[error("signing failed: {0}")]
 pub struct SignerError(pub String);
+
+impl From<p256::ecdsa::signature::Error> for SignerError {
+    fn from(e: p256::ecdsa::signature::Error) -> Self {
+        // The opaque error says only "signature error"; its source (a token
+        // error, say) is the sentence worth showing.
+        use std::error::Error as _;
+        match e.source() {
+            Some(source) => SignerError(source.to_string()),
+            None => SignerError(e.to_string()),
+        }
+    }
+}
+
+/// A token or remote signer's failure, as the `signature` crate's error.
+pub fn signer_failure(
+    source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+) -> SignatureError {
+    SignatureError::from_source(source)
+}
+
+/// The uncompressed SEC1 encoding of a P-256 verifying key.
+#[must_use]
+pub fn sec1_of(key: &VerifyingKey) -> [u8; 65] {
+    sec1_uncompressed(&p256::PublicKey::from(key))
+}
+
+/// Signs a SHA-256 digest with `signer`, as a low-S `r || s` (the form
+/// every flashgate signature is stored in).
+pub fn sign_digest_low_s(
+    signer: &dyn Es256Signer,
+    digest: &[u8; 32],
+) -> Result<Signature, SignerError> {
+    let sig = signer.sign_prehash(digest)?;
+    Ok(sig.normalize_s())
+}
 
 /// The 16-byte key id flashgate uses for a P-256 public key: the first 16
 /// bytes of SHA-256 over its uncompressed SEC1 encoding.
@@ -99,16 +165,20 @@ fn coset_problem(e: &coset::CoseError) -> String {
 }
 
 /// Builds a tagged `COSE_Sign1` (ES256, kid and content type in the protected
-/// header, payload attached) and returns its bytes.
+/// header, payload attached, low-S signature) and returns its bytes.
+///
+/// The new structure is parsed and verified against the signer's own public
+/// key before it is returned, so a misbehaving signer cannot leave a
+/// structure that no reader accepts.
 pub fn sign1(
     signer: &dyn Es256Signer,
     content_type: &str,
     payload: Vec<u8>,
 ) -> Result<Vec<u8>, SignerError> {
-    let kid = key_id(&signer.public_key());
+    let public = signer.public_key();
     let protected = HeaderBuilder::new()
         .algorithm(iana::Algorithm::ES256)
-        .key_id(kid.to_vec())
+        .key_id(key_id(&public).to_vec())
         .content_type(content_type.to_owned())
         .build();
     let sign1 = CoseSign1Builder::new()
@@ -116,12 +186,16 @@ pub fn sign1(
         .payload(payload)
         .try_create_signature(b"", |tbs| {
             let digest: [u8; 32] = Sha256::digest(tbs).into();
-            signer.sign_digest(&digest).map(|s| s.to_vec())
+            sign_digest_low_s(signer, &digest).map(|s| s.to_bytes().to_vec())
         })?
         .build();
-    sign1
+    let bytes = sign1
         .to_tagged_vec()
-        .map_err(|e| SignerError(format!("cannot encode COSE_Sign1: {e}")))
+        .map_err(|e| SignerError(format!("cannot encode COSE_Sign1: {e}")))?;
+    UnverifiedSign1::parse(&bytes, "new signature")
+        .and_then(|p| p.verify(&public))
+        .map_err(|e| SignerError(format!("the new signature does not verify: {e}")))?;
+    Ok(bytes)
 }
 
 /// A parsed, not yet verified `COSE_Sign1`.
@@ -228,6 +302,10 @@ impl UnverifiedSign1 {
         self.inner.verify_signature(b"", |sig, tbs| {
             let sig = p256::ecdsa::Signature::from_slice(sig)
                 .map_err(|_| CoseError::BadSignature { what })?;
+            // Only the low-S twin is valid: one encoding per signed payload.
+            if sig.normalize_s() != sig {
+                return Err(CoseError::HighS { what });
+            }
             let digest = Sha256::digest(tbs);
             vk.verify_prehash(&digest, &sig)
                 .map_err(|_| CoseError::BadSignature { what })
@@ -427,21 +505,10 @@ pub fn cose_key_from_point(point: &[u8; 65]) -> Value {
 mod tests {
     use super::*;
 
-    struct KeySigner(p256::ecdsa::SigningKey);
-
-    impl Es256Signer for KeySigner {
-        fn public_key(&self) -> [u8; 65] {
-            sec1_uncompressed(&p256::PublicKey::from(self.0.verifying_key()))
-        }
-        fn sign_digest(&self, digest: &[u8; 32]) -> Result<[u8; 64], SignerError> {
-            use p256::ecdsa::signature::hazmat::PrehashSigner;
-            let sig: p256::ecdsa::Signature = self.0.sign_prehash(digest).unwrap();
-            Ok(sig.to_bytes().into())
-        }
-    }
+    type KeySigner = p256::ecdsa::SigningKey;
 
     fn signer() -> KeySigner {
-        KeySigner(p256::ecdsa::SigningKey::from_slice(&[0x42; 32]).unwrap())
+        p256::ecdsa::SigningKey::from_slice(&[0x42; 32]).unwrap()
     }
 
     /// Signs `payload` with exactly the given headers (as an attacker with
@@ -453,7 +520,8 @@ mod tests {
             .payload(b"payload".to_vec())
             .try_create_signature(b"", |tbs| {
                 let digest: [u8; 32] = Sha256::digest(tbs).into();
-                s.sign_digest(&digest).map(|x| x.to_vec())
+                s.sign_prehash(&digest)
+                    .map(|x: Signature| x.to_bytes().to_vec())
             })
             .unwrap()
             .build()
@@ -506,6 +574,87 @@ mod tests {
                 .contains("other than alg, content type and kid"),
             "{e}"
         );
+    }
+
+    /// A signer that returns the high-S twin of a correct signature, or a
+    /// signature over other bytes.
+    struct Twisted {
+        key: p256::ecdsa::SigningKey,
+        wrong_digest: bool,
+    }
+
+    impl Keypair for Twisted {
+        type VerifyingKey = VerifyingKey;
+        fn verifying_key(&self) -> VerifyingKey {
+            *self.key.verifying_key()
+        }
+    }
+
+    impl PrehashSigner<Signature> for Twisted {
+        fn sign_prehash(&self, prehash: &[u8]) -> Result<Signature, p256::ecdsa::signature::Error> {
+            let digest = if self.wrong_digest {
+                &[0u8; 32][..]
+            } else {
+                prehash
+            };
+            let sig: Signature = PrehashSigner::<Signature>::sign_prehash(&self.key, digest)?;
+            let sig = sig.normalize_s();
+            if self.wrong_digest {
+                return Ok(sig);
+            }
+            // -s mod n: the other valid ECDSA signature for the same digest.
+            let (r, s) = sig.split_scalars();
+            Signature::from_scalars(r, -*s)
+        }
+    }
+
+    #[test]
+    fn only_low_s_is_written_and_accepted() {
+        let key = signer();
+        let twisted = Twisted {
+            key: key.clone(),
+            wrong_digest: false,
+        };
+        // Whatever the signer returns, sign1 stores the low-S form.
+        let bytes = sign1(&twisted, "application/x-test", b"payload".to_vec()).unwrap();
+        let p = UnverifiedSign1::parse(&bytes, "job manifest").unwrap();
+        assert_eq!(p.verify(&key.public_key()).unwrap(), b"payload");
+
+        // The high-S twin of a valid signature verifies under plain ECDSA
+        // but is refused here.
+        let high = sign_with_twin(&key);
+        let e = UnverifiedSign1::parse(&high, "job manifest")
+            .unwrap()
+            .verify(&key.public_key())
+            .unwrap_err();
+        assert!(matches!(e, CoseError::HighS { .. }), "{e}");
+        assert!(e.to_string().contains("low-S"), "{e}");
+
+        // A signer whose signature does not verify is caught before its
+        // bytes are used.
+        let wrong = Twisted {
+            key,
+            wrong_digest: true,
+        };
+        let e = sign1(&wrong, "application/x-test", b"payload".to_vec()).unwrap_err();
+        assert!(e.to_string().contains("does not verify"), "{e}");
+    }
+
+    /// A `COSE_Sign1` carrying the high-S twin of a valid signature.
+    fn sign_with_twin(key: &KeySigner) -> Vec<u8> {
+        CoseSign1Builder::new()
+            .protected(base(key).build())
+            .payload(b"payload".to_vec())
+            .create_signature(b"", |tbs| {
+                let digest: [u8; 32] = Sha256::digest(tbs).into();
+                let sig: Signature = key.sign_prehash(&digest).unwrap();
+                let sig = sig.normalize_s();
+                let (r, s) = sig.split_scalars();
+                Signature::from_scalars(r, -*s).unwrap().to_bytes().to_vec()
+            })
+            .build()
+            .to_tagged_vec()
+            .unwrap()
     }
 
     #[test]
