@@ -10,7 +10,7 @@ use flashgate::pipeline::RunEvent;
 use flashgate::station::{Access, FixtureSet, JobId, StartOptions, Station, StationError};
 
 fn job_id(job: &flashgate::lab::ImportedLabJob) -> JobId {
-    JobId::from_bytes(job.imported.manifest.job_id)
+    JobId::from_bytes(job.imported.manifest().job_id)
 }
 
 #[test]
@@ -107,7 +107,7 @@ fn two_runs_live_in_one_process_and_everything_is_counted() {
     assert!(station.live_jobs().is_empty());
 
     // What the snapshot said at the end is what the summary says.
-    let quota = a.imported.policy.job().quota;
+    let quota = a.imported.policy().job().quota;
     assert_eq!(summary_a.quota_left, quota - summary_a.counted);
 
     // Both bundles verify clean, each with the units its run counted.
@@ -136,7 +136,7 @@ fn two_runs_live_in_one_process_and_everything_is_counted() {
     let records_before = log_len(&setup.dir);
     let flashgate::lab::Setup { station, dir, .. } = setup;
     drop(station);
-    let window = b.imported.policy.job();
+    let window = b.imported.policy().job();
     let clock = std::sync::Arc::new(flashgate::clock::FixedClock::at(window.not_after));
     let station = Station::open_with_clock(
         ApplianceConfig::load(&dir.join("appliance.toml")).unwrap(),

@@ -52,7 +52,7 @@ pub fn run(args: &DemoArgs) -> Result<u8> {
         oem_dir,
         ..
     } = setup;
-    let job_id = flashgate::station::JobId::from_bytes(job.imported.manifest.job_id);
+    let job_id = flashgate::station::JobId::from_bytes(job.imported.manifest().job_id);
     let cert_dir = station.appliance().job_dir(&job.id).join("certs");
 
     step(&format!(

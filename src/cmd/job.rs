@@ -226,11 +226,11 @@ pub fn run(config: &Path, cmd: JobCmd, w: &mut String) -> Result<u8> {
                 },
             )?;
             let job = station.import(&package)?;
-            let j = job.policy.job();
+            let j = job.policy().job();
             let _ = writeln!(
                 w,
                 "imported job {}: product {} (security version {}), quota {}, valid until {}",
-                job.manifest.job_id_hex(),
+                job.manifest().job_id_hex(),
                 j.product.as_str(),
                 j.security_version,
                 j.quota,
@@ -244,16 +244,16 @@ pub fn run(config: &Path, cmd: JobCmd, w: &mut String) -> Result<u8> {
                 let _ = writeln!(w, "no jobs imported");
             }
             for job in jobs {
-                let j = job.policy.job();
+                let j = job.policy().job();
                 let _ = writeln!(
                     w,
                     "{}  {}  svn {}  quota {}  until {}  {} image(s)",
-                    job.manifest.job_id_hex(),
+                    job.manifest().job_id_hex(),
                     j.product.as_str(),
                     j.security_version,
                     j.quota,
                     display::time(j.not_after),
-                    job.manifest.images.len()
+                    job.manifest().images.len()
                 );
             }
         }

@@ -176,7 +176,7 @@ pub fn build_and_import(
 
     step("CM: import the job (verify, unwrap into the HSM, decrypt and check in the HSM)");
     let imported = setup.station.import(&path).map_err(err)?;
-    eprintln!("   imported; quota {}", imported.policy.job().quota);
+    eprintln!("   imported; quota {}", imported.policy().job().quota);
     Ok(ImportedLabJob { id, path, imported })
 }
 

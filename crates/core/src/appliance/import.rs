@@ -87,18 +87,42 @@ pub type PlainImage = (u32, Zeroizing<Vec<u8>>);
 
 /// A job that has been imported (its package re-verified from disk).
 #[derive(Debug)]
+///
+/// Only made by verifying a package: at import, or by
+/// [`ImportedJob::load`] from the job's directory.
 pub struct ImportedJob {
-    /// The manifest.
-    pub manifest: Manifest,
-    /// The policy.
-    pub policy: Policy,
-    /// Where the package is.
-    pub package_path: PathBuf,
-    /// When it was imported (file modification time).
-    pub imported_at: u64,
+    manifest: Manifest,
+    policy: Policy,
+    package_path: PathBuf,
+    imported_at: u64,
 }
 
 impl ImportedJob {
+    /// The verified manifest.
+    #[must_use]
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The job's policy, parsed from the verified manifest.
+    #[must_use]
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Where the package is kept.
+    #[must_use]
+    pub fn package_path(&self) -> &Path {
+        &self.package_path
+    }
+
+    /// When it was imported (the package file's modification time, Unix
+    /// seconds).
+    #[must_use]
+    pub fn imported_at(&self) -> u64 {
+        self.imported_at
+    }
+
     /// Loads and re-verifies a job directory.
     pub fn load(dir: &Path, trusted: &[[u8; 65]]) -> Result<Self, ImportError> {
         let package_path = dir.join("package.fgj");

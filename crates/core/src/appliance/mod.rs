@@ -415,7 +415,7 @@ impl Appliance {
                 out.push(job);
             }
         }
-        out.sort_by_key(|j| j.imported_at);
+        out.sort_by_key(ImportedJob::imported_at);
         Ok(out)
     }
 

@@ -313,11 +313,11 @@ impl Provisioner {
     ) -> Result<Self, RunError> {
         let (job, images) = appliance.open_job_firmware(id)?;
         let uids = UidIndex::new(&appliance.job_dir(id).join("uids"));
-        check_validity(&job.policy, id, appliance.now())?;
+        check_validity(job.policy(), id, appliance.now())?;
         let master = handle(&appliance, id, "master")?;
         let ca = handle(&appliance, id, "ca")?;
-        let issuer = DeviceCertificateIssuer::new(&job.manifest.job_ca_cert)?;
-        let ca_public = crate::oem::certs::certificate_public_key(&job.manifest.job_ca_cert)
+        let issuer = DeviceCertificateIssuer::new(&job.manifest().job_ca_cert)?;
+        let ca_public = crate::oem::certs::certificate_public_key(&job.manifest().job_ca_cert)
             .ok_or(identity::CertificateError::Check(
                 "the job CA certificate has no P-256 key",
             ))?;
@@ -332,8 +332,8 @@ impl Provisioner {
             .map_err(|e| RunError::Firmware(format!("cannot measure the job's images: {e}")))?;
         Ok(Self {
             appliance,
-            job_id: job.manifest.job_id,
-            policy: job.policy,
+            job_id: job.manifest().job_id,
+            policy: job.policy().clone(),
             images,
             regions,
             firmware_digest,

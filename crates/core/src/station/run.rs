@@ -364,7 +364,7 @@ pub(super) fn start(
     let hex_id = id.to_string();
     let job = ImportedJob::load(&appliance.job_dir(&hex_id), &appliance.config.trust.keys)
         .map_err(|_| ApplianceError::NoSuchJob { id: hex_id.clone() })?;
-    let policy = &job.policy;
+    let policy = job.policy();
     crate::pipeline::check_driver(policy, fixtures.driver(), fixtures.capabilities())?;
     crate::pipeline::check_validity(policy, &hex_id, appliance.now())?;
     crate::pipeline::check_quota(policy, &hex_id, appliance.quota_used(id.as_bytes())?)?;
