@@ -7,14 +7,20 @@
 
 mod audit;
 mod config;
+mod counters;
 mod import;
 mod lock;
+mod log_reset;
+mod run_ledger;
 
-pub use audit::{Audit, HsmCounterStore, HsmLogSigner, LogResetReport, RunLedger, COUNTER_PREFIX};
+pub use audit::{Audit, HsmLogSigner};
 pub use config::{ApplianceConfig, ConfigError};
+pub use counters::{HsmCounterStore, COUNTER_PREFIX};
 pub(crate) use import::job_key_label;
 pub use import::{ImportError, ImportedJob};
 pub use lock::{WriterLock, LOCK_FILE, RECOVERING};
+pub use log_reset::{LogResetReport, SEALED_DIR};
+pub use run_ledger::RunLedger;
 
 use std::fs;
 use std::path::{Path, PathBuf};
