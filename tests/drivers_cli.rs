@@ -6,45 +6,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
+use common::sim::{firmware, have, Sim, STATE};
 use common::{Kind, Lab};
-
-fn have(tool: &str) -> bool {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("SKIP: {tool} is not installed; this peer test did not run");
-    }
-    ok
-}
-
-/// `flashgate sim ...` in the background; returns it and the pty paths it printed.
-fn serve(lab: &Lab, args: &[&str], lines: usize) -> (Child, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flashgate"))
-        .args(args)
-        .current_dir(lab.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut paths = Vec::new();
-    for _ in 0..lines {
-        let mut l = String::new();
-        out.read_line(&mut l).unwrap();
-        paths.push(l.trim().to_owned());
-    }
-    (child, paths)
-}
-
-fn stop(mut child: Child) {
-    common::terminate(&mut child);
-}
 
 fn job(
     lab: &Lab,
@@ -54,14 +19,7 @@ fn job(
     at: &str,
 ) -> String {
     let text = std::fs::read_to_string(common::repo().join("policies").join(policy_file)).unwrap();
-    let text = common::validity(&edit(text), common::now() - 3600, common::now() + 86_400);
-    std::fs::write(lab.path("p.toml"), text).unwrap();
-    std::fs::write(lab.path("fw.bin"), firmware).unwrap();
-    lab.build_and_import(&format!("fw.bin@{at}"))
-}
-
-fn firmware(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 151 + 17) as u8).collect()
+    lab.import_policy(&edit(text), firmware, at)
 }
 
 #[test]
@@ -83,21 +41,8 @@ fn avr_isp_secure_flow_then_avrdude_reads_the_unlocked_chip() {
         &fw,
         "0",
     );
-    let (sim, ptys) = serve(
-        &lab,
-        &[
-            "sim",
-            "avr-isp",
-            "--part",
-            "m328p",
-            "--state",
-            "chip.json",
-            "--options",
-            "timing=fast",
-        ],
-        2,
-    );
-    let target = format!("avr-isp:port={},agent={}", ptys[0], ptys[1]);
+    let sim = Sim::avr_isp(&lab, "m328p", "timing=fast");
+    let target = format!("avr-isp:port={},agent={}", sim.pty(), sim.agent_pty());
     let out = lab.fg(&["run", "--job", &id, "--target", &target, "--units", "1"]);
     assert_eq!(
         out.status.code(),
@@ -113,7 +58,7 @@ fn avr_isp_secure_flow_then_avrdude_reads_the_unlocked_chip() {
             "-p",
             "m328p",
             "-P",
-            &ptys[0],
+            sim.pty(),
             "-b",
             "19200",
             "-U",
@@ -133,7 +78,6 @@ fn avr_isp_secure_flow_then_avrdude_reads_the_unlocked_chip() {
         fw.as_slice(),
         "avrdude reads back the job's firmware"
     );
-    stop(sim);
 }
 
 #[test]
@@ -141,21 +85,8 @@ fn avr_isp_secure_flow_locks_the_chip() {
     let lab = Lab::new(Kind::SoftHsm);
     lab.enroll();
     let id = job(&lab, "avr-atmega328p.toml", |t| t, &firmware(2000), "0");
-    let (sim, ptys) = serve(
-        &lab,
-        &[
-            "sim",
-            "avr-isp",
-            "--part",
-            "m328p",
-            "--state",
-            "chip.json",
-            "--options",
-            "timing=fast",
-        ],
-        2,
-    );
-    let target = format!("avr-isp:port={},agent={}", ptys[0], ptys[1]);
+    let mut sim = Sim::avr_isp(&lab, "m328p", "timing=fast");
+    let target = format!("avr-isp:port={},agent={}", sim.pty(), sim.agent_pty());
     let out = lab.fg(&[
         "run", "--job", &id, "--target", &target, "--units", "1", "--json",
     ]);
@@ -165,29 +96,16 @@ fn avr_isp_secure_flow_locks_the_chip() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    stop(sim);
+    sim.stop();
     let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(lab.path("chip.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(lab.path(STATE)).unwrap()).unwrap();
     assert_eq!(
         state["lock"], "fc",
         "the lock byte the policy names, read back: {state}"
     );
     // A second run on the same (now locked) chip refuses it at identify and never counts it.
-    let (sim, ptys) = serve(
-        &lab,
-        &[
-            "sim",
-            "avr-isp",
-            "--part",
-            "m328p",
-            "--state",
-            "chip.json",
-            "--options",
-            "timing=fast",
-        ],
-        2,
-    );
-    let target = format!("avr-isp:port={},agent={}", ptys[0], ptys[1]);
+    let mut sim = Sim::avr_isp(&lab, "m328p", "timing=fast");
+    let target = format!("avr-isp:port={},agent={}", sim.pty(), sim.agent_pty());
     let out = lab.fg(&[
         "run", "--job", &id, "--target", &target, "--units", "1", "--json",
     ]);
@@ -197,7 +115,7 @@ fn avr_isp_secure_flow_locks_the_chip() {
         text.contains("\"stage\":\"identify\"") && text.contains("\"counter\":null"),
         "{text}"
     );
-    stop(sim);
+    sim.stop();
     // A programmer port that is not there: no board was reached, so the run
     // exits 2 with the reason, not 0 with "unit count reached".
     let out = lab.fg(&[
@@ -228,22 +146,9 @@ fn stm32_uart_secure_flow_then_stm32flash_reads_the_unlocked_chip() {
         &fw,
         "0x08000000",
     );
-    let (sim, ptys) = serve(
-        &lab,
-        &[
-            "sim",
-            "stm32-uart",
-            "--part",
-            "f103",
-            "--state",
-            "chip.json",
-            "--options",
-            "timing=fast",
-        ],
-        1,
-    );
+    let sim = Sim::stm32_uart(&lab, "f103", "timing=fast");
     // A pty carries no parity: 8N1 here, 8E1 on real ports.
-    let target = format!("stm32-uart:port={},parity=none", ptys[0]);
+    let target = format!("stm32-uart:port={},parity=none", sim.pty());
     let out = lab.fg(&["run", "--job", &id, "--target", &target, "--units", "1"]);
     assert_eq!(
         out.status.code(),
@@ -260,7 +165,7 @@ fn stm32_uart_secure_flow_then_stm32flash_reads_the_unlocked_chip() {
             "out.bin",
             "-S",
             &format!("0x08000000:{}", fw.len()),
-            &ptys[0],
+            sim.pty(),
         ])
         .current_dir(lab.dir.path())
         .output()
@@ -275,5 +180,4 @@ fn stm32_uart_secure_flow_then_stm32flash_reads_the_unlocked_chip() {
         fw,
         "stm32flash reads back the job's firmware"
     );
-    stop(sim);
 }

@@ -9,79 +9,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
+use common::sim::{firmware, have, Sim, STATE};
 use common::{Kind, Lab};
 use flashgate_stm32_uart::sim::{SimOptions, Stm32Sim};
 use flashgate_stm32_uart::{Part, RdpLevel};
 
-/// `flashgate sim ...`, killed (and its socket gone) when dropped.
-struct Sim {
-    child: Option<Child>,
-    paths: Vec<String>,
-}
-
-impl Sim {
-    fn start(lab: &Lab, args: &[&str], lines: usize) -> Sim {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flashgate"))
-            .args(args)
-            .current_dir(lab.dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut sim = Sim {
-            child: Some(child),
-            paths: Vec::new(),
-        };
-        for _ in 0..lines {
-            let mut l = String::new();
-            out.read_line(&mut l).unwrap();
-            assert!(!l.trim().is_empty(), "the simulator printed no path");
-            sim.paths.push(l.trim().to_owned());
-        }
-        sim
-    }
-
-    /// SIGTERM, so that it saves its state and removes its socket.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            common::terminate(&mut child);
-        }
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn have(tool: &str) -> bool {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("SKIP: {tool} is not installed; this peer test did not run");
-    }
-    ok
-}
-
-fn firmware(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 151 + 17) as u8).collect()
-}
-
 /// Builds and imports a job from `policy` (validity moved to now, nothing else).
 fn job(lab: &Lab, policy: &str) -> String {
-    let text = common::validity(policy, common::now() - 3600, common::now() + 86_400);
-    std::fs::write(lab.path("p.toml"), text).unwrap();
-    std::fs::write(lab.path("fw.bin"), firmware(6000)).unwrap();
-    lab.build_and_import("fw.bin@0x08000000")
+    lab.import_policy(policy, &firmware(6000), "0x08000000")
 }
 
 fn shipped_policy() -> String {
@@ -105,25 +42,15 @@ fn lock_one(part: &str, policy: &str, sim_extra: &str, way: Way) {
     if let Way::Lines = way {
         options.push_str(&format!(",control={}", sock.display()));
     }
-    let lines = if matches!(way, Way::Lines) { 2 } else { 1 };
-    let mut sim = Sim::start(
-        &lab,
-        &[
-            "sim",
-            "stm32-uart",
-            "--part",
-            part,
-            "--state",
-            "chip.json",
-            "--options",
-            &options,
-        ],
-        lines,
-    );
-    let pty = sim.paths[0].clone();
+    let mut sim = Sim::stm32_uart(&lab, part, &options);
+    let pty = sim.pty().to_owned();
     let target = match way {
         Way::Lines => {
-            assert_eq!(Path::new(&sim.paths[1]), sock, "the socket path is printed");
+            assert_eq!(
+                sim.control(),
+                Some(sock.as_path()),
+                "the socket path is printed"
+            );
             format!(
                 "stm32-uart:port={pty},parity=none,reset=lines,lines=-rts/dtr/-dtr:rts,control={}",
                 sock.display()
@@ -184,7 +111,7 @@ fn lock_one(part: &str, policy: &str, sim_extra: &str, way: Way) {
     // The saved chip: RDP level 1, the job's firmware still in flash.
     let part = Part::lookup(part).unwrap();
     let mut o = SimOptions::new(part);
-    o.state_file = Some(lab.path("chip.json"));
+    o.state_file = Some(lab.path(STATE));
     let chip = Stm32Sim::new(o).unwrap();
     assert_eq!(chip.rdp(), RdpLevel::Level1);
     assert_eq!(&chip.flash()[..6000], firmware(6000).as_slice());
@@ -228,23 +155,10 @@ fn without_a_way_back_the_run_is_refused_before_any_board() {
     let lab = Lab::new(Kind::SoftHsm);
     lab.enroll();
     let id = job(&lab, &shipped_policy());
-    let mut sim = Sim::start(
-        &lab,
-        &[
-            "sim",
-            "stm32-uart",
-            "--part",
-            "f103",
-            "--state",
-            "chip.json",
-            "--options",
-            "timing=fast",
-        ],
-        1,
-    );
+    let mut sim = Sim::stm32_uart(&lab, "f103", "timing=fast");
     for target in [
-        format!("stm32-uart:port={},parity=none", sim.paths[0]),
-        format!("stm32-uart:port={},parity=none,reset=none", sim.paths[0]),
+        format!("stm32-uart:port={},parity=none", sim.pty()),
+        format!("stm32-uart:port={},parity=none,reset=none", sim.pty()),
     ] {
         let out = lab.fg(&["run", "--job", &id, "--target", &target, "--units", "1"]);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -256,21 +170,8 @@ fn without_a_way_back_the_run_is_refused_before_any_board() {
     }
     // A firmware that refuses EnterBootloader: the unit fails at lock, unlocked.
     sim.stop();
-    let mut sim = Sim::start(
-        &lab,
-        &[
-            "sim",
-            "stm32-uart",
-            "--part",
-            "f103",
-            "--state",
-            "chip.json",
-            "--options",
-            "timing=fast,agent-reboot=off",
-        ],
-        1,
-    );
-    let target = format!("stm32-uart:port={},parity=none,reset=agent", sim.paths[0]);
+    let mut sim = Sim::stm32_uart(&lab, "f103", "timing=fast,agent-reboot=off");
+    let target = format!("stm32-uart:port={},parity=none,reset=agent", sim.pty());
     let out = lab.fg(&[
         "run", "--job", &id, "--target", &target, "--units", "1", "--json",
     ]);
@@ -282,6 +183,6 @@ fn without_a_way_back_the_run_is_refused_before_any_board() {
     );
     sim.stop();
     let mut o = SimOptions::new(Part::lookup("f103").unwrap());
-    o.state_file = Some(lab.path("chip.json"));
+    o.state_file = Some(lab.path(STATE));
     assert_eq!(Stm32Sim::new(o).unwrap().rdp(), RdpLevel::Level0);
 }

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 pub mod in_process;
 pub mod independent;
+pub mod sim;
 
 /// The user PIN of every lab token.
 pub const PIN: &str = "4711-test-pin";
@@ -264,6 +265,17 @@ impl Lab {
             .expect("job import names the job")
             .trim_end_matches(':')
             .to_owned()
+    }
+
+    /// Writes `policy` as p.toml, its validity moved to the hour before
+    /// now until a day after, and `firmware` as fw.bin; builds the job with
+    /// fw.bin at `at` and imports it ([`Lab::build_and_import`]). Returns
+    /// the job id.
+    pub fn import_policy(&self, policy: &str, firmware: &[u8], at: &str) -> String {
+        let text = validity(policy, now() - 3600, now() + 86_400);
+        std::fs::write(self.path("p.toml"), text).unwrap();
+        std::fs::write(self.path("fw.bin"), firmware).unwrap();
+        self.build_and_import(&format!("fw.bin@{at}"))
     }
 
     /// The records of the appliance's log.
