@@ -2,7 +2,9 @@
 //! process on the simulated secure MCU: by default (`uncovered`) leftovers
 //! outside the job's images fail the unit at `blank-check` with their
 //! address, while a leftover inside an image is left to verify; `full` also
-//! checks the images; `none` skips the stage.
+//! checks the images; `none` skips the stage. And `target.verify =
+//! "attested"`: no read-back, a bad image is caught by the device's signed
+//! firmware digest at the challenge, before any lock.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -96,14 +98,19 @@ fn firmware() -> Vec<u8> {
 /// A job from the shipped sim policy, its window moved around today and
 /// `blank_check` set when given, opened for programming.
 fn provisioner(lab: &Lab, blank_check: Option<&str>) -> Arc<Provisioner> {
+    provisioner_with(lab, blank_check.map(|w| format!("blank_check = \"{w}\"")))
+}
+
+/// As [`provisioner`], with `line` added to `[target]`.
+fn provisioner_with(lab: &Lab, line: Option<String>) -> Arc<Provisioner> {
     let text =
         std::fs::read_to_string(common::repo().join("policies/sim-secure-mcu.toml")).unwrap();
     let mut text = common::validity(&text, now() - 3600, now() + 86_400);
-    if let Some(word) = blank_check {
+    if let Some(extra) = line {
         let line = "device_types = [\"sim-secure-mcu\"]";
         let at = text.find(line).unwrap();
         let end = at + text[at..].find('\n').unwrap();
-        text.insert_str(end, &format!("\nblank_check = \"{word}\""));
+        text.insert_str(end, &format!("\n{extra}"));
     }
     let (appliance, id, _) = lab.job("sim-secure-mcu.toml", |_| text.clone(), &firmware(), 0);
     Arc::new(Provisioner::open(appliance, &id, Arc::new(MemoryLedger::new(1000))).unwrap())
@@ -220,4 +227,36 @@ fn none_skips_the_stage() {
     // Inside the image verify still catches it.
     let (r, _, lock) = one_board(p, Some(0x100));
     assert_failed_at(&r, UnitStage::Verify, 0x100, lock);
+}
+
+#[test]
+fn attested_verify_reads_nothing_back_and_the_challenge_catches_a_bad_image() {
+    let lab = lab();
+    let p = provisioner_with(&lab, Some("verify = \"attested\"".to_owned()));
+    assert_eq!(
+        p.policy().target().verify,
+        flashgate_policy::Verify::Attested
+    );
+
+    // A clean board passes without a verify stage, locked after the
+    // challenge proved key and firmware digest.
+    let (r, stages, lock) = one_board(p.clone(), None);
+    assert_eq!(r.result, UnitResult::Passed, "{r:?}");
+    assert!(!r.timings_us.contains_key("verify"), "{r:?}");
+    assert!(!stages.iter().any(|s| s == "verify"), "{stages:?}");
+    assert!(stages.iter().any(|s| s == "challenge"), "{stages:?}");
+    assert_eq!(lock, LockLevel::Readout);
+
+    // A byte inside the image that is not the job's: nothing reads it back,
+    // the device's measured digest differs, and the unit fails at the
+    // challenge, unlocked (its keys were injected: that is the price).
+    let (r, stages, lock) = one_board(p, Some(0x100));
+    let Some(f) = r.result.failure() else {
+        panic!("the unit passed: {r:?}")
+    };
+    assert_eq!(f.stage, UnitStage::Challenge, "{f:?}");
+    assert!(f.reason.contains("firmware digest"), "{}", f.reason);
+    assert!(!stages.iter().any(|s| s == "verify"), "{stages:?}");
+    assert!(r.secrets_injected, "{r:?}");
+    assert_eq!(lock, LockLevel::None, "a failed board is never locked");
 }

@@ -201,6 +201,29 @@ policy_words!(BlankCheck {
     None => "none",
 });
 
+/// How the pipeline proves the flash holds the job's images
+/// (`target.verify`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verify {
+    /// The programmer reads every image back and compares it (the default).
+    #[default]
+    Readback,
+    /// No read-back: the device's answer to the lock challenge, signed with
+    /// its new identity key, carries the SHA-256 it measured over the
+    /// images' regions, and the appliance refuses (and never locks) a device
+    /// whose digest differs from the job's ("verify by checksum on the
+    /// target"). Needs `lock.require_challenge`. Faster on slow programming
+    /// links; a bad image is then found after the keys were injected, not
+    /// before.
+    Attested,
+}
+
+policy_words!(Verify {
+    Readback => "readback",
+    Attested => "attested",
+});
+
 /// Type of a per-device key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -334,6 +357,9 @@ pub struct Target {
     /// Which flash must read erased before programming (`blank_check`,
     /// default [`BlankCheck::Uncovered`]).
     pub blank_check: BlankCheck,
+    /// How the images are verified after programming (`verify`, default
+    /// [`Verify::Readback`]).
+    pub verify: Verify,
 }
 
 impl Target {
@@ -638,6 +664,13 @@ fn validate(raw: raw::RawPolicy) -> Result<Policy, PolicyError> {
     let (keys, identity) = validate_keys(raw.keys)?;
     let certificate = validate_certificate(raw.certificate, &job, &serial, &keys)?;
     let lock = validate_lock(raw.lock, target.driver)?;
+    if target.verify == Verify::Attested && !lock.require_challenge {
+        return Err(invalid(
+            "target.verify",
+            "\"attested\" needs lock.require_challenge = true: the device's signed \
+             firmware digest in its challenge answer is then the only verify",
+        ));
+    }
     let audit = validate_audit(raw.audit)?;
     Ok(Policy {
         job,
@@ -739,6 +772,7 @@ fn validate_target(raw: raw::RawTarget) -> Result<Target, PolicyError> {
         driver: raw.driver,
         device_types: raw.device_types,
         blank_check: raw.blank_check.unwrap_or_default(),
+        verify: raw.verify.unwrap_or_default(),
     })
 }
 

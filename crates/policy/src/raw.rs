@@ -8,7 +8,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::{BlankCheck, Driver, ExtendedKeyUsage, KeyRole, KeySource, KeyType, LockLevel};
+use crate::{BlankCheck, Driver, ExtendedKeyUsage, KeyRole, KeySource, KeyType, LockLevel, Verify};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +41,7 @@ pub(crate) struct RawTarget {
     pub driver: Driver,
     pub device_types: Vec<String>,
     pub blank_check: Option<BlankCheck>,
+    pub verify: Option<Verify>,
 }
 
 #[derive(Deserialize)]

@@ -441,6 +441,40 @@ fn blank_check_refuses_an_unknown_word_with_the_words_it_takes() {
     }
 }
 
+#[test]
+fn verify_defaults_to_readback_and_attested_needs_the_challenge() {
+    assert_eq!(parse(BASE).unwrap().target().verify, Verify::Readback);
+    let attested = |extra: &[(&str, &str)]| {
+        let mut r = vec![(
+            "device_types = [\"sim-secure-mcu\"]",
+            "device_types = [\"sim-secure-mcu\"]\nverify = \"attested\"",
+        )];
+        r.extend_from_slice(extra);
+        with(&r)
+    };
+    let p = parse(&attested(&[])).unwrap();
+    assert_eq!(p.target().verify, Verify::Attested);
+    assert_eq!(Verify::Attested.as_str(), "attested");
+    // Without a challenge nothing would check the flash at all.
+    let message = assert_invalid(
+        &attested(&[
+            ("level = \"readout\"", "level = \"none\""),
+            ("require_challenge = true", "require_challenge = false"),
+        ]),
+        "target.verify",
+    );
+    assert!(message.contains("require_challenge"), "{message}");
+    // An unknown word names the two it takes.
+    let text = with(&[(
+        "device_types = [\"sim-secure-mcu\"]",
+        "device_types = [\"sim-secure-mcu\"]\nverify = \"crc\"",
+    )]);
+    let message = assert_syntax(&text);
+    for word in ["readback", "attested"] {
+        assert!(message.contains(word), "{message}");
+    }
+}
+
 // ---- [serial] ----
 
 #[test]

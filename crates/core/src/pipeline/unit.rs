@@ -232,11 +232,20 @@ impl Provisioner {
             t.program(*addr, data).map_err(terr)?;
         }
         timed(rec, UnitStage::Program, s);
-        let s = Instant::now();
-        for (addr, data) in &self.images {
-            t.verify(*addr, data).map_err(terr)?;
+        // With `verify = "attested"` the read-back is left out: the
+        // challenge answer carries the digest the device measured over the
+        // same regions, signed with its new key, and a mismatch fails the
+        // unit there, before any lock.
+        match self.policy.target().verify {
+            flashgate_policy::Verify::Readback => {
+                let s = Instant::now();
+                for (addr, data) in &self.images {
+                    t.verify(*addr, data).map_err(terr)?;
+                }
+                timed(rec, UnitStage::Verify, s);
+            }
+            flashgate_policy::Verify::Attested => {}
         }
-        timed(rec, UnitStage::Verify, s);
 
         // The seed message carries the UID with a one-byte length.
         if info.uid.len() > 255 {
