@@ -18,12 +18,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-mod location;
 mod raw;
 mod template;
 mod time;
 
-pub use location::{Location, Space};
+pub use flashgate_device::{Location, LockLevel, Space};
 pub use template::{Template, MAX_TEMPLATE_LEN};
 
 /// Largest policy accepted, in bytes (1 MiB).
@@ -97,6 +96,13 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> PolicyError 
         field: field.into(),
         problem: problem.into(),
     }
+}
+
+/// Parses the location a policy field gives; a refusal names the field and says what to
+/// write.
+fn parse_location(field: impl Into<String>, text: &str) -> Result<Location, PolicyError> {
+    text.parse()
+        .map_err(|e| invalid(field, format!("is not valid: {e}")))
 }
 
 /// A product identifier: `[a-z0-9][a-z0-9-]{0,62}`.
@@ -263,25 +269,6 @@ pub enum KeyRole {
 }
 
 policy_words!(KeyRole { Identity => "identity" });
-
-/// How the device is locked after provisioning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum LockLevel {
-    /// Not locked.
-    None,
-    /// Readout protection (debug and memory readout disabled).
-    Readout,
-    /// Irreversible lock.
-    Permanent,
-}
-
-policy_words!(LockLevel {
-    None => "none",
-    Readout => "readout",
-    Permanent => "permanent",
-});
 
 /// Extended key usage of the device certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -841,8 +828,7 @@ fn validate_keys(raw: Vec<raw::RawKey>) -> Result<(Vec<KeySpec>, usize), PolicyE
                 ),
             ));
         }
-        let location = location::parse_location(&key.location)
-            .map_err(|p| invalid(format!("keys[{i}].location"), p))?;
+        let location = parse_location(format!("keys[{i}].location"), &key.location)?;
         match locations.entry(location) {
             Entry::Occupied(other) => {
                 return Err(invalid(
@@ -916,8 +902,7 @@ fn validate_certificate(
     serial: &SerialPolicy,
     keys: &[KeySpec],
 ) -> Result<CertificatePolicy, PolicyError> {
-    let location =
-        location::parse_location(&raw.location).map_err(|p| invalid("certificate.location", p))?;
+    let location = parse_location("certificate.location", &raw.location)?;
     if let Some((i, key)) = keys
         .iter()
         .enumerate()
@@ -1041,15 +1026,22 @@ fn validate_certificate(
 }
 
 fn validate_lock(raw: raw::RawLock, driver: Driver) -> Result<LockPolicy, PolicyError> {
+    let level: LockLevel = raw
+        .level
+        .parse()
+        .map_err(|e| invalid("lock.level", format!("is not valid: {e}")))?;
     let require_challenge = raw.require_challenge.unwrap_or(true);
-    let locks = raw.level != LockLevel::None;
+    let locks = match level {
+        LockLevel::None => false,
+        LockLevel::Readout | LockLevel::Permanent => true,
+    };
     if locks && !require_challenge {
         return Err(invalid(
             "lock.require_challenge",
             format!(
                 "must be true when lock.level is {:?}: \
                  never lock a chip that has not proved it holds its key",
-                raw.level.as_str()
+                level.as_str()
             ),
         ));
     }
@@ -1085,7 +1077,7 @@ fn validate_lock(raw: raw::RawLock, driver: Driver) -> Result<LockPolicy, Policy
         (_, None) => None,
     };
     Ok(LockPolicy {
-        level: raw.level,
+        level,
         avr_lock_byte,
         require_challenge,
     })

@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cryptoki::object::ObjectHandle;
-use flashgate_policy::{KeySource, KeyType, LockLevel as PolicyLock, Policy};
+use flashgate_policy::{KeySource, KeyType, Policy};
 use flashgate_target::{
     Capabilities, ChallengeRequest, Fixture, FlashRange, Location, LockLevel, LockPermission,
-    Space, Target, TargetError,
+    Target, TargetError,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -818,7 +818,7 @@ impl Provisioner {
         let provisioning =
             |e: String| UnitFailure::new(UnitStage::Derive, FailureKind::Provisioning, e);
         for spec in self.policy.keys() {
-            let location = to_target_location(spec.location);
+            let location = spec.location;
             let secret = match spec.source {
                 KeySource::Derived => identity::expand_key(&seed, &self.job_id, spec),
                 KeySource::Random => self
@@ -900,11 +900,8 @@ impl Provisioner {
             t.store_secret(*location, &secret.value).map_err(terr)?;
         }
         drop(secrets);
-        t.store_secret(
-            to_target_location(self.policy.certificate().location),
-            &cert,
-        )
-        .map_err(terr)?;
+        t.store_secret(self.policy.certificate().location, &cert)
+            .map_err(terr)?;
         timed(rec, UnitStage::Inject, s);
 
         // Challenge: a fresh nonce from the HSM RNG.
@@ -939,17 +936,10 @@ impl Provisioner {
         }
 
         // Lock, only now, and read it back.
-        let want =
-            match self.policy.lock().level {
-                PolicyLock::None => None,
-                PolicyLock::Readout => Some(LockLevel::Readout),
-                PolicyLock::Permanent => Some(LockLevel::Permanent),
-                _ => return Err(UnitFailure::new(
-                    UnitStage::Lock,
-                    FailureKind::Provisioning,
-                    "the policy names a lock level this appliance does not know; update flashgate",
-                )),
-            };
+        let want = match self.policy.lock().level {
+            LockLevel::None => None,
+            level @ (LockLevel::Readout | LockLevel::Permanent) => Some(level),
+        };
         if let Some(level) = want {
             // Only a device that proved its key can be locked (the policy
             // parser refuses a lock without a challenge).
@@ -1040,19 +1030,6 @@ pub fn check_validity(policy: &Policy, id: &str, now: u64) -> Result<(), RunErro
         });
     }
     Ok(())
-}
-
-fn to_target_location(l: flashgate_policy::Location) -> Location {
-    let space = match l.space {
-        flashgate_policy::Space::Flash => Space::Flash,
-        flashgate_policy::Space::Eeprom => Space::Eeprom,
-        flashgate_policy::Space::Otp => Space::Otp,
-        _ => Space::KeyStore,
-    };
-    Location {
-        space,
-        offset: l.offset,
-    }
 }
 
 fn digest_of_images(
