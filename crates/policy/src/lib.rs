@@ -142,6 +142,12 @@ impl fmt::Display for KeyName {
 }
 
 /// Implements `as_str` and `Display` for a closed set of policy words.
+///
+/// The sets the appliance matches on ([`BlankCheck`], [`KeyType`], [`KeySource`],
+/// [`ExtendedKeyUsage`], and [`LockLevel`] from `flashgate-device`), like
+/// [`CertValidity`], are not `#[non_exhaustive]`: every `match` on them names each
+/// variant, so a new one breaks the build wherever the appliance must decide what
+/// it means.
 macro_rules! policy_words {
     ($ty:ident { $($variant:ident => $word:literal),+ $(,)? }) => {
         impl $ty {
@@ -188,7 +194,6 @@ policy_words!(Driver {
 /// images do not cover, where earlier firmware or keys could survive.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
 pub enum BlankCheck {
     /// The device flash the job's images do not cover (the default): nothing
     /// left on the chip outside the images survives unnoticed.
@@ -210,7 +215,6 @@ policy_words!(BlankCheck {
 /// Type of a per-device key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
 pub enum KeyType {
     /// ECDSA/ECDH key on NIST P-256.
     P256,
@@ -242,7 +246,6 @@ impl KeyType {
 /// Where a per-device key comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
 pub enum KeySource {
     /// Derived per device: HMAC in the HSM, then HKDF on the host.
     Derived,
@@ -273,7 +276,6 @@ policy_words!(KeyRole { Identity => "identity" });
 /// Extended key usage of the device certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
 pub enum ExtendedKeyUsage {
     /// TLS client authentication (id-kp-clientAuth).
     ClientAuth,
@@ -390,7 +392,6 @@ pub struct KeySpec {
 
 /// How long the device certificate is valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum CertValidity {
     /// This many days (`1..=36500`) from issuance.
     Days(u32),

@@ -198,7 +198,13 @@ fn stop_reason(f: &UnitFailure) -> String {
         FailureKind::QuotaExhausted => STOP_QUOTA.to_owned(),
         FailureKind::SerialRangeExhausted => "serial range used up".to_owned(),
         FailureKind::OutsideWindow => "job window closed".to_owned(),
-        _ => format!("{}: {}", f.kind, f.reason),
+        FailureKind::Target
+        | FailureKind::BoardRefused
+        | FailureKind::ChallengeFailed
+        | FailureKind::LockMismatch
+        | FailureKind::Ledger
+        | FailureKind::Hsm
+        | FailureKind::Provisioning => format!("{}: {}", f.kind, f.reason),
     }
 }
 
@@ -539,7 +545,7 @@ impl Provisioner {
             totals.add(&record);
             let stops = match &record.result {
                 UnitResult::Failed(f) if f.kind.stops_the_run() => Some(stop_reason(f)),
-                _ => None,
+                UnitResult::Failed(_) | UnitResult::Passed => None,
             };
             if let Some(r) = &stops {
                 // This channel stops; the others finish the values they reserved.
@@ -734,7 +740,7 @@ impl Provisioner {
             *block = self.ledger.reserve(block_size).map_err(|e| {
                 let kind = match e {
                     LedgerError::QuotaExhausted { .. } => FailureKind::QuotaExhausted,
-                    _ => FailureKind::Ledger,
+                    LedgerError::Store(_) => FailureKind::Ledger,
                 };
                 UnitFailure::new(UnitStage::Reserve, kind, e.to_string())
             })?;
@@ -824,8 +830,8 @@ impl Provisioner {
                 KeySource::Random => self
                     .random_secret(spec)
                     .map_err(hsm_err(UnitStage::Derive))?,
-                _ => {
-                    // On-chip: the target makes the key; only the public half leaves it.
+                KeySource::OnChip => {
+                    // The target makes the key; only the public half leaves it.
                     rec.secrets_injected = true;
                     let public = t.generate_key(location).map_err(terr)?;
                     if spec.role.is_some() {
