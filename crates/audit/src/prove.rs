@@ -92,7 +92,18 @@ pub fn prove_uid(
             RecordKind::UnitFailed(r) if failed.is_none() && r.uid.as_deref() == Some(uid) => {
                 failed = Some((index, bytes.to_vec()));
             }
-            _ => {}
+            // Another unit, or a record that names no device.
+            RecordKind::UnitPassed(_)
+            | RecordKind::UnitFailed(_)
+            | RecordKind::UnitAborted(_)
+            | RecordKind::UnitsReserved(_)
+            | RecordKind::UnitsUnused(_)
+            | RecordKind::JobImported(_)
+            | RecordKind::JobRemoved(_)
+            | RecordKind::JobRemovalStarted(_)
+            | RecordKind::LogReset(_)
+            | RecordKind::RunStarted(_)
+            | RecordKind::RunStopped(_) => {}
         }
     }
     let (index, record) = passed.or(failed).ok_or_else(|| {

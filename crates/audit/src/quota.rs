@@ -393,7 +393,13 @@ impl Ledger {
                     // handed out.
                     closed.insert(r.first, r.first.saturating_add(r.count));
                 }
-                _ => {}
+                // Neither hands out nor closes counter values.
+                RecordKind::JobImported(_)
+                | RecordKind::JobRemoved(_)
+                | RecordKind::JobRemovalStarted(_)
+                | RecordKind::LogReset(_)
+                | RecordKind::RunStarted(_)
+                | RecordKind::RunStopped(_) => {}
             }
         }
         if counter > 0 && !seen {

@@ -32,12 +32,17 @@ pub fn required(policy: &Policy) -> Capabilities {
     if policy.lock().require_challenge {
         c.insert(Capability::AnswerChallenge);
     }
-    if policy.lock().level != LockLevel::None {
-        c.insert(Capability::SetLock);
-        c.insert(Capability::ReadLock);
-    }
-    if policy.lock().level == LockLevel::Permanent {
-        c.insert(Capability::LockPermanent);
+    match policy.lock().level {
+        LockLevel::None => {}
+        LockLevel::Readout => {
+            c.insert(Capability::SetLock);
+            c.insert(Capability::ReadLock);
+        }
+        LockLevel::Permanent => {
+            c.insert(Capability::SetLock);
+            c.insert(Capability::ReadLock);
+            c.insert(Capability::LockPermanent);
+        }
     }
     c
 }

@@ -81,8 +81,8 @@ pub fn expand_key(seed: &[u8; 32], job_id: &[u8; 16], spec: &KeySpec) -> DeviceS
             }
             okm
         }
-        other => {
-            let mut okm = Zeroizing::new(vec![0u8; other.secret_len()]);
+        KeyType::Aes128 | KeyType::Aes256 | KeyType::HmacSha256 => {
+            let mut okm = Zeroizing::new(vec![0u8; spec.key_type.secret_len()]);
             let _ = hk.expand(&info, &mut okm);
             okm
         }
@@ -211,11 +211,6 @@ impl DeviceCertificateIssuer {
                 time::OffsetDateTime::from_unix_timestamp(i64::try_from(t).unwrap_or(i64::MAX))
                     .map_err(|e| CertificateError::Build(e.to_string()))?
             }
-            _ => {
-                return Err(CertificateError::Build(
-                    "unknown certificate validity form".to_owned(),
-                ))
-            }
         };
         // ExplicitNoCa: basicConstraints CA:FALSE, and rcgen then writes the
         // subjectKeyIdentifier too (it omits it for plain end entities).
@@ -228,7 +223,9 @@ impl DeviceCertificateIssuer {
                 flashgate_policy::ExtendedKeyUsage::ServerAuth => {
                     ExtendedKeyUsagePurpose::ServerAuth
                 }
-                _ => ExtendedKeyUsagePurpose::ClientAuth,
+                flashgate_policy::ExtendedKeyUsage::ClientAuth => {
+                    ExtendedKeyUsagePurpose::ClientAuth
+                }
             })
             .collect();
         if let Some(uri) = &fields.san_uri {

@@ -18,12 +18,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-mod location;
 mod raw;
 mod template;
 mod time;
 
-pub use location::{Location, Space};
+pub use flashgate_device::{Location, LockLevel, Space};
 pub use template::{Template, MAX_TEMPLATE_LEN};
 
 /// Largest policy accepted, in bytes (1 MiB).
@@ -99,6 +98,13 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> PolicyError 
     }
 }
 
+/// Parses the location a policy field gives; a refusal names the field and says what to
+/// write.
+fn parse_location(field: impl Into<String>, text: &str) -> Result<Location, PolicyError> {
+    text.parse()
+        .map_err(|e| invalid(field, format!("is not valid: {e}")))
+}
+
 /// A product identifier: `[a-z0-9][a-z0-9-]{0,62}`.
 ///
 /// Anti-rollback (`job.security_version`) is tracked per product.
@@ -136,6 +142,12 @@ impl fmt::Display for KeyName {
 }
 
 /// Implements `as_str` and `Display` for a closed set of policy words.
+///
+/// The sets the appliance matches on ([`BlankCheck`], [`KeyType`], [`KeySource`],
+/// [`ExtendedKeyUsage`], and [`LockLevel`] from `flashgate-device`), like
+/// [`CertValidity`], are not `#[non_exhaustive]`: every `match` on them names each
+/// variant, so a new one breaks the build wherever the appliance must decide what
+/// it means.
 macro_rules! policy_words {
     ($ty:ident { $($variant:ident => $word:literal),+ $(,)? }) => {
         impl $ty {
@@ -182,7 +194,6 @@ policy_words!(Driver {
 /// images do not cover, where earlier firmware or keys could survive.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
 pub enum BlankCheck {
     /// The device flash the job's images do not cover (the default): nothing
     /// left on the chip outside the images survives unnoticed.
@@ -227,7 +238,6 @@ policy_words!(Verify {
 /// Type of a per-device key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
 pub enum KeyType {
     /// ECDSA/ECDH key on NIST P-256.
     P256,
@@ -259,7 +269,6 @@ impl KeyType {
 /// Where a per-device key comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
 pub enum KeySource {
     /// Derived per device: HMAC in the HSM, then HKDF on the host.
     Derived,
@@ -287,29 +296,9 @@ pub enum KeyRole {
 
 policy_words!(KeyRole { Identity => "identity" });
 
-/// How the device is locked after provisioning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum LockLevel {
-    /// Not locked.
-    None,
-    /// Readout protection (debug and memory readout disabled).
-    Readout,
-    /// Irreversible lock.
-    Permanent,
-}
-
-policy_words!(LockLevel {
-    None => "none",
-    Readout => "readout",
-    Permanent => "permanent",
-});
-
 /// Extended key usage of the device certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
 pub enum ExtendedKeyUsage {
     /// TLS client authentication (id-kp-clientAuth).
     ClientAuth,
@@ -429,7 +418,6 @@ pub struct KeySpec {
 
 /// How long the device certificate is valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum CertValidity {
     /// This many days (`1..=36500`) from issuance.
     Days(u32),
@@ -875,8 +863,7 @@ fn validate_keys(raw: Vec<raw::RawKey>) -> Result<(Vec<KeySpec>, usize), PolicyE
                 ),
             ));
         }
-        let location = location::parse_location(&key.location)
-            .map_err(|p| invalid(format!("keys[{i}].location"), p))?;
+        let location = parse_location(format!("keys[{i}].location"), &key.location)?;
         match locations.entry(location) {
             Entry::Occupied(other) => {
                 return Err(invalid(
@@ -950,8 +937,7 @@ fn validate_certificate(
     serial: &SerialPolicy,
     keys: &[KeySpec],
 ) -> Result<CertificatePolicy, PolicyError> {
-    let location =
-        location::parse_location(&raw.location).map_err(|p| invalid("certificate.location", p))?;
+    let location = parse_location("certificate.location", &raw.location)?;
     if let Some((i, key)) = keys
         .iter()
         .enumerate()
@@ -1075,15 +1061,22 @@ fn validate_certificate(
 }
 
 fn validate_lock(raw: raw::RawLock, driver: Driver) -> Result<LockPolicy, PolicyError> {
+    let level: LockLevel = raw
+        .level
+        .parse()
+        .map_err(|e| invalid("lock.level", format!("is not valid: {e}")))?;
     let require_challenge = raw.require_challenge.unwrap_or(true);
-    let locks = raw.level != LockLevel::None;
+    let locks = match level {
+        LockLevel::None => false,
+        LockLevel::Readout | LockLevel::Permanent => true,
+    };
     if locks && !require_challenge {
         return Err(invalid(
             "lock.require_challenge",
             format!(
                 "must be true when lock.level is {:?}: \
                  never lock a chip that has not proved it holds its key",
-                raw.level.as_str()
+                level.as_str()
             ),
         ));
     }
@@ -1119,7 +1112,7 @@ fn validate_lock(raw: raw::RawLock, driver: Driver) -> Result<LockPolicy, Policy
         (_, None) => None,
     };
     Ok(LockPolicy {
-        level: raw.level,
+        level,
         avr_lock_byte,
         require_challenge,
     })

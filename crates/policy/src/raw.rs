@@ -8,7 +8,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::{BlankCheck, Driver, ExtendedKeyUsage, KeyRole, KeySource, KeyType, LockLevel, Verify};
+use crate::{BlankCheck, Driver, ExtendedKeyUsage, KeyRole, KeySource, KeyType, Verify};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,7 +80,8 @@ pub(crate) struct RawCertificate {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLock {
-    pub level: LockLevel,
+    /// Checked against the lock levels when converting, so a refusal names the field.
+    pub level: String,
     pub avr_lock_byte: Option<u8>,
     pub require_challenge: Option<bool>,
 }

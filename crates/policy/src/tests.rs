@@ -225,13 +225,30 @@ fn unknown_enum_values_are_rejected() {
         ("driver = \"sim\"", "driver = \"jtag\"", "jtag"),
         ("type = \"aes256\"", "type = \"des\"", "des"),
         ("source = \"derived\"", "source = \"hsm\"", "hsm"),
-        ("level = \"readout\"", "level = \"max\"", "max"),
         ("role = \"identity\"", "role = \"boss\"", "boss"),
         ("[\"client-auth\"]", "[\"code-signing\"]", "code-signing"),
     ] {
         let message = assert_syntax(&with(&[(from, to)]));
         assert!(message.contains(needle), "{message}");
     }
+}
+
+#[test]
+fn unknown_lock_level_names_the_field() {
+    for bad in ["max", "Readout", "readout-protected", ""] {
+        let message = assert_invalid(
+            &with(&[("level = \"readout\"", &format!("level = {bad:?}"))]),
+            "lock.level",
+        );
+        assert_eq!(
+            message,
+            format!(
+                "policy field lock.level is not valid: {bad:?} is not a lock level: \
+                 write none, readout or permanent"
+            )
+        );
+    }
+    assert_syntax(&with(&[("level = \"readout\"", "level = 2")]));
 }
 
 #[test]
@@ -572,13 +589,23 @@ fn key_name_rules() {
 
 #[test]
 fn key_location_rules() {
-    assert_invalid(
+    let message = assert_invalid(
         &with(&[("\"keystore:0x0040\"", "\"rom:0x40\"")]),
         "keys[1].location",
     );
-    assert_invalid(
+    assert_eq!(
+        message,
+        "policy field keys[1].location is not valid: \"rom\" is not a memory space: \
+         write keystore, flash, eeprom or otp"
+    );
+    let message = assert_invalid(
         &with(&[("\"keystore:0x0040\"", "\"keystore:0x100000000\"")]),
         "keys[1].location",
+    );
+    assert_eq!(
+        message,
+        "policy field keys[1].location is not valid: \"0x100000000\" is not an offset: \
+         write a decimal or 0x-prefixed hex number below 4 GiB, such as 0x0100"
     );
     // Same offset, written differently.
     let message = assert_invalid(
@@ -647,9 +674,14 @@ fn too_many_keys() {
 
 #[test]
 fn certificate_location_rules() {
-    assert_invalid(
+    let message = assert_invalid(
         &with(&[("\"keystore:0x0100\"", "\"keystore\"")]),
         "certificate.location",
+    );
+    assert_eq!(
+        message,
+        "policy field certificate.location is not valid: \"keystore\" is not a location: \
+         write a memory space, a colon and an offset, such as keystore:0x0100"
     );
     let message = assert_invalid(
         &with(&[("\"keystore:0x0100\"", "\"keystore:0x40\"")]),

@@ -210,7 +210,11 @@ impl AgentError {
             AgentError::InvalidKey => ErrorCode::NoKey,
             AgentError::RegionOutside { .. } => ErrorCode::BadRegion,
             AgentError::Device { code } => *code,
-            _ => ErrorCode::Internal,
+            AgentError::UnexpectedReply { .. }
+            | AgentError::Version { .. }
+            | AgentError::FirmwareDigestMismatch { .. }
+            | AgentError::BadSignature
+            | AgentError::BadPublicKey => ErrorCode::Internal,
         }
     }
 

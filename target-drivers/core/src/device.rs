@@ -1,9 +1,6 @@
 //! What a device says about itself, and its lock state.
 
-use std::fmt;
-use std::str::FromStr;
-
-use crate::{Stage, TargetError};
+use crate::{LockLevel, Stage, TargetError};
 
 /// A contiguous memory area of the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,52 +22,6 @@ impl MemoryRegion {
     /// Whether `[address, address + length)` lies entirely inside the region.
     pub fn contains_range(&self, address: u32, length: u32) -> bool {
         address >= self.base && u64::from(address) + u64::from(length) <= self.end()
-    }
-}
-
-/// How strongly a device is locked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum LockLevel {
-    /// Not locked: flash and key store readable and writable over the programming interface.
-    None,
-    /// Readout protection: reads and debug refused; a full erase (which destroys keys too)
-    /// returns the device to [`LockLevel::None`].
-    Readout,
-    /// Permanent protection: cannot be undone, erase is refused.
-    Permanent,
-}
-
-impl LockLevel {
-    /// The lowercase name, e.g. `readout`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            LockLevel::None => "none",
-            LockLevel::Readout => "readout",
-            LockLevel::Permanent => "permanent",
-        }
-    }
-}
-
-impl fmt::Display for LockLevel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for LockLevel {
-    type Err = TargetError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "none" => Ok(LockLevel::None),
-            "readout" => Ok(LockLevel::Readout),
-            "permanent" => Ok(LockLevel::Permanent),
-            _ => Err(TargetError::Parse {
-                what: "lock level",
-                input: s.to_owned(),
-                expected: "one of none, readout, permanent",
-            }),
-        }
     }
 }
 
@@ -118,11 +69,13 @@ impl DeviceInfo {
     pub fn expect_unlocked(&self) -> Result<(), TargetError> {
         match self.lock.level {
             LockLevel::None => Ok(()),
-            level => Err(TargetError::AlreadyLocked {
-                stage: Stage::Identify,
-                level,
-                address: None,
-            }),
+            level @ (LockLevel::Readout | LockLevel::Permanent) => {
+                Err(TargetError::AlreadyLocked {
+                    stage: Stage::Identify,
+                    level,
+                    address: None,
+                })
+            }
         }
     }
 }

@@ -224,7 +224,13 @@ impl TargetError {
             TargetError::VerifyMismatch { address, .. }
             | TargetError::NotBlank { address, .. }
             | TargetError::OutOfRange { address, .. } => Some(*address),
-            _ => None,
+            TargetError::WrongDevice { .. }
+            | TargetError::SecretMismatch { .. }
+            | TargetError::Protocol { .. }
+            | TargetError::Agent { .. }
+            | TargetError::Unsupported { .. }
+            | TargetError::InvalidRequest { .. }
+            | TargetError::Parse { .. } => None,
         }
     }
 }

@@ -55,7 +55,6 @@ pub enum SerialError {
 /// A modem control output of a serial port, which fixtures wire to a target's reset or boot
 /// pins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum ModemLine {
     /// Data Terminal Ready.
     Dtr,

@@ -120,7 +120,8 @@ impl<D: SerialDevice> Loopback<D> {
                     LinkFault::Corrupt { at, mask } if at == index => {
                         out = out.map(|b| b ^ mask);
                     }
-                    _ => {}
+                    // Armed for a later byte.
+                    LinkFault::Drop { .. } | LinkFault::Corrupt { .. } => {}
                 }
             }
             self.faults.retain(|f| match *f {

@@ -175,11 +175,13 @@ impl Op<'_> {
     fn check_unlocked(&self, address: Option<u32>) -> Result<(), TargetError> {
         match self.chip.lock {
             LockLevel::None => Ok(()),
-            level => Err(TargetError::AlreadyLocked {
-                stage: self.stage,
-                level,
-                address,
-            }),
+            level @ (LockLevel::Readout | LockLevel::Permanent) => {
+                Err(TargetError::AlreadyLocked {
+                    stage: self.stage,
+                    level,
+                    address,
+                })
+            }
         }
     }
 
@@ -220,7 +222,7 @@ impl Op<'_> {
                         + us(self.timing.page_write_us)
                 })
                 .sum(),
-            _ => self.timing.program_ns(at.offset, len),
+            Space::Flash | Space::Eeprom | Space::Otp => self.timing.program_ns(at.offset, len),
         };
         self.chip
             .write_location(at, data)

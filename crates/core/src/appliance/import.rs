@@ -508,7 +508,15 @@ fn open_secret_ecdh(
         (Profile::P11v2EcdhAesKdf, ALG_A256KWP_CONTENT, None) => {
             token.unwrap_aes_kwp(cek, ct, usage, Some(persist))
         }
-        _ => {
+        // Another content algorithm, or an RSA profile, which has no ECDH recipient.
+        (
+            Profile::CoseEcdhEsA256kw
+            | Profile::P11v2EcdhAesKdf
+            | Profile::CoseRsaesOaepSha256
+            | Profile::CoseRsaesOaepSha1,
+            _,
+            _,
+        ) => {
             let _ = token.destroy(cek);
             return Err(PackageError::Malformed {
                 detail: format!(

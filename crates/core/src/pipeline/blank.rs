@@ -17,8 +17,7 @@ use flashgate_target::{FlashRange, MemoryRegion};
 ///   of images outside the device's flash are ignored; programming refuses
 ///   them).
 /// - [`BlankCheck::Full`]: the whole of `device_flash`.
-/// - [`BlankCheck::None`] (and any later word this appliance does not act on):
-///   nothing.
+/// - [`BlankCheck::None`]: nothing, the check is skipped.
 pub fn blank_check_ranges(
     policy: BlankCheck,
     device_flash: &MemoryRegion,
@@ -52,7 +51,7 @@ pub fn blank_check_ranges(
             }
             to_ranges(&gaps)
         }
-        _ => Vec::new(),
+        BlankCheck::None => Vec::new(),
     }
 }
 

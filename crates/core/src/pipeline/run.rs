@@ -90,7 +90,13 @@ fn stop_reason(f: &UnitFailure) -> String {
         FailureKind::QuotaExhausted => STOP_QUOTA.to_owned(),
         FailureKind::SerialRangeExhausted => "serial range used up".to_owned(),
         FailureKind::OutsideWindow => "job window closed".to_owned(),
-        _ => format!("{}: {}", f.kind, f.reason),
+        FailureKind::Target
+        | FailureKind::BoardRefused
+        | FailureKind::ChallengeFailed
+        | FailureKind::LockMismatch
+        | FailureKind::Ledger
+        | FailureKind::Hsm
+        | FailureKind::Provisioning => format!("{}: {}", f.kind, f.reason),
     }
 }
 
@@ -271,7 +277,7 @@ impl Provisioner {
             totals.add(&record);
             let stops = match &record.result {
                 UnitResult::Failed(f) if f.kind.stops_the_run() => Some(stop_reason(f)),
-                _ => None,
+                UnitResult::Failed(_) | UnitResult::Passed => None,
             };
             if let Some(r) = &stops {
                 // This channel stops; the others finish the values they reserved.

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::time::Instant;
 
-use flashgate_policy::{KeySource, KeyType, LockLevel as PolicyLock};
+use flashgate_policy::{KeySource, KeyType};
 use flashgate_target::{
-    ChallengeRequest, Location, LockLevel, LockPermission, Space, Target, TargetError,
+    ChallengeRequest, Location, LockLevel, LockPermission, Target, TargetError,
 };
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -180,7 +180,7 @@ impl Provisioner {
             *block = self.ledger.reserve(block_size).map_err(|e| {
                 let kind = match e {
                     LedgerError::QuotaExhausted { .. } => FailureKind::QuotaExhausted,
-                    _ => FailureKind::Ledger,
+                    LedgerError::Store(_) => FailureKind::Ledger,
                 };
                 UnitFailure::new(UnitStage::Reserve, kind, e.to_string())
             })?;
@@ -273,14 +273,14 @@ impl Provisioner {
         let provisioning =
             |e: String| UnitFailure::new(UnitStage::Derive, FailureKind::Provisioning, e);
         for spec in self.policy.keys() {
-            let location = to_target_location(spec.location);
+            let location = spec.location;
             let secret = match spec.source {
                 KeySource::Derived => identity::expand_key(&seed, &self.job_id, spec),
                 KeySource::Random => self
                     .random_secret(spec)
                     .map_err(hsm_err(UnitStage::Derive))?,
-                _ => {
-                    // On-chip: the target makes the key; only the public half leaves it.
+                KeySource::OnChip => {
+                    // The target makes the key; only the public half leaves it.
                     rec.secrets_injected = true;
                     let public = t.generate_key(location).map_err(terr)?;
                     if spec.role.is_some() {
@@ -352,11 +352,8 @@ impl Provisioner {
             t.store_secret(*location, &secret.value).map_err(terr)?;
         }
         drop(secrets);
-        t.store_secret(
-            to_target_location(self.policy.certificate().location),
-            &cert,
-        )
-        .map_err(terr)?;
+        t.store_secret(self.policy.certificate().location, &cert)
+            .map_err(terr)?;
         timed(rec, UnitStage::Inject, s);
 
         // Challenge: a fresh nonce from the HSM RNG.
@@ -391,17 +388,10 @@ impl Provisioner {
         }
 
         // Lock, only now, and read it back.
-        let want =
-            match self.policy.lock().level {
-                PolicyLock::None => None,
-                PolicyLock::Readout => Some(LockLevel::Readout),
-                PolicyLock::Permanent => Some(LockLevel::Permanent),
-                _ => return Err(UnitFailure::new(
-                    UnitStage::Lock,
-                    FailureKind::Provisioning,
-                    "the policy names a lock level this appliance does not know; update flashgate",
-                )),
-            };
+        let want = match self.policy.lock().level {
+            LockLevel::None => None,
+            level @ (LockLevel::Readout | LockLevel::Permanent) => Some(level),
+        };
         if let Some(level) = want {
             // Only a device that proved its key can be locked (the policy
             // parser refuses a lock without a challenge).
@@ -451,18 +441,5 @@ impl Provisioner {
             key_type: spec.key_type,
             value,
         })
-    }
-}
-
-fn to_target_location(l: flashgate_policy::Location) -> Location {
-    let space = match l.space {
-        flashgate_policy::Space::Flash => Space::Flash,
-        flashgate_policy::Space::Eeprom => Space::Eeprom,
-        flashgate_policy::Space::Otp => Space::Otp,
-        _ => Space::KeyStore,
-    };
-    Location {
-        space,
-        offset: l.offset,
     }
 }

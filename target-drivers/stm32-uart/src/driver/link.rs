@@ -147,7 +147,7 @@ impl<T: Transport> Stm32UartTarget<T> {
                         address: ctx.address,
                     }
                 }
-                _ => TargetError::Nack {
+                None | Some(LockLevel::None) => TargetError::Nack {
                     stage: ctx.stage,
                     address: ctx.address,
                 },

@@ -92,7 +92,7 @@ impl Stm32Sim {
         let was = self.nrst_high();
         match line {
             ModemLine::Dtr => self.lines.0 = asserted,
-            _ => self.lines.1 = asserted,
+            ModemLine::Rts => self.lines.1 = asserted,
         }
         let (now, boot0) = self.pins();
         if was && !now {

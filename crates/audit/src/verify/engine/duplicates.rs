@@ -313,7 +313,12 @@ impl Verifier<'_> {
                     ),
                 );
             }
-            _ => {}
+            // Nothing to report here: a file no record issued while certificates are not
+            // checked, a certificate valid from within the window or whose content was not
+            // read, or a record's certificate without a file (checked as it is read).
+            (None, Some(_))
+            | (Some(_), Some(CertificateStart::NotBefore(_) | CertificateStart::Unknown))
+            | (_, None) => {}
         }
     }
 }
