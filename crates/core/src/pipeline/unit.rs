@@ -6,11 +6,13 @@ use std::time::Instant;
 
 use flashgate_policy::{KeySource, KeyType};
 use flashgate_target::{
-    ChallengeRequest, Location, LockLevel, LockPermission, Target, TargetError,
+    ChallengeRequest, DeviceInfo, Location, LockLevel, LockPermission, ProvenDevice, Target,
+    TargetError,
 };
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::uid_index::InFlight;
 use super::{
     blank_check_ranges, identity, micros, Attempt, AttemptState, FailureKind, LedgerError,
     Provisioner, RunEvent, UnitFailure, UnitRecord, UnitResult, UnitStage,
@@ -86,7 +88,7 @@ impl Provisioner {
         rec
     }
 
-    #[allow(clippy::too_many_lines)]
+    /// The stages in order; the first failure ends the unit.
     fn stages(
         &self,
         rec: &mut UnitRecord,
@@ -96,22 +98,45 @@ impl Provisioner {
         block_size: u64,
         done: &mut dyn FnMut(&str, u64),
     ) -> Result<(), UnitFailure> {
-        let mut timed = |rec: &mut UnitRecord, stage: UnitStage, start: Instant| {
+        let mut stage_done = |rec: &mut UnitRecord, stage: UnitStage, start: Instant| {
             let us = micros(start.elapsed());
             rec.timings_us.insert(stage.as_str().to_owned(), us);
             done(stage.as_str(), us);
         };
-        let terr = |e: TargetError| UnitFailure::target(&e);
-        let hsm_err =
-            |stage: UnitStage| move |e: String| UnitFailure::new(stage, FailureKind::Hsm, e);
+        let timed: Timed<'_> = &mut stage_done;
 
-        // Identify.
+        let (info, _claim) = self.identify(rec, t, timed)?;
+        uid.clone_from(&info.uid);
+        let now = self.check_window()?;
+        let (counter, serial) = self.reserve(rec, &info, block, block_size, timed)?;
+        self.write_images(rec, t, &info, timed)?;
+        let (secrets, identity_public) = self.derive(rec, t, &info, timed)?;
+        let unit = Issued {
+            info: &info,
+            serial: &serial,
+            counter,
+            now,
+            identity_public: &identity_public,
+        };
+        let cert = self.certify(rec, &unit, timed)?;
+        self.inject(rec, t, secrets, &cert, timed)?;
+        let proof = self.challenge(rec, t, &unit, timed)?;
+        self.lock(rec, t, proof, timed)
+    }
+
+    /// Identify: connect, read the device, and refuse what the job must not
+    /// touch. The claim on the UID is held for the rest of the unit.
+    fn identify<'s>(
+        &'s self,
+        rec: &mut UnitRecord,
+        t: &mut dyn Target,
+        timed: Timed<'_>,
+    ) -> Result<(DeviceInfo, InFlight<'s>), UnitFailure> {
         let s = Instant::now();
         t.connect().map_err(terr)?;
         let info = t.identify().map_err(terr)?;
         rec.device_type = Some(info.device_type.clone());
         rec.uid = Some(hex::encode(&info.uid));
-        uid.clone_from(&info.uid);
         if !self.policy.target().allows(&info.device_type) {
             return Err(UnitFailure::new(
                 UnitStage::Identify,
@@ -124,7 +149,7 @@ impl Provisioner {
             ));
         }
         info.expect_unlocked().map_err(terr)?;
-        let Some(_claim) = self.uids.claim(&info.uid) else {
+        let Some(claim) = self.uids.claim(&info.uid) else {
             return Err(UnitFailure::new(
                 UnitStage::Identify,
                 FailureKind::BoardRefused,
@@ -157,9 +182,12 @@ impl Provisioner {
             None => {}
         }
         timed(rec, UnitStage::Identify, s);
+        Ok((info, claim))
+    }
 
-        // The job CA signs only inside the job window: checked for every
-        // unit, before anything is counted.
+    /// The job CA signs only inside the job window: checked for every unit,
+    /// before anything is counted. Returns the time it was checked at.
+    fn check_window(&self) -> Result<u64, UnitFailure> {
         let now = self.appliance.now();
         let window = self.policy.job();
         if now < window.not_before || now >= window.not_after {
@@ -174,7 +202,18 @@ impl Provisioner {
             ));
         }
 
-        // Reserve: the counter moves durably before any identity exists.
+        Ok(now)
+    }
+
+    /// Reserve: the counter moves durably before any identity exists.
+    fn reserve(
+        &self,
+        rec: &mut UnitRecord,
+        info: &DeviceInfo,
+        block: &mut Range<u64>,
+        block_size: u64,
+        timed: Timed<'_>,
+    ) -> Result<(u64, String), UnitFailure> {
         let s = Instant::now();
         if block.is_empty() {
             *block = self.ledger.reserve(block_size).map_err(|e| {
@@ -212,8 +251,17 @@ impl Provisioner {
         })?;
         rec.serial = Some(serial.clone());
         timed(rec, UnitStage::Reserve, s);
+        Ok((counter, serial))
+    }
 
-        // Erase, blank check, program, verify.
+    /// Erase, blank check, program, verify.
+    fn write_images(
+        &self,
+        rec: &mut UnitRecord,
+        t: &mut dyn Target,
+        info: &DeviceInfo,
+        timed: Timed<'_>,
+    ) -> Result<(), UnitFailure> {
         let s = Instant::now();
         t.erase().map_err(terr)?;
         timed(rec, UnitStage::Erase, s);
@@ -246,7 +294,18 @@ impl Provisioner {
             }
             flashgate_policy::Verify::Attested => {}
         }
+        Ok(())
+    }
 
+    /// Derive the unit's secrets (seed by HMAC in the HSM); on-chip keys are
+    /// generated here. Returns the secrets to inject and the identity key.
+    fn derive(
+        &self,
+        rec: &mut UnitRecord,
+        t: &mut dyn Target,
+        info: &DeviceInfo,
+        timed: Timed<'_>,
+    ) -> Result<(Secrets, [u8; 65]), UnitFailure> {
         // The seed message carries the UID with a one-byte length.
         if info.uid.len() > 255 {
             return Err(UnitFailure::new(
@@ -268,7 +327,7 @@ impl Provisioner {
                 )
             })
             .map_err(hsm_err(UnitStage::Derive))?;
-        let mut secrets: Vec<(Location, DeviceSecret)> = Vec::new();
+        let mut secrets: Secrets = Vec::new();
         let mut identity_public = None;
         let provisioning =
             |e: String| UnitFailure::new(UnitStage::Derive, FailureKind::Provisioning, e);
@@ -306,8 +365,16 @@ impl Provisioner {
         let identity_public = identity_public
             .ok_or_else(|| provisioning("the policy names no identity key".to_owned()))?;
         timed(rec, UnitStage::Derive, s);
+        Ok((secrets, identity_public))
+    }
 
-        // Certificate, signed in the HSM by the job CA key and checked back.
+    /// Certificate, signed in the HSM by the job CA key and checked back.
+    fn certify(
+        &self,
+        rec: &mut UnitRecord,
+        unit: &Issued<'_>,
+        timed: Timed<'_>,
+    ) -> Result<Vec<u8>, UnitFailure> {
         let s = Instant::now();
         let mut cert_serial = [0u8; 16];
         self.hsm(|a| a.token.random(&mut cert_serial))
@@ -320,11 +387,11 @@ impl Provisioner {
                 &signer,
                 self.policy.certificate(),
                 &DeviceCertificateRequest {
-                    serial: &serial,
-                    uid: &info.uid,
-                    public_key: &identity_public,
+                    serial: unit.serial,
+                    uid: &unit.info.uid,
+                    public_key: unit.identity_public,
                     certificate_serial: cert_serial,
-                    now,
+                    now: unit.now,
                 },
             )
             .map_err(|e| {
@@ -339,24 +406,44 @@ impl Provisioner {
         // Kept durably before the device gets it: a crash from here on
         // still leaves the OEM the certificate.
         self.ledger
-            .certificate_issued(counter, &cert)
+            .certificate_issued(unit.counter, &cert)
             .map_err(|e| {
                 UnitFailure::new(UnitStage::Certificate, FailureKind::Ledger, e.to_string())
             })?;
         timed(rec, UnitStage::Certificate, s);
+        Ok(cert)
+    }
 
-        // Inject, then wipe the host copies.
+    /// Inject, then wipe the host copies.
+    fn inject(
+        &self,
+        rec: &mut UnitRecord,
+        t: &mut dyn Target,
+        secrets: Secrets,
+        cert: &[u8],
+        timed: Timed<'_>,
+    ) -> Result<(), UnitFailure> {
         let s = Instant::now();
         rec.secrets_injected = true;
         for (location, secret) in &secrets {
             t.store_secret(*location, &secret.value).map_err(terr)?;
         }
         drop(secrets);
-        t.store_secret(self.policy.certificate().location, &cert)
+        t.store_secret(self.policy.certificate().location, cert)
             .map_err(terr)?;
         timed(rec, UnitStage::Inject, s);
+        Ok(())
+    }
 
-        // Challenge: a fresh nonce from the HSM RNG.
+    /// Challenge: a fresh nonce from the HSM RNG; the reply proves the key
+    /// and the firmware digest. `None` when the policy asks for no challenge.
+    fn challenge(
+        &self,
+        rec: &mut UnitRecord,
+        t: &mut dyn Target,
+        unit: &Issued<'_>,
+        timed: Timed<'_>,
+    ) -> Result<Option<ProvenDevice>, UnitFailure> {
         let s = Instant::now();
         let mut proof = None;
         if self.policy.lock().require_challenge {
@@ -370,9 +457,9 @@ impl Provisioner {
                 })
                 .map_err(terr)?;
             let p = flashgate_agent::verify_challenge_reply(
-                &identity_public,
+                unit.identity_public,
                 &nonce,
-                &info.uid,
+                &unit.info.uid,
                 &self.firmware_digest,
                 &reply,
             )
@@ -386,8 +473,17 @@ impl Provisioner {
             proof = Some(p);
             timed(rec, UnitStage::Challenge, s);
         }
+        Ok(proof)
+    }
 
-        // Lock, only now, and read it back.
+    /// Lock, only now, and read it back.
+    fn lock(
+        &self,
+        rec: &mut UnitRecord,
+        t: &mut dyn Target,
+        proof: Option<ProvenDevice>,
+        timed: Timed<'_>,
+    ) -> Result<(), UnitFailure> {
         let want = match self.policy.lock().level {
             LockLevel::None => None,
             level @ (LockLevel::Readout | LockLevel::Permanent) => Some(level),
@@ -442,4 +538,28 @@ impl Provisioner {
             value,
         })
     }
+}
+
+/// The unit's secrets, where each goes (host copies, wiped when dropped).
+type Secrets = Vec<(Location, DeviceSecret)>;
+
+/// Reports a stage's end: its time goes into the record and to the sink.
+type Timed<'a> = &'a mut dyn FnMut(&mut UnitRecord, UnitStage, Instant);
+
+/// What the certificate and the challenge are about: the unit as identified
+/// and reserved, and its identity key.
+struct Issued<'a> {
+    info: &'a DeviceInfo,
+    serial: &'a str,
+    counter: u64,
+    now: u64,
+    identity_public: &'a [u8; 65],
+}
+
+fn terr(e: TargetError) -> UnitFailure {
+    UnitFailure::target(&e)
+}
+
+fn hsm_err(stage: UnitStage) -> impl Fn(String) -> UnitFailure {
+    move |e| UnitFailure::new(stage, FailureKind::Hsm, e)
 }
