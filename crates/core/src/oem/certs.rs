@@ -487,8 +487,8 @@ mod tests {
 
     #[test]
     fn root_and_device_certificates_are_the_bytes_flashgate_has_always_made() {
-        // SHA-256 of the DER rcgen made from the same inputs before the move
-        // to x509-cert: every byte, the signatures included, is unchanged.
+        // SHA-256 of the DER the previous certificate builder made from the
+        // same inputs: every byte, the signatures included, is unchanged.
         let c = chain(POLICY);
         assert_eq!(
             sha256_hex(&c.root),
