@@ -204,6 +204,26 @@ fn certificates_dated_outside_the_window_or_not_x509_are_caught() {
 }
 
 #[test]
+fn a_certificate_file_is_read_as_strict_der_with_nothing_after_it() {
+    use flashgate_audit::CertificateStart;
+    let good = cert(0);
+    assert_eq!(
+        CertificateFile::from_der(&good).start,
+        CertificateStart::NotBefore(CERT_NOT_BEFORE as i64)
+    );
+    let mut trailing = good.clone();
+    trailing.push(0);
+    assert_eq!(
+        CertificateFile::from_der(&trailing).start,
+        CertificateStart::Malformed
+    );
+    assert_eq!(
+        CertificateFile::from_der(&good[..good.len() - 1]).start,
+        CertificateStart::Malformed
+    );
+}
+
+#[test]
 fn serial_lock_and_firmware_are_checked_against_the_job() {
     let mut units: Vec<RecordKind> = (0..4).map(passed).collect();
     passed_unit(&mut units[1]).serial = "SN-00000009".to_owned();

@@ -126,7 +126,8 @@ pub fn seed_from_master(master: &[u8; 32], job_id: &[u8; 16], uid: &[u8]) -> Zer
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CertificateError {
-    /// rcgen refused the parameters (a template produced something invalid).
+    /// The certificate could not be built or signed (a template produced
+    /// something invalid, or the job CA key did not sign).
     #[error("cannot build the device certificate: {0}")]
     Build(String),
     /// The issued certificate does not parse or verify (a bug or a failing HSM).
@@ -137,7 +138,8 @@ pub enum CertificateError {
 /// What the job CA needs to issue device certificates.
 #[derive(Debug, Clone)]
 pub struct DeviceCertificateIssuer {
-    issuer: rcgen::CertificateParams,
+    /// The job CA certificate's subject, as it is there.
+    issuer: x509_cert::name::Name,
     ca_public: [u8; 65],
 }
 
@@ -162,113 +164,125 @@ impl DeviceCertificateIssuer {
         let ca_public = crate::oem::certs::certificate_public_key(job_ca_cert_der).ok_or(
             CertificateError::Check("the job CA certificate has no P-256 key"),
         )?;
-        let issuer = crate::oem::certs::issuer_params(job_ca_cert_der, &ca_public)
+        let issuer = crate::oem::certs::issuer_name(job_ca_cert_der, &ca_public)
             .map_err(|e| CertificateError::Build(e.to_string()))?;
         Ok(Self { issuer, ca_public })
     }
 
     /// Issues an X.509 v3 certificate from the policy template, signed by
     /// `ca_signer` (the job CA key in the HSM), then parses it back and
-    /// verifies it before anyone uses it.
+    /// verifies it before anyone uses it. docs/FORMATS.md §9.1 is the
+    /// profile, field by field and extension by extension.
     pub fn issue(
         &self,
         ca_signer: &dyn crate::cose::Es256Signer,
         template: &flashgate_policy::CertificatePolicy,
         req: &DeviceCertificateRequest<'_>,
     ) -> Result<Vec<u8>, CertificateError> {
-        use rcgen::{
-            CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyIdMethod,
-            KeyUsagePurpose, SanType, SerialNumber,
+        use crate::oem::certs;
+        use x509_cert::der::asn1::Ia5String;
+        use x509_cert::der::oid::db::{rfc4519, rfc5912};
+        use x509_cert::ext::pkix::{
+            name::GeneralName, ExtendedKeyUsage, KeyUsages, SubjectAltName,
         };
         let fields = template.render(req.serial, req.uid);
-        let mut p = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        if let Some(o) = &fields.organization {
-            dn.push(DnType::OrganizationName, o.as_str());
-        }
-        if let Some(ou) = &fields.organizational_unit {
-            dn.push(DnType::OrganizationalUnitName, ou.as_str());
-        }
-        dn.push(DnType::CommonName, fields.common_name.as_str());
-        p.distinguished_name = dn;
         let mut serial = req.certificate_serial;
         serial[0] = (serial[0] & 0x7f) | 0x40; // positive, full length
-        p.serial_number = Some(SerialNumber::from_slice(&serial));
-        let start =
-            time::OffsetDateTime::from_unix_timestamp(i64::try_from(req.now).unwrap_or(i64::MAX))
-                .map_err(|e| CertificateError::Build(e.to_string()))?;
-        p.not_before = start;
-        p.not_after = match template.validity {
-            flashgate_policy::CertValidity::Days(d) => (start + time::Duration::days(i64::from(d)))
-                .min(
-                    time::OffsetDateTime::from_unix_timestamp(
-                        i64::try_from(flashgate_policy::NO_WELL_DEFINED_EXPIRATION)
-                            .unwrap_or(i64::MAX),
-                    )
-                    .map_err(|e| CertificateError::Build(e.to_string()))?,
-                ),
-            flashgate_policy::CertValidity::NotAfter(t) => {
-                time::OffsetDateTime::from_unix_timestamp(i64::try_from(t).unwrap_or(i64::MAX))
-                    .map_err(|e| CertificateError::Build(e.to_string()))?
-            }
+        let not_after = match template.validity {
+            flashgate_policy::CertValidity::Days(d) => req
+                .now
+                .saturating_add(u64::from(d) * 86_400)
+                .min(flashgate_policy::NO_WELL_DEFINED_EXPIRATION),
+            flashgate_policy::CertValidity::NotAfter(t) => t,
         };
-        // ExplicitNoCa: basicConstraints CA:FALSE, and rcgen then writes the
-        // subjectKeyIdentifier too (it omits it for plain end entities).
-        p.is_ca = rcgen::IsCa::ExplicitNoCa;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = template
-            .extended_key_usage
-            .iter()
-            .map(|e| match e {
-                flashgate_policy::ExtendedKeyUsage::ServerAuth => {
-                    ExtendedKeyUsagePurpose::ServerAuth
-                }
-                flashgate_policy::ExtendedKeyUsage::ClientAuth => {
-                    ExtendedKeyUsagePurpose::ClientAuth
-                }
+        let build = || -> Result<certs::Contents, String> {
+            let mut subject = Vec::new();
+            if let Some(o) = &fields.organization {
+                subject.push((rfc4519::ORGANIZATION_NAME, o.as_str()));
+            }
+            if let Some(ou) = &fields.organizational_unit {
+                subject.push((rfc4519::ORGANIZATIONAL_UNIT_NAME, ou.as_str()));
+            }
+            subject.push((rfc4519::COMMON_NAME, fields.common_name.as_str()));
+            let mut extensions = vec![certs::authority_key_identifier(&self.ca_public)?];
+            if let Some(uri) = &fields.san_uri {
+                let ia5 = Ia5String::new(uri.as_str())
+                    .map_err(|_| format!("the SAN URI '{uri}' is not ASCII"))?;
+                extensions.push(certs::extension(
+                    false,
+                    &SubjectAltName(vec![GeneralName::UniformResourceIdentifier(ia5)]),
+                )?);
+            }
+            extensions.push(certs::key_usage(KeyUsages::DigitalSignature)?);
+            if !template.extended_key_usage.is_empty() {
+                let usages = template
+                    .extended_key_usage
+                    .iter()
+                    .map(|e| match e {
+                        flashgate_policy::ExtendedKeyUsage::ServerAuth => {
+                            rfc5912::ID_KP_SERVER_AUTH
+                        }
+                        flashgate_policy::ExtendedKeyUsage::ClientAuth => {
+                            rfc5912::ID_KP_CLIENT_AUTH
+                        }
+                    })
+                    .collect();
+                extensions.push(certs::extension(false, &ExtendedKeyUsage(usages))?);
+            }
+            extensions.push(certs::subject_key_identifier(req.public_key)?);
+            // CA:FALSE, written out (an empty SEQUENCE), critical.
+            extensions.push(certs::basic_constraints(false, None)?);
+            Ok(certs::Contents {
+                serial: serial.to_vec(),
+                not_before: req.now,
+                not_after,
+                subject: certs::utf8_name(&subject)?,
+                issuer: self.issuer.clone(),
+                subject_key: *req.public_key,
+                extensions,
             })
-            .collect();
-        if let Some(uri) = &fields.san_uri {
-            let ia5 = uri.as_str().try_into().map_err(|_| {
-                CertificateError::Build(format!("the SAN URI '{uri}' is not ASCII"))
-            })?;
-            p.subject_alt_names = vec![SanType::URI(ia5)];
-        }
-        p.key_identifier_method =
-            KeyIdMethod::PreSpecified(crate::oem::certs::key_identifier(req.public_key));
-        p.use_authority_key_identifier_extension = true;
-        let signer = crate::oem::certs::RcgenSigner::new(ca_signer);
-        let issuer = rcgen::Issuer::from_params(&self.issuer, &signer);
-        let cert = p
-            .signed_by(&crate::oem::certs::SubjectKey(*req.public_key), &issuer)
-            .map_err(|e| CertificateError::Build(e.to_string()))?;
-        let der = cert.der().to_vec();
+        };
+        let contents = build().map_err(CertificateError::Build)?;
+        let der = certs::sign(contents, ca_signer).map_err(CertificateError::Build)?;
         check_device_certificate(&der, &self.ca_public, req.public_key)?;
         Ok(der)
     }
 }
 
-/// Parses a device certificate back with x509-parser and checks that the job
-/// CA signed it and that it names `device_public`.
+/// Parses a device certificate back (strict DER, no trailing bytes) and
+/// checks that the job CA signed it and that it names `device_public`.
 pub fn check_device_certificate(
     der: &[u8],
     ca_public: &[u8; 65],
     device_public: &[u8; 65],
 ) -> Result<(), CertificateError> {
     use p256::ecdsa::signature::Verifier;
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let (rest, cert) =
-        X509Certificate::from_der(der).map_err(|_| CertificateError::Check("it does not parse"))?;
-    if !rest.is_empty() {
-        return Err(CertificateError::Check("it has trailing bytes"));
-    }
-    if cert.public_key().subject_public_key.data.as_ref() != device_public.as_slice() {
+    use x509_cert::der::{Decode, Encode, ErrorKind};
+    let cert = x509_cert::Certificate::from_der(der).map_err(|e| match e.kind() {
+        ErrorKind::TrailingData { .. } => CertificateError::Check("it has trailing bytes"),
+        _ => CertificateError::Check("it does not parse"),
+    })?;
+    if crate::oem::certs::subject_public_key(&cert) != Some(device_public.as_slice()) {
         return Err(CertificateError::Check("it names another public key"));
     }
+    // The decoder takes DER only, so the TBSCertificate encodes again to the
+    // bytes that were signed; the whole certificate must too.
+    if cert.to_der().ok().as_deref() != Some(der) {
+        return Err(CertificateError::Check(
+            "it does not encode back to its bytes",
+        ));
+    }
+    let tbs = cert
+        .tbs_certificate()
+        .to_der()
+        .map_err(|_| CertificateError::Check("it does not encode back to its bytes"))?;
     let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(ca_public)
         .map_err(|_| CertificateError::Check("bad CA key"))?;
-    let sig = p256::ecdsa::Signature::from_der(cert.signature_value.data.as_ref())
-        .map_err(|_| CertificateError::Check("bad signature encoding"))?;
-    vk.verify(cert.tbs_certificate.as_ref(), &sig)
+    let sig = cert
+        .signature()
+        .as_bytes()
+        .and_then(|b| p256::ecdsa::Signature::from_der(b).ok())
+        .ok_or(CertificateError::Check("bad signature encoding"))?;
+    vk.verify(&tbs, &sig)
         .map_err(|_| CertificateError::Check("the job CA signature does not verify"))
 }

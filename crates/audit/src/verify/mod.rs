@@ -140,9 +140,19 @@ impl CertificateFile {
     /// Reads a DER certificate.
     #[must_use]
     pub fn from_der(der: &[u8]) -> Self {
-        let start = match x509_parser::parse_x509_certificate(der) {
-            Ok(([], cert)) => CertificateStart::NotBefore(cert.validity().not_before.timestamp()),
-            _ => CertificateStart::Malformed,
+        use x509_cert::der::Decode;
+        // Strict DER, and nothing after the certificate.
+        let start = match x509_cert::Certificate::from_der(der) {
+            Ok(cert) => {
+                let secs = cert
+                    .tbs_certificate()
+                    .validity()
+                    .not_before
+                    .to_unix_duration()
+                    .as_secs();
+                i64::try_from(secs).map_or(CertificateStart::Malformed, CertificateStart::NotBefore)
+            }
+            Err(_) => CertificateStart::Malformed,
         };
         Self {
             sha256: Sha256::digest(der).into(),
