@@ -138,8 +138,7 @@ fn units_pass_keys_rederive_and_certificates_verify_on_both_tokens() {
             });
         }
         for r in &records {
-            let pem =
-                flashgate::oem::certs::der_to_pem(r.certificate.as_ref().unwrap(), "CERTIFICATE");
+            let pem = flashgate::x509::der_to_pem(r.certificate.as_ref().unwrap(), "CERTIFICATE");
             std::fs::write(out.join(format!("{}.pem", r.serial.as_ref().unwrap())), pem).unwrap();
         }
         let bytes = std::fs::read(lab.dir.join(format!("{id}.fgj"))).unwrap();
@@ -149,7 +148,7 @@ fn units_pass_keys_rederive_and_certificates_verify_on_both_tokens() {
             .unwrap();
         std::fs::write(
             out.join("job-ca.pem"),
-            flashgate::oem::certs::der_to_pem(&m.job_ca_cert, "CERTIFICATE"),
+            flashgate::x509::der_to_pem(&m.job_ca_cert, "CERTIFICATE"),
         )
         .unwrap();
         for r in &records {
@@ -170,7 +169,7 @@ fn units_pass_keys_rederive_and_certificates_verify_on_both_tokens() {
             .unwrap();
         std::fs::write(
             out.join("other-ca.pem"),
-            flashgate::oem::certs::der_to_pem(&m2.job_ca_cert, "CERTIFICATE"),
+            flashgate::x509::der_to_pem(&m2.job_ca_cert, "CERTIFICATE"),
         )
         .unwrap();
         openssl_verify(
@@ -248,7 +247,7 @@ fn device_certificate_chains_outlive_the_job_window() {
             let cert = out.join("device.pem");
             std::fs::write(
                 &cert,
-                flashgate::oem::certs::der_to_pem(
+                flashgate::x509::der_to_pem(
                     records[0].certificate.as_ref().unwrap(),
                     "CERTIFICATE",
                 ),
@@ -262,7 +261,7 @@ fn device_certificate_chains_outlive_the_job_window() {
             let ca = out.join("job-ca.pem");
             std::fs::write(
                 &ca,
-                flashgate::oem::certs::der_to_pem(&m.job_ca_cert, "CERTIFICATE"),
+                flashgate::x509::der_to_pem(&m.job_ca_cert, "CERTIFICATE"),
             )
             .unwrap();
             let device_not_after = if what.starts_with("validity_days") {

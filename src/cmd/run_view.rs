@@ -88,7 +88,7 @@ impl ProgressView {
                     let _ = std::fs::create_dir_all(dir);
                     let _ = std::fs::write(
                         dir.join(format!("{serial}.pem")),
-                        flashgate::oem::certs::der_to_pem(cert, "CERTIFICATE"),
+                        flashgate::x509::der_to_pem(cert, "CERTIFICATE"),
                     );
                 }
                 if let Ok(mut c) = self.counts.lock() {

@@ -161,10 +161,10 @@ pub struct DeviceCertificateRequest<'a> {
 impl DeviceCertificateIssuer {
     /// From the job CA certificate and its public key.
     pub fn new(job_ca_cert_der: &[u8]) -> Result<Self, CertificateError> {
-        let ca_public = crate::oem::certs::certificate_public_key(job_ca_cert_der).ok_or(
+        let ca_public = crate::x509::certificate_public_key(job_ca_cert_der).ok_or(
             CertificateError::Check("the job CA certificate has no P-256 key"),
         )?;
-        let issuer = crate::oem::certs::issuer_name(job_ca_cert_der, &ca_public)
+        let issuer = crate::x509::issuer_name(job_ca_cert_der, &ca_public)
             .map_err(|e| CertificateError::Build(e.to_string()))?;
         Ok(Self { issuer, ca_public })
     }
@@ -179,7 +179,7 @@ impl DeviceCertificateIssuer {
         template: &flashgate_policy::CertificatePolicy,
         req: &DeviceCertificateRequest<'_>,
     ) -> Result<Vec<u8>, CertificateError> {
-        use crate::oem::certs;
+        use crate::x509 as certs;
         use x509_cert::der::asn1::Ia5String;
         use x509_cert::der::oid::db::{rfc4519, rfc5912};
         use x509_cert::ext::pkix::{
@@ -262,7 +262,7 @@ pub fn check_device_certificate(
         ErrorKind::TrailingData { .. } => CertificateError::Check("it has trailing bytes"),
         _ => CertificateError::Check("it does not parse"),
     })?;
-    if crate::oem::certs::subject_public_key(&cert) != Some(device_public.as_slice()) {
+    if crate::x509::subject_public_key(&cert) != Some(device_public.as_slice()) {
         return Err(CertificateError::Check("it names another public key"));
     }
     // The decoder takes DER only, so the TBSCertificate encodes again to the

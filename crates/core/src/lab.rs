@@ -165,7 +165,7 @@ pub fn build_and_import(
     let id = job.manifest.job_id_hex();
     fs::write(
         dir.join("job-ca.pem"),
-        crate::oem::certs::der_to_pem(&job.manifest.job_ca_cert, "CERTIFICATE"),
+        crate::x509::der_to_pem(&job.manifest.job_ca_cert, "CERTIFICATE"),
     )
     .map_err(err)?;
     eprintln!(

@@ -30,3 +30,4 @@ pub mod pipeline;
 pub mod profile;
 pub mod station;
 pub mod unit;
+pub mod x509;

@@ -89,10 +89,20 @@ impl ApplianceConfig {
         let mut trust = Trust::default();
         for p in raw.trust.oem_keys {
             let full = base.join(&p);
-            let key = crate::oem::read_public_key_pem(&full).map_err(|e| ConfigError::Invalid {
-                path: path.to_owned(),
-                detail: format!("trust.oem_keys: {e}"),
-            })?;
+            let key = std::fs::read_to_string(&full)
+                .map_err(|e| format!("cannot read {}: {e}", full.display()))
+                .and_then(|text| {
+                    crate::x509::public_key_from_pem(&text).ok_or_else(|| {
+                        format!(
+                            "{}: not a P-256 public key in PEM (SubjectPublicKeyInfo) form",
+                            full.display()
+                        )
+                    })
+                })
+                .map_err(|e| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    detail: format!("trust.oem_keys: {e}"),
+                })?;
             trust.oem_key_paths.push(full);
             trust.keys.push(key);
         }

@@ -320,7 +320,7 @@ fn check_ca_key_matches_certificate(
     let mismatch = || ImportError::Altered {
         what: "the job CA certificate (it does not match the job CA key)".to_owned(),
     };
-    let public = crate::oem::certs::certificate_public_key(cert_der).ok_or_else(mismatch)?;
+    let public = crate::x509::certificate_public_key(cert_der).ok_or_else(mismatch)?;
     let mut digest = [0u8; 32];
     token.random(&mut digest)?;
     let sig = token.sign_prehash(ca, &digest)?;

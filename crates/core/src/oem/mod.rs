@@ -225,7 +225,7 @@ impl Oem {
         let cert_path = dir.join(&config.root_cert);
         let pem_text = fs::read_to_string(&cert_path).map_err(io("cannot read", &cert_path))?;
         let root_cert_der =
-            certs::pem_to_der(&pem_text, "CERTIFICATE").ok_or_else(|| OemError::Config {
+            crate::x509::pem_to_der(&pem_text, "CERTIFICATE").ok_or_else(|| OemError::Config {
                 path: cert_path.clone(),
                 detail: "not a PEM certificate".to_owned(),
             })?;
@@ -281,7 +281,7 @@ pub fn init(dir: &Path, name: &str, store: &KeyStore, now: u64) -> Result<OemCon
     let cert = certs::oem_root_certificate(&root, name, now)?;
     write_file(
         &dir.join("root-cert.pem"),
-        certs::der_to_pem(&cert, "CERTIFICATE").as_bytes(),
+        crate::x509::der_to_pem(&cert, "CERTIFICATE").as_bytes(),
         0o644,
     )?;
     let signing = load_signer_with(&signing_ref, dir, &mut cache)?;
@@ -336,11 +336,9 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), OemError> 
 
 /// Reads an OEM signing public key (SPKI PEM) as a SEC1 point.
 pub fn read_public_key_pem(path: &Path) -> Result<[u8; 65], OemError> {
-    use p256::pkcs8::DecodePublicKey;
     let text = fs::read_to_string(path).map_err(io("cannot read", path))?;
-    let pk = p256::PublicKey::from_public_key_pem(&text).map_err(|_| OemError::Config {
+    crate::x509::public_key_from_pem(&text).ok_or_else(|| OemError::Config {
         path: path.to_owned(),
         detail: "not a P-256 public key in PEM (SubjectPublicKeyInfo) form".to_owned(),
-    })?;
-    Ok(cose::sec1_uncompressed(&pk))
+    })
 }

@@ -207,10 +207,9 @@ impl Provisioner {
         let master = handle(&appliance, id, "master")?;
         let ca = handle(&appliance, id, "ca")?;
         let issuer = DeviceCertificateIssuer::new(&job.manifest().job_ca_cert)?;
-        let ca_public = crate::oem::certs::certificate_public_key(&job.manifest().job_ca_cert)
-            .ok_or(identity::CertificateError::Check(
-                "the job CA certificate has no P-256 key",
-            ))?;
+        let ca_public = crate::x509::certificate_public_key(&job.manifest().job_ca_cert).ok_or(
+            identity::CertificateError::Check("the job CA certificate has no P-256 key"),
+        )?;
         let regions: Vec<FlashRange> = images
             .iter()
             .map(|(a, d)| FlashRange {
