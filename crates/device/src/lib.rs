@@ -27,7 +27,7 @@
 mod location;
 mod lock;
 
-pub use location::{Location, Space};
+pub use location::{parse_u32, Location, Space};
 pub use lock::LockLevel;
 
 /// Why a text is not a space, a location or a lock level.

@@ -104,8 +104,9 @@ impl FromStr for Location {
     }
 }
 
-/// Parses a decimal or `0x`-prefixed hexadecimal `u32`, allowing `_` between digits.
-fn parse_u32(s: &str) -> Option<u32> {
+/// Parses an address or offset as policies and command lines write it:
+/// decimal or `0x`-prefixed hexadecimal, `_` allowed between digits.
+pub fn parse_u32(s: &str) -> Option<u32> {
     let (digits, radix) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(hex) => (hex, 16),
         None => (s, 10),

@@ -13,6 +13,7 @@ use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use flashgate_device::parse_u32;
 use object::read::elf::{FileHeader, ProgramHeader};
 use object::Endianness;
 
@@ -380,20 +381,6 @@ pub fn parse_source_arg(s: &str) -> Result<(PathBuf, Option<u32>), FirmwareError
         }
         _ => Ok((PathBuf::from(s), None)),
     }
-}
-
-/// Parses a decimal or `0x`-prefixed hexadecimal `u32`, allowing `_`.
-fn parse_u32(s: &str) -> Option<u32> {
-    let (digits, radix) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => (hex, 16),
-        None => (s, 10),
-    };
-    let digits: String = digits.chars().filter(|&c| c != '_').collect();
-    // from_str_radix accepts a leading '+', which is not a digit.
-    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
-        return None;
-    }
-    u32::from_str_radix(&digits, radix).ok()
 }
 
 fn read_limited(path: &Path) -> Result<Vec<u8>, FirmwareError> {

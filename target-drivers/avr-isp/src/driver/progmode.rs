@@ -33,26 +33,18 @@ impl AvrIspTarget {
         self.command(stage, None, &cmd, &mut [])?;
         // avrdude sends 4 extended parameters to firmware newer than 1.10, 3 to older.
         let (_, major, minor) = self.session.version;
-        let ext = if major > 1 || (major == 1 && minor > 10) {
-            vec![
-                SET_DEVICE_EXT,
-                5,
-                part.eeprom_page as u8,
-                part.pagel,
-                part.bs2,
-                1,
-                EOP,
-            ]
-        } else {
-            vec![
-                SET_DEVICE_EXT,
-                4,
-                part.eeprom_page as u8,
-                part.pagel,
-                part.bs2,
-                EOP,
-            ]
-        };
+        let mut ext = vec![
+            SET_DEVICE_EXT,
+            4,
+            part.eeprom_page as u8,
+            part.pagel,
+            part.bs2,
+        ];
+        if major > 1 || (major == 1 && minor > 10) {
+            ext[1] = 5;
+            ext.push(1);
+        }
+        ext.push(EOP);
         self.command(stage, None, &ext, &mut [])?;
         self.part = part;
         Ok(())

@@ -200,6 +200,21 @@ impl<T: Transport> Stm32UartTarget<T> {
     pub fn bootloader(&self) -> Option<&BootloaderInfo> {
         self.info.as_ref()
     }
+
+    /// A chip this driver set or read back as locked is not erased or
+    /// written again: the bootloader would refuse, or mass-erase it.
+    fn refuse_if_locked(&self, stage: Stage) -> Result<(), TargetError> {
+        match self.lock {
+            Some(level @ (LockLevel::Readout | LockLevel::Permanent)) => {
+                Err(TargetError::AlreadyLocked {
+                    stage,
+                    level,
+                    address: None,
+                })
+            }
+            Some(LockLevel::None) | None => Ok(()),
+        }
+    }
 }
 
 fn us(v: u32) -> Duration {
@@ -325,13 +340,7 @@ impl<T: Transport> Target for Stm32UartTarget<T> {
         let stage = Stage::Erase;
         self.ensure_bootloader(stage)?;
         let part = self.require_part(stage)?;
-        if let Some(level @ (LockLevel::Readout | LockLevel::Permanent)) = self.lock {
-            return Err(TargetError::AlreadyLocked {
-                stage,
-                level,
-                address: None,
-            });
-        }
+        self.refuse_if_locked(stage)?;
         let ctx = Ctx {
             stage,
             address: None,
@@ -368,13 +377,7 @@ impl<T: Transport> Target for Stm32UartTarget<T> {
         let stage = Stage::StoreSecret;
         self.ensure_bootloader(stage)?;
         let part = self.require_part(stage)?;
-        if let Some(level @ (LockLevel::Readout | LockLevel::Permanent)) = self.lock {
-            return Err(TargetError::AlreadyLocked {
-                stage,
-                level,
-                address: None,
-            });
-        }
+        self.refuse_if_locked(stage)?;
         let address = part
             .location_address(at, data.len())
             .map_err(|detail| TargetError::InvalidRequest { stage, detail })?;
