@@ -26,8 +26,9 @@ pub use self::rsa::TransportSupport;
 pub use crate::profile::{OaepHash, Profile, TransportRole, TRANSPORT_BITS};
 pub use config::{PinSource, TokenConfig};
 pub use error::HsmError;
+pub use flashgate_formats::token::TokenDescription;
 pub use objects::KeyAttributes;
-pub use profile::Mechanisms;
+pub use profile::{Mechanisms, ProfileMechanisms};
 pub use signer::TokenKey;
 pub use templates::Relaxed;
 use templates::*;
@@ -44,19 +45,6 @@ use zeroize::Zeroizing;
 
 /// DER encoding of the P-256 curve OID (1.2.840.10045.3.1.7), as `CKA_EC_PARAMS` wants it.
 const P256_EC_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-
-/// What the token says about itself, as recorded in the enrollment record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenDescription {
-    /// `manufacturerID` from `C_GetTokenInfo`.
-    pub manufacturer: String,
-    /// `model`.
-    pub model: String,
-    /// `serialNumber`.
-    pub serial: String,
-    /// `label`.
-    pub label: String,
-}
 
 /// The configured token, logged in, with a pool of sessions that share the
 /// login (PKCS#11 logins are per application): safe to use from many

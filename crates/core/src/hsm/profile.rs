@@ -2,9 +2,15 @@ use cryptoki::mechanism::MechanismType;
 
 use super::Profile;
 
-impl Profile {
+/// What a token must offer to run a key-transport profile (the profile
+/// itself is a format type, `flashgate_formats::profile`).
+pub trait ProfileMechanisms {
     /// The mechanisms a token must offer to import and run jobs of this profile.
-    pub fn mechanisms(self) -> &'static [MechanismType] {
+    fn mechanisms(self) -> &'static [MechanismType];
+}
+
+impl ProfileMechanisms for Profile {
+    fn mechanisms(self) -> &'static [MechanismType] {
         const COMMON: [MechanismType; 6] = [
             MechanismType::ECC_KEY_PAIR_GEN,
             MechanismType::ECDSA,

@@ -12,7 +12,14 @@ use zeroize::Zeroizing;
 use super::nested_template::{Template, CKA_UNWRAP_TEMPLATE};
 use super::{HsmError, KeyPair, OaepHash, Token, TransportRole, TRANSPORT_BITS};
 
-impl TransportRole {
+/// What a transport key of a role lets out of an unwrap, in PKCS#11 terms
+/// (the role itself is a format type, `flashgate_formats::profile`).
+trait RoleTemplate {
+    fn result_mechanism(self) -> MechanismType;
+    fn result_template(self, lock: bool) -> Vec<Attribute>;
+}
+
+impl RoleTemplate for TransportRole {
     /// The only mechanism the unwrapped key may be used with.
     fn result_mechanism(self) -> MechanismType {
         match self {
@@ -64,7 +71,12 @@ impl TransportRole {
     }
 }
 
-impl OaepHash {
+/// The PKCS#11 mechanism of an OAEP hash (a format type).
+trait OaepMechanism {
+    fn mechanism(self) -> Mechanism<'static>;
+}
+
+impl OaepMechanism for OaepHash {
     fn mechanism(self) -> Mechanism<'static> {
         let (hash, mgf) = match self {
             Self::Sha1 => (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1),

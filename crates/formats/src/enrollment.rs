@@ -1,17 +1,18 @@
 //! The enrollment record: who an appliance is, which keys it holds in its
 //! HSM, which key-transport profiles that HSM can run and, per profile,
-//! whether the HSM's PIN holder can pull job secrets out of it (measured by
-//! [`crate::hsm::probe`] at enrollment). Signed by the appliance's log key (a
-//! `COSE_Sign1`); the OEM pins it.
+//! whether the HSM's PIN holder can pull job secrets out of it (the
+//! [`crate::token`] data, measured at enrollment by `flashgate-core`'s
+//! `hsm::probe`). Signed by the appliance's log key (a `COSE_Sign1`); the
+//! OEM pins it.
 
 use ciborium::value::Value;
 use sha2::{Digest, Sha256};
 
 use crate::cose::{self, CoseError, Es256Signer, SignerError, UnverifiedSign1};
-use crate::hsm::probe::{Extraction, ExtractionProbe};
-use crate::hsm::{Profile, TokenDescription, TransportRole, TRANSPORT_BITS};
 use crate::package::manifest::Fields;
 use crate::package::PackageError;
+use crate::profile::{Profile, TransportRole, TRANSPORT_BITS};
+use crate::token::{Extraction, ExtractionProbe, TokenDescription};
 
 /// Content type of the enrollment `COSE_Sign1`.
 pub const ENROLLMENT_CONTENT_TYPE: &str = "application/vnd.flashgate.enrollment+cbor";
