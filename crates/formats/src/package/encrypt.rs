@@ -68,7 +68,7 @@ pub struct Recipient {
 pub struct OaepRecipient {
     /// The recipient's protected header bytes (`{1: -41}` or `{1: -40}`).
     pub protected: Vec<u8>,
-    /// Key id of the appliance transport key: SHA-256(SPKI DER)[0:16].
+    /// Key id of the appliance transport key: the first 16 bytes of `SHA-256(SPKI DER)`.
     pub kid: [u8; 16],
     /// The RSA-OAEP ciphertext (384 bytes).
     pub encrypted_key: Vec<u8>,
