@@ -80,6 +80,104 @@ fn avr_isp_secure_flow_then_avrdude_reads_the_unlocked_chip() {
     );
 }
 
+/// A gang of three ArduinoISPs, each its own chip on its own ptys, in one
+/// run with one quota: every chip programmed, then read back by avrdude.
+#[test]
+fn a_gang_of_avr_isp_programmers_in_one_run() {
+    if !have("avrdude") {
+        return;
+    }
+    let lab = Lab::new(Kind::SoftHsm);
+    lab.enroll();
+    let fw = firmware(2000);
+    let id = job(
+        &lab,
+        "avr-atmega328p.toml",
+        |t| {
+            t.replace("level = \"readout\"", "level = \"none\"")
+                .replace("avr_lock_byte = 0xFC", "")
+        },
+        &fw,
+        "0",
+    );
+    let sims: Vec<Sim> = (1..=3)
+        .map(|n| {
+            Sim::avr_isp_in(
+                &lab,
+                "m328p",
+                &format!("timing=fast,serial={n:016x}"),
+                &format!("chip-{n}.json"),
+            )
+        })
+        .collect();
+    let mut args = vec!["run".to_owned(), "--job".to_owned(), id.clone()];
+    for sim in &sims {
+        args.push("--target".to_owned());
+        args.push(format!(
+            "avr-isp:port={},agent={}",
+            sim.pty(),
+            sim.agent_pty()
+        ));
+    }
+    args.extend(["--units".to_owned(), "3".to_owned(), "--json".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.fg(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passed = stdout
+        .lines()
+        .filter(|l| l.contains("\"unit-passed\""))
+        .count();
+    assert_eq!(passed, 3, "{stdout}");
+    for ch in 0..3 {
+        assert!(
+            stdout.contains(&format!("\"channel\":{ch}")),
+            "channel {ch} took part: {stdout}"
+        );
+    }
+    // Several --target take one channel each; --channels with them is refused.
+    let mut with_channels = args.clone();
+    with_channels.extend(["--channels", "2"]);
+    let refused = lab.fg(&with_channels);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("leave out --channels"));
+
+    for sim in &sims {
+        let read = Command::new("avrdude")
+            .args([
+                "-c",
+                "stk500v1",
+                "-p",
+                "m328p",
+                "-P",
+                sim.pty(),
+                "-b",
+                "19200",
+                "-U",
+                "flash:r:out.bin:r",
+            ])
+            .current_dir(lab.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            read.status.success(),
+            "{}",
+            String::from_utf8_lossy(&read.stderr)
+        );
+        let back = std::fs::read(lab.path("out.bin")).unwrap();
+        assert_eq!(
+            &back[..fw.len()],
+            fw.as_slice(),
+            "each chip holds the job's firmware"
+        );
+    }
+}
+
 #[test]
 fn avr_isp_secure_flow_locks_the_chip() {
     let lab = Lab::new(Kind::SoftHsm);

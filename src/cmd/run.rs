@@ -13,12 +13,13 @@ pub struct RunArgs {
     /// Job id (see `flashgate job list`).
     #[arg(long)]
     pub job: String,
-    /// Channels programming at once.
-    #[arg(long, default_value_t = 1)]
-    pub channels: u32,
+    /// Channels programming at once, on the one `--target` (default 1).
+    #[arg(long)]
+    pub channels: Option<u32>,
     /// Target: `sim[:key=value,...]` (see docs/EVENTS.md for the sim options).
-    #[arg(long, default_value = "sim")]
-    pub target: String,
+    /// Repeat it for a gang of programmers of one driver, one channel each.
+    #[arg(long, default_values_t = ["sim".to_owned()])]
+    pub target: Vec<String>,
     /// Boards to take in all (default: until the fixtures or the quota run out).
     #[arg(long)]
     pub units: Option<u64>,
@@ -37,7 +38,14 @@ pub struct RunArgs {
 /// not one board could be reached.
 pub fn run(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
     let job: JobId = args.job.parse()?;
-    let fixtures = FixtureSet::parse(&args.target, args.channels)?;
+    let fixtures = match (args.target.as_slice(), args.channels) {
+        ([one], channels) => FixtureSet::parse(one, channels.unwrap_or(1))?,
+        (_, Some(_)) => {
+            anyhow::bail!("with several --target, each is one channel; leave out --channels")
+        }
+        (gang, None) => FixtureSet::gang(gang)?,
+    };
+    let channels = fixtures.channels();
     // Held until the run ends: no other process changes the state under it.
     let station = super::open(
         config,
@@ -60,7 +68,7 @@ pub fn run(config: &Path, args: &RunArgs, w: &mut String) -> Result<u8> {
     let cert_dir = station.appliance().job_dir(&job.to_string()).join("certs");
     let snapshot = handle.snapshot();
     let view = ProgressView::new(
-        args.channels,
+        channels,
         snapshot.quota,
         handle.used_before(),
         Some(cert_dir.clone()),

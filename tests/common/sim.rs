@@ -25,16 +25,22 @@ impl Sim {
     /// An ArduinoISP wired to an AVR: the programmer's pty and the agent
     /// UART's.
     pub fn avr_isp(lab: &Lab, part: &str, options: &str) -> Sim {
-        Sim::start(lab, "avr-isp", part, options, 2)
+        Sim::start(lab, "avr-isp", part, options, 2, STATE)
+    }
+
+    /// As [`Sim::avr_isp`], keeping its chip in `state` (for several chips
+    /// in one lab).
+    pub fn avr_isp_in(lab: &Lab, part: &str, options: &str, state: &str) -> Sim {
+        Sim::start(lab, "avr-isp", part, options, 2, state)
     }
 
     /// The STM32 bootloader on one pty, and its control socket when
     /// `options` names one (`control=PATH`).
     pub fn stm32_uart(lab: &Lab, part: &str, options: &str) -> Sim {
-        Sim::start(lab, "stm32-uart", part, options, 1)
+        Sim::start(lab, "stm32-uart", part, options, 1, STATE)
     }
 
-    fn start(lab: &Lab, kind: &str, part: &str, options: &str, ptys: usize) -> Sim {
+    fn start(lab: &Lab, kind: &str, part: &str, options: &str, ptys: usize, state: &str) -> Sim {
         let mut child = lab
             .command(&[
                 "sim",
@@ -42,7 +48,7 @@ impl Sim {
                 "--part",
                 part,
                 "--state",
-                STATE,
+                state,
                 "--options",
                 options,
             ])
