@@ -428,6 +428,27 @@ impl RecordKind {
         }
     }
 
+    /// The device certificate the record says was issued, as its counter
+    /// value and the certificate's SHA-256; `None` for a record that issues
+    /// none. Decided here, beside the kinds, so that a new kind that issues
+    /// one is not missed by the appliance's certificate bookkeeping.
+    #[must_use]
+    pub fn issued_certificate(&self) -> Option<(u64, &Digest)> {
+        match self {
+            Self::UnitPassed(r) => Some((r.counter, &r.cert_sha256)),
+            Self::UnitFailed(r) => r.cert_sha256.as_ref().map(|h| (r.counter, h)),
+            Self::JobImported(_)
+            | Self::JobRemoved(_)
+            | Self::JobRemovalStarted(_)
+            | Self::LogReset(_)
+            | Self::RunStarted(_)
+            | Self::RunStopped(_)
+            | Self::UnitsReserved(_)
+            | Self::UnitAborted(_)
+            | Self::UnitsUnused(_) => None,
+        }
+    }
+
     /// The job the record is about ([`NO_JOB`] for `log-reset`).
     #[must_use]
     pub fn job_id(&self) -> &JobId {

@@ -344,13 +344,11 @@ pub(super) fn settle_certificates(
     let mut missing = 0u64;
     let mut first_missing = None;
     scan_log(log_dir, |kind| {
-        let (hash, counter) = match kind {
-            RecordKind::UnitPassed(u) if u.job_id == *job_id => (u.cert_sha256, u.counter),
-            RecordKind::UnitFailed(u) if u.job_id == *job_id => match u.cert_sha256 {
-                Some(h) => (h, u.counter),
-                None => return true,
-            },
-            _ => return true,
+        if kind.job_id() != job_id {
+            return true;
+        }
+        let Some((counter, &hash)) = kind.issued_certificate() else {
+            return true;
         };
         if let Some(seen) = pending_ok.get_mut(&hash) {
             *seen = true;

@@ -3,21 +3,13 @@
 
 use std::io;
 
+use flashgate_device::LockLevel;
 use sha2::{Digest as _, Sha256};
 
 use super::duplicates::{put_shown, SERIAL_N};
 use super::Verifier;
 use crate::record::{Digest, Record, RecordKind, RunId};
 use crate::verify::report::{AnomalyKind, ResultCounts};
-
-pub(super) fn lock_rank(level: &str) -> Option<u8> {
-    match level {
-        "none" => Some(0),
-        "readout" => Some(1),
-        "permanent" => Some(2),
-        _ => None,
-    }
-}
 
 impl Verifier<'_> {
     pub(super) fn job_record(&mut self, pos: u64, rec: &Record) -> io::Result<()> {
@@ -306,9 +298,12 @@ impl Verifier<'_> {
     }
 
     fn lock(&mut self, pos: u64, level: &str) {
-        let ok = match lock_rank(level) {
-            Some(r) => r >= self.lock_rank,
-            None => self.lock_rank == 0,
+        // A policy word this verifier does not know: no lock can be shown
+        // to meet it. A record's word it does not know meets only "none".
+        let ok = match (level.parse::<LockLevel>().ok(), self.lock_required) {
+            (_, None) => false,
+            (Some(got), Some(required)) => got >= required,
+            (None, Some(required)) => required == LockLevel::None,
         };
         if !ok {
             self.report.add(

@@ -21,7 +21,6 @@ use crate::checkpoint::origin_for;
 use crate::intervals::Intervals;
 use crate::record::{Digest, RunId};
 use duplicates::{CERT_N, SERIAL_N, UID_N};
-use job_facts::lock_rank;
 
 /// Memory for each of the three sorts (UIDs, serials, certificates) before
 /// it spills to disk.
@@ -55,7 +54,8 @@ pub(super) struct Verifier<'a> {
     closed: Intervals,
     aborted: Intervals,
     firmware_seen: Option<(Digest, u64)>,
-    lock_rank: u8,
+    /// The policy's lock level; `None` for a word this verifier does not know.
+    lock_required: Option<flashgate_device::LockLevel>,
     serial_buf: String,
     uids: Spill<UID_N>,
     serials: Spill<SERIAL_N>,
@@ -91,7 +91,7 @@ impl<'a> Verifier<'a> {
             aborted: Intervals::default(),
             firmware_seen: None,
             // An unknown policy level cannot be met by any record.
-            lock_rank: lock_rank(&facts.lock_level).unwrap_or(u8::MAX),
+            lock_required: facts.lock_level.parse().ok(),
             serial_buf: String::new(),
             uids: Spill::new(SORT_BUDGET),
             serials: Spill::new(SORT_BUDGET),
