@@ -213,6 +213,27 @@ impl TargetError {
         self
     }
 
+    /// Whether the board itself is not one to program (another device type,
+    /// or already locked), as against a fault on the way to it.
+    pub fn refuses_the_board(&self) -> bool {
+        match self {
+            TargetError::WrongDevice { .. } | TargetError::AlreadyLocked { .. } => true,
+            TargetError::ContactLost { .. }
+            | TargetError::Timeout { .. }
+            | TargetError::VerifyMismatch { .. }
+            | TargetError::NotBlank { .. }
+            | TargetError::Nack { .. }
+            | TargetError::BrownOut { .. }
+            | TargetError::OutOfRange { .. }
+            | TargetError::SecretMismatch { .. }
+            | TargetError::Protocol { .. }
+            | TargetError::Agent { .. }
+            | TargetError::Unsupported { .. }
+            | TargetError::InvalidRequest { .. }
+            | TargetError::Parse { .. } => false,
+        }
+    }
+
     /// The address the error is about, if any.
     pub fn address(&self) -> Option<u32> {
         match self {

@@ -187,11 +187,10 @@ impl UnitFailure {
 
     /// A target error, at the stage the driver names (connect if none).
     pub fn target(e: &TargetError) -> Self {
-        let kind = match e {
-            TargetError::WrongDevice { .. } | TargetError::AlreadyLocked { .. } => {
-                FailureKind::BoardRefused
-            }
-            _ => FailureKind::Target,
+        let kind = if e.refuses_the_board() {
+            FailureKind::BoardRefused
+        } else {
+            FailureKind::Target
         };
         Self::new(
             e.stage().map_or(UnitStage::Connect, UnitStage::from),
