@@ -22,6 +22,32 @@ fn job(
     lab.import_policy(&edit(text), firmware, at)
 }
 
+/// The ATmega328P's flash as avrdude reads it through the ArduinoISP on `pty`.
+fn avrdude_reads_flash(lab: &Lab, pty: &str) -> Vec<u8> {
+    let read = Command::new("avrdude")
+        .args([
+            "-c",
+            "stk500v1",
+            "-p",
+            "m328p",
+            "-P",
+            pty,
+            "-b",
+            "19200",
+            "-U",
+            "flash:r:out.bin:r",
+        ])
+        .current_dir(lab.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    std::fs::read(lab.path("out.bin")).unwrap()
+}
+
 #[test]
 fn avr_isp_secure_flow_then_avrdude_reads_the_unlocked_chip() {
     if !have("avrdude") {
@@ -51,28 +77,7 @@ fn avr_isp_secure_flow_then_avrdude_reads_the_unlocked_chip() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let read = Command::new("avrdude")
-        .args([
-            "-c",
-            "stk500v1",
-            "-p",
-            "m328p",
-            "-P",
-            sim.pty(),
-            "-b",
-            "19200",
-            "-U",
-            "flash:r:out.bin:r",
-        ])
-        .current_dir(lab.dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        read.status.success(),
-        "{}",
-        String::from_utf8_lossy(&read.stderr)
-    );
-    let back = std::fs::read(lab.path("out.bin")).unwrap();
+    let back = avrdude_reads_flash(&lab, sim.pty());
     assert_eq!(
         &back[..fw.len()],
         fw.as_slice(),
@@ -148,28 +153,7 @@ fn a_gang_of_avr_isp_programmers_in_one_run() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("leave out --channels"));
 
     for sim in &sims {
-        let read = Command::new("avrdude")
-            .args([
-                "-c",
-                "stk500v1",
-                "-p",
-                "m328p",
-                "-P",
-                sim.pty(),
-                "-b",
-                "19200",
-                "-U",
-                "flash:r:out.bin:r",
-            ])
-            .current_dir(lab.dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            read.status.success(),
-            "{}",
-            String::from_utf8_lossy(&read.stderr)
-        );
-        let back = std::fs::read(lab.path("out.bin")).unwrap();
+        let back = avrdude_reads_flash(&lab, sim.pty());
         assert_eq!(
             &back[..fw.len()],
             fw.as_slice(),
