@@ -29,7 +29,16 @@ impl FixtureSet {
     pub fn gang<S: AsRef<str>>(targets: &[S]) -> Result<Self, StationError> {
         let mut driver: Option<&'static str> = None;
         let mut specs = Vec::with_capacity(targets.len());
-        for target in targets {
+        for (i, target) in targets.iter().enumerate() {
+            // Two channels on one programmer would interleave its protocol.
+            if targets[..i]
+                .iter()
+                .any(|t| t.as_ref().trim() == target.as_ref().trim())
+            {
+                return Err(StationError::RepeatedTarget {
+                    target: target.as_ref().trim().to_owned(),
+                });
+            }
             let (name, spec) =
                 flashgate_target::parse_target(crate::drivers::DRIVERS, target.as_ref())?;
             match driver {
@@ -155,6 +164,11 @@ mod tests {
         assert!(!with_agent
             .capabilities()
             .contains(Capability::AnswerChallenge));
+
+        let e =
+            FixtureSet::gang(&["avr-isp:port=/dev/null", " avr-isp:port=/dev/null"]).unwrap_err();
+        assert!(matches!(e, StationError::RepeatedTarget { .. }), "{e}");
+        assert!(e.to_string().contains("twice"), "{e}");
 
         let e = FixtureSet::gang(&["sim", "avr-isp:port=/dev/null"]).unwrap_err();
         assert!(matches!(e, StationError::MixedDrivers { .. }), "{e}");

@@ -72,6 +72,9 @@ pub enum StationError {
     /// A run with no channel.
     #[error("a run needs at least one channel (--channels 1 or more)")]
     NoChannels,
+    /// The same target twice in a gang.
+    #[error("the target {target} is given twice; give each programmer once")]
+    RepeatedTarget { target: String },
     /// A gang of targets of more than one driver: a job's policy names one.
     #[error("the targets name two drivers ({first} and {other}); a run programs one job, whose policy names one driver: run each driver's boards in a run of its own")]
     MixedDrivers { first: String, other: String },
