@@ -52,6 +52,8 @@ enum Command {
     /// Serve a simulated chip on a pseudo-terminal (prints the pty path first).
     #[command(subcommand)]
     Sim(SimCmd),
+    /// CM: the station as a network service (mutual TLS, roles, API, console).
+    Serve(cmd::serve::ServeArgs),
     /// The whole story on fresh simulated parts: OEM keys, enrollment, job, import, a run.
     Demo(cmd::demo::DemoArgs),
 }
@@ -65,6 +67,7 @@ fn run(cli: Cli, w: &mut String) -> Result<u8> {
         Command::Run(args) => cmd::run::run(config, &args, w),
         Command::Audit(c) => cmd::audit::run(config, c, w),
         Command::Sim(c) => cmd::sim::run(c),
+        Command::Serve(args) => cmd::serve::run(config, &args),
         Command::Demo(args) => cmd::demo::run(&args),
     }
 }

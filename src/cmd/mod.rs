@@ -7,6 +7,7 @@ pub mod demo;
 pub mod job;
 pub mod run;
 pub mod run_view;
+pub mod serve;
 pub mod sim;
 
 use std::path::Path;

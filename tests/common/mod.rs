@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 pub mod in_process;
 pub mod independent;
 pub mod sim;
+pub mod station;
 
 /// The user PIN of every lab token.
 pub const PIN: &str = "4711-test-pin";

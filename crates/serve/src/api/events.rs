@@ -1,0 +1,134 @@
+//! Live events as Server-Sent Events: the event types of `run --json`
+//! (docs/EVENTS.md), each with an id; a client that reconnects with
+//! `Last-Event-ID` (or `?after=N`) gets every event after it that is still
+//! kept. A client that falls further behind than that is told so with a
+//! `lagged` event and dropped; the run never waits for a reader.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::Extension;
+use futures_util::Stream;
+use serde::Deserialize;
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::runs::{ServiceRun, StreamEvent};
+use crate::server::ConnectionKill;
+
+/// Where to resume.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(crate) struct After {
+    /// The last event id seen (as `Last-Event-ID`, for clients that cannot
+    /// set headers). The header wins when both are given.
+    after: Option<u64>,
+}
+
+struct Reader {
+    run: Arc<ServiceRun>,
+    seen: Arc<AtomicU64>,
+    batch: VecDeque<StreamEvent>,
+    latest: tokio::sync::watch::Receiver<u64>,
+    ended: bool,
+}
+
+/// The run's events, live.
+#[utoipa::path(get, path = "/api/v1/runs/{id}/events", tag = "runs",
+    params(("id" = String, Path, description = "Run id"), After,
+        ("Last-Event-ID" = Option<u64>, Header, description = "The last event id this client saw")),
+    responses((status = 200, description = "text/event-stream: id, event (type), data (the JSON event)", content_type = "text/event-stream")))]
+pub(crate) async fn stream(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Query(after): Query<After>,
+    headers: HeaderMap,
+    kill: Option<Extension<ConnectionKill>>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let run = super::runs::find(&app, &id)?;
+    let header = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.trim().parse::<u64>().map_err(|_| {
+                ApiError::bad_request("Last-Event-ID must be the id of an event this run sent")
+            })
+        })
+        .transpose()?;
+    let start = header.or(after.after).unwrap_or(0);
+    let seen = Arc::new(AtomicU64::new(start));
+    if let Some(Extension(kill)) = kill {
+        tokio::spawn(watch_lag(Arc::downgrade(&seen), run.clone(), kill));
+    }
+    let reader = Reader {
+        latest: run.latest.subscribe(),
+        run,
+        seen,
+        batch: VecDeque::new(),
+        ended: false,
+    };
+    let stream = futures_util::stream::unfold(reader, next_event);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+async fn next_event(mut r: Reader) -> Option<(Result<Event, Infallible>, Reader)> {
+    loop {
+        if r.ended {
+            return None;
+        }
+        if let Some(e) = r.batch.pop_front() {
+            r.seen.store(e.id, Ordering::Relaxed);
+            let event = Event::default()
+                .id(e.id.to_string())
+                .event(&*e.name)
+                .data(&*e.data);
+            return Some((Ok(event), r));
+        }
+        let seen = r.seen.load(Ordering::Relaxed);
+        match r.run.events_after(seen, 256) {
+            Ok(events) if !events.is_empty() => r.batch.extend(events),
+            Ok(_) if r.run.finished() && *r.latest.borrow() <= seen => return None,
+            Ok(_) => {
+                if r.latest.changed().await.is_err() {
+                    r.ended = true;
+                }
+            }
+            Err(first) => {
+                r.ended = true;
+                let data = serde_json::json!({
+                    "event": "lagged",
+                    "last_seen": seen,
+                    "first_kept": first,
+                    "message": "this client fell behind the events the station keeps; read the run's status, then reconnect",
+                });
+                return Some((
+                    Ok(Event::default().event("lagged").data(data.to_string())),
+                    r,
+                ));
+            }
+        }
+    }
+}
+
+/// Drops the connection of a client that stopped reading: once the events
+/// it has not taken are no longer kept, nothing it could read would be
+/// whole.
+async fn watch_lag(seen: Weak<AtomicU64>, run: Arc<ServiceRun>, kill: ConnectionKill) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let Some(seen) = seen.upgrade() else { return };
+        if seen.load(Ordering::Relaxed) + 1 < run.first_kept() {
+            kill.kill();
+            return;
+        }
+        if run.finished() && *run.latest.borrow() <= seen.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+}

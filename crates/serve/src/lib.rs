@@ -1,0 +1,177 @@
+#![forbid(unsafe_code)]
+//! `flashgate serve`: the station as a network service. One process owns
+//! the appliance (the writer lock, the HSM PIN) and serves, over TLS 1.3
+//! with a client certificate on every connection:
+//!
+//! - the `/api/v1` JSON API for line software and the MES, described by the
+//!   OpenAPI 3.1 document at `/api/v1/openapi.json` (docs/API.md);
+//! - each run's events as Server-Sent Events;
+//! - Prometheus metrics at `/metrics`;
+//! - the operator console at `/`, its assets inside the binary.
+//!
+//! What a caller may do follows from the role its certificate carries
+//! ([`endpoints::ENDPOINTS`]); who it is goes into the audit log and the
+//! station journal, taken from the TLS session, never from a request.
+
+mod api;
+mod app;
+mod caller;
+mod console;
+pub mod endpoints;
+mod error;
+mod fixtures;
+pub mod metrics;
+mod openapi;
+mod runs;
+mod server;
+mod station_ca_stub;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flashgate_core::station::Station;
+
+pub use error::{ApiError, ServeError};
+pub use openapi::document as openapi_document;
+pub use server::ConnectionKill;
+
+/// How the service listens.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServeOptions {
+    /// Address and port.
+    pub listen: SocketAddr,
+    /// The largest request body (a job package upload), in bytes; larger
+    /// ones get 413.
+    pub max_body: usize,
+    /// How long a client may take to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// Connections served at once; more are closed at once.
+    pub max_connections: usize,
+    /// Where the TLS identity comes from.
+    pub tls: TlsSource,
+}
+
+/// The server's certificate and the CA client certificates must chain to.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum TlsSource {
+    /// Files: the server's chain and key (PEM) and the client CA (PEM).
+    Files {
+        /// Server certificate chain, leaf first.
+        cert: PathBuf,
+        /// Its PKCS#8 key.
+        key: PathBuf,
+        /// The CA client certificates must chain to.
+        client_ca: PathBuf,
+    },
+}
+
+impl ServeOptions {
+    /// Defaults: 16 MiB bodies, 10 s to handshake and to send headers,
+    /// 4096 connections.
+    pub fn new(listen: SocketAddr, tls: TlsSource) -> Self {
+        Self {
+            listen,
+            max_body: 16 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            tls,
+        }
+    }
+}
+
+/// A bound service, ready to run.
+pub struct Service {
+    app: Arc<app::App>,
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("listen", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the service ended.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Runs that were live and were stopped.
+    pub runs_stopped: usize,
+}
+
+impl Service {
+    /// Binds the listener and sets up TLS over an open station (opened
+    /// with the writer lock: the service is the appliance's one writer).
+    pub async fn bind(station: Station, options: ServeOptions) -> Result<Self, ServeError> {
+        let station = Arc::new(station);
+        let deny = Arc::new(tls::DenyWatch::new(
+            app::station_dir(&station).join("revoked"),
+        ));
+        let tls = match &options.tls {
+            TlsSource::Files {
+                cert,
+                key,
+                client_ca,
+            } => {
+                let chain = tls::certificates_from_pem(cert)?;
+                let key = read_key(key)?;
+                let ca = tls::certificates_from_pem(client_ca)?;
+                tls::server_config(tls::ServerIdentity { chain, key }, &ca, deny)?
+            }
+        };
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| ServeError::Listen {
+                addr: options.listen,
+                source,
+            })?;
+        Ok(Self {
+            app: Arc::new(app::App::new(station, options)),
+            listener,
+            tls: Arc::new(tls),
+        })
+    }
+
+    /// Where it listens (the port, when 0 was asked for).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until `shutdown` completes; then stops every live run, waits
+    /// for its units in flight, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> ShutdownReport {
+        let app = self.app.clone();
+        server::accept_loop(app.clone(), self.listener, self.tls, shutdown).await;
+        let live = app.runs.live().len();
+        server::stop_runs(&app, "the station service shut down").await;
+        ShutdownReport { runs_stopped: live }
+    }
+}
+
+fn read_key(path: &std::path::Path) -> Result<zeroize::Zeroizing<Vec<u8>>, ServeError> {
+    let text = zeroize::Zeroizing::new(std::fs::read(path).map_err(|source| ServeError::Read {
+        path: path.to_owned(),
+        source,
+    })?);
+    let block =
+        pem::parse(&*text).map_err(|e| ServeError::Tls(format!("{}: {e}", path.display())))?;
+    if block.tag() != "PRIVATE KEY" {
+        return Err(ServeError::Tls(format!(
+            "{}: expected a PKCS#8 PRIVATE KEY in PEM",
+            path.display()
+        )));
+    }
+    Ok(zeroize::Zeroizing::new(block.into_contents()))
+}

@@ -1,0 +1,92 @@
+//! `flashgate serve`: the station as a network service (crates/serve).
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use flashgate::station::Access;
+use flashgate_serve::{ServeOptions, Service, TlsSource};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on (TLS 1.3, a client certificate required).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// The server's certificate chain (PEM).
+    #[arg(long, requires_all = ["tls_key", "client_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The server certificate's PKCS#8 key (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// The CA client certificates must chain to (PEM).
+    #[arg(long)]
+    pub client_ca: Option<PathBuf>,
+    /// The largest request body in bytes (a job package upload).
+    #[arg(long, default_value_t = 16 << 20)]
+    pub max_body: usize,
+    /// Seconds a client may take to send a request's headers.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout: u64,
+}
+
+/// Runs the service until SIGTERM or SIGINT; then every live run finishes
+/// its units in flight, is recorded as stopped and checkpointed, and the
+/// process exits 0.
+pub fn run(config: &Path, args: &ServeArgs) -> Result<u8> {
+    let tls = match (&args.tls_cert, &args.tls_key, &args.client_ca) {
+        (Some(cert), Some(key), Some(client_ca)) => TlsSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: client_ca.clone(),
+        },
+        _ => anyhow::bail!("give --tls-cert, --tls-key and --client-ca"),
+    };
+    let mut options = ServeOptions::new(args.listen, tls);
+    options.max_body = args.max_body;
+    options.header_timeout = std::time::Duration::from_secs(args.header_timeout.max(1));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+    // The service is the appliance's one writer for as long as it runs.
+    let station = super::open(
+        config,
+        Access::Write {
+            purpose: "the station service is running".to_owned(),
+        },
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the service's runtime")?;
+    runtime.block_on(async move {
+        let service = Service::bind(station, options).await?;
+        if let Some(addr) = service.local_addr() {
+            println!("listening on https://{addr}");
+            let _ = std::io::stdout().flush();
+        }
+        let report = service.run(shutdown_signal()).await;
+        eprintln!(
+            "stopped: {} live run(s) finished their units in flight",
+            report.runs_stopped
+        );
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(0)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

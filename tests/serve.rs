@@ -1,0 +1,522 @@
+//! `flashgate serve` from outside: real TLS from two clients (reqwest with
+//! rustls, curl), the role matrix over every endpoint, a run started and
+//! watched over the network, abuse, and SIGTERM in the middle of a run.
+
+mod common;
+
+use std::time::Duration;
+
+use common::station::{Served, ROLES};
+use common::{Kind, Lab};
+use flashgate_serve::endpoints::ENDPOINTS;
+use serde_json::Value;
+
+fn sim_fixtures(channels: u32, extra: &str) -> String {
+    format!("sim:seed=3,flash-base=0x08000000{extra}#{channels}")
+}
+
+/// Every connection without a valid client certificate is refused during
+/// the handshake: no HTTP status ever comes back, from either client.
+#[test]
+fn handshake_refuses_what_the_station_does_not_trust() {
+    let (lab, _) = Lab::with_sim_job(|p| p, 4096);
+    let served = Served::start(&lab, &[]);
+    served.revoke(&lab, "revoked");
+    // Trusted ones pass.
+    let (code, status, body) = served.curl(Some("operator"), &[], "/api/v1/whoami");
+    assert_eq!((code, status), (0, 200), "{body}");
+    let who: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(who["role"], "operator");
+    assert!(who["audit_name"]
+        .as_str()
+        .unwrap()
+        .contains(&served.certs.fingerprint("operator")));
+    for refused in [
+        None,
+        Some("expired"),
+        Some("stranger"),
+        Some("revoked"),
+        Some("no-role"),
+    ] {
+        let (code, status, body) = served.curl(refused, &[], "/api/v1/whoami");
+        assert!(
+            code != 0 && status == 0,
+            "curl with {refused:?} got through: {code} {status} {body}"
+        );
+        let r = served
+            .client(refused)
+            .get(served.url("/api/v1/whoami"))
+            .send();
+        assert!(r.is_err(), "reqwest with {refused:?} got through: {r:?}");
+    }
+    // TLS 1.2 is not offered.
+    let (code, status, _) = served.curl(Some("operator"), &["--tls-max", "1.2"], "/api/v1/whoami");
+    assert!(code != 0 && status == 0);
+    // The deny-list is read again when it changes: no restart.
+    served.revoke(&lab, "auditor");
+    let (code, status, _) = served.curl(Some("auditor"), &[], "/api/v1/whoami");
+    assert!(
+        code != 0 && status == 0,
+        "a newly revoked certificate still works"
+    );
+}
+
+fn request(
+    served: &Served,
+    client: &reqwest::blocking::Client,
+    method: &str,
+    path: &str,
+) -> reqwest::blocking::Response {
+    let url = served.url(path);
+    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    // Bodies that no handler accepts: an allowed call is refused for its
+    // input and changes nothing; a forbidden one never gets that far.
+    let b = client.request(m, url);
+    let b = match method {
+        "POST" | "PUT" => b
+            .header("content-type", "application/json")
+            .body("{\"not\": \"valid\"}"),
+        _ => b,
+    };
+    b.send().unwrap()
+}
+
+/// Every endpoint for every role: the roles in its row are let through,
+/// every other gets 403 with the JSON error. The table is the router's own
+/// (`ENDPOINTS`), and the served OpenAPI document must list exactly it.
+#[test]
+fn role_matrix_over_every_endpoint() {
+    let (lab, job) = Lab::with_sim_job(|p| p, 4096);
+    let served = Served::start(&lab, &[]);
+    let doc: Value = served
+        .client(Some("auditor"))
+        .get(served.url("/api/v1/openapi.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut documented: Vec<String> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for m in item.as_object().unwrap().keys() {
+            documented.push(format!("{} {path}", m.to_uppercase()));
+        }
+    }
+    documented.sort();
+    let mut table: Vec<String> = ENDPOINTS
+        .iter()
+        .map(|e| format!("{} {}", e.method, e.path))
+        .collect();
+    table.sort();
+    assert_eq!(
+        documented, table,
+        "the OpenAPI document and the role table differ"
+    );
+
+    for role in ROLES {
+        let client = served.client(Some(role));
+        for e in ENDPOINTS {
+            let path = e
+                .path
+                .replace(
+                    "{id}",
+                    if e.path.contains("/runs/") {
+                        "0-0"
+                    } else {
+                        &job
+                    },
+                )
+                .replace("{job}", &job)
+                .replace("{name}", "no-such-set");
+            let r = request(&served, &client, e.method, &path);
+            let status = r.status().as_u16();
+            let allowed = e.roles.iter().any(|r| r.to_string() == role);
+            if allowed {
+                assert_ne!(
+                    status, 403,
+                    "{role} must be allowed {} {}",
+                    e.method, e.path
+                );
+            } else {
+                assert_eq!(
+                    status, 403,
+                    "{role} must be refused {} {}",
+                    e.method, e.path
+                );
+                let body: Value = r.json().unwrap();
+                assert_eq!(
+                    body["error"]["code"], "forbidden",
+                    "{role} {} {}",
+                    e.method, e.path
+                );
+                assert!(body["error"]["message"].as_str().unwrap().contains(role));
+            }
+        }
+    }
+    // Nothing above changed the station: the job is still there, its log intact.
+    let jobs: Value = served
+        .client(Some("auditor"))
+        .get(served.url("/api/v1/jobs"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 1);
+    let (status, _) = served.stop();
+    assert!(status.success());
+    let report = lab.export_and_verify(&job, "bundle");
+    assert_eq!(report["ok"], true, "{report:#}");
+}
+
+/// Reads an SSE stream to its end: (event name, id, JSON) per event.
+fn read_events(r: reqwest::blocking::Response) -> Vec<(String, u64, Value)> {
+    let text = r.text().unwrap();
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let (mut name, mut id, mut data) = (String::new(), 0, String::new());
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event: ") {
+                name = v.to_owned();
+            } else if let Some(v) = line.strip_prefix("id: ") {
+                id = v.parse().unwrap();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data.push_str(v);
+            }
+        }
+        if !name.is_empty() {
+            out.push((name, id, serde_json::from_str(&data).unwrap()));
+        }
+    }
+    out
+}
+
+/// An operator starts a run over the network, follows it live, reconnects
+/// with Last-Event-ID, and the summary, the status and the audit log agree;
+/// the log names the operator's certificate, not anything the request said.
+#[test]
+fn a_run_started_and_watched_over_the_network() {
+    let (lab, job) = Lab::with_job(Kind::Kryoptic, |p| p, 4096);
+    let served = Served::start(&lab, &[]);
+    let op = served.client(Some("operator"));
+    let r = op
+        .post(served.url("/api/v1/runs"))
+        .json(&serde_json::json!({"jobs": [job], "fixtures": sim_fixtures(8, ""), "units": 40}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let started: Value = r.json().unwrap();
+    let id = started["id"].as_str().unwrap().to_owned();
+    let events = read_events(
+        op.get(served.url(&format!("/api/v1/runs/{id}/events")))
+            .send()
+            .unwrap(),
+    );
+    let passed = events.iter().filter(|e| e.0 == "unit-passed").count();
+    assert_eq!(passed, 40);
+    assert_eq!(events.last().unwrap().0, "run-finished");
+    let ids: Vec<u64> = events.iter().map(|e| e.1).collect();
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "ids are consecutive"
+    );
+    // Reconnecting after event 10 gives exactly what followed it.
+    let again = read_events(
+        op.get(served.url(&format!("/api/v1/runs/{id}/events")))
+            .header("Last-Event-ID", "10")
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(again.len(), events.len() - 10);
+    assert_eq!(again[0].1, 11);
+    let status: Value = op
+        .get(served.url(&format!("/api/v1/runs/{id}")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let summary: Value = op
+        .get(served.url(&format!("/api/v1/runs/{id}/summary")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(status["finished"], true);
+    assert_eq!(status["passed"], 40);
+    assert_eq!(summary[0]["summary"]["passed"], 40);
+    assert_eq!(status["channels"].as_array().unwrap().len(), 8);
+    // Unit lookup by serial and UID from the log.
+    let unit = &events.iter().find(|e| e.0 == "unit-passed").unwrap().2["unit"];
+    let serial = unit["serial"].as_str().unwrap();
+    let found: Value = op
+        .get(served.url(&format!("/api/v1/units?serial={serial}")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(found[0]["serial"], serial);
+    assert_eq!(found[0]["result"], "passed");
+    let uid = found[0]["uid"].as_str().unwrap();
+    let by_uid: Value = op
+        .get(served.url(&format!("/api/v1/units?uid={uid}")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(by_uid[0]["serial"], serial);
+    // Metrics count the same units.
+    let metrics = served
+        .client(Some("metrics"))
+        .get(served.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "flashgate_units_total{{job=\"{job}\",result=\"passed\",stage=\"\"}} 40"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("flashgate_stage_duration_seconds_bucket"));
+    assert!(metrics.contains("flashgate_last_checkpoint_age_seconds"));
+    assert!(metrics.contains(&format!("flashgate_quota_left{{job=\"{job}\"}}")));
+    let (exit, _) = served.stop();
+    assert!(exit.success());
+    let operator = format!(
+        "sha256:{}",
+        common::station::Certs {
+            dir: lab.path("certs")
+        }
+        .fingerprint("operator")
+    );
+    let run_started = lab
+        .records()
+        .into_iter()
+        .find_map(|r| match r.kind {
+            flashgate_audit::RecordKind::RunStarted(s) => Some(s),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        run_started.operator.contains("OU=operator"),
+        "{}",
+        run_started.operator
+    );
+    assert!(
+        run_started.operator.contains(&operator),
+        "{}",
+        run_started.operator
+    );
+    let report = lab.export_and_verify(&job, "bundle");
+    assert_eq!(report["ok"], true, "{report:#}");
+}
+
+/// Oversized bodies get 413; a client that sends its headers too slowly is
+/// cut off; one that stops reading its events is dropped and the run ends
+/// as if it were not there.
+#[test]
+fn abuse_is_bounded() {
+    let (lab, job) = Lab::with_sim_job(|p| p, 4096);
+    let served = Served::start(&lab, &["--max-body", "65536", "--header-timeout", "2"]);
+    let sup = served.client(Some("supervisor"));
+    let r = sup
+        .post(served.url("/api/v1/jobs"))
+        .body(vec![0u8; 100_000])
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+
+    // Slow loris: a TLS session that never finishes its request headers.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let port = served.port;
+    let certs_dir = served.certs.dir.clone();
+    let cut = rt.block_on(async move {
+        let mut tls = raw_tls(&certs_dir, "operator", port).await;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tls.write_all(b"GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let started = std::time::Instant::now();
+        // The service closes it; a read ends (EOF or an error) well before 30 s.
+        let r = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        (r.is_ok(), started.elapsed())
+    });
+    assert!(cut.0, "a slow client was not cut off");
+
+    // A reader that stops: start a long run, open its events and never read.
+    let op = served.client(Some("operator"));
+    let started: Value = op
+        .post(served.url("/api/v1/runs"))
+        .json(&serde_json::json!({"jobs": [job], "fixtures": sim_fixtures(4, ""), "units": 1500}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let id = started["id"].as_str().unwrap().to_owned();
+    let certs_dir = served.certs.dir.clone();
+    let dropped = rt.block_on(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut tls = raw_tls(&certs_dir, "operator", port).await;
+        tls.write_all(
+            format!("GET /api/v1/runs/{id}/events HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        // Read nothing while the run goes on.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tls
+    });
+    // The run is not held up by it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        let s: Value = op
+            .get(served.url(&format!("/api/v1/runs/{}", started["id"].as_str().unwrap())))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if s["finished"] == true {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the run stalled");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status["passed"], 1500);
+    // And the stalled reader was dropped: reading now ends at EOF.
+    let ended = rt.block_on(async move {
+        use tokio::io::AsyncReadExt;
+        let mut tls = dropped;
+        let mut sink = vec![0u8; 1 << 16];
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match tls.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    });
+    assert!(ended, "a reader that stopped was never dropped");
+    let (exit, _) = served.stop();
+    assert!(exit.success());
+    assert_eq!(lab.export_and_verify(&job, "bundle")["ok"], true);
+}
+
+async fn raw_tls(
+    certs: &std::path::Path,
+    who: &str,
+    port: u16,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls_pki::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for c in rustls_pki::pem_certs(&std::fs::read(certs.join("ca.pem")).unwrap()) {
+        roots.add(c).unwrap();
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        rustls_pki::pem_certs(&std::fs::read(certs.join(format!("{who}.pem"))).unwrap());
+    let key: PrivateKeyDer<'static> =
+        rustls_pki::pem_key(&std::fs::read(certs.join(format!("{who}.key"))).unwrap());
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    connector
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+mod rustls_pki {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    pub use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    pub fn pem_certs(pem: &[u8]) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(pem)
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    pub fn pem_key(pem: &[u8]) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::from_pem_slice(pem).unwrap()
+    }
+}
+
+/// SIGTERM in the middle of a run: the units in flight finish, the run is
+/// recorded as stopped and checkpointed, the service exits 0; a restart
+/// finds nothing to recover and the bundle verifies with every unit counted.
+#[test]
+fn sigterm_during_a_run_finishes_cleanly() {
+    let (lab, job) = Lab::with_sim_job(|p| p, 4096);
+    let served = Served::start(&lab, &[]);
+    let op = served.client(Some("operator"));
+    let started: Value = op
+        .post(served.url("/api/v1/runs"))
+        .json(&serde_json::json!({"jobs": [job], "fixtures": sim_fixtures(4, ",timing=realistic"), "units": 100000}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let id = started["id"].as_str().unwrap().to_owned();
+    // Let a few units pass.
+    loop {
+        let s: Value = op
+            .get(served.url(&format!("/api/v1/runs/{id}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if s["passed"].as_u64().unwrap() >= 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (exit, log) = served.stop();
+    assert!(exit.success(), "serve exited {exit:?}: {log}");
+    // Restart: nothing to recover.
+    let again = Served::start_with(
+        &lab,
+        common::station::Certs {
+            dir: lab.path("certs"),
+        },
+        &[],
+    );
+    let st: Value = again
+        .client(Some("auditor"))
+        .get(again.url("/api/v1/station"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(st["recovered"].as_array().unwrap().len(), 0, "{st}");
+    drop(again.stop());
+    let report = lab.export_and_verify(&job, "bundle");
+    assert_eq!(report["ok"], true, "{report:#}");
+    let records = lab.records();
+    let stopped = records
+        .iter()
+        .filter(|r| matches!(r.kind, flashgate_audit::RecordKind::RunStopped(_)))
+        .count();
+    assert_eq!(stopped, 1, "the run is recorded as stopped");
+}
