@@ -1248,3 +1248,14 @@ fn no_secret_reaches_debug_output_or_error_text() {
     // The private scalar is not in the Debug of the PKCS#8 bytes' holder.
     assert!(!format!("{issued:?}").contains("key_pkcs8_der"));
 }
+
+#[test]
+fn the_station_ca_types_cross_threads() {
+    // The service holds the CA and the deny-list across its tasks.
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<StationCa>();
+    send_sync::<DenyList>();
+    send_sync::<ClientIdentity>();
+    send_sync::<flashgate::station_ca::IssuedClient>();
+    send_sync::<StationCaError>();
+}
