@@ -5,9 +5,10 @@
 //! (sensitive, non-extractable, unmodifiable, uncopyable, `CKM_ECDSA` only)
 //! under [`CA_LABEL`]; its self-signed certificate is
 //! `state_dir/station/ca.pem`. Client keys are made here, in zeroizing host
-//! memory, and handed over as files ([`IssuedClient::write`]): the station
-//! keeps only the certificate's fingerprint, in the audit log's operator
-//! names and, once revoked, in the deny-list ([`DenyList`]). A client's role
+//! memory, and handed over as files ([`IssuedClient::write`]); the station
+//! keeps no copy. The certificate's SHA-256 names the client in the audit
+//! log ([`ClientIdentity::audit_name`]) and, once revoked, in the deny-list
+//! ([`DenyList`]). A client's role
 //! is its certificate subject's one OU ([`Role`]). docs/FORMATS.md §12 is
 //! the certificate profile and the deny-list format.
 
