@@ -1,12 +1,14 @@
-//! `flashgate appliance ...`: enroll the appliance and show what it is.
+//! `flashgate appliance ...`: enroll the appliance and show what it is;
+//! its client-certificate authority, client certificates and deny-list.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use flashgate::enrollment::VerifiedEnrollment;
 use flashgate::station::{Access, Station};
+use flashgate::station_ca::{self, ClientIdentity, Role, StationCaError};
 
 #[derive(Subcommand)]
 pub enum ApplianceCmd {
@@ -18,6 +20,52 @@ pub enum ApplianceCmd {
     },
     /// Show the appliance identity, profiles and token objects.
     Show,
+    /// The station's client-certificate authority (key in the HSM).
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Issue a client certificate and key for one person or program.
+    IssueCert {
+        /// The client's role: operator, supervisor, auditor or metrics.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// The client's name (the certificate's CN and the files' names).
+        #[arg(long)]
+        name: String,
+        /// Directory for the files (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Refuse a client certificate at the handshake from now on.
+    RevokeCert(RevokeArgs),
+}
+
+#[derive(Subcommand)]
+pub enum CaCmd {
+    /// Create the CA key in the token and its self-signed certificate.
+    Init {
+        /// The CA's name ("NAME station CA"); default: the appliance id.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+/// Which certificate to revoke.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct RevokeArgs {
+    /// The client certificate (PEM or DER).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Its SHA-256 fingerprint, 64 hex digits (colons allowed).
+    #[arg(long)]
+    fingerprint: Option<String>,
+}
+
+fn parse_role(word: &str) -> Result<Role, String> {
+    word.parse().map_err(|e: StationCaError| e.to_string())
 }
 
 /// Runs `appliance CMD`.
@@ -44,6 +92,130 @@ pub fn run(config: &Path, cmd: ApplianceCmd, w: &mut String) -> Result<u8> {
             for object in station.appliance().token_objects()? {
                 print_object(w, &object);
             }
+        }
+        ApplianceCmd::Ca(CaCmd::Init { name }) => {
+            let station = super::open(
+                config,
+                Access::Write {
+                    purpose: "the station CA is being created".to_owned(),
+                },
+            )?;
+            let name = match name {
+                Some(n) => n,
+                None => station.enrollment().map_or_else(
+                    |_| "flashgate".to_owned(),
+                    |e| e.record().appliance_id.clone(),
+                ),
+            };
+            let ca = station.init_station_ca(&name)?;
+            let state_dir = &station.appliance().config.state_dir;
+            let _ = writeln!(w, "station CA:   {}", ca.subject());
+            let _ = writeln!(
+                w,
+                "certificate:  {}",
+                station_ca::ca_certificate_path(state_dir).display()
+            );
+            let _ = writeln!(
+                w,
+                "key:          {} in the token (sign only; it never leaves the token)",
+                station_ca::CA_LABEL
+            );
+            let _ = writeln!(
+                w,
+                "valid until:  {}",
+                flashgate::display::time(ca.not_after())
+            );
+            let _ = writeln!(w, "fingerprint:  sha256:{}", hex::encode(ca.fingerprint()));
+        }
+        ApplianceCmd::IssueCert {
+            role,
+            name,
+            out,
+            days,
+        } => {
+            let station = super::open(config, Access::Read)?;
+            let ca = station.station_ca()?;
+            let issued = ca.issue_client(role, &name, days)?;
+            let files = issued.write(&ca, &out, &name)?;
+            let _ = writeln!(w, "issued:       {}", issued.identity.subject);
+            let _ = writeln!(
+                w,
+                "fingerprint:  sha256:{}",
+                hex::encode(issued.fingerprint)
+            );
+            let _ = writeln!(
+                w,
+                "valid until:  {}",
+                flashgate::display::time(issued.not_after)
+            );
+            let _ = writeln!(w, "certificate:  {}", files.certificate.display());
+            let _ = writeln!(
+                w,
+                "key:          {} (PKCS#8, mode 0600)",
+                files.key.display()
+            );
+            let _ = writeln!(
+                w,
+                "pkcs12:       {} (certificate, key and station CA; mode 0600)",
+                files.pkcs12.display()
+            );
+            let _ = writeln!(
+                w,
+                "password:     the PKCS#12 password is in {} (mode 0600)",
+                files.password.display()
+            );
+            let _ = writeln!(w, "station CA:   {}", files.ca_certificate.display());
+            let _ = writeln!(
+                w,
+                "Hand these to {name} over a channel you trust, then delete the key, the .p12 and its password here."
+            );
+        }
+        ApplianceCmd::RevokeCert(args) => {
+            let (fingerprint, note) = match (&args.cert, &args.fingerprint) {
+                (Some(path), _) => {
+                    let bytes = std::fs::read(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let der = std::str::from_utf8(&bytes)
+                        .ok()
+                        .and_then(|t| flashgate::x509::pem_to_der(t, "CERTIFICATE"))
+                        .unwrap_or(bytes);
+                    let note = match ClientIdentity::from_der(&der) {
+                        Ok(id) => id.subject,
+                        Err(e @ StationCaError::NotACertificate { .. }) => {
+                            return Err(e).with_context(|| {
+                                format!("{} holds no certificate", path.display())
+                            })
+                        }
+                        // Revoked all the same: the deny-list goes by fingerprint.
+                        Err(_) => String::new(),
+                    };
+                    (station_ca::fingerprint(&der), note)
+                }
+                (None, Some(text)) => (station_ca::parse_fingerprint(text)?, String::new()),
+                (None, None) => anyhow::bail!("give --cert FILE.pem or --fingerprint HEX"),
+            };
+            let station = super::open(
+                config,
+                Access::Write {
+                    purpose: "a client certificate is being revoked".to_owned(),
+                },
+            )?;
+            let added = station.revoke_client(fingerprint, &note)?;
+            let path = station_ca::revoked_path(&station.appliance().config.state_dir);
+            let hex = hex::encode(fingerprint);
+            if added {
+                let _ = writeln!(w, "revoked:      sha256:{hex}, added to {}", path.display());
+            } else {
+                let _ = writeln!(
+                    w,
+                    "revoked:      sha256:{hex} was already in {}; nothing changed",
+                    path.display()
+                );
+            }
+            let _ = writeln!(
+                w,
+                "A running `flashgate serve` picks up the deny-list without a restart."
+            );
         }
     }
     Ok(0)

@@ -12,6 +12,7 @@
 //! - [`bundle`]: the audit bundle: export on the appliance; the OEM's offline
 //!   verification is `flashgate-formats`'s, re-exported here.
 //! - [`station`]: the one API the front ends drive the CM side through.
+//! - [`station_ca`]: the station's client-certificate authority and deny-list.
 //! - [`drivers`]: the target drivers this build has.
 //! - [`lab`]: a fresh appliance with a job, for the demo, benchmarks and tests.
 
@@ -30,5 +31,6 @@ pub use flashgate_formats::package;
 pub mod pipeline;
 pub use flashgate_formats::profile;
 pub mod station;
+pub mod station_ca;
 pub mod unit;
 pub mod x509;

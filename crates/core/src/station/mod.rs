@@ -32,6 +32,7 @@ use crate::bundle::BundleError;
 use crate::drivers::DriverMismatch;
 use crate::enrollment::VerifiedEnrollment;
 use crate::pipeline::RunError;
+use crate::station_ca::{StationCa, StationCaError};
 
 /// What went wrong at the station: the domain errors of the layers below,
 /// and the station's own refusals (misuse: asking a reader to write, or
@@ -57,6 +58,9 @@ pub enum StationError {
     /// Export.
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    /// The station's client-certificate authority or its deny-list.
+    #[error(transparent)]
+    StationCa(#[from] StationCaError),
     /// A job id that does not parse.
     #[error(transparent)]
     JobId(#[from] JobIdError),
@@ -254,6 +258,36 @@ impl Station {
             sealed_segments,
             sealed_dir: out.join("sealed"),
         })
+    }
+
+    /// `appliance ca init`: makes the station CA key in the token and its
+    /// self-signed certificate (state_dir/station/ca.pem); refused when the
+    /// station has one.
+    pub fn init_station_ca(&self, name: &str) -> Result<StationCa, StationError> {
+        self.writer("creating the station CA")?;
+        Ok(StationCa::init(Arc::clone(&self.appliance), name)?)
+    }
+
+    /// The station CA, its certificate checked against its key in the
+    /// token. Reading changes nothing, so a read-only station can issue
+    /// certificates.
+    pub fn station_ca(&self) -> Result<StationCa, StationError> {
+        Ok(StationCa::load(Arc::clone(&self.appliance))?)
+    }
+
+    /// Adds a client certificate's SHA-256 to the deny-list
+    /// (state_dir/station/revoked), with `note` in a comment line before it;
+    /// the file is replaced atomically (write temp + rename). False if it was
+    /// there already.
+    pub fn revoke_client(&self, fingerprint: [u8; 32], note: &str) -> Result<bool, StationError> {
+        self.writer("revoking a client certificate")?;
+        let path = crate::station_ca::revoked_path(&self.appliance.config.state_dir);
+        Ok(crate::station_ca::revoke(
+            &path,
+            fingerprint,
+            note,
+            self.appliance.now(),
+        )?)
     }
 
     /// Starts a run of job `id` on `fixtures`. Everything is checked before
