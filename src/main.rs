@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 use cmd::appliance::ApplianceCmd;
 use cmd::audit::AuditCmd;
+use cmd::fixtures::FixturesCmd;
 use cmd::job::{JobCmd, OemCmd};
 use cmd::sim::SimCmd;
 
@@ -46,6 +47,9 @@ enum Command {
     Job(JobCmd),
     /// CM: program units on N channels at once.
     Run(cmd::run::RunArgs),
+    /// CM: the named fixture sets `run --fixtures` takes.
+    #[command(subcommand)]
+    Fixtures(FixturesCmd),
     /// Export, verify and prove the audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -65,6 +69,7 @@ fn run(cli: Cli, w: &mut String) -> Result<u8> {
         Command::Oem(c) => cmd::job::oem(c, w),
         Command::Job(c) => cmd::job::run(config, c, w),
         Command::Run(args) => cmd::run::run(config, &args, w),
+        Command::Fixtures(c) => cmd::fixtures::run(config, c, w),
         Command::Audit(c) => cmd::audit::run(config, c, w),
         Command::Sim(c) => cmd::sim::run(c),
         Command::Serve(args) => cmd::serve::run(config, &args),

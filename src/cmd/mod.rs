@@ -4,6 +4,7 @@
 pub mod appliance;
 pub mod audit;
 pub mod demo;
+pub mod fixtures;
 pub mod job;
 pub mod run;
 pub mod run_view;

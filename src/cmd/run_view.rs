@@ -15,8 +15,28 @@ use flashgate::pipeline::{RunEvent, RunSummary, UnitResult};
 #[derive(Debug)]
 pub struct ProgressView {
     channels: Vec<ProgressBar>,
-    total: ProgressBar,
+    jobs: Vec<JobTotals>,
     start: Instant,
+}
+
+/// One job of what the view shows: a run on some of the channels.
+#[derive(Debug, Clone)]
+pub struct ViewJob {
+    /// Shown on its total line when several jobs run (else `all`).
+    pub label: Option<String>,
+    /// Its channels.
+    pub channels: u32,
+    /// The job's quota.
+    pub quota: u64,
+    /// Counter values it had used before this run.
+    pub used_before: u64,
+    /// Where PEM copies of its certificates go.
+    pub cert_dir: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+struct JobTotals {
+    total: ProgressBar,
     quota: u64,
     used_before: u64,
     counts: Mutex<(u64, u64, u64)>, // passed, failed, counted
@@ -32,6 +52,21 @@ impl ProgressView {
         cert_dir: Option<PathBuf>,
         visible: bool,
     ) -> Arc<Self> {
+        Self::for_jobs(
+            &[ViewJob {
+                label: None,
+                channels,
+                quota,
+                used_before,
+                cert_dir,
+            }],
+            visible,
+        )
+    }
+
+    /// One line per channel, numbered across the jobs in order, then a
+    /// total line per job.
+    pub fn for_jobs(jobs: &[ViewJob], visible: bool) -> Arc<Self> {
         let multi = MultiProgress::with_draw_target(if visible {
             ProgressDrawTarget::stderr()
         } else {
@@ -39,7 +74,8 @@ impl ProgressView {
         });
         let style = ProgressStyle::with_template("{prefix:>4} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner());
-        let bars = (0..channels)
+        let all: u32 = jobs.iter().map(|j| j.channels).sum();
+        let bars = (0..all)
             .map(|c| {
                 let b = multi.add(ProgressBar::new_spinner());
                 b.set_style(style.clone());
@@ -48,22 +84,37 @@ impl ProgressView {
                 b
             })
             .collect();
-        let total = multi.add(ProgressBar::new_spinner());
-        total.set_style(style);
-        total.set_prefix("all");
+        let jobs = jobs
+            .iter()
+            .map(|j| {
+                let total = multi.add(ProgressBar::new_spinner());
+                total.set_style(style.clone());
+                total.set_prefix(j.label.clone().unwrap_or_else(|| "all".to_owned()));
+                JobTotals {
+                    total,
+                    quota: j.quota,
+                    used_before: j.used_before,
+                    counts: Mutex::new((0, 0, 0)),
+                    cert_dir: j.cert_dir.clone(),
+                }
+            })
+            .collect();
         Arc::new(Self {
             channels: bars,
-            total,
+            jobs,
             start: Instant::now(),
-            quota,
-            used_before,
-            counts: Mutex::new((0, 0, 0)),
-            cert_dir,
         })
     }
 
-    /// Handles one event.
+    /// Handles one event of a single-job run.
     pub fn event(&self, e: &RunEvent) {
+        self.event_of(0, e);
+    }
+
+    /// Handles one event of job `job` (in the order given to
+    /// [`for_jobs`](Self::for_jobs)), its channel already numbered across
+    /// the jobs ([`on_set`]).
+    pub fn event_of(&self, job: usize, e: &RunEvent) {
         match e {
             RunEvent::UnitStarted { channel, board } => {
                 self.bar(*channel, format!("board {board}: identify"))
@@ -82,8 +133,11 @@ impl ProgressView {
                     UnitResult::Failed(f) => format!("{serial} FAIL at {}: {}", f.stage, f.reason),
                 };
                 self.bar(*channel, msg);
+                let Some(totals) = self.jobs.get(job) else {
+                    return;
+                };
                 if let (Some(dir), Some(cert), Some(serial)) =
-                    (&self.cert_dir, &unit.certificate, &unit.serial)
+                    (&totals.cert_dir, &unit.certificate, &unit.serial)
                 {
                     let _ = std::fs::create_dir_all(dir);
                     let _ = std::fs::write(
@@ -91,7 +145,7 @@ impl ProgressView {
                         flashgate::x509::der_to_pem(cert, "CERTIFICATE"),
                     );
                 }
-                if let Ok(mut c) = self.counts.lock() {
+                if let Ok(mut c) = totals.counts.lock() {
                     if unit.result == UnitResult::Passed {
                         c.0 += 1;
                     } else {
@@ -112,8 +166,8 @@ impl ProgressView {
                     } else {
                         100.0
                     };
-                    let left = self.quota.saturating_sub(self.used_before + counted);
-                    self.total.set_message(format!(
+                    let left = totals.quota.saturating_sub(totals.used_before + counted);
+                    totals.total.set_message(format!(
                         "{p} passed, {f} failed, {uph:.0} units/h, yield {yield_pct:.1}%, quota left ~{left}"
                     ));
                 }
@@ -135,8 +189,25 @@ impl ProgressView {
         for b in &self.channels {
             b.finish();
         }
-        self.total.finish();
+        for j in &self.jobs {
+            j.total.finish();
+        }
     }
+}
+
+/// A run's event with its channel numbered within the whole fixture set:
+/// the run's channel plus the run's first channel in the set.
+pub fn on_set(mut e: RunEvent, offset: u32) -> RunEvent {
+    match &mut e {
+        RunEvent::UnitStarted { channel, .. }
+        | RunEvent::StageDone { channel, .. }
+        | RunEvent::ChannelStopped { channel, .. } => *channel += offset,
+        RunEvent::UnitPassed { channel, unit, .. } | RunEvent::UnitFailed { channel, unit, .. } => {
+            *channel += offset;
+            unit.channel += offset;
+        }
+    }
+    e
 }
 
 /// The summary table at the end of a run.

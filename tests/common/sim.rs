@@ -40,6 +40,12 @@ impl Sim {
         Sim::start(lab, "stm32-uart", part, options, 1, STATE)
     }
 
+    /// As [`Sim::stm32_uart`], keeping its chip in `state` (for several
+    /// chips in one lab).
+    pub fn stm32_uart_in(lab: &Lab, part: &str, options: &str, state: &str) -> Sim {
+        Sim::start(lab, "stm32-uart", part, options, 1, state)
+    }
+
     fn start(lab: &Lab, kind: &str, part: &str, options: &str, ptys: usize, state: &str) -> Sim {
         let mut child = lab
             .command(&[

@@ -690,7 +690,7 @@ pub(crate) fn is_temp_file(name: &str) -> bool {
 /// Removes what interrupted atomic writes left in the state directory, the
 /// job directories and the certificate directories.
 fn remove_temp_files(state_dir: &Path, lines: &mut Vec<String>) {
-    let mut dirs = vec![state_dir.to_owned()];
+    let mut dirs = vec![state_dir.to_owned(), state_dir.join("fixtures")];
     for sub in ["jobs", "certs"] {
         if let Ok(rd) = fs::read_dir(state_dir.join(sub)) {
             for e in rd.flatten() {

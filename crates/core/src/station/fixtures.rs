@@ -1,6 +1,11 @@
 //! The fixtures a run programs on: a driver, how it is wired, and how many
 //! channels; or a gang of separately wired programmers of one driver, one
-//! channel each.
+//! channel each. Named sets of channels, of any mix of drivers, are in
+//! [`definition`].
+
+pub(crate) mod definition;
+
+pub use definition::{FixtureDef, FixtureOrigin};
 
 use flashgate_target::{Capabilities, Capability, Fixture, FixtureSpec, RunWiring, SpecError};
 

@@ -9,19 +9,25 @@
 //!   .import(package) / .remove(job)              refused while that job runs
 //!   .start_run(job, fixtures, options)           every check first, then RunStarted
 //!       -> RunHandle: events, snapshot, stop, wait -> RunSummary
+//!   .fixture_sets() / .define_fixtures(name, channels) / .remove_fixtures(name)
+//!   .start_line(jobs, fixture_set, options)      one run per driver, all checked first
+//!       -> LineRun: runs, channel_offset, stop, wait -> one RunSummary per job
 //!   .export_bundle(job, out)
 //! ```
 
 mod fixtures;
 mod job_id;
+mod line;
 mod run;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use fixtures::FixtureSet;
+pub(crate) use fixtures::definition::{check as check_fixtures, FixtureTable};
+pub use fixtures::{FixtureDef, FixtureOrigin, FixtureSet};
 pub use job_id::{JobId, JobIdError};
+pub use line::LineRun;
 pub use run::{ChannelSnapshot, EventCursor, RunHandle, RunSnapshot, SeqEvent, StartOptions};
 
 use crate::appliance::{
@@ -85,6 +91,70 @@ pub enum StationError {
     /// The run thread could not be started.
     #[error("cannot start the run: {0}")]
     Spawn(std::io::Error),
+
+    // A fixture set's definition: what a supervisor sends may be anything.
+    /// A name that cannot name a fixture set (it names a file).
+    #[error("'{name}' cannot name a fixture set: use 1 to 32 of a-z, 0-9 and '-'")]
+    BadFixtureName { name: String },
+    /// A channel's target spec does not parse.
+    #[error("channel {channel}: {source}")]
+    FixtureSpec {
+        channel: u32,
+        source: flashgate_target::SpecError,
+    },
+    /// More channels than a set may have.
+    #[error(
+        "a fixture set has at most {max} channels, not {channels}: split it into several sets"
+    )]
+    FixtureChannels { channels: usize, max: usize },
+    /// A driver's channels are not consecutive in the set.
+    #[error("channel {channel} is a {driver} channel after another driver's: list each driver's channels together, so that each driver's run has consecutive channels of the set")]
+    FixturesInterleaved { driver: String, channel: u32 },
+    /// A station-defined set's file does not read back (edited or damaged).
+    #[error("the station's fixture set file {} is invalid ({detail}); define the set again or remove the file", .path.display())]
+    FixtureFile { path: PathBuf, detail: String },
+
+    // Asking for what the sets are not.
+    /// No set of that name.
+    #[error("there is no fixture set {name}; {}", known_sets(.known))]
+    NoSuchFixtures { name: String, known: Vec<String> },
+    /// A station-defined set may not take a config set's name.
+    #[error("the fixture set {name} is defined in the appliance config; choose another name for a set the station defines")]
+    ShadowsConfigFixtures { name: String },
+    /// Config sets are changed in the config only.
+    #[error("the fixture set {name} is defined in the appliance config, which the station does not change; remove it from the config")]
+    ConfigFixtures { name: String },
+    /// The set is in use by a live run.
+    #[error("the fixture set {name} is in use by a live run; stop its run first")]
+    FixturesInUse { name: String },
+    /// A driver of the set has no job among those given.
+    #[error("the fixture set {fixtures} has {driver} channels but no job given is for {driver}; add a job for them, or use a set without them")]
+    NoJobForDriver { fixtures: String, driver: String },
+    /// A job's driver has no channel in the set.
+    #[error("job {id} is for the {driver} driver, which the fixture set {fixtures} has no channel of; leave the job out or use a set with {driver} channels")]
+    JobNotInFixtures {
+        id: JobId,
+        driver: String,
+        fixtures: String,
+    },
+    /// Two jobs for one driver: its channels run one job.
+    #[error("jobs {first} and {second} are both for the {driver} driver, whose channels run one job; give one of them")]
+    TwoJobsForDriver {
+        driver: String,
+        first: JobId,
+        second: JobId,
+    },
+    /// The same job twice.
+    #[error("job {id} is given twice; give each job once")]
+    RepeatedJob { id: JobId },
+}
+
+fn known_sets(known: &[String]) -> String {
+    if known.is_empty() {
+        "none is defined: add a [fixtures.NAME] table to the appliance config".to_owned()
+    } else {
+        format!("the sets are {}", known.join(", "))
+    }
 }
 
 /// How a station opens the appliance.
@@ -110,6 +180,7 @@ pub struct Station {
     appliance: Arc<Appliance>,
     writer: Option<Arc<WriterLock>>,
     live: Arc<Mutex<BTreeSet<JobId>>>,
+    live_fixtures: Arc<Mutex<BTreeSet<String>>>,
     recovered: Vec<String>,
 }
 
@@ -151,6 +222,7 @@ impl Station {
             appliance: Arc::new(appliance),
             writer,
             live: Arc::default(),
+            live_fixtures: Arc::default(),
             recovered,
         }
     }
@@ -303,6 +375,137 @@ impl Station {
     ) -> Result<RunHandle, StationError> {
         self.writer("running a job")?;
         run::start(self, id, fixtures, options)
+    }
+
+    fn fixture_store(&self) -> fixtures::definition::Store {
+        fixtures::definition::Store::new(&self.appliance.config.state_dir)
+    }
+
+    fn fixtures_live(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.live_fixtures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Every fixture set: the config's, then the station-defined ones, each
+    /// by name. A station-defined set that a config set of the same name
+    /// (added to the config later) hides is left out.
+    pub fn fixture_sets(&self) -> Result<Vec<FixtureDef>, StationError> {
+        let mut out = self.appliance.config.fixtures.clone();
+        for def in self.fixture_store().list()? {
+            if !out.iter().any(|c| c.name == def.name) {
+                out.push(def);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The fixture set `name`.
+    pub fn fixture_set(&self, name: &str) -> Result<FixtureDef, StationError> {
+        fixtures::definition::check_name(name)?;
+        if let Some(def) = self
+            .appliance
+            .config
+            .fixtures
+            .iter()
+            .find(|d| d.name == name)
+        {
+            return Ok(def.clone());
+        }
+        if let Some(def) = self.fixture_store().read(name)? {
+            return Ok(def);
+        }
+        Err(StationError::NoSuchFixtures {
+            name: name.to_owned(),
+            known: self.fixture_sets()?.into_iter().map(|d| d.name).collect(),
+        })
+    }
+
+    /// Defines (or replaces) a station fixture set: one target spec per
+    /// channel, checked as a run would take them, kept in
+    /// `state_dir/fixtures/NAME.toml`. Refused for a config set's name and
+    /// while a live run uses the set.
+    pub fn define_fixtures(
+        &self,
+        name: &str,
+        channels: &[String],
+    ) -> Result<FixtureDef, StationError> {
+        self.writer("defining a fixture set")?;
+        let channels: Vec<String> = channels.iter().map(|c| c.trim().to_owned()).collect();
+        fixtures::definition::check(name, &channels)?;
+        if self
+            .appliance
+            .config
+            .fixtures
+            .iter()
+            .any(|d| d.name == name)
+        {
+            return Err(StationError::ShadowsConfigFixtures {
+                name: name.to_owned(),
+            });
+        }
+        // Held while writing: no line starts on the set in between.
+        let live = self.fixtures_live();
+        if live.contains(name) {
+            return Err(StationError::FixturesInUse {
+                name: name.to_owned(),
+            });
+        }
+        let def = FixtureDef {
+            name: name.to_owned(),
+            origin: FixtureOrigin::Station,
+            channels,
+        };
+        self.fixture_store().write(&def)?;
+        drop(live);
+        Ok(def)
+    }
+
+    /// Removes a station-defined fixture set; refused for a config set and
+    /// while a live run uses the set.
+    pub fn remove_fixtures(&self, name: &str) -> Result<(), StationError> {
+        self.writer("removing a fixture set")?;
+        fixtures::definition::check_name(name)?;
+        let live = self.fixtures_live();
+        if live.contains(name) {
+            return Err(StationError::FixturesInUse {
+                name: name.to_owned(),
+            });
+        }
+        if self.fixture_store().remove(name)? {
+            return Ok(());
+        }
+        drop(live);
+        if self
+            .appliance
+            .config
+            .fixtures
+            .iter()
+            .any(|d| d.name == name)
+        {
+            return Err(StationError::ConfigFixtures {
+                name: name.to_owned(),
+            });
+        }
+        Err(StationError::NoSuchFixtures {
+            name: name.to_owned(),
+            known: self.fixture_sets()?.into_iter().map(|d| d.name).collect(),
+        })
+    }
+
+    /// Starts one run per driver of `fixtures`, each with the job of `jobs`
+    /// whose policy names that driver. Every check of every run comes
+    /// before any run is recorded as started; if a later start still
+    /// fails, the runs already started are stopped and waited for, and the
+    /// error returned.
+    pub fn start_line(
+        &self,
+        jobs: &[JobId],
+        fixtures: &FixtureDef,
+        options: StartOptions,
+    ) -> Result<LineRun, StationError> {
+        self.writer("running a job")?;
+        line::start(self, jobs, fixtures, options)
     }
 }
 

@@ -342,12 +342,53 @@ impl Drop for Live {
     }
 }
 
+/// Loads imported job `id` for a run.
+pub(super) fn load_job(station: &Station, id: &JobId) -> Result<ImportedJob, StationError> {
+    let appliance = &station.appliance;
+    let hex_id = id.to_string();
+    Ok(
+        ImportedJob::load(&appliance.job_dir(&hex_id), &appliance.config.trust.keys)
+            .map_err(|_| ApplianceError::NoSuchJob { id: hex_id })?,
+    )
+}
+
 pub(super) fn start(
     station: &Station,
     id: &JobId,
     fixtures: FixtureSet,
     options: StartOptions,
 ) -> Result<RunHandle, StationError> {
+    let job = load_job(station, id)?;
+    check(station, id, job, &fixtures, options)?.start()
+}
+
+/// A run whose checks all passed, not recorded yet: the job is marked live
+/// and its fixtures made, so that several runs can all be checked before
+/// any of them is recorded as started.
+pub(super) struct Checked {
+    live: Live,
+    id: JobId,
+    job: ImportedJob,
+    appliance: Arc<crate::appliance::Appliance>,
+    writer: Option<Arc<WriterLock>>,
+    options: StartOptions,
+    boards: Vec<Box<dyn flashgate_target::Fixture>>,
+    channels: u32,
+    runtime: tokio::runtime::Runtime,
+    stop: StopHandle,
+    hold: Option<Arc<dyn Send + Sync>>,
+}
+
+/// Every check of a run of `job` on `fixtures`, before anything is
+/// recorded: not already running, the driver against the policy, the
+/// validity window, the quota.
+pub(super) fn check(
+    station: &Station,
+    id: &JobId,
+    job: ImportedJob,
+    fixtures: &FixtureSet,
+    options: StartOptions,
+) -> Result<Checked, StationError> {
     if !station
         .live
         .lock()
@@ -362,8 +403,6 @@ pub(super) fn start(
     };
     let appliance = station.appliance.clone();
     let hex_id = id.to_string();
-    let job = ImportedJob::load(&appliance.job_dir(&hex_id), &appliance.config.trust.keys)
-        .map_err(|_| ApplianceError::NoSuchJob { id: hex_id.clone() })?;
     let policy = job.policy();
     crate::pipeline::check_driver(policy, fixtures.driver(), fixtures.capabilities())?;
     crate::pipeline::check_validity(policy, &hex_id, appliance.now())?;
@@ -371,79 +410,121 @@ pub(super) fn start(
     let boards = fixtures.fixtures(options.units, policy.lock().avr_lock_byte);
     let channels = fixtures.channels();
     let runtime = crate::pipeline::runtime(channels).map_err(StationError::Spawn)?;
-
-    // Everything is checked: only now is the run recorded as started.
-    let (ledger, recovery) = RunLedger::start(
-        &appliance,
-        *id.as_bytes(),
-        policy,
-        &options.operator,
+    Ok(Checked {
+        live,
+        id: *id,
+        job,
+        appliance,
+        writer: station.writer.clone(),
+        options,
+        boards,
         channels,
-    )?;
-    let ledger = Arc::new(ledger);
-    let provisioner = match Provisioner::open(appliance.clone(), &hex_id, ledger.clone()) {
-        Ok(p) => Arc::new(p),
-        Err(e) => {
-            // The start is on record: so is why nothing was programmed.
-            let _ = ledger.run_finished(&format!("the job could not be opened: {e}"));
-            return Err(e.into());
-        }
-    };
-    let quota = policy.job().quota;
-    let used_before = recovery.counter;
-    let shared = Arc::new(Shared {
-        state: Mutex::new(State {
-            events: VecDeque::new(),
-            next_id: 1,
-            snapshot: RunSnapshot {
-                job: *id,
-                channels: (0..channels)
-                    .map(|c| ChannelSnapshot {
-                        channel: c,
-                        ..ChannelSnapshot::default()
-                    })
-                    .collect(),
-                passed: 0,
-                failed: 0,
-                quota,
-                quota_left: quota.saturating_sub(used_before),
-                finished: false,
-            },
-            summary: None,
-        }),
-        changed: Condvar::new(),
-    });
-    let stop = StopHandle::default();
-    let sink_shared = shared.clone();
-    let sink: Arc<dyn Fn(RunEvent) + Send + Sync> = Arc::new(move |e| sink_shared.observe(e));
-    let writer: Option<Arc<WriterLock>> = station.writer.clone();
-    let (run_shared, run_stop) = (shared.clone(), stop.clone());
-    let run_options = RunOptions {
-        units: options.units,
-        block: options.block,
-    };
-    let thread = std::thread::Builder::new()
-        .name(format!("run-{hex_id}"))
-        .spawn(move || {
-            // The writer lock and the live mark last as long as the run.
-            let _writer = writer;
-            let _live = live;
-            let summary = runtime.block_on(provisioner.run(boards, run_options, run_stop, sink));
-            let mut s = run_shared.lock();
-            s.snapshot.finished = true;
-            s.snapshot.quota_left = summary.quota_left;
-            s.summary = Some(summary);
-            drop(s);
-            run_shared.changed.notify_all();
-        })
-        .map_err(StationError::Spawn)?;
-    Ok(RunHandle {
-        job: *id,
-        shared,
-        stop,
-        thread: Some(thread),
-        used_before,
-        recovered: (!recovery.was_clean()).then(|| recovery.to_string()),
-        certificate_dir: appliance.certificate_dir(id.as_bytes()),
+        runtime,
+        stop: StopHandle::default(),
+        hold: None,
     })
+}
+
+impl Checked {
+    /// Stopped by `stop` (shared with the other runs of a line), and
+    /// keeping `hold` alive until the run ends.
+    pub(super) fn sharing(mut self, stop: StopHandle, hold: Arc<dyn Send + Sync>) -> Self {
+        self.stop = stop;
+        self.hold = Some(hold);
+        self
+    }
+
+    /// Records the run as started and starts its channels.
+    pub(super) fn start(self) -> Result<RunHandle, StationError> {
+        let Checked {
+            live,
+            id,
+            job,
+            appliance,
+            writer,
+            options,
+            boards,
+            channels,
+            runtime,
+            stop,
+            hold,
+        } = self;
+        let hex_id = id.to_string();
+        let policy = job.policy();
+        // Everything is checked: only now is the run recorded as started.
+        let (ledger, recovery) = RunLedger::start(
+            &appliance,
+            *id.as_bytes(),
+            policy,
+            &options.operator,
+            channels,
+        )?;
+        let ledger = Arc::new(ledger);
+        let provisioner = match Provisioner::open(appliance.clone(), &hex_id, ledger.clone()) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                // The start is on record: so is why nothing was programmed.
+                let _ = ledger.run_finished(&format!("the job could not be opened: {e}"));
+                return Err(e.into());
+            }
+        };
+        let quota = policy.job().quota;
+        let used_before = recovery.counter;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                events: VecDeque::new(),
+                next_id: 1,
+                snapshot: RunSnapshot {
+                    job: id,
+                    channels: (0..channels)
+                        .map(|c| ChannelSnapshot {
+                            channel: c,
+                            ..ChannelSnapshot::default()
+                        })
+                        .collect(),
+                    passed: 0,
+                    failed: 0,
+                    quota,
+                    quota_left: quota.saturating_sub(used_before),
+                    finished: false,
+                },
+                summary: None,
+            }),
+            changed: Condvar::new(),
+        });
+        let sink_shared = shared.clone();
+        let sink: Arc<dyn Fn(RunEvent) + Send + Sync> = Arc::new(move |e| sink_shared.observe(e));
+        let (run_shared, run_stop) = (shared.clone(), stop.clone());
+        let run_options = RunOptions {
+            units: options.units,
+            block: options.block,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("run-{hex_id}"))
+            .spawn(move || {
+                // The writer lock, the live mark and what the caller holds
+                // last as long as the run.
+                let _writer = writer;
+                let _live = live;
+                let _hold = hold;
+                let summary =
+                    runtime.block_on(provisioner.run(boards, run_options, run_stop, sink));
+                let mut s = run_shared.lock();
+                s.snapshot.finished = true;
+                s.snapshot.quota_left = summary.quota_left;
+                s.summary = Some(summary);
+                drop(s);
+                run_shared.changed.notify_all();
+            })
+            .map_err(StationError::Spawn)?;
+        Ok(RunHandle {
+            job: id,
+            shared,
+            stop,
+            thread: Some(thread),
+            used_before,
+            recovered: (!recovery.was_clean()).then(|| recovery.to_string()),
+            certificate_dir: appliance.certificate_dir(id.as_bytes()),
+        })
+    }
 }
