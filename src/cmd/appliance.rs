@@ -194,12 +194,9 @@ pub fn run(config: &Path, cmd: ApplianceCmd, w: &mut String) -> Result<u8> {
                 (None, Some(text)) => (station_ca::parse_fingerprint(text)?, String::new()),
                 (None, None) => anyhow::bail!("give --cert FILE.pem or --fingerprint HEX"),
             };
-            let station = super::open(
-                config,
-                Access::Write {
-                    purpose: "a client certificate is being revoked".to_owned(),
-                },
-            )?;
+            // Not the writer lock: a running `flashgate serve` holds it,
+            // and revoking must work while it does.
+            let station = super::open(config, Access::Read)?;
             let added = station.revoke_client(fingerprint, &note)?;
             let path = station_ca::revoked_path(&station.appliance().config.state_dir);
             let hex = hex::encode(fingerprint);

@@ -6,20 +6,26 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use flashgate::station::Access;
-use flashgate_serve::{ServeOptions, Service, TlsSource};
+use flashgate_serve::{ClientTrust, ServeOptions, ServerCert, Service};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
     /// Address and port to listen on (TLS 1.3, a client certificate required).
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
-    /// The server's certificate chain (PEM).
-    #[arg(long, requires_all = ["tls_key", "client_ca"])]
+    /// A name clients reach the station by, for the server certificate the
+    /// station CA issues at start-up (IP address or DNS name; repeat it).
+    /// Default: the listen address and `localhost`.
+    #[arg(long = "server-name")]
+    pub server_names: Vec<String>,
+    /// Use this server certificate chain (PEM) instead of one from the station CA.
+    #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
-    /// The server certificate's PKCS#8 key (PEM).
-    #[arg(long)]
+    /// The PKCS#8 key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// The CA client certificates must chain to (PEM).
+    /// Trust client certificates of this CA (PEM; an enterprise CA) instead of
+    /// the station CA's. The role is read from the subject's OU either way.
     #[arg(long)]
     pub client_ca: Option<PathBuf>,
     /// The largest request body in bytes (a job package upload).
@@ -34,15 +40,21 @@ pub struct ServeArgs {
 /// its units in flight, is recorded as stopped and checkpointed, and the
 /// process exits 0.
 pub fn run(config: &Path, args: &ServeArgs) -> Result<u8> {
-    let tls = match (&args.tls_cert, &args.tls_key, &args.client_ca) {
-        (Some(cert), Some(key), Some(client_ca)) => TlsSource::Files {
+    let mut options = ServeOptions::new(args.listen);
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        options.server_cert = ServerCert::Files {
             cert: cert.clone(),
             key: key.clone(),
-            client_ca: client_ca.clone(),
-        },
-        _ => anyhow::bail!("give --tls-cert, --tls-key and --client-ca"),
-    };
-    let mut options = ServeOptions::new(args.listen, tls);
+        };
+    } else if !args.server_names.is_empty() {
+        options.server_cert = ServerCert::StationCa {
+            names: args.server_names.clone(),
+            days: 30,
+        };
+    }
+    if let Some(ca) = &args.client_ca {
+        options.client_trust = ClientTrust::File(ca.clone());
+    }
     options.max_body = args.max_body;
     options.header_timeout = std::time::Duration::from_secs(args.header_timeout.max(1));
     let _ = tracing_subscriber::fmt()

@@ -39,7 +39,7 @@ fn make_ca(dir: &Path, name: &str) {
             "ec_paramgen_curve:P-256",
             "-nodes",
             "-keyout",
-            &format!("{name}.key"),
+            &format!("{name}.key.pem"),
             "-out",
             &format!("{name}.pem"),
             "-days",
@@ -68,7 +68,7 @@ fn make_leaf(dir: &Path, ca: &str, name: &str, subject: &str, days: i32, ext: &s
             "ec_paramgen_curve:P-256",
             "-nodes",
             "-keyout",
-            &format!("{name}.key"),
+            &format!("{name}.key.pem"),
             "-out",
             &format!("{name}.csr"),
             "-subj",
@@ -85,7 +85,7 @@ fn make_leaf(dir: &Path, ca: &str, name: &str, subject: &str, days: i32, ext: &s
             "-CA",
             &format!("{ca}.pem"),
             "-CAkey",
-            &format!("{ca}.key"),
+            &format!("{ca}.key.pem"),
             "-days",
             &days.to_string(),
             "-out",
@@ -99,9 +99,11 @@ fn make_leaf(dir: &Path, ca: &str, name: &str, subject: &str, days: i32, ext: &s
 const CLIENT_EXT: &str =
     "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n";
 
-/// Certificates in `lab/certs`: the station's CA, the server's, one client
-/// per role, and the refused kinds: `expired`, `stranger` (another CA),
-/// `revoked` (on the deny-list once [`Served::revoke`] runs).
+/// Certificates in `lab/certs`: the station CA's (`station-ca.pem`), one
+/// client per role and `revoked` issued by `flashgate appliance
+/// issue-cert`; made with openssl: `stranger` (a supervisor of another CA),
+/// and an enterprise CA `ent-ca` with `ent-operator`, `expired` and
+/// `no-role` (a certificate without an OU).
 pub struct Certs {
     pub dir: PathBuf,
 }
@@ -110,28 +112,24 @@ impl Certs {
     pub fn make(lab: &Lab) -> Self {
         let dir = lab.path("certs");
         std::fs::create_dir_all(&dir).unwrap();
-        make_ca(&dir, "ca");
-        make_ca(&dir, "other-ca");
-        make_leaf(
-            &dir,
-            "ca",
-            "server",
-            "/CN=station/O=flashgate station",
-            30,
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
-        );
-        for role in ROLES {
-            let subject = format!("/CN={role}-1/OU={role}/O=flashgate station");
-            make_leaf(&dir, "ca", role, &subject, 30, CLIENT_EXT);
+        lab.ok(&["appliance", "ca", "init", "--name", "line 3"]);
+        for (role, name) in ROLES
+            .iter()
+            .map(|r| (*r, *r))
+            .chain([("operator", "revoked")])
+        {
+            lab.ok(&[
+                "appliance",
+                "issue-cert",
+                "--role",
+                role,
+                "--name",
+                name,
+                "--out",
+                "certs",
+            ]);
         }
-        make_leaf(
-            &dir,
-            "ca",
-            "expired",
-            "/CN=late/OU=operator/O=flashgate station",
-            -1,
-            CLIENT_EXT,
-        );
+        make_ca(&dir, "other-ca");
         make_leaf(
             &dir,
             "other-ca",
@@ -140,23 +138,39 @@ impl Certs {
             30,
             CLIENT_EXT,
         );
+        make_ca(&dir, "ent-ca");
         make_leaf(
             &dir,
-            "ca",
-            "revoked",
-            "/CN=gone/OU=operator/O=flashgate station",
+            "ent-ca",
+            "ent-operator",
+            "/CN=erin/OU=operator/O=Acme CM",
             30,
             CLIENT_EXT,
         );
         make_leaf(
             &dir,
-            "ca",
+            "ent-ca",
+            "expired",
+            "/CN=late/OU=operator/O=Acme CM",
+            -1,
+            CLIENT_EXT,
+        );
+        make_leaf(
+            &dir,
+            "ent-ca",
             "no-role",
-            "/CN=nobody/O=flashgate station",
+            "/CN=nobody/O=Acme CM",
             30,
             CLIENT_EXT,
         );
         Self { dir }
+    }
+
+    /// The certificates already made in `lab/certs`.
+    pub fn existing(lab: &Lab) -> Self {
+        Self {
+            dir: lab.path("certs"),
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -170,7 +184,7 @@ impl Certs {
     /// Certificate and key of `name` as one PEM (reqwest's identity form).
     pub fn identity_pem(&self, name: &str) -> Vec<u8> {
         let mut out = self.pem(name);
-        out.extend(std::fs::read(self.path(&format!("{name}.key"))).unwrap());
+        out.extend(std::fs::read(self.path(&format!("{name}.key.pem"))).unwrap());
         out
     }
 
@@ -206,17 +220,7 @@ impl Served {
     }
 
     pub fn start_with(lab: &Lab, certs: Certs, extra: &[&str]) -> Self {
-        let mut args = vec![
-            "serve".to_owned(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--tls-cert".into(),
-            certs.path("server.pem").display().to_string(),
-            "--tls-key".into(),
-            certs.path("server.key").display().to_string(),
-            "--client-ca".into(),
-            certs.path("ca.pem").display().to_string(),
-        ];
+        let mut args = vec!["serve".to_owned(), "--listen".into(), "127.0.0.1:0".into()];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut child = lab
@@ -258,7 +262,9 @@ impl Served {
         let mut b = reqwest::blocking::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(&self.certs.pem("ca")).unwrap())
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(&self.certs.pem("station-ca")).unwrap(),
+            )
             .timeout(std::time::Duration::from_secs(60));
         if let Some(n) = name {
             b = b.identity(reqwest::Identity::from_pem(&self.certs.identity_pem(n)).unwrap());
@@ -271,7 +277,9 @@ impl Served {
         reqwest::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(&self.certs.pem("ca")).unwrap())
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(&self.certs.pem("station-ca")).unwrap(),
+            )
             .identity(reqwest::Identity::from_pem(&self.certs.identity_pem(name)).unwrap())
             .build()
             .unwrap()
@@ -281,13 +289,13 @@ impl Served {
     pub fn curl(&self, name: Option<&str>, args: &[&str], path: &str) -> (i32, u16, String) {
         let mut c = Command::new("curl");
         c.args(["-sS", "--max-time", "30", "--cacert"])
-            .arg(self.certs.path("ca.pem"))
+            .arg(self.certs.path("station-ca.pem"))
             .args(["-w", "\n%{http_code}"]);
         if let Some(n) = name {
             c.arg("--cert")
                 .arg(self.certs.path(&format!("{n}.pem")))
                 .arg("--key")
-                .arg(self.certs.path(&format!("{n}.key")));
+                .arg(self.certs.path(&format!("{n}.key.pem")));
         }
         let out = c.args(args).arg(self.url(path)).output().expect("run curl");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -299,14 +307,11 @@ impl Served {
         )
     }
 
-    /// Puts `name` on the station's deny-list (as `revoke-cert` would).
+    /// Puts `name` on the station's deny-list with `appliance revoke-cert`
+    /// while the service runs.
     pub fn revoke(&self, lab: &Lab, name: &str) {
-        let dir = lab.path("state/station");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("revoked");
-        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
-        text.push_str(&format!("{}  # {name}\n", self.certs.fingerprint(name)));
-        std::fs::write(path, text).unwrap();
+        let cert = self.certs.path(&format!("{name}.pem"));
+        lab.ok(&["appliance", "revoke-cert", "--cert", cert.to_str().unwrap()]);
     }
 
     /// SIGTERM, then the exit status and what the service logged.

@@ -1,7 +1,7 @@
 //! Who is calling: taken from the client certificate of the TLS session,
 //! never from a request field.
 
-use crate::station_ca_stub::{ClientIdentity, Role};
+use flashgate_core::station_ca::{ClientIdentity, Role};
 
 /// The authenticated client of one connection.
 #[derive(Debug, Clone)]

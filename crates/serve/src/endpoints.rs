@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::caller::Caller;
 use crate::error::ApiError;
-use crate::station_ca_stub::Role;
+use flashgate_core::station_ca::Role;
 
 /// One endpoint.
 #[derive(Debug, Clone, Copy)]
@@ -105,6 +105,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/api/v1/audit/reset",
         SUPERVISOR,
         "recover a damaged audit log",
+    ),
+    ep(
+        "POST",
+        "/api/v1/revocations",
+        SUPERVISOR,
+        "revoke client certificates",
     ),
     ep("GET", "/metrics", SCRAPERS, "read metrics"),
 ];

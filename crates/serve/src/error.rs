@@ -82,6 +82,26 @@ impl From<StationError> for ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "fixtures-refused")
             }
             StationError::JobId(_) => (StatusCode::BAD_REQUEST, "bad-job-id"),
+            StationError::NoSuchFixtures { .. } => (StatusCode::NOT_FOUND, "not-found"),
+            StationError::BadFixtureName { .. }
+            | StationError::FixtureSpec { .. }
+            | StationError::FixtureChannels { .. }
+            | StationError::FixturesInterleaved { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "fixtures-refused")
+            }
+            StationError::ShadowsConfigFixtures { .. }
+            | StationError::ConfigFixtures { .. }
+            | StationError::FixturesInUse { .. } => (StatusCode::CONFLICT, "fixtures-conflict"),
+            StationError::NoJobForDriver { .. }
+            | StationError::JobNotInFixtures { .. }
+            | StationError::TwoJobsForDriver { .. }
+            | StationError::RepeatedJob { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "jobs-do-not-match-fixtures",
+            ),
+            StationError::StationCa(e) if e.is_hostile_input() => {
+                (StatusCode::BAD_REQUEST, "bad-certificate")
+            }
             StationError::Appliance(ApplianceError::NoSuchJob { .. }) => {
                 (StatusCode::NOT_FOUND, "not-found")
             }

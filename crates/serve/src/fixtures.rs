@@ -1,7 +1,7 @@
-//! Starting a run on a named fixture set.
-// Interim: the name is a target spec, `#N` for N channels.
+//! Starting a run on a named fixture set: one station run per driver of
+//! the set, each with its first channel's number in the set.
 
-use flashgate_core::station::{FixtureSet, JobId, RunHandle, StartOptions, Station};
+use flashgate_core::station::{JobId, RunHandle, StartOptions, Station};
 
 use crate::error::ApiError;
 
@@ -11,13 +11,6 @@ pub(crate) fn start(
     fixtures: &str,
     options: StartOptions,
 ) -> Result<Vec<(RunHandle, u32)>, ApiError> {
-    let (spec, channels) = match fixtures.rsplit_once('#') {
-        Some((s, n)) => (s, n.parse().unwrap_or(1)),
-        None => (fixtures, 1),
-    };
-    let set = FixtureSet::parse(spec, channels)?;
-    let [job] = jobs else {
-        return Err(ApiError::bad_request("one job"));
-    };
-    Ok(vec![(station.start_run(job, set, options)?, 0)])
+    let set = station.fixture_set(fixtures)?;
+    Ok(station.start_line(jobs, &set, options)?.into_runs())
 }

@@ -24,7 +24,6 @@ pub mod metrics;
 mod openapi;
 mod runs;
 mod server;
-mod station_ca_stub;
 pub mod tls;
 
 use std::future::Future;
@@ -54,36 +53,60 @@ pub struct ServeOptions {
     pub header_timeout: Duration,
     /// Connections served at once; more are closed at once.
     pub max_connections: usize,
-    /// Where the TLS identity comes from.
-    pub tls: TlsSource,
+    /// The server's certificate.
+    pub server_cert: ServerCert,
+    /// Whose client certificates are accepted.
+    pub client_trust: ClientTrust,
 }
 
-/// The server's certificate and the CA client certificates must chain to.
+/// Where the server's certificate comes from.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub enum TlsSource {
-    /// Files: the server's chain and key (PEM) and the client CA (PEM).
+pub enum ServerCert {
+    /// A key made at start-up, in memory only, certified by the station CA
+    /// for these names (IP addresses or DNS names) for `days`.
+    StationCa {
+        /// The names clients reach the station by.
+        names: Vec<String>,
+        /// Validity of the certificate (re-issued at every start).
+        days: u32,
+    },
+    /// Files: a chain (PEM, leaf first) and its PKCS#8 key (PEM).
     Files {
-        /// Server certificate chain, leaf first.
+        /// The chain.
         cert: PathBuf,
-        /// Its PKCS#8 key.
+        /// The key.
         key: PathBuf,
-        /// The CA client certificates must chain to.
-        client_ca: PathBuf,
     },
 }
 
+/// The CA client certificates must chain to.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ClientTrust {
+    /// The station CA (`flashgate appliance ca init`).
+    StationCa,
+    /// An enterprise CA (PEM, one or more certificates). The role is read
+    /// from the certificate's subject OU just the same.
+    File(PathBuf),
+}
+
 impl ServeOptions {
-    /// Defaults: 16 MiB bodies, 10 s to handshake and to send headers,
-    /// 4096 connections.
-    pub fn new(listen: SocketAddr, tls: TlsSource) -> Self {
+    /// Defaults: the station CA for both sides (the server certificate
+    /// names the listen address and `localhost`, valid 30 days), 16 MiB
+    /// bodies, 10 s to handshake and to send headers, 4096 connections.
+    pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
             max_body: 16 << 20,
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             max_connections: 4096,
-            tls,
+            server_cert: ServerCert::StationCa {
+                names: vec![listen.ip().to_string(), "localhost".to_owned()],
+                days: 30,
+            },
+            client_trust: ClientTrust::StationCa,
         }
     }
 }
@@ -119,18 +142,7 @@ impl Service {
         let deny = Arc::new(tls::DenyWatch::new(
             app::station_dir(&station).join("revoked"),
         ));
-        let tls = match &options.tls {
-            TlsSource::Files {
-                cert,
-                key,
-                client_ca,
-            } => {
-                let chain = tls::certificates_from_pem(cert)?;
-                let key = read_key(key)?;
-                let ca = tls::certificates_from_pem(client_ca)?;
-                tls::server_config(tls::ServerIdentity { chain, key }, &ca, deny)?
-            }
-        };
+        let tls = tls_config(&station, &options, deny)?;
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .map_err(|source| ServeError::Listen {
@@ -158,6 +170,53 @@ impl Service {
         server::stop_runs(&app, "the station service shut down").await;
         ShutdownReport { runs_stopped: live }
     }
+}
+
+fn tls_config(
+    station: &Station,
+    options: &ServeOptions,
+    deny: Arc<tls::DenyWatch>,
+) -> Result<rustls::ServerConfig, ServeError> {
+    use rustls::pki_types::CertificateDer;
+    // Loaded only when one side needs it: an enterprise set-up may have none.
+    let needs_ca = matches!(options.server_cert, ServerCert::StationCa { .. })
+        || matches!(options.client_trust, ClientTrust::StationCa);
+    let ca = if needs_ca {
+        Some(station.station_ca()?)
+    } else {
+        None
+    };
+    let server = match (&options.server_cert, &ca) {
+        (ServerCert::Files { cert, key }, _) => tls::ServerIdentity {
+            chain: tls::certificates_from_pem(cert)?,
+            key: read_key(key)?,
+        },
+        (ServerCert::StationCa { names, days }, Some(ca)) => {
+            let (key, public) =
+                flashgate_core::station_ca::new_key().map_err(|e| ServeError::Station(e.into()))?;
+            let leaf = ca
+                .issue_server(names, &public, *days)
+                .map_err(|e| ServeError::Station(e.into()))?;
+            tls::ServerIdentity {
+                chain: vec![
+                    CertificateDer::from(leaf),
+                    CertificateDer::from(ca.certificate_der().to_vec()),
+                ],
+                key,
+            }
+        }
+        (ServerCert::StationCa { .. }, None) => {
+            return Err(ServeError::Tls("no station CA".to_owned()))
+        }
+    };
+    let roots = match (&options.client_trust, &ca) {
+        (ClientTrust::File(path), _) => tls::certificates_from_pem(path)?,
+        (ClientTrust::StationCa, Some(ca)) => {
+            vec![CertificateDer::from(ca.certificate_der().to_vec())]
+        }
+        (ClientTrust::StationCa, None) => return Err(ServeError::Tls("no station CA".to_owned())),
+    };
+    tls::server_config(server, &roots, deny)
 }
 
 fn read_key(path: &std::path::Path) -> Result<zeroize::Zeroizing<Vec<u8>>, ServeError> {

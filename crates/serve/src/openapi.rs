@@ -16,6 +16,7 @@ use utoipa::OpenApi;
         crate::api::metrics,
         crate::api::station::whoami,
         crate::api::station::status,
+        crate::api::station::revoke,
         crate::api::jobs::list,
         crate::api::jobs::upload,
         crate::api::jobs::inspect,

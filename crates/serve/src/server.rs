@@ -14,7 +14,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
 use crate::caller::Caller;
-use crate::station_ca_stub::ClientIdentity;
+use flashgate_core::station_ca::ClientIdentity;
 
 /// Closes one connection from inside a request (an SSE client that stopped
 /// reading).

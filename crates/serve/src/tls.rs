@@ -17,7 +17,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 use sha2::Digest;
 
 use crate::error::ServeError;
-use crate::station_ca_stub::ClientIdentity;
+use flashgate_core::station_ca::{ClientIdentity, DenyList};
 
 /// The deny-list, re-read when its file's modification time or length
 /// changes (checked at each handshake; a stat is cheap next to one).
@@ -30,9 +30,9 @@ pub struct DenyWatch {
 #[derive(Debug, Default)]
 struct DenyState {
     stamp: Option<(SystemTime, u64)>,
-    fingerprints: std::collections::HashSet<[u8; 32]>,
+    list: Option<DenyList>,
     /// The last reload error; while set, every client is refused.
-    broken: Option<String>,
+    broken: bool,
 }
 
 impl DenyWatch {
@@ -54,46 +54,21 @@ impl DenyWatch {
         let stamp = std::fs::metadata(&self.path)
             .ok()
             .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
-        if stamp != s.stamp || s.broken.is_some() {
-            match load_deny_list(&self.path) {
-                Ok(set) => {
-                    s.fingerprints = set;
-                    s.broken = None;
+        if stamp != s.stamp || s.broken {
+            match DenyList::load(&self.path) {
+                Ok(list) => {
+                    s.list = Some(list);
+                    s.broken = false;
                 }
                 Err(e) => {
-                    tracing::error!("{e}");
-                    s.broken = Some(e);
+                    tracing::error!("{e}; every client is refused until the deny-list is fixed");
+                    s.broken = true;
                 }
             }
             s.stamp = stamp;
         }
-        s.broken.is_some() || s.fingerprints.contains(fingerprint)
+        s.broken || s.list.as_ref().is_some_and(|l| l.contains(fingerprint))
     }
-}
-
-fn load_deny_list(path: &Path) -> Result<std::collections::HashSet<[u8; 32]>, String> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
-        Err(e) => return Err(format!("cannot read the deny-list {}: {e}", path.display())),
-    };
-    let mut set = std::collections::HashSet::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let mut fp = [0u8; 32];
-        hex::decode_to_slice(line, &mut fp).map_err(|_| {
-            format!(
-                "the deny-list {} line {}: not a SHA-256 fingerprint in hex; every client is refused until it is fixed",
-                path.display(),
-                n + 1
-            )
-        })?;
-        set.insert(fp);
-    }
-    Ok(set)
 }
 
 /// rustls's verifier, then the deny-list and the role.

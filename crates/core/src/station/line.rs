@@ -40,6 +40,12 @@ impl LineRun {
         }
     }
 
+    /// The runs, each with its first channel's number in the set, for a
+    /// front end that watches each on its own.
+    pub fn into_runs(self) -> Vec<(RunHandle, u32)> {
+        self.runs.into_iter().zip(self.offsets).collect()
+    }
+
     /// Waits for every run to end; one summary per job.
     pub fn wait(self) -> Vec<(JobId, RunSummary)> {
         self.runs.into_iter().map(|r| (r.job(), r.wait())).collect()

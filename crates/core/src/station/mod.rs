@@ -352,7 +352,9 @@ impl Station {
     /// the file is replaced atomically (write temp + rename). False if it was
     /// there already.
     pub fn revoke_client(&self, fingerprint: [u8; 32], note: &str) -> Result<bool, StationError> {
-        self.writer("revoking a client certificate")?;
+        // The deny-list has a lock of its own, not the writer lock: the
+        // station service holds that for as long as it runs, and a
+        // certificate must be revocable while it does.
         let path = crate::station_ca::revoked_path(&self.appliance.config.state_dir);
         Ok(crate::station_ca::revoke(
             &path,

@@ -98,6 +98,18 @@ pub(crate) fn revoke(
     note: &str,
     now: u64,
 ) -> Result<bool, StationCaError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
+    }
+    // Two revokers at once would each rewrite the list from what it read.
+    let lock_path = path.with_extension("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err("cannot open", &lock_path))?;
+    lock.lock().map_err(io_err("cannot lock", &lock_path))?;
     let mut text = match std::fs::read(path) {
         Ok(bytes) => {
             // A list that does not parse is not extended: it is fixed first.

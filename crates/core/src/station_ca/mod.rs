@@ -85,6 +85,28 @@ fn random(out: &mut [u8]) -> Result<(), StationCaError> {
     getrandom::fill(out).map_err(|e| StationCaError::Random(e.to_string()))
 }
 
+/// A fresh P-256 key made in host memory: its PKCS#8 DER (zeroized on
+/// drop) and its public point. For a client certificate, and for the
+/// station service's TLS key, which lives only as long as the process.
+pub fn new_key() -> Result<(Zeroizing<Vec<u8>>, [u8; 65]), StationCaError> {
+    use p256::pkcs8::EncodePrivateKey as _;
+    let key = {
+        let mut scalar = Zeroizing::new([0u8; 32]);
+        loop {
+            random(&mut *scalar)?;
+            // Zero or above the order: draw again (about 2^-32 of draws).
+            if let Ok(k) = p256::SecretKey::from_slice(&*scalar) {
+                break k;
+            }
+        }
+    };
+    let public = crate::cose::sec1_uncompressed(&key.public_key());
+    let der = key
+        .to_pkcs8_der()
+        .map_err(|_| StationCaError::Signing("cannot encode a new key".into()))?;
+    Ok((Zeroizing::new(der.as_bytes().to_vec()), public))
+}
+
 /// A random positive serial of exactly 16 bytes.
 fn serial() -> Result<Vec<u8>, StationCaError> {
     let mut s = [0u8; 16];
@@ -331,26 +353,9 @@ impl StationCa {
         name: &str,
         days: u32,
     ) -> Result<IssuedClient, StationCaError> {
-        use p256::pkcs8::EncodePrivateKey as _;
         check_name(name)?;
         let (not_before, not_after) = self.validity(days)?;
-        let key = {
-            let mut scalar = Zeroizing::new([0u8; 32]);
-            loop {
-                random(&mut *scalar)?;
-                // Zero or above the order: draw again (about 2^-32 of draws).
-                if let Ok(k) = p256::SecretKey::from_slice(&*scalar) {
-                    break k;
-                }
-            }
-        };
-        let public = crate::cose::sec1_uncompressed(&key.public_key());
-        let key_pkcs8_der = Zeroizing::new(
-            key.to_pkcs8_der()
-                .map_err(|_| StationCaError::Signing("cannot encode the client key".into()))?
-                .as_bytes()
-                .to_vec(),
-        );
+        let (key_pkcs8_der, public) = new_key()?;
         let contents = (|| -> Result<x509::Contents, String> {
             Ok(x509::Contents {
                 serial: Vec::new(),

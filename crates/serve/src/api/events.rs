@@ -35,6 +35,7 @@ struct Reader {
     seen: Arc<AtomicU64>,
     batch: VecDeque<StreamEvent>,
     latest: tokio::sync::watch::Receiver<u64>,
+    done: tokio::sync::watch::Receiver<bool>,
     ended: bool,
 }
 
@@ -67,6 +68,7 @@ pub(crate) async fn stream(
     }
     let reader = Reader {
         latest: run.latest.subscribe(),
+        done: run.done.subscribe(),
         run,
         seen,
         batch: VecDeque::new(),
@@ -94,7 +96,13 @@ async fn next_event(mut r: Reader) -> Option<(Result<Event, Infallible>, Reader)
             Ok(events) if !events.is_empty() => r.batch.extend(events),
             Ok(_) if r.run.finished() && *r.latest.borrow() <= seen => return None,
             Ok(_) => {
-                if r.latest.changed().await.is_err() {
+                // The run's last event and its end are two signals: wait
+                // for either, then look again.
+                let gone = tokio::select! {
+                    c = r.latest.changed() => c.is_err(),
+                    c = r.done.changed() => c.is_err(),
+                };
+                if gone {
                     r.ended = true;
                 }
             }

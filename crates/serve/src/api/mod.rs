@@ -56,6 +56,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/audit/checkpoints", get(audit::checkpoints))
         .route("/api/v1/audit/bundle/{job}", get(audit::bundle))
         .route("/api/v1/audit/reset", post(audit::reset))
+        .route("/api/v1/revocations", post(station::revoke))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::endpoints::authorize))

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::{Extension, Json};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::blocking;
 use crate::app::App;
@@ -80,4 +80,52 @@ pub(crate) async fn status(State(app): State<Arc<App>>) -> Result<Json<StationSt
         recovered: app.station.recovered().to_vec(),
         shutting_down: app.shutting_down(),
     }))
+}
+
+/// A client certificate to refuse from now on.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RevokeRequest {
+    /// SHA-256 of the certificate (hex; colons and a `sha256:` prefix allowed).
+    fingerprint: String,
+    /// Why, kept as a comment in the deny-list.
+    note: Option<String>,
+}
+
+/// Whether the revocation changed the list.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Revoked {
+    /// The fingerprint, hex.
+    fingerprint: String,
+    /// False when it was on the deny-list already.
+    added: bool,
+}
+
+/// Puts a client certificate on the deny-list: its next handshake is
+/// refused (connections already open keep their session until they close).
+#[utoipa::path(post, path = "/api/v1/revocations", tag = "station", request_body = RevokeRequest,
+    responses((status = 200, body = Revoked), (status = 400, body = crate::error::ErrorBody)))]
+pub(crate) async fn revoke(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Json(request): Json<RevokeRequest>,
+) -> Result<Json<Revoked>, ApiError> {
+    let fingerprint = flashgate_core::station_ca::parse_fingerprint(&request.fingerprint)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let who = caller.audit_name();
+    blocking(move || {
+        let note = format!("{} (by {who})", request.note.as_deref().unwrap_or(""));
+        let result = app.station.revoke_client(fingerprint, note.trim());
+        let outcome = match &result {
+            Ok(true) => format!("revoked sha256:{}", hex::encode(fingerprint)),
+            Ok(false) => format!("sha256:{} was already revoked", hex::encode(fingerprint)),
+            Err(e) => format!("revocation refused: {e}"),
+        };
+        app.journal.record(&who, "certificate-revoke", &outcome);
+        Ok(Json(Revoked {
+            fingerprint: hex::encode(fingerprint),
+            added: result?,
+        }))
+    })
+    .await
 }

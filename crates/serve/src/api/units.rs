@@ -61,50 +61,42 @@ pub(crate) struct UnitView {
 /// The most units one lookup returns (a UID reworked many times).
 const MAX_UNITS: usize = 100;
 
-fn view(r: &Record) -> Option<(UnitView, Option<&[u8]>, Option<&str>)> {
+fn view(r: &Record) -> Option<UnitView> {
     match &r.kind {
-        RecordKind::UnitPassed(u) => Some((
-            UnitView {
-                seq: r.seq,
-                time: r.time,
-                result: "passed",
-                job: hex::encode(u.job_id),
-                run: hex::encode(u.run_id),
-                counter: u.counter,
-                channel: u.channel,
-                device_type: Some(u.device_type.clone()),
-                uid: Some(hex::encode(&u.uid)),
-                serial: Some(u.serial.clone()),
-                cert_sha256: Some(hex::encode(u.cert_sha256)),
-                firmware_sha256: Some(hex::encode(u.firmware_sha256)),
-                lock_level: Some(u.lock_level.clone()),
-                stage: None,
-                reason: None,
-            },
-            Some(u.uid.as_slice()),
-            Some(u.serial.as_str()),
-        )),
-        RecordKind::UnitFailed(u) => Some((
-            UnitView {
-                seq: r.seq,
-                time: r.time,
-                result: "failed",
-                job: hex::encode(u.job_id),
-                run: hex::encode(u.run_id),
-                counter: u.counter,
-                channel: u.channel,
-                device_type: u.device_type.clone(),
-                uid: u.uid.as_ref().map(hex::encode),
-                serial: u.serial.clone(),
-                cert_sha256: u.cert_sha256.map(hex::encode),
-                firmware_sha256: u.firmware_sha256.map(hex::encode),
-                lock_level: None,
-                stage: Some(u.stage.clone()),
-                reason: Some(u.reason.clone()),
-            },
-            u.uid.as_deref(),
-            u.serial.as_deref(),
-        )),
+        RecordKind::UnitPassed(u) => Some(UnitView {
+            seq: r.seq,
+            time: r.time,
+            result: "passed",
+            job: hex::encode(u.job_id),
+            run: hex::encode(u.run_id),
+            counter: u.counter,
+            channel: u.channel,
+            device_type: Some(u.device_type.clone()),
+            uid: Some(hex::encode(&u.uid)),
+            serial: Some(u.serial.clone()),
+            cert_sha256: Some(hex::encode(u.cert_sha256)),
+            firmware_sha256: Some(hex::encode(u.firmware_sha256)),
+            lock_level: Some(u.lock_level.clone()),
+            stage: None,
+            reason: None,
+        }),
+        RecordKind::UnitFailed(u) => Some(UnitView {
+            seq: r.seq,
+            time: r.time,
+            result: "failed",
+            job: hex::encode(u.job_id),
+            run: hex::encode(u.run_id),
+            counter: u.counter,
+            channel: u.channel,
+            device_type: u.device_type.clone(),
+            uid: u.uid.as_ref().map(hex::encode),
+            serial: u.serial.clone(),
+            cert_sha256: u.cert_sha256.map(hex::encode),
+            firmware_sha256: u.firmware_sha256.map(hex::encode),
+            lock_level: None,
+            stage: Some(u.stage.clone()),
+            reason: Some(u.reason.clone()),
+        }),
         _ => None,
     }
 }
@@ -118,11 +110,11 @@ pub(crate) async fn lookup(
 ) -> Result<Json<Vec<UnitView>>, ApiError> {
     let (uid, serial) = match (&q.uid, &q.serial) {
         (Some(u), None) => (
-            Some(hex::decode(u.trim()).map_err(|_| {
+            Some(hex::encode(hex::decode(u.trim()).map_err(|_| {
                 ApiError::bad_request(
                     "uid must be the device UID in hex, as the audit log shows it",
                 )
-            })?),
+            })?)),
             None,
         ),
         (None, Some(s)) => (None, Some(s.clone())),
@@ -144,10 +136,10 @@ pub(crate) async fn lookup(
             let Ok(record) = Record::decode(bytes) else {
                 continue;
             };
-            if let Some((v, u, s)) = view(&record) {
+            if let Some(v) = view(&record) {
                 let hit = match (&uid, &serial) {
-                    (Some(want), _) => u == Some(want.as_slice()),
-                    (_, Some(want)) => s == Some(want.as_str()),
+                    (Some(want), _) => v.uid.as_ref() == Some(want),
+                    (_, Some(want)) => v.serial.as_ref() == Some(want),
                     _ => false,
                 };
                 if hit {
