@@ -313,6 +313,10 @@ fn a_run_started_and_watched_over_the_network() {
     );
     assert!(metrics.contains("flashgate_stage_duration_seconds_bucket"));
     assert!(metrics.contains("flashgate_last_checkpoint_age_seconds"));
+    assert!(
+        metrics.contains("flashgate_hsm_operation_duration_seconds_count{operation=\"sign\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains(&format!("flashgate_quota_left{{job=\"{job}\"}}")));
     let (exit, _) = served.stop();
     assert!(exit.success());
@@ -553,4 +557,104 @@ fn sigterm_during_a_run_finishes_cleanly() {
         .filter(|r| matches!(r.kind, flashgate_audit::RecordKind::RunStopped(_)))
         .count();
     assert_eq!(stopped, 1, "the run is recorded as stopped");
+}
+
+/// A thousand live clients on one run, each on a connection of its own:
+/// every one of them sees the whole stream, and the run is as it would be
+/// with none.
+#[test]
+fn a_thousand_event_clients_leave_the_run_correct() {
+    const CLIENTS: usize = 1000;
+    const UNITS: u64 = 80;
+    let (lab, job) = Lab::with_sim_job(|p| p, 4096);
+    let served = Served::start(&lab, &[]);
+    // About a second a unit: the run is live while the clients connect.
+    let fixtures = sim_fixtures(&served, 8, ",timing=realistic");
+    let op = served.client(Some("operator"));
+    let started: Value = op
+        .post(served.url("/api/v1/runs"))
+        .json(&serde_json::json!({"jobs": [job], "fixtures": fixtures, "units": UNITS}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let id = started["id"].as_str().unwrap().to_owned();
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&served.certs.pem("station-ca")).unwrap(),
+        )
+        .identity(reqwest::Identity::from_pem(&served.certs.identity_pem("operator")).unwrap())
+        // One connection per client: HTTP/2 would carry them all on one.
+        .http1_only()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let url = served.url(&format!("/api/v1/runs/{id}/events"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let seen: Vec<Result<(usize, bool), String>> = rt.block_on(async move {
+        // Clients arrive in waves of 50, as a line's screens and scripts
+        // would, not in one instant; each wave is connected (response
+        // headers in) before the next starts. The run goes on meanwhile.
+        let mut responses = Vec::new();
+        for _ in 0..CLIENTS / 50 {
+            let wave: Vec<_> = (0..50)
+                .map(|_| {
+                    let (client, url) = (client.clone(), url.clone());
+                    tokio::spawn(async move { client.get(&url).send().await })
+                })
+                .collect();
+            for t in wave {
+                responses.push(t.await.unwrap());
+            }
+        }
+        let tasks: Vec<_> = responses
+            .into_iter()
+            .map(|r| {
+                tokio::spawn(async move {
+                    let text = match r {
+                        Ok(r) => r.text().await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    text.map(|text| {
+                        let passed = text.matches("event: unit-passed\n").count();
+                        (passed, text.contains("event: run-finished\n"))
+                    })
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    assert_eq!(seen.len(), CLIENTS);
+    let failed: Vec<&String> = seen.iter().filter_map(|r| r.as_ref().err()).collect();
+    if !failed.is_empty() {
+        let (_, log) = served.stop();
+        panic!(
+            "{} clients failed, first: {}\nservice log:\n{log}",
+            failed.len(),
+            failed[0]
+        );
+    }
+    for (passed, finished) in seen.iter().flatten() {
+        assert_eq!(*passed as u64, UNITS);
+        assert!(finished);
+    }
+    let summary: Value = op
+        .get(served.url(&format!("/api/v1/runs/{id}/summary")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(summary[0]["summary"]["passed"], UNITS);
+    let (exit, _) = served.stop();
+    assert!(exit.success());
+    assert_eq!(lab.export_and_verify(&job, "bundle")["verdict"], "clean");
 }

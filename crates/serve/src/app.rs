@@ -25,10 +25,18 @@ pub(crate) struct App {
 impl App {
     pub(crate) fn new(station: Arc<Station>, options: ServeOptions) -> Self {
         let journal = Journal::new(station_dir(&station).join("journal.jsonl"));
+        let metrics = Arc::new(Metrics::new());
+        let observer = Arc::downgrade(&metrics);
+        // One service per process: a second one keeps the first's observer.
+        let _ = flashgate_core::hsm::latency::set_observer(Box::new(move |op, took| {
+            if let Some(m) = observer.upgrade() {
+                m.hsm_operation(op, took);
+            }
+        }));
         Self {
             station,
             runs: RunTable::default(),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             journal,
             options,
             shutting_down: AtomicBool::new(false),
@@ -80,7 +88,6 @@ impl App {
         StationFigures {
             quota_left,
             checkpoint_age: self.checkpoint_age(),
-            hsm: Vec::new(),
             runs_live: self.runs.live().len(),
         }
     }

@@ -200,6 +200,15 @@ impl Metrics {
         }
     }
 
+    /// Counts one HSM operation (the core's latency observer).
+    pub fn hsm_operation(&self, operation: &'static str, took: Duration) {
+        self.hsm
+            .get_or_create(&OperationLabels {
+                operation: operation.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
     /// A job's part of a run ended.
     pub fn run_ended(&self, job: &JobId, summary: &RunSummary) {
         self.quota_left
@@ -215,14 +224,6 @@ impl Metrics {
             self.quota_left
                 .get_or_create(&JobLabels { job: job.clone() })
                 .set(i64::try_from(*left).unwrap_or(i64::MAX));
-        }
-        for (operation, seconds) in &station.hsm {
-            let h = self.hsm.get_or_create(&OperationLabels {
-                operation: operation.clone(),
-            });
-            for s in seconds {
-                h.observe(*s);
-            }
         }
         if let Some(age) = station.checkpoint_age {
             self.checkpoint_age.set(age);
@@ -251,8 +252,6 @@ pub struct StationFigures {
     pub quota_left: Vec<(String, u64)>,
     /// Seconds since the last checkpoint.
     pub checkpoint_age: Option<f64>,
-    /// HSM operation times since the last scrape, by operation.
-    pub hsm: Vec<(String, Vec<f64>)>,
     /// Runs in progress.
     pub runs_live: usize,
 }

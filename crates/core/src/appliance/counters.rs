@@ -55,6 +55,16 @@ impl HsmCounterStore {
 
 impl CounterStore for HsmCounterStore {
     fn read(&self, id: &[u8; 16]) -> Result<u64, String> {
+        crate::hsm::latency::timed("counter-read", || self.read_value(id))
+    }
+
+    fn advance(&self, id: &[u8; 16], to: u64) -> Result<(), String> {
+        crate::hsm::latency::timed("counter-advance", || self.advance_to(id, to))
+    }
+}
+
+impl HsmCounterStore {
+    fn read_value(&self, id: &[u8; 16]) -> Result<u64, String> {
         let token = self
             .token
             .lock()
@@ -66,7 +76,7 @@ impl CounterStore for HsmCounterStore {
             .unwrap_or(0))
     }
 
-    fn advance(&self, id: &[u8; 16], to: u64) -> Result<(), String> {
+    fn advance_to(&self, id: &[u8; 16], to: u64) -> Result<(), String> {
         let token = self
             .token
             .lock()

@@ -13,6 +13,7 @@
 
 mod config;
 mod error;
+pub mod latency;
 mod nested_template;
 mod objects;
 pub mod probe;
@@ -419,8 +420,7 @@ impl Token {
     /// ECDSA P-256 over a SHA-256 digest computed by the caller; returns r||s.
     pub fn sign_prehash(&self, key: ObjectHandle, digest: &[u8; 32]) -> Result<[u8; 64], HsmError> {
         let session = self.session()?;
-        let sig = session
-            .sign(&Mechanism::Ecdsa, key, digest)
+        let sig = latency::timed("sign", || session.sign(&Mechanism::Ecdsa, key, digest))
             .map_err(|e| HsmError::op("sign with ECDSA", e))?;
         sig.as_slice().try_into().map_err(|_| {
             HsmError::Unexpected("the token returned an ECDSA signature that is not 64 bytes")
@@ -435,8 +435,7 @@ impl Token {
     ) -> Result<Zeroizing<[u8; 32]>, HsmError> {
         let session = self.session()?;
         let mac = Zeroizing::new(
-            session
-                .sign(&Mechanism::Sha256Hmac, key, data)
+            latency::timed("hmac", || session.sign(&Mechanism::Sha256Hmac, key, data))
                 .map_err(|e| HsmError::op("compute HMAC-SHA256", e))?,
         );
         let mut out = Zeroizing::new([0u8; 32]);

@@ -214,8 +214,10 @@ impl Token {
         persist: Option<(&str, &[u8])>,
     ) -> Result<(ObjectHandle, Relaxed), HsmError> {
         let session = self.session()?;
-        tolerant(Self::unwrapped_template(usage, persist), |t| {
-            session.unwrap_key(mechanism, kek, wrapped, t)
+        super::latency::timed("unwrap", || {
+            tolerant(Self::unwrapped_template(usage, persist), |t| {
+                session.unwrap_key(mechanism, kek, wrapped, t)
+            })
         })
         .map_err(|e| HsmError::op("unwrap a key", e))
     }
