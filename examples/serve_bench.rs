@@ -4,7 +4,7 @@
 //! cargo run --release --example serve_bench [-- UNITS]
 //! ```
 //!
-//! A 64-channel zero-latency sim run of UNITS units (default 30000), once
+//! A 64-channel zero-latency sim run of UNITS units (default 3000), once
 //! with no client and once with 1,000 live event clients (each on its own
 //! connection) plus 200 status requests and 10 unit lookups a second. It
 //! prints both throughputs, their ratio, and the p50/p99 latency of the
@@ -53,11 +53,11 @@ impl Client {
             .unwrap()
     }
 
-    async fn start(&self, job: &str, units: u64) -> String {
+    async fn start(&self, job: &str, fixtures: &str, units: u64) -> String {
         let r: Value = self
             .http
             .post(format!("{}/api/v1/runs", self.base))
-            .json(&serde_json::json!({"jobs": [job], "fixtures": "bench-64", "units": units}))
+            .json(&serde_json::json!({"jobs": [job], "fixtures": fixtures, "units": units}))
             .send()
             .await
             .unwrap()
@@ -86,7 +86,7 @@ fn main() {
     let units: u64 = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
-        .unwrap_or(30_000);
+        .unwrap_or(3_000);
     let dir = std::env::temp_dir().join(format!("flashgate-serve-bench-{}", std::process::id()));
     let setup = flashgate::lab::setup(&dir, "softhsm", None).unwrap();
     let firmware: Vec<u8> = (0..65_536u32).map(|i| (i * 7) as u8).collect();
@@ -97,10 +97,13 @@ fn main() {
         flashgate::x509::der_to_pem(&client.certificate_der, "CERTIFICATE").into_bytes();
     identity.extend(flashgate::x509::der_to_pem(&client.key_pkcs8_der, "PRIVATE KEY").into_bytes());
     let root = reqwest::Certificate::from_der(ca.certificate_der()).unwrap();
-    setup
-        .station
-        .define_fixtures("bench-64", &vec!["sim:timing=zero,seed=1".to_owned(); 64])
-        .unwrap();
+    // A seed per run: a UID the job has seen before is a rework, not a new board.
+    for (name, seed) in [("quiet", 1), ("loaded", 2)] {
+        setup
+            .station
+            .define_fixtures(name, &vec![format!("sim:timing=zero,seed={seed}"); 64])
+            .unwrap();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -126,11 +129,11 @@ fn main() {
         let sse = builder().http1_only().pool_max_idle_per_host(0).build().unwrap();
 
         println!("64 channels, zero-latency sim, {units} units per run");
-        let id = api.start(&job.id, units).await;
+        let id = api.start(&job.id, "quiet", units).await;
         let (passed, quiet) = api.wait(&id).await;
         println!("no clients:                    {passed} passed, {quiet:.0} units/s");
 
-        let id = api.start(&job.id, units).await;
+        let id = api.start(&job.id, "loaded", units).await;
         let loaded = Arc::new(AtomicBool::new(true));
         let status_ms = Arc::new(Mutex::new(Vec::new()));
         let unit_ms = Arc::new(Mutex::new(Vec::new()));

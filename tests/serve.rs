@@ -658,3 +658,113 @@ fn a_thousand_event_clients_leave_the_run_correct() {
     assert!(exit.success());
     assert_eq!(lab.export_and_verify(&job, "bundle")["verdict"], "clean");
 }
+
+/// A supervisor imports and removes jobs over the network (curl uploads the
+/// package file as it is); a tampered package is refused with the import's
+/// own sentence and leaves nothing; an operator may not upload; an auditor
+/// downloads the audit bundle, which verifies offline; the journal names
+/// who did each.
+#[test]
+fn jobs_and_bundles_over_the_network() {
+    let (lab, first) = Lab::with_sim_job(|p| p, 4096);
+    let policy = lab.policy("policy2.toml", |p| p);
+    lab.build_job("job2.fgj", &policy, 2048);
+    let served = Served::start(&lab, &[]);
+    let package = lab.path("job2.fgj");
+    let at = format!("@{}", package.display());
+    let upload = [
+        "--data-binary",
+        at.as_str(),
+        "-H",
+        "content-type: application/octet-stream",
+    ];
+    // An operator may not.
+    let (_, status, body) = served.curl(Some("operator"), &upload, "/api/v1/jobs");
+    assert_eq!(status, 403, "{body}");
+    // A tampered package: one byte flipped in the middle.
+    let mut bytes = std::fs::read(&package).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(lab.path("tampered.fgj"), &bytes).unwrap();
+    let at_bad = format!("@{}", lab.path("tampered.fgj").display());
+    let (_, status, body) = served.curl(
+        Some("supervisor"),
+        &["--data-binary", at_bad.as_str()],
+        "/api/v1/jobs",
+    );
+    assert_eq!(status, 422, "{body}");
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["error"]["code"], "package-refused");
+    assert!(!err["error"]["message"].as_str().unwrap().is_empty());
+    let sup = served.client(Some("supervisor"));
+    let jobs: Value = sup
+        .get(served.url("/api/v1/jobs"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        jobs.as_array().unwrap().len(),
+        1,
+        "the tampered package left nothing"
+    );
+    // The real one.
+    let (_, status, body) = served.curl(Some("supervisor"), &upload, "/api/v1/jobs");
+    assert_eq!(status, 201, "{body}");
+    let job: Value = serde_json::from_str(&body).unwrap();
+    let second = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(job["quota_left"], job["quota"]);
+    // The same package again is a replay.
+    let (_, status, _) = served.curl(Some("supervisor"), &upload, "/api/v1/jobs");
+    assert_eq!(status, 422);
+    // Remove it.
+    let r = sup
+        .delete(served.url(&format!("/api/v1/jobs/{second}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    // The auditor's bundle of the first job, as a tar, verifies offline.
+    let r = served
+        .client(Some("auditor"))
+        .get(served.url(&format!("/api/v1/audit/bundle/{first}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    std::fs::write(lab.path("bundle.tar"), r.bytes().unwrap()).unwrap();
+    let untar = std::process::Command::new("tar")
+        .args(["-xf", "bundle.tar"])
+        .current_dir(lab.path(""))
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    lab.verify_bundle(&format!("bundle-{first}"));
+    let (exit, _) = served.stop();
+    assert!(exit.success());
+    let journal = std::fs::read_to_string(lab.path("state/station/journal.jsonl")).unwrap();
+    let lines: Vec<Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actions: Vec<&str> = lines
+        .iter()
+        .map(|l| l["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "job-import",
+            "job-import",
+            "job-import",
+            "job-remove",
+            "audit-export"
+        ],
+        "{journal}"
+    );
+    let supervisor = common::station::Certs::existing(&lab).fingerprint("supervisor");
+    assert!(lines[1]["who"].as_str().unwrap().contains(&supervisor));
+    assert!(lines[0]["outcome"]
+        .as_str()
+        .unwrap()
+        .starts_with("import refused"));
+    assert!(lines[4]["who"].as_str().unwrap().contains("OU=auditor"));
+}
