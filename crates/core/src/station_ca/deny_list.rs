@@ -44,7 +44,8 @@ impl DenyList {
         }
     }
 
-    fn parse(path: &Path, bytes: &[u8]) -> Result<Self, StationCaError> {
+    /// Parses the deny-list's bytes (`path` names it in errors).
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, StationCaError> {
         let mut fingerprints = BTreeSet::new();
         for (n, raw) in bytes.split(|b| *b == b'\n').enumerate() {
             let bad = |why: &'static str| StationCaError::DenyList {
@@ -91,7 +92,8 @@ impl DenyList {
 /// the time and `note`: the whole file is written anew under a temporary
 /// name and renamed over the old one, so a reader sees the old list or the
 /// new one, never a part. False if it was there already (nothing written).
-/// The caller holds the writer lock, so no other revocation interleaves.
+/// A lock file beside the list (`revoked.lock`) keeps two revocations from
+/// interleaving; the writer lock is not needed.
 pub(crate) fn revoke(
     path: &Path,
     fingerprint: [u8; 32],
