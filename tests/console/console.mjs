@@ -207,6 +207,7 @@ async function main() {
     await au.page.waitForSelector('#notice[hidden]', { state: 'attached', timeout: 20_000 });
     log(`auditor: the stream was followed again from ${again.pathname}${again.search}`);
 
+    await page.evaluate(() => window.scrollTo(0, 0));
     await page.screenshot({ path: path.join(outDir, 'console-operator-live.png') });
 
     // Stop from the operator's page; both pages show the run finished.
