@@ -13,8 +13,8 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::IntoResponse as _;
 use axum::Extension;
-use futures_util::Stream;
 use serde::Deserialize;
 
 use crate::app::App;
@@ -43,14 +43,15 @@ struct Reader {
 #[utoipa::path(get, path = "/api/v1/runs/{id}/events", tag = "runs",
     params(("id" = String, Path, description = "Run id"), After,
         ("Last-Event-ID" = Option<u64>, Header, description = "The last event id this client saw")),
-    responses((status = 200, description = "text/event-stream: id, event (type), data (the JSON event)", content_type = "text/event-stream")))]
+    responses((status = 200, description = "text/event-stream: id, event (type), data (the JSON event)", content_type = "text/event-stream"),
+        (status = 204, description = "The run has ended and no event follows the one given")))]
 pub(crate) async fn stream(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     Query(after): Query<After>,
     headers: HeaderMap,
     kill: Option<Extension<ConnectionKill>>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let run = super::runs::find(&app, &id)?;
     let header = headers
         .get("last-event-id")
@@ -62,6 +63,10 @@ pub(crate) async fn stream(
         })
         .transpose()?;
     let start = header.or(after.after).unwrap_or(0);
+    // Nothing will follow: 204 tells an EventSource to stop reconnecting.
+    if run.finished() && *run.latest.borrow() <= start {
+        return Ok(axum::http::StatusCode::NO_CONTENT.into_response());
+    }
     let seen = Arc::new(AtomicU64::new(start));
     if let Some(Extension(kill)) = kill {
         tokio::spawn(watch_lag(Arc::downgrade(&seen), run.clone(), kill));
@@ -75,7 +80,9 @@ pub(crate) async fn stream(
         ended: false,
     };
     let stream = futures_util::stream::unfold(reader, next_event);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
 
 async fn next_event(mut r: Reader) -> Option<(Result<Event, Infallible>, Reader)> {
