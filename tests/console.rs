@@ -25,21 +25,6 @@ const UNITS: u64 = 600;
 
 const SETUP: &str = "run scripts/setup.sh (it installs Debian's chromium and nodejs and, in tests/console/, playwright-core)";
 
-/// Defines a fixture set of `channels` sim channels through the API, as a
-/// supervisor would; returns its name.
-fn sim_fixtures(served: &Served, channels: usize, extra: &str) -> String {
-    let name = format!("bench-{channels}");
-    let spec = format!("sim:seed=3,flash-base=0x08000000{extra}");
-    let r = served
-        .client(Some("supervisor"))
-        .put(served.url(&format!("/api/v1/fixtures/{name}")))
-        .json(&serde_json::json!({ "channels": vec![spec; channels] }))
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{}", r.text().unwrap());
-    name
-}
-
 /// Node, Chromium and playwright-core: the test fails (it is not skipped)
 /// when one is missing.
 fn browser_tools(script_dir: &Path) -> (PathBuf, PathBuf) {
@@ -144,7 +129,7 @@ fn console_in_chromium_with_operator_and_auditor() {
     let served = Served::start(&lab, &[]);
     // Realistic timing (about a second a unit) and a few faults, so that
     // the run is still going when it is stopped and has failures to show.
-    let fixtures = sim_fixtures(&served, 8, ",timing=realistic,fault-rate=0.05");
+    let fixtures = served.sim_fixtures(8, ",timing=realistic,fault-rate=0.05");
     let cert = |role: &str, ext: &str| {
         served
             .certs

@@ -13,21 +13,6 @@ use common::{Kind, Lab};
 use flashgate_serve::endpoints::ENDPOINTS;
 use serde_json::Value;
 
-/// Defines a fixture set of `channels` sim channels through the API, as a
-/// supervisor would; returns its name.
-fn sim_fixtures(served: &Served, channels: usize, extra: &str) -> String {
-    let name = format!("bench-{channels}");
-    let spec = format!("sim:seed=3,flash-base=0x08000000{extra}");
-    let r = served
-        .client(Some("supervisor"))
-        .put(served.url(&format!("/api/v1/fixtures/{name}")))
-        .json(&serde_json::json!({ "channels": vec![spec; channels] }))
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{}", r.text().unwrap());
-    name
-}
-
 /// Every connection without a valid client certificate is refused during
 /// the handshake: no HTTP status ever comes back, from either client.
 #[test]
@@ -232,14 +217,8 @@ fn a_run_started_and_watched_over_the_network() {
     let (lab, job) = Lab::with_job(Kind::Kryoptic, |p| p, 4096);
     let served = Served::start(&lab, &[]);
     let op = served.client(Some("operator"));
-    let r = op
-        .post(served.url("/api/v1/runs"))
-        .json(&serde_json::json!({"jobs": [job], "fixtures": sim_fixtures(&served, 8, ""), "units": 40}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    let started: Value = r.json().unwrap();
-    let id = started["id"].as_str().unwrap().to_owned();
+    let fixtures = served.sim_fixtures(8, "");
+    let id = served.start_run(&job, &fixtures, 40);
     let events = read_events(
         op.get(served.url(&format!("/api/v1/runs/{id}/events")))
             .send()
@@ -395,23 +374,14 @@ fn abuse_is_bounded() {
 
     // A reader that stops: start a long run, open its events and never read.
     let op = served.client(Some("operator"));
-    let started: Value = op
-        .post(served.url("/api/v1/runs"))
-        .json(&serde_json::json!({"jobs": [job], "fixtures": sim_fixtures(&served, 4, ""), "units": 900}))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let id = started["id"].as_str().unwrap().to_owned();
+    let fixtures = served.sim_fixtures(4, "");
+    let id = served.start_run(&job, &fixtures, 900);
     let certs_dir = served.certs.dir.clone();
+    let request = format!("GET /api/v1/runs/{id}/events HTTP/1.1\r\nHost: x\r\n\r\n");
     let dropped = rt.block_on(async move {
         use tokio::io::AsyncWriteExt;
         let mut tls = raw_tls(&certs_dir, "operator", port).await;
-        tls.write_all(
-            format!("GET /api/v1/runs/{id}/events HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
+        tls.write_all(request.as_bytes()).await.unwrap();
         // Read nothing while the run goes on.
         tokio::time::sleep(Duration::from_secs(1)).await;
         tls
@@ -420,7 +390,7 @@ fn abuse_is_bounded() {
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
     let status = loop {
         let s: Value = op
-            .get(served.url(&format!("/api/v1/runs/{}", started["id"].as_str().unwrap())))
+            .get(served.url(&format!("/api/v1/runs/{id}")))
             .send()
             .unwrap()
             .json()
@@ -509,16 +479,15 @@ fn sigterm_during_a_run_finishes_cleanly() {
     let (lab, job) = Lab::with_sim_job(|p| p, 4096);
     let served = Served::start(&lab, &[]);
     let op = served.client(Some("operator"));
-    let started: Value = op
-        .post(served.url("/api/v1/runs"))
-        .json(&serde_json::json!({"jobs": [job], "fixtures": sim_fixtures(&served, 4, ",timing=realistic"), "units": 100000}))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let id = started["id"].as_str().unwrap().to_owned();
+    let fixtures = served.sim_fixtures(4, ",timing=realistic");
+    let id = served.start_run(&job, &fixtures, 100000);
     // Let a few units pass.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no unit passed in time"
+        );
         let s: Value = op
             .get(served.url(&format!("/api/v1/runs/{id}")))
             .send()
@@ -569,16 +538,9 @@ fn a_thousand_event_clients_leave_the_run_correct() {
     let (lab, job) = Lab::with_sim_job(|p| p, 4096);
     let served = Served::start(&lab, &[]);
     // About a second a unit: the run is live while the clients connect.
-    let fixtures = sim_fixtures(&served, 8, ",timing=realistic");
+    let fixtures = served.sim_fixtures(8, ",timing=realistic");
     let op = served.client(Some("operator"));
-    let started: Value = op
-        .post(served.url("/api/v1/runs"))
-        .json(&serde_json::json!({"jobs": [job], "fixtures": fixtures, "units": UNITS}))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let id = started["id"].as_str().unwrap().to_owned();
+    let id = served.start_run(&job, &fixtures, UNITS);
     let client = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)

@@ -307,6 +307,35 @@ impl Served {
         )
     }
 
+    /// Defines a fixture set of `channels` sim channels (the sim spec with
+    /// `extra` options appended) through the API, as a supervisor would;
+    /// returns its name.
+    pub fn sim_fixtures(&self, channels: usize, extra: &str) -> String {
+        let name = format!("bench-{channels}");
+        let spec = format!("sim:seed=3,flash-base=0x08000000{extra}");
+        let r = self
+            .client(Some("supervisor"))
+            .put(self.url(&format!("/api/v1/fixtures/{name}")))
+            .json(&serde_json::json!({ "channels": vec![spec; channels] }))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{}", r.text().unwrap());
+        name
+    }
+
+    /// Starts a run of `job` on `fixtures` as the operator; returns its id.
+    pub fn start_run(&self, job: &str, fixtures: &str, units: u64) -> String {
+        let r = self
+            .client(Some("operator"))
+            .post(self.url("/api/v1/runs"))
+            .json(&serde_json::json!({"jobs": [job], "fixtures": fixtures, "units": units}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "the run did not start");
+        let started: serde_json::Value = r.json().unwrap();
+        started["id"].as_str().unwrap().to_owned()
+    }
+
     /// Puts `name` on the station's deny-list with `appliance revoke-cert`
     /// while the service runs.
     pub fn revoke(&self, lab: &Lab, name: &str) {

@@ -25,6 +25,9 @@ pub(crate) struct App {
 impl App {
     pub(crate) fn new(station: Arc<Station>, options: ServeOptions) -> Self {
         let journal = Journal::new(station_dir(&station).join("journal.jsonl"));
+        // Uploads and exports a crash left half-staged: this process holds
+        // the writer lock, so nothing else is using them.
+        let _ = std::fs::remove_dir_all(station_dir(&station).join("uploads"));
         let metrics = Arc::new(Metrics::new());
         let observer = Arc::downgrade(&metrics);
         // One service per process: a second one keeps the first's observer.

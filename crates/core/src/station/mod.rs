@@ -435,13 +435,7 @@ impl Station {
         self.writer("defining a fixture set")?;
         let channels: Vec<String> = channels.iter().map(|c| c.trim().to_owned()).collect();
         fixtures::definition::check(name, &channels)?;
-        if self
-            .appliance
-            .config
-            .fixtures
-            .iter()
-            .any(|d| d.name == name)
-        {
+        if self.in_config(name) {
             return Err(StationError::ShadowsConfigFixtures {
                 name: name.to_owned(),
             });
@@ -463,6 +457,14 @@ impl Station {
         Ok(def)
     }
 
+    fn in_config(&self, fixtures: &str) -> bool {
+        self.appliance
+            .config
+            .fixtures
+            .iter()
+            .any(|d| d.name == fixtures)
+    }
+
     /// Removes a station-defined fixture set; refused for a config set and
     /// while a live run uses the set.
     pub fn remove_fixtures(&self, name: &str) -> Result<(), StationError> {
@@ -478,13 +480,7 @@ impl Station {
             return Ok(());
         }
         drop(live);
-        if self
-            .appliance
-            .config
-            .fixtures
-            .iter()
-            .any(|d| d.name == name)
-        {
+        if self.in_config(name) {
             return Err(StationError::ConfigFixtures {
                 name: name.to_owned(),
             });
