@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use flashgate_core::pipeline::{RunEvent, RunSummary};
+use flashgate_core::pipeline::RunEvent;
 use flashgate_core::station::JobId;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -207,15 +207,6 @@ impl Metrics {
                 operation: operation.to_owned(),
             })
             .observe(took.as_secs_f64());
-    }
-
-    /// A job's part of a run ended.
-    pub fn run_ended(&self, job: &JobId, summary: &RunSummary) {
-        self.quota_left
-            .get_or_create(&JobLabels {
-                job: job.to_string(),
-            })
-            .set(i64::try_from(summary.quota_left).unwrap_or(i64::MAX));
     }
 
     /// The exposition text, with the station's figures as of now.

@@ -215,7 +215,6 @@ impl ServiceRun {
         if let Some(h) = handle {
             let last = h.snapshot();
             let summary = h.wait();
-            metrics.run_ended(&job, &summary);
             let mut parts = lock(&self.parts);
             parts[index].last = Some(last);
             parts[index].summary = Some(summary);
