@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use cmd::appliance::ApplianceCmd;
 use cmd::audit::AuditCmd;
 use cmd::fixtures::FixturesCmd;
+use cmd::fleet::FleetCmd;
 use cmd::job::{JobCmd, OemCmd};
 use cmd::sim::SimCmd;
 
@@ -58,6 +59,9 @@ enum Command {
     Sim(SimCmd),
     /// CM: the station as a network service (mutual TLS, roles, API, console).
     Serve(cmd::serve::ServeArgs),
+    /// OEM: every appliance's bundles in one PostgreSQL store, cross-checked and searchable.
+    #[command(subcommand)]
+    Fleet(FleetCmd),
     /// The whole story on fresh simulated parts: OEM keys, enrollment, job, import, a run.
     Demo(cmd::demo::DemoArgs),
 }
@@ -73,6 +77,7 @@ fn run(cli: Cli, w: &mut String) -> Result<u8> {
         Command::Audit(c) => cmd::audit::run(config, c, w),
         Command::Sim(c) => cmd::sim::run(c),
         Command::Serve(args) => cmd::serve::run(config, &args),
+        Command::Fleet(c) => cmd::fleet::run(c, w),
         Command::Demo(args) => cmd::demo::run(&args),
     }
 }

@@ -5,6 +5,7 @@ pub mod appliance;
 pub mod audit;
 pub mod demo;
 pub mod fixtures;
+pub mod fleet;
 pub mod job;
 pub mod run;
 pub mod run_view;

@@ -122,6 +122,64 @@ impl AnomalyKind {
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default()
     }
+
+    /// True when the anomaly means the records cannot be trusted as the
+    /// appliance's signed log (edited, reordered, forked, wrongly signed or
+    /// not the bundle's own), so nothing in them may be merged into a fleet
+    /// store. False for findings about what an authentic log records (a
+    /// duplicate UID, a unit outside the window): those are facts to keep.
+    /// Decided here, beside the variants, so that a new kind must be placed.
+    #[must_use]
+    pub fn breaks_log_integrity(self) -> bool {
+        match self {
+            Self::MalformedRecord
+            | Self::TruncatedRecords
+            | Self::SequenceGap
+            | Self::SequenceRepeated
+            | Self::BrokenChain
+            | Self::TimeWentBackwards
+            | Self::MalformedCheckpoint
+            | Self::CheckpointWrongKey
+            | Self::CheckpointBadSignature
+            | Self::CheckpointOrigin
+            | Self::CheckpointSizeDecreased
+            | Self::CheckpointRepeated
+            | Self::CheckpointRootMismatch
+            | Self::CheckpointBeyondLog
+            | Self::TruncatedCheckpoints
+            | Self::PreviousCheckpointInvalid
+            | Self::PreviousCheckpointMismatch
+            | Self::PreviousCheckpointBeyondLog
+            | Self::BundleIndexMismatch
+            | Self::LogResetMisplaced => true,
+            Self::UnprotectedRecords
+            | Self::CertificateMisnamed
+            | Self::JobNotImported
+            | Self::JobFactsMismatch
+            | Self::QuotaExceeded
+            | Self::ReservationNotContiguous
+            | Self::CounterNotReserved
+            | Self::CounterReused
+            | Self::CountersUnaccounted
+            | Self::DuplicateUid
+            | Self::ReworkInvalid
+            | Self::DuplicateSerial
+            | Self::DuplicateCertificate
+            | Self::DeviceTypeNotAllowed
+            | Self::SerialMismatch
+            | Self::LockBelowPolicy
+            | Self::FirmwareMismatch
+            | Self::UnitOutsideWindow
+            | Self::CertificateMissing
+            | Self::CertificateNotInLog
+            | Self::CertificateMalformed
+            | Self::CertificateOutsideWindow
+            | Self::UnknownRun
+            | Self::RecordAfterJobRemoved
+            | Self::RemovalWithoutIntent
+            | Self::RemovalIncomplete => false,
+        }
+    }
 }
 
 impl fmt::Display for AnomalyKind {

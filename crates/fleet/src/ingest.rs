@@ -1,0 +1,1265 @@
+//! Ingesting one audit bundle.
+//!
+//! 1. The same `bundle.json` seen before changes nothing.
+//! 2. The enrollment record is pinned on first sight; another one for a
+//!    known appliance is refused.
+//! 3. The full offline verifier runs first, with the stored checkpoint of
+//!    the appliance's log as the kept earlier one: a bundle that does not
+//!    extend the stored log is a fork or a rollback, kept as evidence (the
+//!    two signed checkpoints) and reported, and the stored data is left
+//!    as it was. A bundle whose log cannot be trusted is refused the same
+//!    way. Findings about an authentic log are stored and the bundle is
+//!    flagged.
+//! 4. The records the bundle adds, up to its last signed checkpoint, go in
+//!    by binary COPY, with the tree nodes they complete; the stored
+//!    checkpoint and the new one are checked with an RFC 9162 consistency
+//!    proof from the stored nodes; the fleet-wide cross-checks run over the
+//!    new rows. All of it is one transaction: a killed ingest leaves none
+//!    of the bundle.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use flashgate_audit::checkpoint::UnverifiedCheckpoint;
+use flashgate_audit::record::{Record, RecordKind};
+use flashgate_audit::{AnomalyKind, Bundle, RecordFile};
+use flashgate_formats::bundle::{BundleError, BundleVerification};
+use flashgate_formats::enrollment::VerifiedEnrollment;
+use flashgate_tlog::leaf_hash;
+use futures_util::pin_mut;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+use tokio_postgres::Transaction;
+
+use crate::error::FleetError;
+use crate::tree_store;
+use crate::{now_ms, to_i64, Fleet};
+
+/// What to do beside storing.
+#[derive(Debug, Clone, Default)]
+pub struct IngestOptions {
+    /// The CM the appliance belongs to, recorded on first sight.
+    pub cm: Option<String>,
+}
+
+/// What became of a bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// This `bundle.json` was ingested before: nothing changed.
+    AlreadyIngested,
+    /// Verified clean and merged.
+    Merged,
+    /// Merged; the verifier's findings are stored as open anomalies.
+    Flagged,
+    /// The log does not extend the stored one: a fork. Not merged.
+    Fork,
+    /// The log is shorter than the stored one: a rollback or a stale
+    /// bundle. Not merged.
+    Rollback,
+    /// The log cannot be trusted (edited, wrongly signed). Not merged.
+    Refused,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::AlreadyIngested => "already-ingested",
+            Self::Merged => "merged",
+            Self::Flagged => "flagged",
+            Self::Fork => "fork",
+            Self::Rollback => "rollback",
+            Self::Refused => "refused",
+        }
+    }
+
+    /// True when the bundle's records are now in the store.
+    #[must_use]
+    pub fn merged(self) -> bool {
+        matches!(self, Self::Merged | Self::Flagged)
+    }
+}
+
+/// The result of one ingest.
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestReport {
+    /// The bundle directory.
+    pub bundle: PathBuf,
+    /// The appliance.
+    pub appliance_id: String,
+    /// The bundle's job, hex.
+    pub job_id: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// Records added to the store.
+    pub records_added: u64,
+    /// The stored log's size (its signed checkpoint's) afterwards.
+    pub log_size: u64,
+    /// Anomalies opened or updated by this ingest, as `kind: detail`.
+    pub anomalies: Vec<String>,
+    /// The signed checkpoint now stored for the log (to cosign).
+    #[serde(skip)]
+    pub checkpoint: Option<Vec<u8>>,
+    /// The stored log, if merged.
+    #[serde(skip)]
+    pub log_id: Option<i32>,
+    /// The appliance's log key.
+    #[serde(skip)]
+    pub log_key: [u8; 65],
+}
+
+impl std::fmt::Display for IngestReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: appliance {} job {}: {}",
+            self.bundle.display(),
+            self.appliance_id,
+            self.job_id,
+            self.outcome.as_str()
+        )?;
+        if self.outcome.merged() {
+            write!(
+                f,
+                ", {} records added, log at {}",
+                self.records_added, self.log_size
+            )?;
+        }
+        for a in &self.anomalies {
+            write!(f, "\n  anomaly {a}")?;
+        }
+        Ok(())
+    }
+}
+
+fn read_err(path: &Path, e: impl std::fmt::Display) -> FleetError {
+    FleetError::Read {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+fn bundle_err(path: &Path, e: impl std::fmt::Display) -> FleetError {
+    FleetError::Bundle {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// The stored state of an appliance's log segment.
+struct StoredLog {
+    log_id: i32,
+    size: u64,
+    frontier: Vec<u8>,
+    checkpoint: Option<Vec<u8>>,
+}
+
+/// What the records of a bundle say about a job the store may not know.
+struct JobSeen {
+    product: String,
+    every_units: Option<u64>,
+    every_ms: Option<u64>,
+}
+
+/// One run's units since the last checkpoint boundary.
+#[derive(Default)]
+struct RunCadence {
+    units: u64,
+    first_ms: u64,
+    last_ms: u64,
+    flagged: bool,
+}
+
+impl Fleet {
+    /// Ingests the bundle in `dir`.
+    pub async fn ingest(
+        &mut self,
+        dir: &Path,
+        options: &IngestOptions,
+    ) -> Result<IngestReport, FleetError> {
+        let index_path = dir.join(flashgate_audit::bundle::INDEX_FILE);
+        let index_bytes = std::fs::read(&index_path).map_err(|e| read_err(&index_path, e))?;
+        let bundle_sha: [u8; 32] = Sha256::digest(&index_bytes).into();
+        let bundle = Bundle::open(dir).map_err(|e| bundle_err(dir, e))?;
+        let enrollment_bytes = bundle.enrollment().map_err(|e| bundle_err(dir, e))?;
+        let enrollment = VerifiedEnrollment::parse(&enrollment_bytes)
+            .map_err(|e| bundle_err(dir, format!("the enrollment record: {e}")))?;
+        let appliance_id = enrollment.record().appliance_id.clone();
+        let log_key = enrollment.record().log_public;
+        let base = IngestReport {
+            bundle: dir.to_owned(),
+            appliance_id: appliance_id.clone(),
+            job_id: bundle.index().job_id.clone(),
+            outcome: Outcome::AlreadyIngested,
+            records_added: 0,
+            log_size: 0,
+            anomalies: Vec::new(),
+            checkpoint: None,
+            log_id: None,
+            log_key,
+        };
+        if self
+            .client
+            .query_opt(
+                "SELECT 1 FROM ingests WHERE bundle_sha256 = $1",
+                &[&bundle_sha.as_slice()],
+            )
+            .await?
+            .is_some()
+        {
+            return Ok(base);
+        }
+
+        // Pinned on first sight.
+        let known = self
+            .client
+            .query_opt(
+                "SELECT enrollment_sha256, cm FROM appliances WHERE appliance_id = $1",
+                &[&appliance_id],
+            )
+            .await?;
+        if let Some(row) = &known {
+            let pinned: &[u8] = row.get(0);
+            let cm: String = row.get(1);
+            if pinned != enrollment.digest().as_slice() {
+                let e = FleetError::EnrollmentChanged {
+                    path: dir.display().to_string(),
+                    appliance: appliance_id.clone(),
+                    pinned: hex::encode(pinned),
+                    found: enrollment.fingerprint(),
+                };
+                self.note_anomaly(
+                    "enrollment-changed",
+                    &format!("{appliance_id}:{}", enrollment.fingerprint()),
+                    Some(&appliance_id),
+                    &e.to_string(),
+                )
+                .await?;
+                return Err(e);
+            }
+            if let Some(given) = &options.cm {
+                if *given != cm {
+                    return Err(FleetError::CmMismatch {
+                        appliance: appliance_id,
+                        recorded: cm,
+                        given: given.clone(),
+                    });
+                }
+            }
+        }
+
+        let segment = first_segment(&bundle)?;
+        // Concurrent ingests of one appliance: the second re-verifies
+        // against what the first stored.
+        for _attempt in 0..3 {
+            let stored = self.stored_log(&appliance_id, segment).await?;
+            let newer_segment: Option<i64> = self
+                .client
+                .query_one(
+                    "SELECT max(segment) FROM logs WHERE appliance_id = $1",
+                    &[&appliance_id],
+                )
+                .await?
+                .get(0);
+            let (verification, oem_key) = self
+                .verify(
+                    dir,
+                    stored.as_ref().and_then(|s| s.checkpoint.clone()),
+                    known.is_some().then(|| enrollment.fingerprint()),
+                )
+                .await?;
+            let report = &verification.report;
+            let job_hex = hex::encode(verification.manifest.job_id);
+            let report_json = flashgate_audit::VerifyOutput::verified(
+                appliance_id.clone(),
+                enrollment.fingerprint(),
+                report.clone(),
+            )
+            .to_json();
+
+            let tx = self.client.transaction().await?;
+            // Serialises ingests of one appliance; re-checked below.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))",
+                &[&appliance_id],
+            )
+            .await?;
+            let now = now_ms();
+            let inserted = tx
+                .execute(
+                    "INSERT INTO appliances (appliance_id, cm, enrollment, enrollment_sha256, log_key, first_seen_ms, last_ingest_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (appliance_id) DO NOTHING",
+                    &[
+                        &appliance_id,
+                        &options.cm.clone().unwrap_or_else(|| "unassigned".to_owned()),
+                        &enrollment_bytes,
+                        &enrollment.digest().as_slice(),
+                        &log_key.as_slice(),
+                        &now,
+                    ],
+                )
+                .await?;
+            if inserted == 0 && known.is_none() {
+                // Another ingest pinned it meanwhile: start again.
+                continue;
+            }
+            let again = stored_log_in(&tx, &appliance_id, segment).await?;
+            if again.as_ref().map(|s| s.size) != stored.as_ref().map(|s| s.size) {
+                continue;
+            }
+
+            // What the verifier found decides whether anything is merged.
+            let fork = report.has(AnomalyKind::PreviousCheckpointMismatch);
+            let rollback = report.has(AnomalyKind::PreviousCheckpointBeyondLog)
+                || newer_segment.is_some_and(|s| s > segment);
+            let broken = report
+                .anomaly_counts
+                .keys()
+                .any(|k| k.breaks_log_integrity());
+            let outcome = if fork {
+                Outcome::Fork
+            } else if rollback {
+                Outcome::Rollback
+            } else if broken {
+                Outcome::Refused
+            } else if report.is_clean() {
+                Outcome::Merged
+            } else {
+                Outcome::Flagged
+            };
+            let ingest_id: i64 = tx
+                .query_one(
+                    "INSERT INTO ingests (bundle_sha256, appliance_id, job_id, at_ms, outcome, records_added, report) \
+                     VALUES ($1, $2, $3, $4, $5, 0, $6) RETURNING ingest_id",
+                    &[
+                        &bundle_sha.as_slice(),
+                        &appliance_id,
+                        &verification.manifest.job_id.as_slice(),
+                        &now,
+                        &outcome.as_str(),
+                        &report_json,
+                    ],
+                )
+                .await?
+                .get(0);
+            let mut out = IngestReport {
+                job_id: job_hex.clone(),
+                outcome,
+                log_size: stored.as_ref().map_or(0, |s| s.size),
+                ..base.clone()
+            };
+            let last_cp = last_checkpoint(&bundle, &log_key)?;
+            if !outcome.merged() {
+                let (kind, what) = match outcome {
+                    Outcome::Fork => ("log-fork", "does not extend the stored log (fork)"),
+                    Outcome::Rollback => (
+                        "log-rollback",
+                        "is behind the stored log (a rollback, or an older export)",
+                    ),
+                    _ => ("bundle-refused", "holds a log that cannot be trusted"),
+                };
+                let first = report
+                    .anomalies
+                    .iter()
+                    .find(|a| a.kind.breaks_log_integrity())
+                    .map_or(String::new(), |a| format!(": {}", a.detail));
+                let detail = format!(
+                    "bundle {} from appliance {appliance_id} (job {job_hex}) {what}{first}; nothing of it was merged",
+                    dir.display()
+                );
+                add_anomaly(
+                    &tx,
+                    kind,
+                    &format!("{appliance_id}:{}", hex::encode(bundle_sha)),
+                    None,
+                    Some(&appliance_id),
+                    Some(&verification.manifest.job_id),
+                    &detail,
+                    ingest_id,
+                )
+                .await?;
+                out.anomalies.push(format!("{kind}: {detail}"));
+                if let (Some(stored_cp), true) = (
+                    stored.as_ref().and_then(|s| s.checkpoint.clone()),
+                    matches!(outcome, Outcome::Fork | Outcome::Rollback),
+                ) {
+                    tx.execute(
+                        "INSERT INTO evidence (ingest_id, appliance_id, kind, stored_checkpoint, conflicting_checkpoint) VALUES ($1, $2, $3, $4, $5)",
+                        &[
+                            &ingest_id,
+                            &appliance_id,
+                            &(if fork { "fork" } else { "rollback" }),
+                            &stored_cp,
+                            &last_cp.as_ref().map(|c| c.1.clone()),
+                        ],
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+                return Ok(out);
+            }
+
+            let stored = match again {
+                Some(s) => s,
+                None => {
+                    let log_id: i32 = tx
+                        .query_one(
+                            "INSERT INTO logs (appliance_id, segment, size, frontier) VALUES ($1, $2, 0, ''::bytea) RETURNING log_id",
+                            &[&appliance_id, &segment],
+                        )
+                        .await?
+                        .get(0);
+                    StoredLog {
+                        log_id,
+                        size: 0,
+                        frontier: Vec::new(),
+                        checkpoint: None,
+                    }
+                }
+            };
+            out.log_id = Some(stored.log_id);
+            let (new_size, new_cp) = match last_cp {
+                Some((size, bytes)) if size > stored.size => (size, bytes),
+                // Nothing signed beyond what is stored.
+                _ => {
+                    out.log_size = stored.size;
+                    out.checkpoint = stored.checkpoint.clone();
+                    finish_flagged(&tx, &mut out, report, dir, ingest_id).await?;
+                    tx.commit().await?;
+                    return Ok(out);
+                }
+            };
+
+            let added = merge_records(
+                &tx,
+                &bundle,
+                (&verification, &oem_key),
+                &appliance_id,
+                &stored,
+                new_size,
+                ingest_id,
+                &mut out,
+            )
+            .await?;
+            store_certificates(&tx, &bundle, &verification.manifest.job_id, ingest_id).await?;
+            // The stored checkpoint and the new one, by a consistency proof
+            // from the stored nodes.
+            let new_root = *flashgate_audit::verify_checkpoint(&new_cp, &log_key)
+                .map_err(|e| bundle_err(dir, e))?
+                .root();
+            if let Some(old) = &stored.checkpoint {
+                let old_v = flashgate_audit::verify_checkpoint(old, &log_key)
+                    .map_err(|e| FleetError::Inconsistent(format!("the stored checkpoint: {e}")))?;
+                let proof =
+                    tree_store::consistency_proof(&tx, stored.log_id, old_v.size(), new_size)
+                        .await?;
+                flashgate_tlog::verify_consistency(
+                    old_v.size(),
+                    new_size,
+                    &proof,
+                    old_v.root(),
+                    &new_root,
+                )
+                .map_err(|e| {
+                    FleetError::Inconsistent(format!(
+                        "the consistency proof from {} to {new_size} does not verify: {e}",
+                        old_v.size()
+                    ))
+                })?;
+            }
+            cross_check(&tx, ingest_id, &mut out).await?;
+            finish_flagged(&tx, &mut out, report, dir, ingest_id).await?;
+            let checkpoint_ms: Option<i64> = tx
+                .query_one(
+                    "SELECT max(time_ms) FROM units WHERE log_id = $1",
+                    &[&stored.log_id],
+                )
+                .await?
+                .get(0);
+            tx.execute(
+                "UPDATE logs SET size = $2, frontier = $3, checkpoint = $4, checkpoint_ms = coalesce($5, checkpoint_ms, $6) WHERE log_id = $1",
+                &[
+                    &stored.log_id,
+                    &to_i64(new_size)?,
+                    &added.frontier,
+                    &new_cp,
+                    &checkpoint_ms,
+                    &now,
+                ],
+            )
+            .await?;
+            tx.execute(
+                "UPDATE appliances SET last_ingest_ms = $2 WHERE appliance_id = $1",
+                &[&appliance_id, &now],
+            )
+            .await?;
+            tx.execute(
+                "UPDATE ingests SET records_added = $2 WHERE ingest_id = $1",
+                &[&ingest_id, &to_i64(added.records)?],
+            )
+            .await?;
+            tx.commit().await?;
+            out.records_added = added.records;
+            out.log_size = new_size;
+            out.checkpoint = Some(new_cp);
+            return Ok(out);
+        }
+        Err(FleetError::Database(format!(
+            "{}: other ingests of appliance {appliance_id} kept changing its log; try again",
+            dir.display()
+        )))
+    }
+
+    async fn stored_log(
+        &self,
+        appliance_id: &str,
+        segment: i64,
+    ) -> Result<Option<StoredLog>, FleetError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT log_id, size, frontier, checkpoint FROM logs WHERE appliance_id = $1 AND segment = $2",
+                &[&appliance_id, &segment],
+            )
+            .await?;
+        row.map(|r| stored_from_row(&r)).transpose()
+    }
+
+    /// The offline verifier with each trusted OEM key in turn.
+    async fn verify(
+        &self,
+        dir: &Path,
+        previous: Option<Vec<u8>>,
+        pinned: Option<String>,
+    ) -> Result<(BundleVerification, [u8; 65]), FleetError> {
+        let keys = self.oem_keys().await?;
+        if keys.is_empty() {
+            return Err(FleetError::NoOemKey);
+        }
+        let dir_owned = dir.to_owned();
+        // The verifier is synchronous and reads files: off the runtime's threads.
+        tokio::task::spawn_blocking(move || {
+            for key in &keys {
+                match flashgate_formats::bundle::verify_bundle(
+                    &dir_owned,
+                    key,
+                    pinned.as_deref(),
+                    previous.clone(),
+                ) {
+                    Err(BundleError::NotSignedByOem) => continue,
+                    Err(e) => return Err(bundle_err(&dir_owned, e)),
+                    Ok(v) => return Ok((v, *key)),
+                }
+            }
+            Err(FleetError::UnknownOemKey {
+                path: dir_owned.display().to_string(),
+            })
+        })
+        .await
+        .map_err(|e| FleetError::Inconsistent(format!("the verifier stopped: {e}")))?
+    }
+
+    /// Records an anomaly outside an ingest (its own transaction).
+    async fn note_anomaly(
+        &mut self,
+        kind: &str,
+        subject: &str,
+        appliance: Option<&str>,
+        detail: &str,
+    ) -> Result<(), FleetError> {
+        let tx = self.client.transaction().await?;
+        add_anomaly(&tx, kind, subject, None, appliance, None, detail, 0).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn stored_from_row(r: &tokio_postgres::Row) -> Result<StoredLog, FleetError> {
+    let size: i64 = r.get(1);
+    Ok(StoredLog {
+        log_id: r.get(0),
+        size: u64::try_from(size)
+            .map_err(|_| FleetError::Inconsistent("a negative log size".to_owned()))?,
+        frontier: r.get(2),
+        checkpoint: r.get(3),
+    })
+}
+
+async fn stored_log_in(
+    tx: &Transaction<'_>,
+    appliance_id: &str,
+    segment: i64,
+) -> Result<Option<StoredLog>, FleetError> {
+    let row = tx
+        .query_opt(
+            "SELECT log_id, size, frontier, checkpoint FROM logs WHERE appliance_id = $1 AND segment = $2 FOR UPDATE",
+            &[&appliance_id, &segment],
+        )
+        .await?;
+    row.map(|r| stored_from_row(&r)).transpose()
+}
+
+/// The log segment a bundle's records belong to: 0, or the number in the
+/// `log-reset` record it starts with.
+fn first_segment(bundle: &Bundle) -> Result<i64, FleetError> {
+    let mut file = bundle.records().map_err(|e| bundle_err(bundle.dir(), e))?;
+    let segment = match file.next_bytes() {
+        Ok(Some((_, bytes))) => match Record::decode(bytes).map(|r| r.kind) {
+            Ok(RecordKind::LogReset(r)) => r.segment,
+            _ => 0,
+        },
+        _ => 0,
+    };
+    to_i64(segment)
+}
+
+/// The bundle's signed checkpoint of the largest size that verifies with
+/// the log key: (size, bytes).
+fn last_checkpoint(
+    bundle: &Bundle,
+    log_key: &[u8; 65],
+) -> Result<Option<(u64, Vec<u8>)>, FleetError> {
+    let mut file = bundle
+        .checkpoints()
+        .map_err(|e| bundle_err(bundle.dir(), e))?;
+    let mut best: Option<(u64, Vec<u8>)> = None;
+    while let Ok(Some((_, bytes))) = file.next_bytes() {
+        let Ok(v) = UnverifiedCheckpoint::parse(bytes).and_then(|u| u.verify(log_key)) else {
+            continue;
+        };
+        if best.as_ref().is_none_or(|b| v.size() > b.0) {
+            best = Some((v.size(), bytes.to_vec()));
+        }
+    }
+    Ok(best)
+}
+
+/// Opens or refreshes an anomaly.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn add_anomaly(
+    tx: &Transaction<'_>,
+    kind: &str,
+    subject: &str,
+    product: Option<&str>,
+    appliance: Option<&str>,
+    job: Option<&[u8; 16]>,
+    detail: &str,
+    ingest_id: i64,
+) -> Result<(), FleetError> {
+    tx.execute(
+        "INSERT INTO anomalies (kind, subject, product, appliance_id, job_id, detail, ingest_id, found_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (kind, subject) DO UPDATE SET detail = EXCLUDED.detail, ingest_id = EXCLUDED.ingest_id, open = true",
+        &[
+            &kind,
+            &subject,
+            &product,
+            &appliance,
+            &job.map(|j| j.as_slice()),
+            &detail,
+            &ingest_id,
+            &now_ms(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The verifier's findings of a merged bundle, one anomaly per kind.
+async fn finish_flagged(
+    tx: &Transaction<'_>,
+    out: &mut IngestReport,
+    report: &flashgate_audit::Report,
+    dir: &Path,
+    ingest_id: i64,
+) -> Result<(), FleetError> {
+    let job: Option<[u8; 16]> = hex::decode(&out.job_id)
+        .ok()
+        .and_then(|v| v.try_into().ok());
+    for (kind, count) in &report.anomaly_counts {
+        let first = report
+            .anomalies
+            .iter()
+            .find(|a| a.kind == *kind)
+            .map_or(String::new(), |a| a.detail.clone());
+        let detail = format!(
+            "bundle {} (appliance {}, job {}): {count} × {kind}, first: {first}",
+            dir.display(),
+            out.appliance_id,
+            out.job_id
+        );
+        add_anomaly(
+            tx,
+            &format!("bundle-{kind}"),
+            &format!("{}:{}:{kind}", out.appliance_id, out.job_id),
+            Some(&report.product),
+            Some(&out.appliance_id),
+            job.as_ref(),
+            &detail,
+            ingest_id,
+        )
+        .await?;
+        out.anomalies.push(format!("bundle-{kind}: {detail}"));
+    }
+    Ok(())
+}
+
+struct Added {
+    records: u64,
+    frontier: Vec<u8>,
+}
+
+/// Streams the records `stored.size .. new_size` into `units`, `runs`,
+/// `jobs` and `nodes`.
+#[allow(clippy::too_many_arguments)]
+async fn merge_records(
+    tx: &Transaction<'_>,
+    bundle: &Bundle,
+    (verification, oem_key): (&BundleVerification, &[u8; 65]),
+    appliance_id: &str,
+    stored: &StoredLog,
+    new_size: u64,
+    ingest_id: i64,
+    out: &mut IngestReport,
+) -> Result<Added, FleetError> {
+    let dir = bundle.dir();
+    // The jobs the store knows on this appliance, with their cadence.
+    let mut jobs: HashMap<[u8; 16], JobSeen> = HashMap::new();
+    for r in tx
+        .query(
+            "SELECT job_id, product, every_units, every_seconds FROM jobs WHERE appliance_id = $1",
+            &[&appliance_id],
+        )
+        .await?
+    {
+        let id: &[u8] = r.get(0);
+        let Ok(id) = <[u8; 16]>::try_from(id) else {
+            continue;
+        };
+        let units: Option<i32> = r.get(2);
+        let secs: Option<i32> = r.get(3);
+        jobs.insert(
+            id,
+            JobSeen {
+                product: r.get(1),
+                every_units: units.and_then(|u| u64::try_from(u).ok()),
+                every_ms: secs.and_then(|s| u64::try_from(s).ok()).map(|s| s * 1000),
+            },
+        );
+    }
+    // The bundle's own job: its cadence from the verified policy.
+    let manifest = &verification.manifest;
+    let policy = flashgate_policy::Policy::from_toml_str(&manifest.policy_toml)
+        .map_err(|e| bundle_err(dir, e))?;
+    let audit = policy.audit();
+    let own = jobs.entry(manifest.job_id).or_insert_with(|| JobSeen {
+        product: policy.job().product.as_str().to_owned(),
+        every_units: None,
+        every_ms: None,
+    });
+    own.every_units = Some(u64::from(audit.checkpoint_every_units));
+    own.every_ms = Some(u64::from(audit.checkpoint_every_seconds) * 1000);
+
+    // Checkpoint boundaries inside the new range, for the cadence check.
+    let mut boundaries: Vec<u64> = Vec::new();
+    {
+        let mut file = bundle.checkpoints().map_err(|e| bundle_err(dir, e))?;
+        while let Ok(Some((_, bytes))) = file.next_bytes() {
+            if let Ok(v) = UnverifiedCheckpoint::parse(bytes).and_then(|u| u.verify(&out.log_key)) {
+                boundaries.push(v.size());
+            }
+        }
+    }
+    boundaries.sort_unstable();
+    boundaries.dedup();
+
+    let unit_types = [
+        Type::INT4,
+        Type::INT8,
+        Type::TEXT,
+        Type::BYTEA,
+        Type::TEXT,
+        Type::BYTEA,
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+        Type::BYTEA,
+        Type::TEXT,
+        Type::BYTEA,
+        Type::INT8,
+        Type::INT8,
+        Type::BYTEA,
+        Type::INT8,
+    ];
+    let sink = tx
+        .copy_in(
+            "COPY units (log_id, seq, appliance_id, job_id, product, run_id, counter, result, stage, uid, serial, cert_sha256, time_ms, rework_of, record, ingest_id) FROM STDIN BINARY",
+        )
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &unit_types);
+    pin_mut!(writer);
+    let mut file = bundle.records().map_err(|e| bundle_err(dir, e))?;
+    let mut imported: Vec<(flashgate_audit::record::JobImported, i64)> = Vec::new();
+    let mut runs: Vec<(flashgate_audit::record::RunStarted, u64, u64)> = Vec::new();
+    let mut reserved: BTreeMap<[u8; 16], u64> = BTreeMap::new();
+    let mut cadence: HashMap<[u8; 16], RunCadence> = HashMap::new();
+    let mut cadence_findings: Vec<(String, String)> = Vec::new();
+    let mut next_boundary = boundaries
+        .iter()
+        .copied()
+        .filter(|b| *b > stored.size)
+        .peekable();
+    let mut seq_expected = 0u64;
+    let mut added = 0u64;
+    let log_id = stored.log_id;
+    while let Some((_, bytes)) = file.next_bytes().map_err(|e| bundle_err(dir, e))? {
+        let seq = seq_expected;
+        seq_expected += 1;
+        if seq < stored.size {
+            continue;
+        }
+        if seq >= new_size {
+            break;
+        }
+        while next_boundary.peek().is_some_and(|b| *b <= seq) {
+            next_boundary.next();
+            cadence.clear();
+        }
+        let rec =
+            Record::decode(bytes).map_err(|e| bundle_err(dir, format!("record {seq}: {e}")))?;
+        if rec.seq != seq {
+            return Err(bundle_err(
+                dir,
+                format!("record {seq} carries number {}", rec.seq),
+            ));
+        }
+        let seq_i = to_i64(seq)?;
+        let time = to_i64(rec.time)?;
+        match &rec.kind {
+            RecordKind::JobImported(j) => {
+                jobs.entry(j.job_id).or_insert_with(|| JobSeen {
+                    product: j.product.clone(),
+                    every_units: None,
+                    every_ms: None,
+                });
+                imported.push((j.clone(), time));
+            }
+            RecordKind::RunStarted(r) => runs.push((r.clone(), seq, rec.time)),
+            RecordKind::UnitsReserved(r) => *reserved.entry(r.job_id).or_default() += r.count,
+            RecordKind::UnitPassed(u) => {
+                let counter = to_i64(u.counter)?;
+                let rework = u.rework_of.map(to_i64).transpose()?;
+                writer
+                    .as_mut()
+                    .write(&[
+                        &log_id,
+                        &seq_i,
+                        &appliance_id,
+                        &u.job_id.as_slice(),
+                        &product_of(&jobs, &u.job_id),
+                        &Some(u.run_id.as_slice()),
+                        &counter,
+                        &"passed",
+                        &None::<&str>,
+                        &Some(u.uid.as_slice()),
+                        &Some(u.serial.as_str()),
+                        &Some(u.cert_sha256.as_slice()),
+                        &time,
+                        &rework,
+                        &bytes,
+                        &ingest_id,
+                    ])
+                    .await?;
+                cadence_unit(
+                    &jobs,
+                    &mut cadence,
+                    &mut cadence_findings,
+                    &u.job_id,
+                    &u.run_id,
+                    seq,
+                    rec.time,
+                    appliance_id,
+                );
+            }
+            RecordKind::UnitFailed(u) => {
+                let counter = to_i64(u.counter)?;
+                let rework = u.rework_of.map(to_i64).transpose()?;
+                writer
+                    .as_mut()
+                    .write(&[
+                        &log_id,
+                        &seq_i,
+                        &appliance_id,
+                        &u.job_id.as_slice(),
+                        &product_of(&jobs, &u.job_id),
+                        &Some(u.run_id.as_slice()),
+                        &counter,
+                        &"failed",
+                        &Some(u.stage.as_str()),
+                        &u.uid.as_deref(),
+                        &u.serial.as_deref(),
+                        &u.cert_sha256.as_ref().map(|c| c.as_slice()),
+                        &time,
+                        &rework,
+                        &bytes,
+                        &ingest_id,
+                    ])
+                    .await?;
+                cadence_unit(
+                    &jobs,
+                    &mut cadence,
+                    &mut cadence_findings,
+                    &u.job_id,
+                    &u.run_id,
+                    seq,
+                    rec.time,
+                    appliance_id,
+                );
+            }
+            RecordKind::UnitAborted(u) => {
+                let counter = to_i64(u.counter)?;
+                writer
+                    .as_mut()
+                    .write(&[
+                        &log_id,
+                        &seq_i,
+                        &appliance_id,
+                        &u.job_id.as_slice(),
+                        &product_of(&jobs, &u.job_id),
+                        &None::<&[u8]>,
+                        &counter,
+                        &"aborted",
+                        &None::<&str>,
+                        &None::<&[u8]>,
+                        &None::<&str>,
+                        &None::<&[u8]>,
+                        &time,
+                        &None::<i64>,
+                        &bytes,
+                        &ingest_id,
+                    ])
+                    .await?;
+            }
+            RecordKind::JobRemoved(_)
+            | RecordKind::JobRemovalStarted(_)
+            | RecordKind::LogReset(_)
+            | RecordKind::RunStopped(_)
+            | RecordKind::UnitsUnused(_) => {}
+            // A kind newer than this collector: stored in the tree only.
+            _ => {}
+        }
+        added += 1;
+    }
+    writer.finish().await?;
+    if seq_expected < new_size {
+        return Err(bundle_err(
+            dir,
+            format!(
+                "records.log ends at {seq_expected} records, before its checkpoint's {new_size}"
+            ),
+        ));
+    }
+
+    for (j, _) in &imported {
+        tx.execute(
+            "INSERT INTO jobs (job_id, appliance_id, product, security_version, quota, manifest_sha256) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (job_id) DO NOTHING",
+            &[
+                &j.job_id.as_slice(),
+                &appliance_id,
+                &j.product,
+                &to_i64(j.security_version)?,
+                &to_i64(j.quota)?,
+                &j.manifest_digest.as_slice(),
+            ],
+        )
+        .await?;
+    }
+    // The bundle's own job: what only the verified manifest says.
+    let job_ca = &manifest.job_ca_cert;
+    tx.execute(
+        "UPDATE jobs SET oem_key_id = $2, not_before = $3, not_after = $4, job_ca_cert = $5, every_units = $6, every_seconds = $7 WHERE job_id = $1",
+        &[
+            &manifest.job_id.as_slice(),
+            &flashgate_cose::key_id(oem_key).as_slice(),
+            &to_i64(policy.job().not_before)?,
+            &to_i64(policy.job().not_after)?,
+            job_ca,
+            &i32::try_from(audit.checkpoint_every_units).unwrap_or(i32::MAX),
+            &i32::try_from(audit.checkpoint_every_seconds).unwrap_or(i32::MAX),
+        ],
+    )
+    .await?;
+    for (job, n) in &reserved {
+        tx.execute(
+            "UPDATE jobs SET reserved = reserved + $2 WHERE job_id = $1",
+            &[&job.as_slice(), &to_i64(*n)?],
+        )
+        .await?;
+    }
+    for (r, seq, time) in &runs {
+        tx.execute(
+            "INSERT INTO runs (run_id, log_id, seq, job_id, operator, channels, started_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id) DO NOTHING",
+            &[
+                &r.run_id.as_slice(),
+                &log_id,
+                &to_i64(*seq)?,
+                &r.job_id.as_slice(),
+                &r.operator,
+                &i32::try_from(r.channels).unwrap_or(i32::MAX),
+                &to_i64(*time)?,
+            ],
+        )
+        .await?;
+    }
+    for (subject, detail) in cadence_findings {
+        add_anomaly(
+            tx,
+            "checkpoint-cadence",
+            &subject,
+            None,
+            Some(appliance_id),
+            None,
+            &detail,
+            ingest_id,
+        )
+        .await?;
+        out.anomalies.push(format!("checkpoint-cadence: {detail}"));
+    }
+
+    // The tree nodes, in a second pass (one COPY at a time per connection).
+    let mut tree = tree_store::tree_from(stored.size, &stored.frontier)?;
+    let sink = tx
+        .copy_in("COPY nodes (log_id, level, idx, hash) FROM STDIN BINARY")
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &[Type::INT4, Type::INT2, Type::INT8, Type::BYTEA]);
+    pin_mut!(writer);
+    let mut file: RecordFile = bundle.records().map_err(|e| bundle_err(dir, e))?;
+    let mut seq = 0u64;
+    let mut pending: Vec<(i16, i64, [u8; 32])> = Vec::with_capacity(64);
+    while let Some((_, bytes)) = file.next_bytes().map_err(|e| bundle_err(dir, e))? {
+        if seq >= new_size {
+            break;
+        }
+        if seq >= stored.size {
+            pending.clear();
+            tree_store::push_leaf(&mut tree, leaf_hash(bytes), |level, idx, h| {
+                pending.push((
+                    i16::try_from(level).unwrap_or(i16::MAX),
+                    i64::try_from(idx).unwrap_or(i64::MAX),
+                    h,
+                ));
+            })?;
+            for (level, idx, h) in &pending {
+                writer
+                    .as_mut()
+                    .write(&[&log_id, level, idx, &h.as_slice()])
+                    .await?;
+            }
+        }
+        seq += 1;
+    }
+    writer.finish().await?;
+    Ok(Added {
+        records: added,
+        frontier: tree_store::frontier_bytes(&tree),
+    })
+}
+
+fn product_of(jobs: &HashMap<[u8; 16], JobSeen>, job: &[u8; 16]) -> String {
+    jobs.get(job).map_or(String::new(), |j| j.product.clone())
+}
+
+/// Counts one unit against its run's checkpoint cadence; a run that went
+/// past `checkpoint_every_units` units, or past `checkpoint_every_seconds`
+/// (with one second's grace) before its last unit, without a checkpoint
+/// in between, is a gap.
+#[allow(clippy::too_many_arguments)]
+fn cadence_unit(
+    jobs: &HashMap<[u8; 16], JobSeen>,
+    cadence: &mut HashMap<[u8; 16], RunCadence>,
+    findings: &mut Vec<(String, String)>,
+    job: &[u8; 16],
+    run: &[u8; 16],
+    seq: u64,
+    time: u64,
+    appliance_id: &str,
+) {
+    let Some(j) = jobs.get(job) else {
+        return;
+    };
+    let c = cadence.entry(*run).or_default();
+    if c.units == 0 {
+        c.first_ms = time;
+    }
+    let prev_ms = c.last_ms;
+    c.units += 1;
+    c.last_ms = time;
+    if c.flagged {
+        return;
+    }
+    let over_units = j.every_units.is_some_and(|n| c.units > n);
+    let over_time = c.units > 1
+        && j.every_ms
+            .is_some_and(|ms| prev_ms.saturating_sub(c.first_ms) > ms.saturating_add(1000));
+    if over_units || over_time {
+        c.flagged = true;
+        findings.push((
+            format!("{appliance_id}:{seq}"),
+            format!(
+                "appliance {appliance_id}, run {}: {} units without a signed checkpoint by record {seq}, against the job's policy of one every {} units or {} s",
+                hex::encode(run),
+                c.units,
+                j.every_units.unwrap_or(0),
+                j.every_ms.unwrap_or(0) / 1000
+            ),
+        ));
+    }
+}
+
+/// Every device certificate of the bundle, by hash, with its public key's.
+async fn store_certificates(
+    tx: &Transaction<'_>,
+    bundle: &Bundle,
+    job_id: &[u8; 16],
+    ingest_id: i64,
+) -> Result<(), FleetError> {
+    use x509_cert::der::{Decode, Encode};
+    let dir = bundle.dir().join(flashgate_audit::bundle::CERTS_DIR);
+    tx.batch_execute("CREATE TEMP TABLE cert_in (LIKE certificates) ON COMMIT DROP")
+        .await?;
+    let sink = tx
+        .copy_in(
+            "COPY cert_in (cert_sha256, spki_sha256, job_id, der, ingest_id) FROM STDIN BINARY",
+        )
+        .await?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::BYTEA,
+            Type::BYTEA,
+            Type::BYTEA,
+            Type::BYTEA,
+            Type::INT8,
+        ],
+    );
+    pin_mut!(writer);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            writer.finish().await?;
+            return Ok(());
+        }
+        Err(e) => return Err(read_err(&dir, e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(|e| read_err(&dir, e))?.path();
+        let der = std::fs::read(&path).map_err(|e| read_err(&path, e))?;
+        // Malformed files are the verifier's finding; they are not stored.
+        let Ok(cert) = x509_cert::Certificate::from_der(&der) else {
+            continue;
+        };
+        let Ok(spki) = cert.tbs_certificate().subject_public_key_info().to_der() else {
+            continue;
+        };
+        let sha: [u8; 32] = Sha256::digest(&der).into();
+        let spki_sha: [u8; 32] = Sha256::digest(&spki).into();
+        writer
+            .as_mut()
+            .write(&[
+                &sha.as_slice(),
+                &spki_sha.as_slice(),
+                &job_id.as_slice(),
+                &der,
+                &ingest_id,
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    tx.execute(
+        "INSERT INTO certificates SELECT * FROM cert_in ON CONFLICT (cert_sha256) DO NOTHING",
+        &[],
+    )
+    .await?;
+    tx.batch_execute("DROP TABLE cert_in").await?;
+    Ok(())
+}
+
+/// The fleet-wide cross-checks over the rows this ingest added.
+async fn cross_check(
+    tx: &Transaction<'_>,
+    ingest_id: i64,
+    out: &mut IngestReport,
+) -> Result<(), FleetError> {
+    let now = now_ms();
+    // Each query opens or refreshes one anomaly per duplicated value.
+    let checks: [(&str, &str); 5] = [
+        (
+            "duplicate-uid",
+            "SELECT 'duplicate-uid', encode(a.uid, 'hex'), min(a.product), \
+               'UID ' || encode(a.uid, 'hex') || ' passed ' || count(*) || ' times: ' || \
+               string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) \
+             FROM (SELECT DISTINCT uid FROM units WHERE ingest_id = $1 AND result = 'passed') n \
+             JOIN units a ON a.uid = n.uid AND a.result = 'passed' \
+             GROUP BY a.uid HAVING count(*) > 1",
+        ),
+        (
+            "duplicate-serial",
+            "SELECT 'duplicate-serial', a.product || ':' || a.serial, a.product, \
+               'serial ' || a.serial || ' of product ' || a.product || ' issued ' || count(*) || ' times: ' || \
+               string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) \
+             FROM (SELECT DISTINCT product, serial FROM units WHERE ingest_id = $1 AND serial IS NOT NULL) n \
+             JOIN units a ON a.serial = n.serial AND a.product = n.product \
+             GROUP BY a.product, a.serial HAVING count(*) > 1",
+        ),
+        (
+            "duplicate-certificate",
+            "SELECT 'duplicate-certificate', encode(a.cert_sha256, 'hex'), min(a.product), \
+               'certificate ' || encode(a.cert_sha256, 'hex') || ' issued ' || count(*) || ' times: ' || \
+               string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) \
+             FROM (SELECT DISTINCT cert_sha256 FROM units WHERE ingest_id = $1 AND cert_sha256 IS NOT NULL) n \
+             JOIN units a ON a.cert_sha256 = n.cert_sha256 \
+             GROUP BY a.cert_sha256 HAVING count(*) > 1",
+        ),
+        (
+            "duplicate-device-key",
+            "SELECT 'duplicate-device-key', encode(c.spki_sha256, 'hex'), NULL, \
+               'one device public key (SPKI SHA-256 ' || encode(c.spki_sha256, 'hex') || ') in ' || count(*) || ' certificates: ' || \
+               string_agg(encode(c.cert_sha256, 'hex') || ' (job ' || encode(c.job_id, 'hex') || ')', ', ' ORDER BY c.cert_sha256) \
+             FROM (SELECT DISTINCT spki_sha256 FROM certificates WHERE ingest_id = $1) n \
+             JOIN certificates c ON c.spki_sha256 = n.spki_sha256 \
+             GROUP BY c.spki_sha256 HAVING count(*) > 1",
+        ),
+        (
+            "over-built",
+            "SELECT 'over-built', j.product || ':' || j.security_version, j.product, \
+               'product ' || j.product || ' security version ' || j.security_version || ': ' || sum(j.reserved) || \
+               ' units used against ' || sum(j.quota) || ' issued in ' || count(*) || ' job(s)' \
+             FROM jobs j \
+             WHERE (j.product, j.security_version) IN (SELECT product, security_version FROM jobs WHERE job_id IN (SELECT DISTINCT job_id FROM units WHERE ingest_id = $1)) \
+             GROUP BY j.product, j.security_version HAVING sum(j.reserved) > sum(j.quota)",
+        ),
+    ];
+    for (kind, select) in checks {
+        let sql = format!(
+            "INSERT INTO anomalies (kind, subject, product, detail, ingest_id, found_ms) \
+             SELECT k, s, p, d, $1, $2 FROM ({select}) AS f(k, s, p, d) \
+             ON CONFLICT (kind, subject) DO UPDATE SET detail = EXCLUDED.detail, ingest_id = EXCLUDED.ingest_id, open = true \
+             RETURNING detail"
+        );
+        for row in tx.query(&sql, &[&ingest_id, &now]).await? {
+            let d: String = row.get(0);
+            out.anomalies.push(format!("{kind}: {d}"));
+        }
+    }
+    tx.execute(
+        "INSERT INTO unit_counts (job_id, outcome, n) \
+         SELECT job_id, CASE WHEN result = 'failed' THEN coalesce(stage, 'failed') ELSE result END, count(*) \
+         FROM units WHERE ingest_id = $1 GROUP BY 1, 2 \
+         ON CONFLICT (job_id, outcome) DO UPDATE SET n = unit_counts.n + EXCLUDED.n",
+        &[&ingest_id],
+    )
+    .await?;
+    Ok(())
+}
