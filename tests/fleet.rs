@@ -249,3 +249,201 @@ fn ingest_is_idempotent_and_incremental_and_devices_are_found_with_proofs() {
     assert_eq!(inv.as_array().unwrap().len(), 5);
     assert_eq!(inv[0]["job_id"], id.as_str());
 }
+
+/// Copies a directory tree (`cp -a`).
+fn copy_tree(from: &Path, to: &Path) {
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// The appliance's whole state (token and state directory) saved, or put back.
+fn snapshot(lab: &Lab, name: &str) {
+    let snap = lab.path(name);
+    std::fs::create_dir_all(&snap).unwrap();
+    copy_tree(&lab.path("token"), &snap.join("token"));
+    copy_tree(&lab.path("state"), &snap.join("state"));
+}
+
+fn restore(lab: &Lab, name: &str) {
+    for d in ["token", "state"] {
+        std::fs::remove_dir_all(lab.path(d)).unwrap();
+        copy_tree(&lab.path(name).join(d), &lab.path(d));
+    }
+}
+
+#[test]
+fn two_appliances_on_two_tokens_with_a_planted_duplicate_uid() {
+    let db = Db::new();
+    let (a, id_a) = lab(Kind::SoftHsm);
+    let (b, id_b) = lab(Kind::Kryoptic);
+    // Each lab has its own OEM key: one OEM database trusting both (rotation).
+    let b_key = b.path("oem/signing-key.pub.pem");
+    db.ok(
+        &a,
+        "init",
+        &["--oem", "oem/signing-key.pub.pem", "--oem", s(&b_key)],
+    );
+    run(&a, &id_a, 41, 3);
+    // The same sim seed: the same chip UIDs turn up at the second CM.
+    run(&b, &id_b, 41, 2);
+    let ba = export(&a, &id_a, "bundle");
+    let bb = export(&b, &id_b, "bundle");
+    let out = db.ok(&a, "ingest", &[s(&ba), "--cm", "cm-north", "--json"]);
+    assert_eq!(json(&out)["outcome"], "merged");
+    assert!(
+        json(&out)["anomalies"].as_array().unwrap().is_empty(),
+        "{out}"
+    );
+    let out = db.code(&a, "ingest", &[s(&bb), "--cm", "cm-south", "--json"], 1);
+    let r = json(&out);
+    assert_eq!(r["outcome"], "merged", "{r}");
+    let found: Vec<&str> = r["anomalies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        found
+            .iter()
+            .filter(|a| a.starts_with("duplicate-uid:"))
+            .count(),
+        2,
+        "the two shared UIDs: {found:?}"
+    );
+    // Stored as a query's result, not a scan at report time.
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM anomalies WHERE kind = 'duplicate-uid' AND open"),
+        "2"
+    );
+    let report = json(&db.ok(&a, "report", &["--json"]));
+    assert_eq!(report["jobs"].as_array().unwrap().len(), 2, "{report}");
+    let cms: Vec<&str> = report["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["cm"].as_str().unwrap())
+        .collect();
+    assert!(
+        cms.contains(&"cm-north") && cms.contains(&"cm-south"),
+        "{cms:?}"
+    );
+    assert!(report["anomalies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["kind"] == "duplicate-uid"));
+    // The lookup of a duplicated UID names both appliances, each with a proof.
+    let uid = db.scalar(
+        "SELECT encode(uid, 'hex') FROM units GROUP BY uid HAVING count(DISTINCT appliance_id) = 2 LIMIT 1",
+    );
+    let out = json(&db.ok(&a, "device", &["--uid", &uid, "--json"]));
+    let recs = out["records"].as_array().unwrap();
+    assert_eq!(recs.len(), 2, "{out}");
+    assert_ne!(recs[0]["appliance_id"], recs[1]["appliance_id"]);
+    // A later CM name for a known appliance is refused.
+    let err = db.code(&a, "ingest", &[s(&ba), "--cm", "cm-east"], 0);
+    assert!(err.contains("already-ingested"), "{err}");
+    run(&a, &id_a, 42, 1);
+    let ba2 = export(&a, &id_a, "bundle2");
+    let err = db.code(&a, "ingest", &[s(&ba2), "--cm", "cm-east"], 2);
+    assert!(err.contains("is recorded for CM \"cm-north\""), "{err}");
+    // A bundle signed by an OEM key the database does not trust.
+    let c = Lab::with_job(Kind::SoftHsm, |t| t, 1024).0;
+    let cid = c.first_job_id();
+    run(&c, &cid, 43, 1);
+    let bc = export(&c, &cid, "bundle");
+    let err = db.code(&a, "ingest", &[s(&bc)], 2);
+    assert!(
+        err.contains("not signed by any OEM key this fleet database trusts"),
+        "{err}"
+    );
+}
+
+#[test]
+fn forks_and_rollbacks_are_kept_as_evidence_and_change_nothing() {
+    let db = Db::new();
+    let (lab, id) = lab(Kind::SoftHsm);
+    db.ok(&lab, "init", &["--oem", "oem/signing-key.pub.pem"]);
+    run(&lab, &id, 51, 2);
+    let early = export(&lab, &id, "early");
+    snapshot(&lab, "snap");
+    run(&lab, &id, 52, 2);
+    let later = export(&lab, &id, "later");
+    let out = db.ok(&lab, "ingest", &[s(&later), "--json"]);
+    assert_eq!(json(&out)["outcome"], "merged");
+    let stored = db.counts();
+    let stored_cp = db.scalar("SELECT encode(checkpoint, 'hex') FROM logs");
+
+    // An earlier bundle after a later one: a rollback (or a stale export).
+    let out = db.code(&lab, "ingest", &[s(&early), "--json"], 1);
+    let r = json(&out);
+    assert_eq!(r["outcome"], "rollback", "{r}");
+    assert_eq!(db.counts(), stored);
+
+    // The appliance's state put back and driven another way: a fork.
+    restore(&lab, "snap");
+    run(&lab, &id, 53, 3);
+    let forked = export(&lab, &id, "forked");
+    let out = db.code(&lab, "ingest", &[s(&forked), "--json"], 1);
+    let r = json(&out);
+    assert_eq!(r["outcome"], "fork", "{r}");
+    assert!(
+        r["anomalies"][0].as_str().unwrap().starts_with("log-fork:"),
+        "{r}"
+    );
+    // Nothing merged; the stored checkpoint is the one before.
+    assert_eq!(db.counts(), stored);
+    assert_eq!(
+        db.scalar("SELECT encode(checkpoint, 'hex') FROM logs"),
+        stored_cp
+    );
+    // The evidence: the stored checkpoint and the conflicting one, both
+    // signed by the appliance's log key.
+    assert_eq!(
+        db.scalar("SELECT string_agg(kind, ',' ORDER BY ingest_id) FROM evidence WHERE conflicting_checkpoint IS NOT NULL"),
+        "rollback,fork"
+    );
+    let report = json(&db.ok(&lab, "report", &["--json"]));
+    let kinds: Vec<&str> = report["anomalies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"log-fork") && kinds.contains(&"log-rollback"),
+        "{kinds:?}"
+    );
+    assert_eq!(report["jobs"][0]["open_anomalies"], 2, "{report}");
+}
+
+/// A tampered bundle is refused whole; the stored data does not move.
+#[test]
+fn a_tampered_bundle_is_refused_and_stores_nothing() {
+    let db = Db::new();
+    let (lab, id) = lab(Kind::SoftHsm);
+    db.ok(&lab, "init", &["--oem", "oem/signing-key.pub.pem"]);
+    run(&lab, &id, 61, 3);
+    let b = export(&lab, &id, "b");
+    // One byte of a unit record changed (the serial's last digit).
+    let path = b.join("records.log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 40;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let out = db.code(&lab, "ingest", &[s(&b), "--json"], 1);
+    let r = json(&out);
+    assert_eq!(r["outcome"], "refused", "{r}");
+    assert_eq!(db.scalar("SELECT count(*) FROM units"), "0");
+    assert_eq!(db.scalar("SELECT count(*) FROM logs"), "0");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM anomalies WHERE kind = 'bundle-refused'"),
+        "1"
+    );
+}
