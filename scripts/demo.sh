@@ -4,7 +4,8 @@
 # appliance's enrollment; a job built from policies/ and an example firmware
 # image; import; 200 units across 8 simulated channels with realistic timing
 # and a few injected faults; a summary and the paths of what it left behind
-# (under demo-out/).
+# (under demo-out/). Then the OEM's fleet view: both bundles (two appliances,
+# one OEM) into one PostgreSQL database, its report and one device lookup.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -16,4 +17,26 @@ kryoptic=$(scripts/tokens.sh modules | grep '^FLASHGATE_KRYOPTIC_MODULE=' | cut 
 printf '\n#### SoftHSM2 (compatibility key transport, PKCS#11 2.40)\n'
 "$fg" demo --dir demo-out/softhsm --token softhsm "$@"
 printf '\n#### Kryoptic (standard COSE key transport, PKCS#11 3.0)\n'
-"$fg" demo --dir demo-out/kryoptic --token kryoptic --module "$kryoptic" "$@"
+# A second appliance of the same OEM, with the product's next serial range;
+# its boards are other chips (another simulator seed), unless the caller
+# chose the simulator options.
+second=("$@")
+case " $* " in *" --sim"*) ;; *) second+=(--sim seed=8,timing=realistic,fault-rate=0.03) ;; esac
+"$fg" demo --dir demo-out/kryoptic --token kryoptic --module "$kryoptic" \
+  --oem-from demo-out/softhsm/oem --serial-start 1001 "${second[@]}"
+
+printf '\n#### OEM: both bundles into one fleet database\n'
+# A private PostgreSQL cluster under the build tree, removed at the end.
+pg="$root/target/demo-fleet-pg"
+scripts/pg.sh stop "$pg"
+scripts/pg.sh start "$pg"
+trap 'scripts/pg.sh stop "$pg"' EXIT
+db=$(scripts/pg.sh url "$pg")
+"$fg" fleet init --db "$db" --oem demo-out/softhsm/oem/signing-key.pub.pem
+"$fg" fleet ingest --db "$db" --cm "Northfield EMS" demo-out/softhsm/audit-bundle
+"$fg" fleet ingest --db "$db" --cm "Southgate Assembly" demo-out/kryoptic/audit-bundle
+"$fg" fleet report --db "$db"
+cert=$(ls demo-out/kryoptic/audit-bundle/certs | head -n 1)
+printf '\n#### OEM: a device seen in the field, by its certificate\n'
+"$fg" fleet device --db "$db" --cert "demo-out/kryoptic/audit-bundle/certs/$cert" --out demo-out/device
+"$fg" audit check-proof demo-out/device/record-1/proof.json --appliance demo-out/device/record-1/enrollment.cbor

@@ -2,7 +2,9 @@
 # Installs what flashgate's demo and tests need on a fresh Debian machine
 # with Rust: the PKCS#11 tokens (SoftHSM2 from Debian, Kryoptic built from
 # crates.io), OpenSC's pkcs11-tool, OpenSSL, curl and NSS tools (the
-# station tests), the Python packages the
+# station tests), PostgreSQL's server programs (the fleet tests and demo
+# start a private cluster of their own; Debian's default cluster is not
+# used), the Python packages the
 # independent-verifier test uses, and for the console's browser test
 # (tests/console.rs) Debian's Chromium, Node.js and npm, and playwright-core
 # in tests/console/. Safe to run again.
@@ -10,7 +12,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 need=()
-for pkg in softhsm2 opensc libclang-dev libssl-dev pkg-config clang openssl avrdude stm32flash curl libnss3-tools; do
+for pkg in softhsm2 opensc libclang-dev libssl-dev pkg-config clang openssl avrdude stm32flash curl libnss3-tools postgresql; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 # Node.js may come from elsewhere than Debian (with its own npm): only what

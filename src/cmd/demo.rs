@@ -33,6 +33,14 @@ pub struct DemoArgs {
     /// Channels programming at once.
     #[arg(long, default_value_t = 8)]
     pub channels: u32,
+    /// Use the OEM material (`oem init` directory) of an earlier demo instead of new:
+    /// a second appliance of the same OEM.
+    #[arg(long)]
+    pub oem_from: Option<PathBuf>,
+    /// The job's first serial number (its range holds 1,000): a second job of the
+    /// same product must not issue the serials of the first.
+    #[arg(long, default_value_t = 1)]
+    pub serial_start: u64,
     /// Simulated target options (see the `sim` target).
     #[arg(long, default_value = "seed=7,timing=realistic,fault-rate=0.03")]
     pub sim: String,
@@ -40,12 +48,31 @@ pub struct DemoArgs {
 
 /// Runs the demo; returns the exit code (0: the run completed and its bundle verified clean).
 pub fn run(args: &DemoArgs) -> Result<u8> {
-    let setup = lab::setup(&args.dir, &args.token, args.module.clone())?;
+    let setup = lab::setup_for(
+        &args.dir,
+        &args.token,
+        args.module.clone(),
+        args.oem_from.as_deref(),
+    )?;
     // An example firmware image: 64 KiB at the start of flash.
     let firmware: Vec<u8> = (0..64 * 1024u32)
         .map(|i| (i.wrapping_mul(31) ^ (i >> 9)) as u8)
         .collect();
-    let job = lab::build_and_import(&setup, &lab::example_policy(), firmware)?;
+    let range = "start = 1\nend = 1000 ";
+    let policy = lab::example_policy();
+    if !policy.contains(range) {
+        anyhow::bail!("the example policy's [serial] range is not the one the demo expects");
+    }
+    let policy = policy.replacen(
+        range,
+        &format!(
+            "start = {}\nend = {} ",
+            args.serial_start,
+            args.serial_start.saturating_add(999)
+        ),
+        1,
+    );
+    let job = lab::build_and_import(&setup, &policy, firmware)?;
     let Setup {
         dir,
         station,

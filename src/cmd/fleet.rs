@@ -285,7 +285,7 @@ fn render_device(answer: &DeviceAnswer, out: Option<&std::path::Path>, w: &mut S
             for (i, r) in records.iter().enumerate() {
                 let _ = writeln!(
                     w,
-                    "record {}: {} unit, product {}, job {}, appliance {} (CM {}), operator {}, at {} ms, counter {}, serial {}, uid {}, log record {} of {}",
+                    "record {}: {} unit, product {}, job {}, appliance {} (CM {}), operator {}, at {}, counter {}, serial {}, uid {}, log record {} of {}",
                     i + 1,
                     r.result,
                     r.product,
@@ -293,7 +293,7 @@ fn render_device(answer: &DeviceAnswer, out: Option<&std::path::Path>, w: &mut S
                     r.appliance_id,
                     r.cm,
                     r.operator.as_deref().unwrap_or("-"),
-                    r.time_ms,
+                    flashgate::display::time(u64::try_from(r.time_ms / 1000).unwrap_or(0)),
                     r.counter,
                     r.serial.as_deref().unwrap_or("-"),
                     r.uid.as_deref().unwrap_or("-"),

@@ -54,6 +54,18 @@ pub struct ImportedLabJob {
 /// Creates `dir` (emptied first), a fresh `token` ("softhsm" or "kryoptic"),
 /// OEM keys, and enrolls an appliance.
 pub fn setup(dir: &Path, token: &str, module: Option<PathBuf>) -> Result<Setup, LabError> {
+    setup_for(dir, token, module, None)
+}
+
+/// [`setup`], with the OEM material copied from `oem_from` (an earlier
+/// `oem init` directory) instead of made anew: a second appliance of the
+/// same OEM.
+pub fn setup_for(
+    dir: &Path,
+    token: &str,
+    module: Option<PathBuf>,
+    oem_from: Option<&Path>,
+) -> Result<Setup, LabError> {
     if dir.exists() {
         fs::remove_dir_all(dir).map_err(err)?;
     }
@@ -64,9 +76,18 @@ pub fn setup(dir: &Path, token: &str, module: Option<PathBuf>) -> Result<Setup, 
     step("CM: a fresh token");
     let module = init_token(token, module, &dir)?;
 
-    step("OEM: job-signing key and device-root CA (key files: development only)");
     let oem_dir = dir.join("oem");
-    crate::oem::init(&oem_dir, "Acme Corp", &crate::oem::KeyStore::Files, now).map_err(err)?;
+    match oem_from {
+        Some(from) => {
+            step("OEM: the same job-signing key and device-root CA as before");
+            copy_files(from, &oem_dir)?;
+        }
+        None => {
+            step("OEM: job-signing key and device-root CA (key files: development only)");
+            crate::oem::init(&oem_dir, "Acme Corp", &crate::oem::KeyStore::Files, now)
+                .map_err(err)?;
+        }
+    }
     eprintln!("   {}", oem_dir.display());
 
     step("CM: enroll the appliance (keys generated inside the HSM)");
@@ -105,6 +126,21 @@ pub fn setup(dir: &Path, token: &str, module: Option<PathBuf>) -> Result<Setup, 
         oem_dir,
         enrollment,
     })
+}
+
+/// Copies the files of `from` (and its subdirectories) into `to`.
+fn copy_files(from: &Path, to: &Path) -> Result<(), LabError> {
+    fs::create_dir_all(to).map_err(err)?;
+    for entry in fs::read_dir(from).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        let target = to.join(entry.file_name());
+        if entry.file_type().map_err(err)?.is_dir() {
+            copy_files(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), &target).map_err(err)?;
+        }
+    }
+    Ok(())
 }
 
 /// The example policy with its validity window moved around today.

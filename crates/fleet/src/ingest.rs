@@ -127,8 +127,16 @@ impl std::fmt::Display for IngestReport {
                 self.records_added, self.log_size
             )?;
         }
-        for a in &self.anomalies {
+        // The JSON output lists them all; a terminal gets the first ten.
+        for a in self.anomalies.iter().take(10) {
             write!(f, "\n  anomaly {a}")?;
+        }
+        if self.anomalies.len() > 10 {
+            write!(
+                f,
+                "\n  ... and {} more (flashgate fleet report lists them)",
+                self.anomalies.len() - 10
+            )?;
         }
         Ok(())
     }
