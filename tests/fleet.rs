@@ -447,3 +447,73 @@ fn a_tampered_bundle_is_refused_and_stores_nothing() {
         "1"
     );
 }
+
+/// An ingest killed with SIGKILL at random points leaves all of the bundle
+/// or none of it; the next ingest ends where an unbroken one does.
+#[test]
+fn an_ingest_killed_at_random_points_stores_all_or_nothing() {
+    let db = Db::new();
+    let reference = Db::new();
+    let (lab, id) = lab(Kind::SoftHsm);
+    run(&lab, &id, 71, 150);
+    let b = export(&lab, &id, "b");
+    db.ok(&lab, "init", &["--oem", "oem/signing-key.pub.pem"]);
+    reference.ok(&lab, "init", &["--oem", "oem/signing-key.pub.pem"]);
+    let started = std::time::Instant::now();
+    reference.ok(&lab, "ingest", &[s(&b)]);
+    let whole = reference.counts();
+    let took = started.elapsed().as_micros().max(1000) as u64;
+    let empty = db.counts();
+    // Delays spread over the time a whole ingest takes, from a fixed seed.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut kills = 0;
+    let mut merged = 0;
+    for _ in 0..12 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let delay = x % took;
+        let mut child = lab
+            .command(&["fleet", "ingest", "--db", &db.url, s(&b)])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(delay));
+        if child.try_wait().unwrap().is_none() {
+            kills += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        // The server ends the killed client's transaction; wait for it.
+        for _ in 0..100 {
+            if db.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = 'fleet' AND state LIKE 'idle in transaction%' OR (datname = 'fleet' AND state = 'active' AND query LIKE 'COPY%')") == "0" {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let now = db.counts();
+        assert!(
+            now == empty || now == whole,
+            "a partial ingest: {now} (whole {whole})"
+        );
+        let ingests = db.scalar("SELECT count(*) FROM ingests");
+        assert_eq!(
+            ingests == "1",
+            now == whole,
+            "{ingests} ingest rows with {now}"
+        );
+        if now == whole {
+            merged += 1;
+        }
+    }
+    eprintln!("{kills} of 12 ingests killed while running; the bundle was in after {merged}");
+    assert!(kills > 0, "no kill landed during an ingest");
+    // The bundle again: the same end state as the unbroken ingest.
+    let _ = db.fleet(&lab, "ingest", &[s(&b)]);
+    assert_eq!(db.counts(), whole);
+    assert_eq!(
+        db.scalar("SELECT encode(checkpoint, 'hex') FROM logs"),
+        reference.scalar("SELECT encode(checkpoint, 'hex') FROM logs")
+    );
+}
