@@ -229,6 +229,47 @@ fn ingest_is_idempotent_and_incremental_and_devices_are_found_with_proofs() {
     // An unknown UID.
     let out = db.code(&lab, "device", &["--uid", "00ff00ff"], 1);
     assert!(out.contains("unknown"), "{out}");
+    // A certificate from a CA no job of this fleet has: not ours.
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.pem",
+            "-subj",
+            "/CN=someone else",
+            "-days",
+            "2",
+        ])
+        .current_dir(lab.path("."))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let out = json(&db.code(&lab, "device", &["--cert", "other.pem", "--json"], 1));
+    assert_eq!(out["verdict"], "not-ours", "{out}");
+    assert!(
+        out["reason"].as_str().unwrap().contains("CN=someone else"),
+        "{out}"
+    );
+    // A file that holds no certificate: a plain refusal, no panic.
+    std::fs::write(
+        lab.path("not-a-cert.pem"),
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let err = db.code(&lab, "device", &["--cert", "not-a-cert.pem"], 2);
+    assert!(err.contains("error:"), "{err}");
 
     // The inventory: five certificates, in CSV and JSON.
     let out = db.ok(&lab, "inventory", &["--job", &id, "--out", "inv.csv"]);
