@@ -558,3 +558,160 @@ fn an_ingest_killed_at_random_points_stores_all_or_nothing() {
         reference.scalar("SELECT encode(checkpoint, 'hex') FROM logs")
     );
 }
+
+/// Signs a prehash with a private key in the token, as any PIN holder can.
+struct TokenSigner<'a> {
+    holder: &'a common::PinHolder,
+    key: cryptoki::object::ObjectHandle,
+    public: p256::ecdsa::VerifyingKey,
+}
+
+impl TokenSigner<'_> {
+    fn sign_digest(&self, digest: &[u8]) -> p256::ecdsa::Signature {
+        let rs = self
+            .holder
+            .session
+            .sign(&cryptoki::mechanism::Mechanism::Ecdsa, self.key, digest)
+            .unwrap();
+        p256::ecdsa::Signature::from_slice(&rs).unwrap()
+    }
+}
+
+impl flashgate::cose::Keypair for TokenSigner<'_> {
+    type VerifyingKey = p256::ecdsa::VerifyingKey;
+    fn verifying_key(&self) -> p256::ecdsa::VerifyingKey {
+        self.public
+    }
+}
+
+impl flashgate::cose::PrehashSigner<p256::ecdsa::Signature> for TokenSigner<'_> {
+    fn sign_prehash(
+        &self,
+        prehash: &[u8],
+    ) -> Result<p256::ecdsa::Signature, flashgate::cose::SignatureError> {
+        Ok(self.sign_digest(prehash))
+    }
+}
+
+/// One DER element at the start of `b`: (whole element, content, rest).
+fn tlv(b: &[u8]) -> (&[u8], &[u8], &[u8]) {
+    let (len, head) = match b[1] {
+        n if n < 0x80 => (usize::from(n), 2),
+        0x81 => (usize::from(b[2]), 3),
+        0x82 => (usize::from(b[2]) << 8 | usize::from(b[3]), 4),
+        n => panic!("length form {n:#x}"),
+    };
+    (&b[..head + len], &b[head..head + len], &b[head + len..])
+}
+
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    match content.len() {
+        n if n < 0x80 => out.push(n as u8),
+        n if n < 0x100 => out.extend([0x81, n as u8]),
+        n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+#[test]
+fn a_pin_holder_can_slip_in_neither_an_enrollment_nor_a_certificate() {
+    use sha2::Digest as _;
+    let db = Db::new();
+    let (lab, id) = lab(Kind::SoftHsm);
+    db.ok(&lab, "init", &["--oem", "oem/signing-key.pub.pem"]);
+    run(&lab, &id, 81, 2);
+    let b = export(&lab, &id, "b");
+    db.ok(&lab, "ingest", &[s(&b)]);
+    let stored = db.counts();
+    let holder = lab.pin_holder();
+
+    // The enrollment record re-signed with the appliance's own log key,
+    // one field changed, and the bundle's index made to match.
+    let enrollment = flashgate::enrollment::VerifiedEnrollment::parse(
+        &std::fs::read(b.join("enrollment.cbor")).unwrap(),
+    )
+    .unwrap();
+    let log = TokenSigner {
+        holder: &holder,
+        key: holder.object(
+            "flashgate-appliance-log",
+            cryptoki::object::ObjectClass::PRIVATE_KEY,
+        ),
+        public: p256::ecdsa::VerifyingKey::from_sec1_bytes(&enrollment.record().log_public)
+            .unwrap(),
+    };
+    let mut record = enrollment.record().clone();
+    record.created += 1;
+    let changed = record.sign(&log).unwrap();
+    assert_eq!(
+        flashgate::enrollment::VerifiedEnrollment::parse(&changed)
+            .unwrap()
+            .record()
+            .appliance_id,
+        enrollment.record().appliance_id
+    );
+    let forged = lab.path("forged");
+    copy_tree(&b, &forged);
+    std::fs::write(forged.join("enrollment.cbor"), &changed).unwrap();
+    let mut index = json(&std::fs::read_to_string(forged.join("bundle.json")).unwrap());
+    index["files"]["enrollment.cbor"]["sha256"] =
+        hex::encode(sha2::Sha256::digest(&changed)).into();
+    index["files"]["enrollment.cbor"]["bytes"] = changed.len().into();
+    std::fs::write(forged.join("bundle.json"), index.to_string()).unwrap();
+    let err = db.code(&lab, "ingest", &[s(&forged)], 2);
+    assert!(
+        err.contains("is pinned with enrollment fingerprint"),
+        "{err}"
+    );
+    assert_eq!(db.counts(), stored);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM anomalies WHERE kind = 'enrollment-changed'"),
+        "1"
+    );
+
+    // A device certificate minted with the job CA's key in the HSM, with
+    // no unit record: issued outside the log.
+    let cert_path = std::fs::read_dir(b.join("certs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let cert = std::fs::read(&cert_path).unwrap();
+    let (_, body, _) = tlv(&cert);
+    let (tbs, tbs_content, rest) = tlv(body);
+    let (alg, _, _) = tlv(rest);
+    // The serial is the element after the version: change its last byte.
+    let (version, _, after_version) = tlv(tbs_content);
+    let (serial, _, after_serial) = tlv(after_version);
+    let mut serial = serial.to_vec();
+    *serial.last_mut().unwrap() ^= 0x5a;
+    let mut new_tbs_content = version.to_vec();
+    new_tbs_content.extend_from_slice(&serial);
+    new_tbs_content.extend_from_slice(after_serial);
+    let new_tbs = der(0x30, &new_tbs_content);
+    assert_eq!(new_tbs.len(), tbs.len());
+    let ca = TokenSigner {
+        holder: &holder,
+        key: holder.object(
+            &format!("fg-job:{id}:ca"),
+            cryptoki::object::ObjectClass::PRIVATE_KEY,
+        ),
+        public: log.public,
+    };
+    let sig = ca.sign_digest(&sha2::Sha256::digest(&new_tbs));
+    let mut bits = vec![0u8];
+    bits.extend_from_slice(sig.to_der().as_bytes());
+    let mut body = new_tbs.clone();
+    body.extend_from_slice(alg);
+    body.extend_from_slice(&der(0x03, &bits));
+    std::fs::write(lab.path("minted.der"), der(0x30, &body)).unwrap();
+    let out = json(&db.code(&lab, "device", &["--cert", "minted.der", "--json"], 1));
+    assert_eq!(out["verdict"], "issued-outside-log", "{out}");
+    assert_eq!(out["job_id"], id.as_str());
+    // The real certificate is ours.
+    let out = json(&db.ok(&lab, "device", &["--cert", s(&cert_path), "--json"]));
+    assert_eq!(out["verdict"], "ours");
+}
