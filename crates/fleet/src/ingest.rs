@@ -479,13 +479,7 @@ impl Fleet {
             }
             cross_check(&tx, ingest_id, &mut out).await?;
             finish_flagged(&tx, &mut out, report, dir, ingest_id).await?;
-            let checkpoint_ms: Option<i64> = tx
-                .query_one(
-                    "SELECT max(time_ms) FROM units WHERE log_id = $1",
-                    &[&stored.log_id],
-                )
-                .await?
-                .get(0);
+            let checkpoint_ms = added.last_ms;
             tx.execute(
                 "UPDATE logs SET size = $2, frontier = $3, checkpoint = $4, checkpoint_ms = coalesce($5, checkpoint_ms, $6) WHERE log_id = $1",
                 &[
@@ -717,6 +711,8 @@ async fn finish_flagged(
 struct Added {
     records: u64,
     frontier: Vec<u8>,
+    /// Time of the last record added: the last one the new checkpoint covers.
+    last_ms: Option<i64>,
 }
 
 /// Streams the records `stored.size .. new_size` into `units`, `runs`,
@@ -821,6 +817,7 @@ async fn merge_records(
         .peekable();
     let mut seq_expected = 0u64;
     let mut added = 0u64;
+    let mut last_ms: Option<i64> = None;
     let log_id = stored.log_id;
     while let Some((_, bytes)) = file.next_bytes().map_err(|e| bundle_err(dir, e))? {
         let seq = seq_expected;
@@ -959,6 +956,7 @@ async fn merge_records(
             _ => {}
         }
         added += 1;
+        last_ms = Some(time);
     }
     writer.finish().await?;
     if seq_expected < new_size {
@@ -1072,6 +1070,7 @@ async fn merge_records(
     Ok(Added {
         records: added,
         frontier: tree_store::frontier_bytes(&tree),
+        last_ms,
     })
 }
 
