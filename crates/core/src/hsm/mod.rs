@@ -15,6 +15,7 @@ mod config;
 mod error;
 pub mod latency;
 mod nested_template;
+mod object_store;
 mod objects;
 pub mod probe;
 mod profile;
@@ -63,6 +64,8 @@ pub struct Token {
 struct PooledSession<'a> {
     session: Option<Session>,
     pool: &'a Mutex<Vec<Session>>,
+    /// Dropped after the session is back in the pool.
+    _store: Option<object_store::StoreGuard>,
 }
 
 impl std::ops::Deref for PooledSession<'_> {
@@ -206,6 +209,24 @@ impl Token {
     /// to the pool when the guard drops. Sessions are never closed before
     /// the token is, so the login and session objects stay.
     fn session(&self) -> Result<PooledSession<'_>, HsmError> {
+        self.session_holding(None)
+    }
+
+    /// [`Token::session`] for a search: no token object is written meanwhile.
+    fn searching_session(&self) -> Result<PooledSession<'_>, HsmError> {
+        self.session_holding(Some(object_store::StoreGuard::search()))
+    }
+
+    /// [`Token::session`] for work that creates, changes or destroys token
+    /// objects when `token_objects`: nothing searches meanwhile.
+    fn writing_session(&self, token_objects: bool) -> Result<PooledSession<'_>, HsmError> {
+        self.session_holding(object_store::StoreGuard::write_if(token_objects))
+    }
+
+    fn session_holding(
+        &self,
+        store: Option<object_store::StoreGuard>,
+    ) -> Result<PooledSession<'_>, HsmError> {
         // A panic elsewhere leaves the idle sessions as valid as they were.
         let idle = self
             .sessions
@@ -222,6 +243,7 @@ impl Token {
         Ok(PooledSession {
             session: Some(session),
             pool: &self.sessions,
+            _store: store,
         })
     }
 
@@ -265,7 +287,7 @@ impl Token {
 
     /// Every object whose `CKA_LABEL` equals `label`.
     pub fn find_by_label(&self, label: &str) -> Result<Vec<ObjectHandle>, HsmError> {
-        let session = self.session()?;
+        let session = self.searching_session()?;
         session
             .find_objects(&[Attribute::Label(label.as_bytes().to_vec())])
             .map_err(|e| HsmError::op("search the token", e))
@@ -273,7 +295,7 @@ impl Token {
 
     /// Every token object, with its label (for status listings and clean-up).
     pub fn labelled_objects(&self) -> Result<Vec<(ObjectHandle, String)>, HsmError> {
-        let session = self.session()?;
+        let session = self.searching_session()?;
         let handles = session
             .find_objects(&[Attribute::Token(true)])
             .map_err(|e| HsmError::op("search the token", e))?;
@@ -322,7 +344,7 @@ impl Token {
         persist: Option<(&str, &[u8])>,
         usage: KeyUse,
     ) -> Result<(KeyPair, Relaxed), HsmError> {
-        let session = self.session()?;
+        let session = self.writing_session(persist.is_some())?;
         let sign = usage == KeyUse::EcSign;
         let mechanism = if sign {
             MechanismType::ECDSA

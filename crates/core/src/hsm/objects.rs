@@ -35,7 +35,7 @@ pub struct KeyAttributes {
 impl Token {
     /// Creates a token data object (`CKO_DATA`) with a label and a value.
     pub fn create_data(&self, label: &str, value: &[u8]) -> Result<ObjectHandle, HsmError> {
-        let session = self.session()?;
+        let session = self.writing_session(true)?;
         session
             .create_object(&[
                 Attribute::Class(ObjectClass::DATA),
@@ -65,7 +65,7 @@ impl Token {
 
     /// Destroys an object.
     pub fn destroy(&self, object: ObjectHandle) -> Result<(), HsmError> {
-        let session = self.session()?;
+        let session = self.writing_session(true)?;
         session
             .destroy_object(object)
             .map_err(|e| HsmError::op("destroy an object", e))

@@ -107,8 +107,8 @@ impl Token {
         label: Option<&str>,
         support: TransportSupport,
     ) -> Result<KeyPair, HsmError> {
-        let session = self.session()?;
         let persist = label.is_some();
+        let session = self.writing_session(persist)?;
         let mut public = vec![
             Attribute::Token(persist),
             Attribute::Private(false),
@@ -209,7 +209,7 @@ impl Token {
         wrapped: &[u8],
         persist: Option<(&str, &[u8])>,
     ) -> Result<ObjectHandle, HsmError> {
-        let session = self.session()?;
+        let session = self.writing_session(persist.is_some())?;
         let attempt = |lock: bool| {
             let mut template = role.result_template(lock);
             template.push(Attribute::Token(persist.is_some()));

@@ -213,7 +213,7 @@ impl Token {
         usage: KeyUse,
         persist: Option<(&str, &[u8])>,
     ) -> Result<(ObjectHandle, Relaxed), HsmError> {
-        let session = self.session()?;
+        let session = self.writing_session(persist.is_some())?;
         super::latency::timed("unwrap", || {
             tolerant(Self::unwrapped_template(usage, persist), |t| {
                 session.unwrap_key(mechanism, kek, wrapped, t)
