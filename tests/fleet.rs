@@ -416,8 +416,93 @@ fn forks_and_rollbacks_are_kept_as_evidence_and_change_nothing() {
     snapshot(&lab, "snap");
     run(&lab, &id, 52, 2);
     let later = export(&lab, &id, "later");
-    let out = db.ok(&lab, "ingest", &[s(&later), "--json"]);
+    // The collector witnesses what it found consistent.
+    lab.ok(&[
+        "fleet",
+        "witness",
+        "init",
+        "--out",
+        "witness",
+        "--name",
+        "acme.example/fleet",
+    ]);
+    let again = lab.fails(&[
+        "fleet",
+        "witness",
+        "init",
+        "--out",
+        "witness",
+        "--name",
+        "x.example/w",
+    ]);
+    assert!(again.contains("already holds a witness key"), "{again}");
+    let witnessed = ["--witness", "witness", "--cosigned-out", "cosigned"];
+    let mut args = vec![s(&later), "--json"];
+    args.extend_from_slice(&witnessed);
+    let out = db.ok(&lab, "ingest", &args);
     assert_eq!(json(&out)["outcome"], "merged");
+    let cosigned = std::fs::read_dir(lab.path("cosigned"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect::<Vec<_>>();
+    assert_eq!(cosigned.len(), 1, "{cosigned:?}");
+    let cosigned = cosigned[0].clone();
+    let note = std::fs::read_to_string(&cosigned).unwrap();
+    // The same bundle again: the same cosigned checkpoint, not a second one.
+    db.ok(&lab, "ingest", &args);
+    assert_eq!(std::fs::read_to_string(&cosigned).unwrap(), note);
+    assert_eq!(db.scalar("SELECT count(*) FROM cosignatures"), "1");
+    // The CM's side: the cosigned checkpoint is a kept checkpoint, and the
+    // witness's signature on it verifies.
+    let verify = |bundle: &Path, kept: &Path, code: i32| {
+        let out = lab.fg(&[
+            "audit",
+            "verify",
+            s(bundle),
+            "--oem",
+            "oem/signing-key.pub.pem",
+            "--previous-checkpoint",
+            s(kept),
+            "--witness",
+            "witness/witness.vkey",
+        ]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(code), "{text}");
+        text
+    };
+    let out = verify(&later, &cosigned, 0);
+    assert!(
+        out.contains("cosigned by acme.example/fleet at") && out.contains("verified"),
+        "{out}"
+    );
+    // A cosigned checkpoint with its size changed: neither the appliance's
+    // signature nor the witness's covers it.
+    let size_line = note.lines().nth(1).unwrap().to_owned();
+    let bigger = (size_line.parse::<u64>().unwrap() + 1).to_string();
+    let tampered = lab.path("tampered.checkpoint");
+    std::fs::write(
+        &tampered,
+        note.replacen(&format!("\n{size_line}\n"), &format!("\n{bigger}\n"), 1),
+    )
+    .unwrap();
+    let out = verify(&later, &tampered, 2);
+    assert!(out.contains("does not verify"), "{out}");
+    let out = lab.fg(&[
+        "audit",
+        "verify",
+        s(&later),
+        "--oem",
+        "oem/signing-key.pub.pem",
+        "--previous-checkpoint",
+        s(&tampered),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("previous-checkpoint-invalid"), "{text}");
     let stored = db.counts();
     let stored_cp = db.scalar("SELECT encode(checkpoint, 'hex') FROM logs");
 
@@ -431,15 +516,26 @@ fn forks_and_rollbacks_are_kept_as_evidence_and_change_nothing() {
     restore(&lab, "snap");
     run(&lab, &id, 53, 3);
     let forked = export(&lab, &id, "forked");
-    let out = db.code(&lab, "ingest", &[s(&forked), "--json"], 1);
+    // The CM, holding the cosigned checkpoint, proves the fork on its own.
+    let out = verify(&forked, &cosigned, 1);
+    assert!(out.contains("cosigned by acme.example/fleet"), "{out}");
+    assert!(
+        out.contains("previous-checkpoint-mismatch") && out.contains("forked or rewritten"),
+        "{out}"
+    );
+    let mut args = vec![s(&forked), "--json"];
+    args.extend_from_slice(&witnessed);
+    let out = db.code(&lab, "ingest", &args, 1);
     let r = json(&out);
     assert_eq!(r["outcome"], "fork", "{r}");
     assert!(
         r["anomalies"][0].as_str().unwrap().starts_with("log-fork:"),
         "{r}"
     );
-    // Nothing merged; the stored checkpoint is the one before.
+    // Nothing merged or cosigned; the stored checkpoint is the one before.
     assert_eq!(db.counts(), stored);
+    assert_eq!(db.scalar("SELECT count(*) FROM cosignatures"), "1");
+    assert_eq!(std::fs::read_to_string(&cosigned).unwrap(), note);
     assert_eq!(
         db.scalar("SELECT encode(checkpoint, 'hex') FROM logs"),
         stored_cp

@@ -33,6 +33,10 @@ pub enum AuditCmd {
         /// checkpoints.log (its last checkpoint is used), for fork and rollback detection.
         #[arg(long)]
         previous_checkpoint: Option<PathBuf>,
+        /// A witness's verifier key file (`fleet witness init` writes it): the kept checkpoint
+        /// must be cosigned by it. May be repeated.
+        #[arg(long, requires = "previous_checkpoint")]
+        witness: Vec<PathBuf>,
         /// Print the verdict and report as JSON (schema in docs/AUDIT-FORMAT.md), also on exit 2.
         #[arg(long)]
         json: bool,
@@ -105,16 +109,20 @@ pub fn run(config: &Path, cmd: AuditCmd, w: &mut String) -> Result<u8> {
             oem: oem_key,
             fingerprint,
             previous_checkpoint,
+            witness,
             json,
         } => {
+            let mut cosigned = Vec::new();
             let verified = (|| -> Result<_> {
                 let key = oem::read_public_key_pem(&oem_key)?;
                 // A kept checkpoint, or a whole checkpoints.log (its last entry counts).
                 let previous_checkpoint = match previous_checkpoint {
-                    Some(p) => Some(
-                        std::fs::read(&p)
-                            .with_context(|| format!("cannot read {}", p.display()))?,
-                    ),
+                    Some(p) => {
+                        let bytes = std::fs::read(&p)
+                            .with_context(|| format!("cannot read {}", p.display()))?;
+                        cosigned = check_cosignatures(&p, &bytes, &witness)?;
+                        Some(bytes)
+                    }
                     None => None,
                 };
                 Ok(flashgate::bundle::verify_bundle(
@@ -144,6 +152,9 @@ pub fn run(config: &Path, cmd: AuditCmd, w: &mut String) -> Result<u8> {
                 );
                 let _ = writeln!(w, "{}", out.to_json());
             } else {
+                for line in cosigned {
+                    let _ = writeln!(w, "{line}");
+                }
                 let _ = writeln!(
                     w,
                     "appliance {} (fingerprint {})",
@@ -201,4 +212,37 @@ fn confirm_reset() -> Result<bool> {
         .read_line(&mut line)
         .context("cannot read the answer")?;
     Ok(line.trim() == "reset")
+}
+
+/// Checks the kept checkpoint at `path` against each witness verifier key
+/// file; returns one line per cosignature.
+fn check_cosignatures(
+    path: &std::path::Path,
+    bytes: &[u8],
+    witnesses: &[PathBuf],
+) -> Result<Vec<String>> {
+    if witnesses.is_empty() {
+        return Ok(Vec::new());
+    }
+    let note = flashgate_note::SignedNote::parse(bytes).with_context(|| {
+        format!(
+            "{} is not a cosigned checkpoint; give the cosigned checkpoint the fleet collector wrote",
+            path.display()
+        )
+    })?;
+    let mut lines = Vec::new();
+    for file in witnesses {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let key = flashgate_note::CosignerKey::parse_vkey(&text)
+            .with_context(|| format!("{} is not a witness verifier key", file.display()))?;
+        let at = key
+            .verify(&note)
+            .with_context(|| format!("the kept checkpoint {}", path.display()))?;
+        lines.push(format!(
+            "kept checkpoint cosigned by {} at {at} (Unix seconds): verified",
+            key.name()
+        ));
+    }
+    Ok(lines)
 }

@@ -47,6 +47,18 @@ pub enum FleetCmd {
         /// Print one JSON object per bundle.
         #[arg(long)]
         json: bool,
+        /// The witness key directory (`fleet witness init`): cosign each consistent
+        /// appliance log's checkpoint after its ingest.
+        #[arg(long, requires = "cosigned_out")]
+        witness: Option<PathBuf>,
+        /// Where the cosigned checkpoints go, one `<appliance>.checkpoint` each, for the CMs.
+        #[arg(long, requires = "witness")]
+        cosigned_out: Option<PathBuf>,
+    },
+    /// The collector's witness key, which cosigns the checkpoints it found consistent.
+    Witness {
+        #[command(subcommand)]
+        cmd: WitnessCmd,
     },
     /// Per product, CM, appliance and job: units, yield, quota, checkpoints, anomalies.
     Report {
@@ -96,6 +108,19 @@ pub enum FleetCmd {
         /// Output file (default: standard output).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum WitnessCmd {
+    /// Create the witness key: an Ed25519 private key file and its verifier key.
+    Init {
+        /// The directory for witness.key.pem (mode 0600) and witness.vkey.
+        #[arg(long)]
+        out: PathBuf,
+        /// The witness's name in its cosignatures: a schema-less URL, say acme.example/fleet.
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -150,15 +175,21 @@ pub fn run(cmd: FleetCmd, w: &mut String) -> Result<u8> {
                 oem,
                 cm,
                 json,
+                witness,
+                cosigned_out,
             } => {
+                use flashgate_fleet::ingest::Outcome;
+                let witness = witness
+                    .map(|d| flashgate_fleet::witness::Witness::load(&d))
+                    .transpose()?;
                 let mut fleet = Fleet::open(&db.db).await?;
                 trust(&fleet, &oem, w).await?;
                 let options = flashgate_fleet::ingest::IngestOptions { cm };
                 let mut code = 0;
                 for dir in &bundles {
                     let report = fleet.ingest(dir, &options).await?;
-                    if !(report.outcome == flashgate_fleet::ingest::Outcome::Merged
-                        || report.outcome == flashgate_fleet::ingest::Outcome::AlreadyIngested)
+                    if !(report.outcome == Outcome::Merged
+                        || report.outcome == Outcome::AlreadyIngested)
                         || !report.anomalies.is_empty()
                     {
                         code = 1;
@@ -168,8 +199,41 @@ pub fn run(cmd: FleetCmd, w: &mut String) -> Result<u8> {
                     } else {
                         let _ = writeln!(w, "{report}");
                     }
+                    // Only a log found consistent is cosigned.
+                    let consistent =
+                        report.outcome.merged() || report.outcome == Outcome::AlreadyIngested;
+                    if let (Some(witness), Some(out), true) = (&witness, &cosigned_out, consistent)
+                    {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs());
+                        if let Some(c) = fleet.cosign(&report, witness, now).await? {
+                            let path = c.write_to(out)?;
+                            if !json {
+                                let _ = writeln!(
+                                    w,
+                                    "  cosigned checkpoint at {} written to {}",
+                                    c.size,
+                                    path.display()
+                                );
+                            }
+                        }
+                    }
                 }
                 Ok(code)
+            }
+            FleetCmd::Witness {
+                cmd: WitnessCmd::Init { out, name },
+            } => {
+                let key = flashgate_fleet::witness::Witness::init(&out, &name)?;
+                let _ = writeln!(
+                    w,
+                    "witness key written to {}; give the CMs {} (its verifier key):\n{}",
+                    out.join(flashgate_fleet::witness::KEY_FILE).display(),
+                    out.join(flashgate_fleet::witness::VKEY_FILE).display(),
+                    key.to_vkey()
+                );
+                Ok(0)
             }
             FleetCmd::Report { db, product, json } => {
                 let fleet = Fleet::open(&db.db).await?;

@@ -20,6 +20,7 @@ pub mod bundle;
 /// The deterministic CBOR the records are written in.
 use flashgate_dcbor as cbor;
 pub mod checkpoint;
+pub mod cosigned;
 mod error;
 pub mod frame;
 mod intervals;

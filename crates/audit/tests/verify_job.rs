@@ -336,8 +336,8 @@ fn a_whole_checkpoints_log_can_be_the_kept_checkpoint() {
     let r = verify(&records, &cps, &certs, &opts);
     assert_only(&r, &[K::PreviousCheckpointMismatch]);
     assert_eq!(
-        flashgate_audit::kept_checkpoint(&kept_log),
-        Some(checkpoint(&records, 5))
+        flashgate_audit::kept_checkpoint(&kept_log, &opts.log_key),
+        Ok(checkpoint(&records, 5))
     );
 }
 

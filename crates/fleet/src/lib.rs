@@ -13,6 +13,7 @@
 //! - [`ingest`]: one bundle, in one transaction.
 //! - [`tree_store`]: the Merkle tree kept as rows, and proofs from it.
 //! - [`report`], [`device`], [`inventory`]: what the OEM reads.
+//! - [`witness`]: the collector's cosignatures of consistent checkpoints.
 //! - [`cluster`]: a private PostgreSQL cluster for tests and the demo.
 //!
 //! The schema and the outputs are specified in `docs/FLEET.md`.
@@ -28,6 +29,7 @@ pub mod inventory;
 pub mod migrate;
 pub mod report;
 pub mod tree_store;
+pub mod witness;
 
 pub use error::FleetError;
 

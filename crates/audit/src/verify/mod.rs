@@ -176,21 +176,30 @@ impl From<&[u8; 32]> for CertificateFile {
     }
 }
 
-/// The checkpoint to use from what the OEM kept: `bytes` is one signed
-/// checkpoint (a tagged `COSE_Sign1`, first byte 0xD2) or a
-/// `checkpoints.log` (`u32be length || checkpoint` entries), whose last
-/// complete entry is taken. `None` when a log holds no entry.
-#[must_use]
-pub fn kept_checkpoint(bytes: &[u8]) -> Option<Vec<u8>> {
+/// The checkpoint to use from what the OEM or the CM kept: `bytes` is one
+/// signed checkpoint (a tagged `COSE_Sign1`, first byte 0xD2), a cosigned
+/// checkpoint (a C2SP signed note, see [`crate::cosigned`]; its appliance
+/// line must be that of `log_public`), or a `checkpoints.log`
+/// (`u32be length || checkpoint` entries), whose last complete entry is
+/// taken. The signature is left to the caller. Fails with a sentence.
+pub fn kept_checkpoint(bytes: &[u8], log_public: &[u8; 65]) -> Result<Vec<u8>, String> {
     if bytes.first() == Some(&0xD2) {
-        return Some(bytes.to_vec());
+        return Ok(bytes.to_vec());
+    }
+    // A frame's length would need its first byte below 0x20 (under 512
+    // MiB); a note opens with its origin's text.
+    if bytes.first().is_some_and(|b| *b >= 0x20) {
+        let note = flashgate_note::SignedNote::parse(bytes)
+            .map_err(|e| format!("it is not a cosigned checkpoint: {e}"))?;
+        return crate::cosigned::checkpoint_in_note(&note, log_public)
+            .map_err(|e| format!("the cosigned checkpoint: {e}"));
     }
     let mut frames = FrameReader::new(bytes);
     let mut last = None;
     while let Ok(Some((_, b))) = frames.next_frame() {
         last = Some(b.to_vec());
     }
-    last
+    last.ok_or_else(|| "the checkpoints.log given holds no checkpoint".to_owned())
 }
 
 /// Verifies the bundle in `dir` (see [`crate::bundle`]).

@@ -130,12 +130,9 @@ impl Verifier<'_> {
                 format!("the previous checkpoint given does not verify: {why}"),
             );
         };
-        let Some(bytes) = kept_checkpoint(kept) else {
-            invalid(
-                &mut self.report,
-                "the checkpoints.log given holds no checkpoint".to_owned(),
-            );
-            return;
+        let bytes = match kept_checkpoint(kept, &self.options.log_key) {
+            Ok(b) => b,
+            Err(why) => return invalid(&mut self.report, why),
         };
         let v: VerifiedCheckpoint = match UnverifiedCheckpoint::parse(&bytes)
             .and_then(|u| u.verify(&self.options.log_key))
