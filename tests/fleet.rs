@@ -406,6 +406,78 @@ fn two_appliances_on_two_tokens_with_a_planted_duplicate_uid() {
     );
 }
 
+/// Two collectors at once, each ingesting another appliance's bundle with
+/// the same planted UIDs: the duplicates are found whichever commits first
+/// (each ingest's cross-check must see the other's rows), and nothing is
+/// stored twice. Several rounds, each on a fresh database.
+#[test]
+fn two_ingests_at_once_still_find_the_duplicates_between_them() {
+    let (a, id_a) = lab(Kind::SoftHsm);
+    let (b, id_b) = lab(Kind::SoftHsm);
+    run(&a, &id_a, 71, 3);
+    run(&b, &id_b, 71, 3);
+    let ba = export(&a, &id_a, "bundle");
+    let bb = export(&b, &id_b, "bundle");
+    let b_key = b.path("oem/signing-key.pub.pem");
+    let cluster = PrivateCluster::start(&ClusterOptions {
+        no_fsync: true,
+        ..ClusterOptions::default()
+    })
+    .unwrap();
+    for round in 0..4 {
+        let name = format!("race{round}");
+        cluster.create_db(&name).unwrap();
+        let url = cluster.url(&name);
+        let init = a.fg(&[
+            "fleet",
+            "init",
+            "--db",
+            &url,
+            "--oem",
+            "oem/signing-key.pub.pem",
+            "--oem",
+            s(&b_key),
+        ]);
+        assert!(init.status.success(), "{init:?}");
+        let children: Vec<_> = [&ba, &bb]
+            .iter()
+            .map(|bundle| {
+                a.command(&["fleet", "ingest", "--db", &url, s(bundle), "--json"])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                matches!(out.status.code(), Some(0 | 1)),
+                "round {round}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(json(&text)["outcome"], "merged", "round {round}: {text}");
+        }
+        let psql = |sql: &str| {
+            let out = std::process::Command::new("psql")
+                .args(["-X", "-A", "-t", "-h"])
+                .arg(cluster.socket_dir())
+                .args(["-U", "flashgate", "-d", &name, "-c", sql])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        assert_eq!(
+            psql("SELECT count(*) FROM anomalies WHERE kind = 'duplicate-uid' AND open"),
+            "3",
+            "round {round}: the three shared UIDs"
+        );
+        assert_eq!(psql("SELECT count(*) FROM units"), "6", "round {round}");
+        assert_eq!(psql("SELECT count(*) FROM logs"), "2", "round {round}");
+    }
+}
+
 #[test]
 fn forks_and_rollbacks_are_kept_as_evidence_and_change_nothing() {
     let db = Db::new();

@@ -156,6 +156,10 @@ fn bundle_err(path: &Path, e: impl std::fmt::Display) -> FleetError {
     }
 }
 
+/// The advisory lock that serialises the cross-checks and commits of all
+/// ingests ("fgxcheck" in ASCII, as a bigint).
+const CROSS_CHECK_LOCK: i64 = 0x6667_7863_6865_636b;
+
 /// The stored state of an appliance's log segment.
 struct StoredLog {
     log_id: i32,
@@ -477,6 +481,12 @@ impl Fleet {
                     ))
                 })?;
             }
+            // The cross-checks compare the new rows with everything stored,
+            // so they run one ingest at a time, fleet-wide, to commit: a
+            // concurrent ingest's rows are then committed before these
+            // statements start, and duplicates between the two are found.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CROSS_CHECK_LOCK])
+                .await?;
             cross_check(&tx, ingest_id, &mut out).await?;
             finish_flagged(&tx, &mut out, report, dir, ingest_id).await?;
             let checkpoint_ms = added.last_ms;
