@@ -478,6 +478,225 @@ fn two_ingests_at_once_still_find_the_duplicates_between_them() {
     }
 }
 
+/// `fleet serve`: the report page and the read API over mutual TLS, with
+/// the OEM's own CA and the roles in the subject OU. A viewer reads, an
+/// admin also changes; a station role, a stranger's CA or no certificate
+/// gets no connection; a fingerprint put on the deny-list is refused at
+/// once, without a restart.
+#[test]
+fn the_read_api_and_page_serve_fleet_roles_over_mutual_tls() {
+    use common::station::{make_ca, make_leaf, CLIENT_EXT};
+    use std::io::BufRead as _;
+    let db = Db::new();
+    let (lab, id) = lab(Kind::SoftHsm);
+    db.ok(&lab, "init", &["--oem", "oem/signing-key.pub.pem"]);
+    run(&lab, &id, 81, 3);
+    let bundle = export(&lab, &id, "bundle");
+    db.ok(&lab, "ingest", &[s(&bundle), "--cm", "cm-north"]);
+
+    let certs = lab.path("fleet-certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    make_ca(&certs, "oem-ca");
+    make_leaf(
+        &certs,
+        "oem-ca",
+        "server",
+        "/CN=fleet.acme.example/O=Acme",
+        30,
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    );
+    for (name, ou) in [
+        ("admin", "fleet-admin"),
+        ("viewer", "fleet-viewer"),
+        ("operator", "operator"),
+        ("revoked", "fleet-viewer"),
+    ] {
+        make_leaf(
+            &certs,
+            "oem-ca",
+            name,
+            &format!("/CN={name}/OU={ou}/O=Acme"),
+            30,
+            CLIENT_EXT,
+        );
+    }
+    make_ca(&certs, "other-ca");
+    make_leaf(
+        &certs,
+        "other-ca",
+        "stranger",
+        "/CN=mallory/OU=fleet-admin/O=Evil",
+        30,
+        CLIENT_EXT,
+    );
+
+    let mut child = lab
+        .command(&[
+            "fleet",
+            "serve",
+            "--db",
+            &db.url,
+            "--listen",
+            "127.0.0.1:0",
+            "--server-cert",
+            "fleet-certs/server.pem",
+            "--server-key",
+            "fleet-certs/server.key.pem",
+            "--client-ca",
+            "fleet-certs/oem-ca.pem",
+            "--deny-list",
+            "fleet-certs/deny-list",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("fleet serve did not start: {line:?}"))
+        .to_owned();
+    let read = |p: &str| std::fs::read(certs.join(p)).unwrap();
+    let client = |who: Option<&str>| {
+        let mut b = reqwest::blocking::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&read("oem-ca.pem")).unwrap())
+            .timeout(std::time::Duration::from_secs(30));
+        if let Some(n) = who {
+            let mut pem = read(&format!("{n}.pem"));
+            pem.extend(read(&format!("{n}.key.pem")));
+            b = b.identity(reqwest::Identity::from_pem(&pem).unwrap());
+        }
+        b.build().unwrap()
+    };
+    let url = |p: &str| format!("{base}{p}");
+
+    // The viewer reads what the command line reads.
+    let viewer = client(Some("viewer"));
+    let me: serde_json::Value = viewer
+        .get(url("/api/v1/whoami"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(me["role"], "fleet-viewer", "{me}");
+    assert_eq!(me["common_name"], "viewer", "{me}");
+    let api: serde_json::Value = viewer
+        .get(url("/api/v1/report"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let cli = json(&db.ok(&lab, "report", &["--json"]));
+    assert_eq!(
+        api["jobs"], cli["jobs"],
+        "the API's report is the command's"
+    );
+    assert_eq!(api["jobs"][0]["passed"], 3, "{api}");
+    let serial = db.scalar("SELECT serial FROM units ORDER BY serial LIMIT 1");
+    let dev: serde_json::Value = viewer
+        .get(url(&format!("/api/v1/devices?serial={serial}")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(dev["verdict"], "ours", "{dev}");
+    assert_eq!(dev["records"][0]["cm"], "cm-north", "{dev}");
+    let r = viewer.get(url("/api/v1/devices?uid=zz")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().unwrap().contains("UID in hex"));
+    let csv = viewer
+        .get(url(&format!("/api/v1/inventory?job={id}")))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(csv.matches("BEGIN CERTIFICATE").count(), 3, "{csv}");
+    assert!(csv.contains(&serial), "{csv}");
+    let page = viewer.get(url("/")).send().unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let page = page.text().unwrap();
+    assert!(
+        page.contains("Signed in as viewer (fleet-viewer)") && page.contains("cm-north"),
+        "{page}"
+    );
+
+    // Changes need the admin.
+    let new_key = lab.path("second-oem");
+    lab.ok(&["oem", "init", "--out", "second-oem", "--name", "Acme Labs"]);
+    let pem = std::fs::read_to_string(new_key.join("signing-key.pub.pem")).unwrap();
+    let r = viewer
+        .post(url("/api/v1/oem-keys"))
+        .body(pem.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(r.text().unwrap().contains("needs the fleet-admin role"));
+    let admin = client(Some("admin"));
+    let r: serde_json::Value = admin
+        .post(url("/api/v1/oem-keys"))
+        .body(pem)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(r["added"], true, "{r}");
+    assert_eq!(db.scalar("SELECT count(*) FROM oem_keys"), "2");
+    let r = admin
+        .post(url("/api/v1/oem-keys"))
+        .body("not a key")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = admin
+        .put(url("/api/v1/settings/silent-after"))
+        .json(&serde_json::json!({ "seconds": 60 }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let report: serde_json::Value = viewer
+        .get(url("/api/v1/report"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(report["silent_after_seconds"], 60, "{report}");
+
+    // No connection for a station role, another CA, or no certificate.
+    for who in [Some("operator"), Some("stranger"), None] {
+        let r = client(who).get(url("/api/v1/whoami")).send();
+        assert!(r.is_err(), "{who:?} got an answer: {r:?}");
+    }
+    // The deny-list takes effect at the next connection.
+    let revoked = client(Some("revoked"));
+    assert!(revoked.get(url("/api/v1/whoami")).send().is_ok());
+    let der = {
+        use base64::Engine as _;
+        let text = String::from_utf8(read("revoked.pem")).unwrap();
+        let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap()
+    };
+    let fp = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(der))
+    };
+    std::fs::write(
+        certs.join("deny-list"),
+        format!("# left the company\n{fp}\n"),
+    )
+    .unwrap();
+    let r = client(Some("revoked")).get(url("/api/v1/whoami")).send();
+    assert!(r.is_err(), "a denied certificate got an answer: {r:?}");
+    common::terminate(&mut child);
+}
+
 #[test]
 fn forks_and_rollbacks_are_kept_as_evidence_and_change_nothing() {
     let db = Db::new();

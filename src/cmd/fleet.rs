@@ -55,6 +55,28 @@ pub enum FleetCmd {
         #[arg(long, requires = "witness")]
         cosigned_out: Option<PathBuf>,
     },
+    /// Serve the report page and the read API over HTTPS with client certificates
+    /// (roles fleet-admin, fleet-viewer in the subject OU).
+    Serve {
+        #[command(flatten)]
+        db: DbArg,
+        /// Address and port, e.g. 127.0.0.1:8443 (port 0: any free one, printed).
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The server's certificate chain (PEM, leaf first).
+        #[arg(long)]
+        server_cert: PathBuf,
+        /// Its PKCS#8 private key (PEM).
+        #[arg(long)]
+        server_key: PathBuf,
+        /// The CA (PEM) the staff's client certificates chain to.
+        #[arg(long)]
+        client_ca: PathBuf,
+        /// Client certificate fingerprints refused, one per line (re-read when it changes;
+        /// a missing file refuses no one).
+        #[arg(long)]
+        deny_list: PathBuf,
+    },
     /// The collector's witness key, which cosigns the checkpoints it found consistent.
     Witness {
         #[command(subcommand)]
@@ -149,6 +171,26 @@ async fn trust(fleet: &Fleet, keys: &[PathBuf], w: &mut String) -> Result<()> {
 
 /// `flashgate fleet ...`.
 pub fn run(cmd: FleetCmd, w: &mut String) -> Result<u8> {
+    if let FleetCmd::Serve {
+        db,
+        listen,
+        server_cert,
+        server_key,
+        client_ca,
+        deny_list,
+    } = cmd
+    {
+        return serve(
+            &db.db,
+            flashgate_fleet_serve::FleetServeOptions::new(
+                listen,
+                server_cert,
+                server_key,
+                client_ca,
+                deny_list,
+            ),
+        );
+    }
     runtime()?.block_on(async move {
         match cmd {
             FleetCmd::Init {
@@ -222,6 +264,8 @@ pub fn run(cmd: FleetCmd, w: &mut String) -> Result<u8> {
                 }
                 Ok(code)
             }
+            // Handled above, on a runtime of its own.
+            FleetCmd::Serve { .. } => Ok(2),
             FleetCmd::Witness {
                 cmd: WitnessCmd::Init { out, name },
             } => {
@@ -321,15 +365,39 @@ pub fn run(cmd: FleetCmd, w: &mut String) -> Result<u8> {
                         n
                     }
                     None => {
-                        let stdout = std::io::stdout();
-                        let mut lock = stdout.lock();
-                        fleet.inventory(&selection, format, &mut lock).await?
+                        let mut bw = std::io::BufWriter::new(std::io::stdout());
+                        let n = fleet.inventory(&selection, format, &mut bw).await?;
+                        std::io::Write::flush(&mut bw).context("cannot write the inventory")?;
+                        n
                     }
                 };
                 Ok(if n == 0 { 1 } else { 0 })
             }
         }
     })
+}
+
+/// `fleet serve`: until SIGTERM or SIGINT.
+fn serve(db: &str, options: flashgate_fleet_serve::FleetServeOptions) -> Result<u8> {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the service's runtime")?;
+    runtime.block_on(async move {
+        let fleet = Fleet::open(db).await?;
+        let service = flashgate_fleet_serve::FleetService::bind(fleet, options).await?;
+        if let Some(addr) = service.local_addr() {
+            println!("listening on https://{addr}");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        }
+        service.run(super::serve::shutdown_signal()).await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(0)
 }
 
 fn read_certificate(path: &std::path::Path) -> Result<Vec<u8>> {

@@ -88,7 +88,8 @@ pub fn run(config: &Path, args: &ServeArgs) -> Result<u8> {
     Ok(0)
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT.
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

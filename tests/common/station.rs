@@ -27,7 +27,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// A CA made with openssl in `dir` as `NAME.pem` / `NAME.key`.
-fn make_ca(dir: &Path, name: &str) {
+pub fn make_ca(dir: &Path, name: &str) {
     openssl(
         dir,
         &[
@@ -56,7 +56,7 @@ fn make_ca(dir: &Path, name: &str) {
 
 /// A leaf `NAME.pem` / `NAME.key` from `ca`, with `subject`, `days` valid
 /// (-1: already expired) and the extensions `ext`.
-fn make_leaf(dir: &Path, ca: &str, name: &str, subject: &str, days: i32, ext: &str) {
+pub fn make_leaf(dir: &Path, ca: &str, name: &str, subject: &str, days: i32, ext: &str) {
     std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
     openssl(
         dir,
@@ -96,7 +96,7 @@ fn make_leaf(dir: &Path, ca: &str, name: &str, subject: &str, days: i32, ext: &s
     );
 }
 
-const CLIENT_EXT: &str =
+pub const CLIENT_EXT: &str =
     "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n";
 
 /// Certificates in `lab/certs`: the station CA's (`station-ca.pem`), one

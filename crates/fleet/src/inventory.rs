@@ -63,7 +63,7 @@ impl Fleet {
         &self,
         selection: &Selection,
         format: InventoryFormat,
-        out: &mut dyn Write,
+        out: &mut (dyn Write + Send),
     ) -> Result<u64, FleetError> {
         let sql = "SELECT u.serial, u.uid, c.der, u.job_id, u.appliance_id FROM units u \
                    JOIN certificates c ON c.cert_sha256 = u.cert_sha256 \

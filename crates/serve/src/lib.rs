@@ -36,7 +36,7 @@ use flashgate_core::station::Station;
 
 pub use error::{ApiError, ServeError};
 pub use openapi::document as openapi_document;
-pub use server::ConnectionKill;
+pub use server::{serve_tls, ConnectionKill, ConnectionLimits};
 
 /// How the service listens.
 #[derive(Debug, Clone)]
@@ -189,7 +189,7 @@ fn tls_config(
     let server = match (&options.server_cert, &ca) {
         (ServerCert::Files { cert, key }, _) => tls::ServerIdentity {
             chain: tls::certificates_from_pem(cert)?,
-            key: read_key(key)?,
+            key: tls::private_key_from_pem(key)?,
         },
         (ServerCert::StationCa { names, days }, Some(ca)) => {
             let (key, public) =
@@ -217,20 +217,4 @@ fn tls_config(
         (ClientTrust::StationCa, None) => return Err(ServeError::Tls("no station CA".to_owned())),
     };
     tls::server_config(server, &roots, deny)
-}
-
-fn read_key(path: &std::path::Path) -> Result<zeroize::Zeroizing<Vec<u8>>, ServeError> {
-    let text = zeroize::Zeroizing::new(std::fs::read(path).map_err(|source| ServeError::Read {
-        path: path.to_owned(),
-        source,
-    })?);
-    let block =
-        pem::parse(&*text).map_err(|e| ServeError::Tls(format!("{}: {e}", path.display())))?;
-    if block.tag() != "PRIVATE KEY" {
-        return Err(ServeError::Tls(format!(
-            "{}: expected a PKCS#8 PRIVATE KEY in PEM",
-            path.display()
-        )));
-    }
-    Ok(zeroize::Zeroizing::new(block.into_contents()))
 }

@@ -28,15 +28,58 @@ impl ConnectionKill {
     }
 }
 
+/// How many connections one listener serves and how long a client may take.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Connections served at once; more are closed at once.
+    pub max_connections: usize,
+    /// How long a client may take to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+}
+
 pub(crate) async fn accept_loop(
     app: Arc<App>,
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let limits = ConnectionLimits {
+        max_connections: app.options.max_connections,
+        handshake_timeout: app.options.handshake_timeout,
+        header_timeout: app.options.header_timeout,
+    };
+    serve_tls(
+        listener,
+        tls,
+        crate::api::router(app),
+        limits,
+        |der| {
+            ClientIdentity::from_der(der)
+                .ok()
+                .map(|identity| Caller { identity })
+        },
+        shutdown,
+    )
+    .await;
+}
+
+/// Serves `router` on `listener` over TLS until `shutdown` completes. Each
+/// connection's caller is what `identify` makes of its client certificate
+/// (the verifier already checked the chain); a connection without one is
+/// closed. Handlers find the caller and the connection's
+/// [`ConnectionKill`] as `axum::Extension`s.
+pub async fn serve_tls<C: Clone + Send + Sync + 'static>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: axum::Router,
+    limits: ConnectionLimits,
+    identify: fn(&[u8]) -> Option<C>,
+    shutdown: impl Future<Output = ()>,
+) {
     let acceptor = TlsAcceptor::from(tls);
-    let router = crate::api::router(app.clone());
-    let slots = Arc::new(Semaphore::new(app.options.max_connections));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -59,8 +102,8 @@ pub(crate) async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
-        let handshake = app.options.handshake_timeout;
-        let header = app.options.header_timeout;
+        let handshake = limits.handshake_timeout;
+        let header = limits.header_timeout;
         tokio::spawn(async move {
             let _slot = slot;
             let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
@@ -74,17 +117,17 @@ pub(crate) async fn accept_loop(
                     return;
                 }
             };
-            let identity = tls
+            let caller = tls
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .and_then(|c| ClientIdentity::from_der(c.as_ref()).ok());
+                .and_then(|c| identify(c.as_ref()));
             // The verifier refuses a session without one; this is a second lock.
-            let Some(identity) = identity else { return };
+            let Some(caller) = caller else { return };
             let kill = ConnectionKill::default();
             let service = router
-                .layer(axum::Extension(Caller { identity }))
+                .layer(axum::Extension(caller))
                 .layer(axum::Extension(kill.clone()));
             let service = hyper_util::service::TowerToHyperService::new(service);
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

@@ -71,14 +71,24 @@ impl DenyWatch {
     }
 }
 
-/// rustls's verifier, then the deny-list and the role.
-#[derive(Debug)]
-struct StationClientVerifier {
+/// Whether a client certificate (DER; its chain already checked) names a
+/// caller of the service: for the station, a parseable role.
+pub type AcceptsClient = fn(&[u8]) -> bool;
+
+/// rustls's verifier, then the deny-list and the service's own check.
+struct ClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     deny: Arc<DenyWatch>,
+    accepts: AcceptsClient,
 }
 
-impl ClientCertVerifier for StationClientVerifier {
+impl std::fmt::Debug for ClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientVerifier").finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
     fn offer_client_auth(&self) -> bool {
         true
     }
@@ -104,7 +114,7 @@ impl ClientCertVerifier for StationClientVerifier {
         if self.deny.denies(&fingerprint) {
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
-        if ClientIdentity::from_der(end_entity.as_ref()).is_err() {
+        if !(self.accepts)(end_entity.as_ref()) {
             return Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
             ));
@@ -158,6 +168,18 @@ pub fn server_config(
     client_ca: &[CertificateDer<'static>],
     deny: Arc<DenyWatch>,
 ) -> Result<rustls::ServerConfig, ServeError> {
+    server_config_for(server, client_ca, deny, |der| {
+        ClientIdentity::from_der(der).is_ok()
+    })
+}
+
+/// [`server_config`] for another service, whose clients `accepts` admits.
+pub fn server_config_for(
+    server: ServerIdentity,
+    client_ca: &[CertificateDer<'static>],
+    deny: Arc<DenyWatch>,
+    accepts: AcceptsClient,
+) -> Result<rustls::ServerConfig, ServeError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in client_ca {
@@ -168,7 +190,11 @@ pub fn server_config(
     let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| ServeError::Tls(format!("the client verifier: {e}")))?;
-    let verifier = Arc::new(StationClientVerifier { inner, deny });
+    let verifier = Arc::new(ClientVerifier {
+        inner,
+        deny,
+        accepts,
+    });
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server.key.to_vec()));
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -201,4 +227,21 @@ pub fn certificates_from_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>
         )));
     }
     Ok(out)
+}
+
+/// A PKCS#8 private key from a PEM file (`PRIVATE KEY`).
+pub fn private_key_from_pem(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, ServeError> {
+    let text = zeroize::Zeroizing::new(std::fs::read(path).map_err(|source| ServeError::Read {
+        path: path.to_owned(),
+        source,
+    })?);
+    let block =
+        pem::parse(&*text).map_err(|e| ServeError::Tls(format!("{}: {e}", path.display())))?;
+    if block.tag() != "PRIVATE KEY" {
+        return Err(ServeError::Tls(format!(
+            "{}: expected a PKCS#8 PRIVATE KEY in PEM",
+            path.display()
+        )));
+    }
+    Ok(zeroize::Zeroizing::new(block.into_contents()))
 }

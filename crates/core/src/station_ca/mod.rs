@@ -31,7 +31,7 @@ pub use deny_list::{revoked_path, DenyList};
 pub(crate) use error::io_err;
 pub use error::StationCaError;
 pub use pkcs12::{IssuedClient, WrittenClient};
-pub use role::{fingerprint, parse_fingerprint, ClientIdentity, Role};
+pub use role::{fingerprint, parse_fingerprint, ClientIdentity, Role, SubjectNames};
 
 use crate::appliance::{Appliance, ApplianceError};
 use crate::hsm::{KeyUse, TokenKey};

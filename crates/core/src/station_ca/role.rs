@@ -86,6 +86,44 @@ impl ClientIdentity {
     /// Reads the subject of a DER certificate: exactly one CN, exactly one
     /// OU, and that OU one of the role words. Nothing else is checked.
     pub fn from_der(cert_der: &[u8]) -> Result<Self, StationCaError> {
+        let names = SubjectNames::from_der(cert_der)?;
+        let role = Role::from_str(&names.unit).map_err(|_| StationCaError::UnknownRole {
+            word: super::shortened(&names.unit),
+        })?;
+        Ok(Self {
+            subject: names.subject,
+            common_name: names.common_name,
+            role,
+            fingerprint: fingerprint(cert_der),
+        })
+    }
+
+    /// "CN=alice,OU=operator,... (sha256:0123abcd…full hex)": what the audit
+    /// log records as operator.
+    pub fn audit_name(&self) -> String {
+        format!(
+            "{} (sha256:{})",
+            self.subject,
+            hex::encode(self.fingerprint)
+        )
+    }
+}
+
+/// The names a client certificate's subject carries: exactly one CN and
+/// exactly one OU, both strings. Services map the OU to their own roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectNames {
+    /// The subject in RFC 4514 form.
+    pub subject: String,
+    /// The one CN.
+    pub common_name: String,
+    /// The one OU.
+    pub unit: String,
+}
+
+impl SubjectNames {
+    /// Reads them from a DER certificate. Nothing else is checked.
+    pub fn from_der(cert_der: &[u8]) -> Result<Self, StationCaError> {
         use x509_cert::der::ErrorKind;
         let cert = x509_cert::Certificate::from_der(cert_der).map_err(|e| {
             StationCaError::NotACertificate {
@@ -112,11 +150,9 @@ impl ClientIdentity {
             })?,
             many => return Err(StationCaError::CommonNames { count: many.len() }),
         };
-        let role = match units.as_slice() {
+        let unit = match units.as_slice() {
             [] => return Err(StationCaError::NoRole),
-            [Some(word)] => Role::from_str(word).map_err(|_| StationCaError::UnknownRole {
-                word: super::shortened(word),
-            })?,
+            [Some(word)] => word.clone(),
             [None] => {
                 return Err(StationCaError::UnknownRole {
                     word: "(not a string)".to_owned(),
@@ -127,19 +163,8 @@ impl ClientIdentity {
         Ok(Self {
             subject: subject_name.to_string(),
             common_name,
-            role,
-            fingerprint: fingerprint(cert_der),
+            unit,
         })
-    }
-
-    /// "CN=alice,OU=operator,... (sha256:0123abcd…full hex)": what the audit
-    /// log records as operator.
-    pub fn audit_name(&self) -> String {
-        format!(
-            "{} (sha256:{})",
-            self.subject,
-            hex::encode(self.fingerprint)
-        )
     }
 }
 
