@@ -5,7 +5,9 @@
 # image; import; 200 units across 8 simulated channels with realistic timing
 # and a few injected faults; a summary and the paths of what it left behind
 # (under demo-out/). Then the OEM's fleet view: both bundles (two appliances,
-# one OEM) into one PostgreSQL database, its report and one device lookup.
+# one OEM) into one PostgreSQL database, each log cosigned by the collector
+# as a witness, its report, the CM's check of a cosigned checkpoint, and one
+# device lookup.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -33,10 +35,19 @@ scripts/pg.sh start "$pg"
 trap 'scripts/pg.sh stop "$pg"' EXIT
 db=$(scripts/pg.sh url "$pg")
 "$fg" fleet init --db "$db" --oem demo-out/softhsm/oem/signing-key.pub.pem
-"$fg" fleet ingest --db "$db" --cm "Northfield EMS" demo-out/softhsm/audit-bundle
-"$fg" fleet ingest --db "$db" --cm "Southgate Assembly" demo-out/kryoptic/audit-bundle
+# The collector is also a witness: it cosigns each log it found consistent.
+rm -rf demo-out/witness demo-out/cosigned
+"$fg" fleet witness init --out demo-out/witness --name acme.example/fleet
+witness=(--witness demo-out/witness --cosigned-out demo-out/cosigned)
+out=$("$fg" fleet ingest --db "$db" --cm "Northfield EMS" "${witness[@]}" demo-out/softhsm/audit-bundle)
+echo "$out"
+kept=$(echo "$out" | sed -n 's/.*cosigned checkpoint at [0-9]* written to //p')
+"$fg" fleet ingest --db "$db" --cm "Southgate Assembly" "${witness[@]}" demo-out/kryoptic/audit-bundle
 "$fg" fleet report --db "$db"
 cert=$(ls demo-out/kryoptic/audit-bundle/certs | head -n 1)
+printf '\n#### CM: the cosigned checkpoint as the kept one, the witness checked\n'
+"$fg" audit verify demo-out/softhsm/audit-bundle --oem demo-out/softhsm/oem/signing-key.pub.pem \
+  --previous-checkpoint "$kept" --witness demo-out/witness/witness.vkey | grep -E 'cosigned|verdict'
 printf '\n#### OEM: a device seen in the field, by its certificate\n'
 "$fg" fleet device --db "$db" --cert "demo-out/kryoptic/audit-bundle/certs/$cert" --out demo-out/device
 "$fg" audit check-proof demo-out/device/record-1/proof.json --appliance demo-out/device/record-1/enrollment.cbor

@@ -697,6 +697,195 @@ fn the_read_api_and_page_serve_fleet_roles_over_mutual_tls() {
     common::terminate(&mut child);
 }
 
+/// The witness key in a PKCS#11 token (SoftHSM; Kryoptic built against
+/// Debian 12's OpenSSL 3.0 has no EdDSA, and says so): made inside, it
+/// cosigns at ingest and the CM's verify accepts the cosignature; a PIN
+/// holder can read it out, widen it or use it for anything else by no path
+/// tried here.
+#[test]
+fn a_witness_key_in_a_token_cosigns_and_stays_there() {
+    use cryptoki::mechanism::{Mechanism, MechanismType};
+    use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+    {
+        let (lab, _) = lab(Kind::Kryoptic);
+        let uri = format!(
+            "pkcs11:token=appliance;object=fleet-witness?module-path={}&pin-source=user-pin",
+            Kind::Kryoptic.module().display()
+        );
+        let err = lab.fails(&[
+            "fleet",
+            "witness",
+            "init",
+            "--out",
+            "tw",
+            "--name",
+            "acme.example/hsm",
+            "--token",
+            &uri,
+        ]);
+        assert!(
+            err.contains("the token does not offer")
+                && err.contains("which an Ed25519 witness key needs"),
+            "{err}"
+        );
+        assert!(!lab.path("tw/witness.vkey").exists());
+    }
+    for kind in [Kind::SoftHsm] {
+        let db = Db::new();
+        let (lab, id) = lab(kind);
+        db.ok(&lab, "init", &["--oem", "oem/signing-key.pub.pem"]);
+        run(&lab, &id, 91, 2);
+        let bundle = export(&lab, &id, "bundle");
+        // The lab's token stands in for the OEM's.
+        let uri = format!(
+            "pkcs11:token=appliance;object=fleet-witness?module-path={}&pin-source=user-pin",
+            kind.module().display()
+        );
+        let out = lab.ok(&[
+            "fleet",
+            "witness",
+            "init",
+            "--out",
+            "tw",
+            "--name",
+            "acme.example/hsm",
+            "--token",
+            &uri,
+        ]);
+        assert!(out.contains("acme.example/hsm+"), "{kind:?}: {out}");
+        assert!(
+            !lab.path("tw/witness.key.pem").exists(),
+            "{kind:?}: a key file was written"
+        );
+        let again = lab.fails(&[
+            "fleet",
+            "witness",
+            "init",
+            "--out",
+            "tw2",
+            "--name",
+            "x.example/w",
+            "--token",
+            &uri,
+        ]);
+        assert!(
+            again.contains("already holds an object labelled 'fleet-witness'"),
+            "{kind:?}: {again}"
+        );
+        let out = db.ok(
+            &lab,
+            "ingest",
+            &[s(&bundle), "--witness", "tw", "--cosigned-out", "cosigned"],
+        );
+        let kept = out
+            .lines()
+            .find_map(|l| {
+                l.split_once("written to ")
+                    .map(|(_, p)| p.trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("{kind:?}: no cosigned checkpoint: {out}"));
+        let v = lab.ok(&[
+            "audit",
+            "verify",
+            s(&bundle),
+            "--oem",
+            "oem/signing-key.pub.pem",
+            "--previous-checkpoint",
+            &kept,
+            "--witness",
+            "tw/witness.vkey",
+        ]);
+        assert!(
+            v.contains("cosigned by acme.example/hsm at") && v.contains("verified"),
+            "{kind:?}: {v}"
+        );
+
+        let a = lab.pin_holder();
+        let key = a.object("fleet-witness", ObjectClass::PRIVATE_KEY);
+        let attrs = a
+            .session
+            .get_attributes(
+                key,
+                &[
+                    AttributeType::KeyType,
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                    AttributeType::Modifiable,
+                    AttributeType::Derive,
+                    AttributeType::Decrypt,
+                    AttributeType::Unwrap,
+                ],
+            )
+            .unwrap();
+        for at in attrs {
+            match at {
+                Attribute::KeyType(t) => assert_eq!(t, KeyType::EC_EDWARDS, "{kind:?}"),
+                Attribute::Sensitive(v) => assert!(v, "{kind:?}: not sensitive"),
+                Attribute::Extractable(v) => assert!(!v, "{kind:?}: extractable"),
+                Attribute::Modifiable(v) => assert!(!v, "{kind:?}: modifiable"),
+                Attribute::Derive(v) | Attribute::Decrypt(v) | Attribute::Unwrap(v) => {
+                    assert!(!v, "{kind:?}: a usage beyond signing");
+                }
+                other => panic!("{kind:?}: {other:?}"),
+            }
+        }
+        // Its value, in clear.
+        let value = a.session.get_attributes(key, &[AttributeType::Value]);
+        assert!(
+            !matches!(value.as_deref(), Ok([Attribute::Value(v)]) if !v.is_empty()),
+            "{kind:?}: the private key's value was read"
+        );
+        // Made extractable in place, or copied as extractable.
+        assert!(
+            a.session
+                .update_attributes(key, &[Attribute::Extractable(true)])
+                .is_err(),
+            "{kind:?}: the key was made extractable"
+        );
+        assert!(
+            a.session
+                .copy_object(
+                    key,
+                    &[Attribute::Extractable(true), Attribute::Sensitive(false)]
+                )
+                .is_err(),
+            "{kind:?}: the key was copied as extractable"
+        );
+        // Wrapped out under a key the PIN holder makes.
+        let kek = a
+            .session
+            .generate_key(
+                &Mechanism::AesKeyGen,
+                &[
+                    Attribute::Token(false),
+                    Attribute::ValueLen(32.into()),
+                    Attribute::Wrap(true),
+                    Attribute::Extractable(true),
+                ],
+            )
+            .unwrap();
+        assert!(
+            a.session
+                .wrap_key(&Mechanism::AesKeyWrapPad, kek, key)
+                .is_err(),
+            "{kind:?}: the key was wrapped out"
+        );
+        // Used with another mechanism than EdDSA.
+        assert!(
+            a.session.sign(&Mechanism::Ecdsa, key, &[0u8; 32]).is_err(),
+            "{kind:?}: the key signed with ECDSA"
+        );
+        let allowed = a
+            .session
+            .get_attributes(key, &[AttributeType::AllowedMechanisms])
+            .unwrap();
+        assert!(
+            matches!(allowed.as_slice(), [Attribute::AllowedMechanisms(m)] if m == &[MechanismType::EDDSA]),
+            "{kind:?}: allowed mechanisms {allowed:?}"
+        );
+    }
+}
+
 #[test]
 fn forks_and_rollbacks_are_kept_as_evidence_and_change_nothing() {
     let db = Db::new();

@@ -143,6 +143,10 @@ pub enum WitnessCmd {
         /// The witness's name in its cosignatures: a schema-less URL, say acme.example/fleet.
         #[arg(long)]
         name: String,
+        /// Make the key in the OEM's PKCS#11 token instead of a key file, e.g.
+        /// "pkcs11:token=oem;object=fleet-witness?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=pin.txt".
+        #[arg(long)]
+        token: Option<String>,
     },
 }
 
@@ -221,9 +225,7 @@ pub fn run(cmd: FleetCmd, w: &mut String) -> Result<u8> {
                 cosigned_out,
             } => {
                 use flashgate_fleet::ingest::Outcome;
-                let witness = witness
-                    .map(|d| flashgate_fleet::witness::Witness::load(&d))
-                    .transpose()?;
+                let witness = witness.map(|d| load_witness(&d)).transpose()?;
                 let mut fleet = Fleet::open(&db.db).await?;
                 trust(&fleet, &oem, w).await?;
                 let options = flashgate_fleet::ingest::IngestOptions { cm };
@@ -267,14 +269,23 @@ pub fn run(cmd: FleetCmd, w: &mut String) -> Result<u8> {
             // Handled above, on a runtime of its own.
             FleetCmd::Serve { .. } => Ok(2),
             FleetCmd::Witness {
-                cmd: WitnessCmd::Init { out, name },
+                cmd: WitnessCmd::Init { out, name, token },
             } => {
-                let key = flashgate_fleet::witness::Witness::init(&out, &name)?;
+                use flashgate_fleet::witness::{Witness, KEY_FILE, VKEY_FILE};
+                let (key, place) = match token {
+                    None => (
+                        Witness::init(&out, &name)?,
+                        out.join(KEY_FILE).display().to_string(),
+                    ),
+                    Some(uri) => {
+                        let (public, uri) = witness_key_in_token(&uri)?;
+                        (Witness::init_in_token(&out, &name, public, &uri)?, uri)
+                    }
+                };
                 let _ = writeln!(
                     w,
-                    "witness key written to {}; give the CMs {} (its verifier key):\n{}",
-                    out.join(flashgate_fleet::witness::KEY_FILE).display(),
-                    out.join(flashgate_fleet::witness::VKEY_FILE).display(),
+                    "witness key made in {place}; give the CMs {} (its verifier key):\n{}",
+                    out.join(VKEY_FILE).display(),
                     key.to_vkey()
                 );
                 Ok(0)
@@ -375,6 +386,49 @@ pub fn run(cmd: FleetCmd, w: &mut String) -> Result<u8> {
             }
         }
     })
+}
+
+/// The default label of a witness key made in a token.
+const WITNESS_LABEL: &str = "flashgate-witness";
+
+/// Makes the witness's Ed25519 key in the token `uri` names (label: its
+/// `object=`, else [`WITNESS_LABEL`]); returns the public key and the URI of the key.
+fn witness_key_in_token(uri: &str) -> Result<([u8; 32], String)> {
+    let uri = oem::Pkcs11Uri::parse(uri)?;
+    let label = uri
+        .object
+        .clone()
+        .unwrap_or_else(|| WITNESS_LABEL.to_owned());
+    let token = flashgate::hsm::Token::open(&uri.token_config())?;
+    if !token.find_by_label(&label)?.is_empty() {
+        bail!(
+            "the token '{}' already holds an object labelled '{label}'; name another with object= in the URI",
+            uri.token
+        );
+    }
+    let pair = token.generate_ed25519(&label)?;
+    let public = token.ed25519_public(pair.public)?;
+    Ok((public, uri.with_object(&label).to_string()))
+}
+
+/// The witness in `dir`, its key a file or in a token.
+fn load_witness(dir: &std::path::Path) -> Result<flashgate_fleet::witness::Witness> {
+    use flashgate_fleet::witness::{Witness, WitnessKey};
+    match Witness::key_location(dir)? {
+        WitnessKey::File => Ok(Witness::load(dir)?),
+        WitnessKey::Token(uri) => {
+            let parsed = oem::Pkcs11Uri::parse(&uri)
+                .with_context(|| format!("the witness key in {}", dir.display()))?;
+            let label = parsed
+                .object
+                .clone()
+                .unwrap_or_else(|| WITNESS_LABEL.to_owned());
+            let token = std::sync::Arc::new(flashgate::hsm::Token::open(&parsed.token_config())?);
+            let signer = flashgate::hsm::TokenEd25519::find(token, &label)
+                .with_context(|| format!("the witness key {uri}"))?;
+            Ok(Witness::with_signer(dir, Box::new(signer))?)
+        }
+    }
 }
 
 /// `fleet serve`: until SIGTERM or SIGINT.

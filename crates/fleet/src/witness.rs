@@ -18,6 +18,18 @@ use crate::{Fleet, FleetError};
 pub const KEY_FILE: &str = "witness.key.pem";
 /// The verifier key in its directory, for CMs and `audit verify --witness`.
 pub const VKEY_FILE: &str = "witness.vkey";
+/// Instead of [`KEY_FILE`], for a key in a PKCS#11 token: one line, the
+/// PKCS#11 URI of the key (its PIN comes from the URI's `pin-source`).
+pub const TOKEN_KEY_FILE: &str = "witness.token";
+
+/// Where a witness's private key is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WitnessKey {
+    /// [`KEY_FILE`] in the directory.
+    File,
+    /// In a token, at this PKCS#11 URI.
+    Token(String),
+}
 
 /// A witness key loaded from its directory.
 #[derive(Debug)]
@@ -40,16 +52,77 @@ fn write_err(path: &Path, e: impl std::fmt::Display) -> FleetError {
 }
 
 impl Witness {
-    /// Creates a witness key named `name` in `dir` (which must not hold one).
-    pub fn init(dir: &Path, name: &str) -> Result<CosignerKey, FleetError> {
-        let key_path = dir.join(KEY_FILE);
-        if key_path.exists() {
+    fn refuse_existing(dir: &Path) -> Result<(), FleetError> {
+        if dir.join(KEY_FILE).exists() || dir.join(TOKEN_KEY_FILE).exists() {
             return Err(FleetError::Usage(format!(
                 "{} already holds a witness key; a witness keeps its key for life, so it is not replaced",
                 dir.display()
             )));
         }
-        std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e))
+    }
+
+    fn write_vkey(dir: &Path, key: &CosignerKey) -> Result<(), FleetError> {
+        let vkey_path = dir.join(VKEY_FILE);
+        std::fs::write(&vkey_path, format!("{}\n", key.to_vkey()))
+            .map_err(|e| write_err(&vkey_path, e))
+    }
+
+    /// Records in `dir` a witness named `name` whose key was made in a
+    /// token: its verifier key and the key's PKCS#11 URI.
+    pub fn init_in_token(
+        dir: &Path,
+        name: &str,
+        public: [u8; 32],
+        uri: &str,
+    ) -> Result<CosignerKey, FleetError> {
+        Self::refuse_existing(dir)?;
+        let key = CosignerKey::new(name, public)
+            .map_err(|e| FleetError::Usage(format!("the witness name: {e}")))?;
+        let path = dir.join(TOKEN_KEY_FILE);
+        std::fs::write(&path, format!("{uri}\n")).map_err(|e| write_err(&path, e))?;
+        Self::write_vkey(dir, &key)?;
+        Ok(key)
+    }
+
+    /// Where the private key of the witness in `dir` is.
+    pub fn key_location(dir: &Path) -> Result<WitnessKey, FleetError> {
+        let token = dir.join(TOKEN_KEY_FILE);
+        if token.exists() {
+            let uri = std::fs::read_to_string(&token).map_err(|e| read_err(&token, e))?;
+            return Ok(WitnessKey::Token(uri.trim().to_owned()));
+        }
+        Ok(WitnessKey::File)
+    }
+
+    /// The witness in `dir` whose private key is `signer` (a key in a
+    /// token): its name from the verifier key, which must be the signer's.
+    pub fn with_signer(
+        dir: &Path,
+        signer: Box<dyn flashgate_note::Ed25519Signer>,
+    ) -> Result<Self, FleetError> {
+        let (vkey_path, key) = Self::read_vkey(dir)?;
+        let cosigner = Cosigner::new(key.name(), signer).map_err(|e| read_err(&vkey_path, e))?;
+        if cosigner.key() != key {
+            return Err(read_err(
+                &vkey_path,
+                "it is not the verifier key of the token's witness key",
+            ));
+        }
+        Ok(Self { cosigner })
+    }
+
+    fn read_vkey(dir: &Path) -> Result<(PathBuf, CosignerKey), FleetError> {
+        let vkey_path = dir.join(VKEY_FILE);
+        let vkey = std::fs::read_to_string(&vkey_path).map_err(|e| read_err(&vkey_path, e))?;
+        let key = CosignerKey::parse_vkey(&vkey).map_err(|e| read_err(&vkey_path, e))?;
+        Ok((vkey_path, key))
+    }
+
+    /// Creates a witness key named `name` in `dir` (which must not hold one).
+    pub fn init(dir: &Path, name: &str) -> Result<CosignerKey, FleetError> {
+        Self::refuse_existing(dir)?;
+        let key_path = dir.join(KEY_FILE);
         let mut seed = zeroize::Zeroizing::new([0u8; 32]);
         getrandom::fill(seed.as_mut_slice())
             .map_err(|e| FleetError::Usage(format!("the system's random source failed: {e}")))?;
@@ -58,18 +131,14 @@ impl Witness {
             .map_err(|e| FleetError::Usage(format!("the witness name: {e}")))?
             .key();
         write_private(&key_path, pem.as_bytes())?;
-        let vkey_path = dir.join(VKEY_FILE);
-        std::fs::write(&vkey_path, format!("{}\n", key.to_vkey()))
-            .map_err(|e| write_err(&vkey_path, e))?;
+        Self::write_vkey(dir, &key)?;
         Ok(key)
     }
 
-    /// Loads the witness in `dir`: its name from the verifier key, which
-    /// must be the private key's.
+    /// Loads the witness in `dir` whose key is [`KEY_FILE`]: its name from
+    /// the verifier key, which must be the private key's.
     pub fn load(dir: &Path) -> Result<Self, FleetError> {
-        let vkey_path = dir.join(VKEY_FILE);
-        let vkey = std::fs::read_to_string(&vkey_path).map_err(|e| read_err(&vkey_path, e))?;
-        let key = CosignerKey::parse_vkey(&vkey).map_err(|e| read_err(&vkey_path, e))?;
+        let (vkey_path, key) = Self::read_vkey(dir)?;
         let key_path = dir.join(KEY_FILE);
         let pem = zeroize::Zeroizing::new(
             std::fs::read_to_string(&key_path).map_err(|e| read_err(&key_path, e))?,

@@ -35,6 +35,12 @@ pub enum HsmError {
         mechanism: MechanismType,
         profile: &'static str,
     },
+    /// The token lacks a mechanism a key outside the profiles needs.
+    #[error("the token does not offer {mechanism} (0x{:x}), which {purpose} needs; use a token that offers it", Into::<u64>::into(*mechanism))]
+    NotOffered {
+        mechanism: MechanismType,
+        purpose: &'static str,
+    },
     /// A token operation failed.
     #[error("the token failed to {step}: {source}")]
     Operation {

@@ -12,6 +12,7 @@
 //! secret too. What the token refuses is measured by [`probe`].
 
 mod config;
+mod ed25519;
 mod error;
 pub mod latency;
 mod nested_template;
@@ -27,6 +28,7 @@ mod unwrap;
 pub use self::rsa::TransportSupport;
 pub use crate::profile::{OaepHash, Profile, TransportRole, TRANSPORT_BITS};
 pub use config::{PinSource, TokenConfig};
+pub use ed25519::TokenEd25519;
 pub use error::HsmError;
 pub use flashgate_formats::token::TokenDescription;
 pub use objects::KeyAttributes;
