@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what flashgate's demo and tests need on a fresh Debian machine
 # with Rust: the PKCS#11 tokens (SoftHSM2 from Debian, Kryoptic built from
-# crates.io), OpenSC's pkcs11-tool, OpenSSL, curl and NSS tools (the
+# crates.io), OpenSC's pkcs11-tool, OpenSSL, avrdude, stm32flash and
+# OpenOCD (the drivers' peers), curl and NSS tools (the
 # station tests), PostgreSQL's server programs (the fleet tests and demo
 # start a private cluster of their own; Debian's default cluster is not
 # used), the Python packages the
@@ -12,7 +13,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 need=()
-for pkg in softhsm2 opensc libclang-dev libssl-dev pkg-config clang openssl avrdude stm32flash curl libnss3-tools postgresql; do
+for pkg in softhsm2 opensc libclang-dev libssl-dev pkg-config clang openssl avrdude stm32flash openocd curl libnss3-tools postgresql; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 # Node.js may come from elsewhere than Debian (with its own npm): only what

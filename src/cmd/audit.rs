@@ -240,8 +240,9 @@ fn check_cosignatures(
             .verify(&note)
             .with_context(|| format!("the kept checkpoint {}", path.display()))?;
         lines.push(format!(
-            "kept checkpoint cosigned by {} at {at} (Unix seconds): verified",
-            key.name()
+            "kept checkpoint cosigned by {} at {}: verified",
+            key.name(),
+            flashgate::display::time(at)
         ));
     }
     Ok(lines)

@@ -10,6 +10,7 @@ pub static DRIVERS: &[&Driver] = &[
     &flashgate_target_sim::DRIVER,
     &flashgate_avr_isp::DRIVER,
     &flashgate_stm32_uart::DRIVER,
+    &flashgate_openocd::DRIVER,
 ];
 
 /// The registered driver named `name`.

@@ -18,6 +18,7 @@ mod device;
 mod error;
 mod frame;
 mod message;
+pub mod uart;
 
 pub use crypto::{
     answer_challenge, firmware_digest, firmware_digest_of_image, is_valid_scalar, public_key,
