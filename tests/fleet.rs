@@ -14,9 +14,10 @@ use std::process::Output;
 use common::{Kind, Lab};
 use flashgate_fleet::cluster::{ClusterOptions, PrivateCluster};
 
-/// A private cluster with one database, `fleet`.
+/// A database of a private cluster (`fleet` for [`Db::new`]).
 struct Db {
-    cluster: PrivateCluster,
+    cluster: std::rc::Rc<PrivateCluster>,
+    name: String,
     url: String,
 }
 
@@ -27,9 +28,22 @@ impl Db {
             ..ClusterOptions::default()
         })
         .expect("a private PostgreSQL cluster (scripts/setup.sh installs postgresql)");
-        cluster.create_db("fleet").unwrap();
-        let url = cluster.url("fleet");
-        Db { cluster, url }
+        Self::in_cluster(std::rc::Rc::new(cluster), "fleet")
+    }
+
+    /// Another database `name` in the same cluster.
+    fn sibling(&self, name: &str) -> Self {
+        Self::in_cluster(self.cluster.clone(), name)
+    }
+
+    fn in_cluster(cluster: std::rc::Rc<PrivateCluster>, name: &str) -> Self {
+        cluster.create_db(name).unwrap();
+        let url = cluster.url(name);
+        Db {
+            cluster,
+            name: name.to_owned(),
+            url,
+        }
     }
 
     /// `flashgate fleet SUB --db URL ARGS`, from `lab`'s directory.
@@ -73,7 +87,7 @@ impl Db {
         let out = std::process::Command::new("psql")
             .args(["-X", "-A", "-t", "-h"])
             .arg(self.cluster.socket_dir())
-            .args(["-U", "flashgate", "-d", "fleet", "-c", sql])
+            .args(["-U", "flashgate", "-d", &self.name, "-c", sql])
             .output()
             .expect("psql");
         assert!(
@@ -106,6 +120,13 @@ fn lab(kind: Kind) -> (Lab, String) {
         |t| t.replace("checkpoint_every_units = 100", "checkpoint_every_units = 5"),
         4096,
     )
+}
+
+/// A fresh database that trusts the lab's OEM key, beside the lab.
+fn trusting((lab, id): (Lab, String)) -> (Db, Lab, String) {
+    let db = Db::new();
+    db.ok(&lab, "init", &["--oem", "oem/signing-key.pub.pem"]);
+    (db, lab, id)
 }
 
 fn run(lab: &Lab, id: &str, seed: u64, units: u32) {
@@ -487,9 +508,7 @@ fn two_ingests_at_once_still_find_the_duplicates_between_them() {
 fn the_read_api_and_page_serve_fleet_roles_over_mutual_tls() {
     use common::station::{make_ca, make_leaf, CLIENT_EXT};
     use std::io::BufRead as _;
-    let db = Db::new();
-    let (lab, id) = lab(Kind::SoftHsm);
-    db.ok(&lab, "init", &["--oem", "oem/signing-key.pub.pem"]);
+    let (db, lab, id) = trusting(lab(Kind::SoftHsm));
     run(&lab, &id, 81, 3);
     let bundle = export(&lab, &id, "bundle");
     db.ok(&lab, "ingest", &[s(&bundle), "--cm", "cm-north"]);
@@ -697,6 +716,26 @@ fn the_read_api_and_page_serve_fleet_roles_over_mutual_tls() {
     common::terminate(&mut child);
 }
 
+/// `fleet witness init --out OUT` with the key made in the lab's token
+/// (standing in for the OEM's).
+fn witness_in_token(lab: &Lab, out: &str) -> Output {
+    let uri = format!(
+        "pkcs11:token=appliance;object=fleet-witness?module-path={}&pin-source=user-pin",
+        lab.kind.module().display()
+    );
+    lab.fg(&[
+        "fleet",
+        "witness",
+        "init",
+        "--out",
+        out,
+        "--name",
+        "acme.example/hsm",
+        "--pkcs11-uri",
+        &uri,
+    ])
+}
+
 /// The witness key in a PKCS#11 token (SoftHSM; Kryoptic built against
 /// Debian 12's OpenSSL 3.0 has no EdDSA, and says so): made inside, it
 /// cosigns at ingest and the CM's verify accepts the cosignature; a PIN
@@ -708,21 +747,9 @@ fn a_witness_key_in_a_token_cosigns_and_stays_there() {
     use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
     {
         let (lab, _) = lab(Kind::Kryoptic);
-        let uri = format!(
-            "pkcs11:token=appliance;object=fleet-witness?module-path={}&pin-source=user-pin",
-            Kind::Kryoptic.module().display()
-        );
-        let err = lab.fails(&[
-            "fleet",
-            "witness",
-            "init",
-            "--out",
-            "tw",
-            "--name",
-            "acme.example/hsm",
-            "--token",
-            &uri,
-        ]);
+        let out = witness_in_token(&lab, "tw");
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             err.contains("the token does not offer")
                 && err.contains("which an Ed25519 witness key needs"),
@@ -731,43 +758,20 @@ fn a_witness_key_in_a_token_cosigns_and_stays_there() {
         assert!(!lab.path("tw/witness.vkey").exists());
     }
     for kind in [Kind::SoftHsm] {
-        let db = Db::new();
-        let (lab, id) = lab(kind);
-        db.ok(&lab, "init", &["--oem", "oem/signing-key.pub.pem"]);
+        let (db, lab, id) = trusting(lab(kind));
         run(&lab, &id, 91, 2);
         let bundle = export(&lab, &id, "bundle");
-        // The lab's token stands in for the OEM's.
-        let uri = format!(
-            "pkcs11:token=appliance;object=fleet-witness?module-path={}&pin-source=user-pin",
-            kind.module().display()
-        );
-        let out = lab.ok(&[
-            "fleet",
-            "witness",
-            "init",
-            "--out",
-            "tw",
-            "--name",
-            "acme.example/hsm",
-            "--token",
-            &uri,
-        ]);
+        let out = witness_in_token(&lab, "tw");
+        assert!(out.status.success(), "{out:?}");
+        let out = String::from_utf8_lossy(&out.stdout);
         assert!(out.contains("acme.example/hsm+"), "{kind:?}: {out}");
         assert!(
             !lab.path("tw/witness.key.pem").exists(),
             "{kind:?}: a key file was written"
         );
-        let again = lab.fails(&[
-            "fleet",
-            "witness",
-            "init",
-            "--out",
-            "tw2",
-            "--name",
-            "x.example/w",
-            "--token",
-            &uri,
-        ]);
+        let again = witness_in_token(&lab, "tw2");
+        assert!(!again.status.success());
+        let again = String::from_utf8_lossy(&again.stderr);
         assert!(
             again.contains("already holds an object labelled 'fleet-witness'"),
             "{kind:?}: {again}"
@@ -852,23 +856,10 @@ fn a_witness_key_in_a_token_cosigns_and_stays_there() {
             "{kind:?}: the key was copied as extractable"
         );
         // Wrapped out under a key the PIN holder makes.
-        let kek = a
-            .session
-            .generate_key(
-                &Mechanism::AesKeyGen,
-                &[
-                    Attribute::Token(false),
-                    Attribute::ValueLen(32.into()),
-                    Attribute::Wrap(true),
-                    Attribute::Extractable(true),
-                ],
-            )
-            .unwrap();
+        let out = a.wrapped_out(key);
         assert!(
-            a.session
-                .wrap_key(&Mechanism::AesKeyWrapPad, kek, key)
-                .is_err(),
-            "{kind:?}: the key was wrapped out"
+            out.is_empty(),
+            "{kind:?}: C_WrapKey {out:?} gave the witness key"
         );
         // Used with another mechanism than EdDSA.
         assert!(
@@ -888,9 +879,7 @@ fn a_witness_key_in_a_token_cosigns_and_stays_there() {
 
 #[test]
 fn forks_and_rollbacks_are_kept_as_evidence_and_change_nothing() {
-    let db = Db::new();
-    let (lab, id) = lab(Kind::SoftHsm);
-    db.ok(&lab, "init", &["--oem", "oem/signing-key.pub.pem"]);
+    let (db, lab, id) = trusting(lab(Kind::SoftHsm));
     run(&lab, &id, 51, 2);
     let early = export(&lab, &id, "early");
     snapshot(&lab, "snap");
@@ -1043,9 +1032,7 @@ fn forks_and_rollbacks_are_kept_as_evidence_and_change_nothing() {
 /// A tampered bundle is refused whole; the stored data does not move.
 #[test]
 fn a_tampered_bundle_is_refused_and_stores_nothing() {
-    let db = Db::new();
-    let (lab, id) = lab(Kind::SoftHsm);
-    db.ok(&lab, "init", &["--oem", "oem/signing-key.pub.pem"]);
+    let (db, lab, id) = trusting(lab(Kind::SoftHsm));
     run(&lab, &id, 61, 3);
     let b = export(&lab, &id, "b");
     // One byte of a unit record changed (the serial's last digit).
@@ -1066,26 +1053,29 @@ fn a_tampered_bundle_is_refused_and_stores_nothing() {
 }
 
 /// An ingest killed with SIGKILL at random points leaves all of the bundle
-/// or none of it; the next ingest ends where an unbroken one does.
+/// or none of it; the next ingest ends where an unbroken one does. Each
+/// kill is on a database of its own, so that every one meets a whole
+/// ingest (not the quick "already ingested" of an earlier one).
 #[test]
 fn an_ingest_killed_at_random_points_stores_all_or_nothing() {
-    let db = Db::new();
     let reference = Db::new();
     let (lab, id) = lab(Kind::SoftHsm);
     run(&lab, &id, 71, 150);
     let b = export(&lab, &id, "b");
-    db.ok(&lab, "init", &["--oem", "oem/signing-key.pub.pem"]);
     reference.ok(&lab, "init", &["--oem", "oem/signing-key.pub.pem"]);
     let started = std::time::Instant::now();
     reference.ok(&lab, "ingest", &[s(&b)]);
     let whole = reference.counts();
+    let whole_cp = reference.scalar("SELECT encode(checkpoint, 'hex') FROM logs");
     let took = started.elapsed().as_micros().max(1000) as u64;
-    let empty = db.counts();
     // Delays spread over the time a whole ingest takes, from a fixed seed.
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let mut kills = 0;
     let mut merged = 0;
-    for _ in 0..12 {
+    for round in 0..12 {
+        let db = reference.sibling(&format!("kill{round}"));
+        db.ok(&lab, "init", &["--oem", "oem/signing-key.pub.pem"]);
+        let empty = db.counts();
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
@@ -1104,7 +1094,7 @@ fn an_ingest_killed_at_random_points_stores_all_or_nothing() {
         let _ = child.wait();
         // The server ends the killed client's transaction; wait for it.
         for _ in 0..100 {
-            if db.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = 'fleet' AND state LIKE 'idle in transaction%' OR (datname = 'fleet' AND state = 'active' AND query LIKE 'COPY%')") == "0" {
+            if db.scalar(&format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{0}' AND state LIKE 'idle in transaction%' OR (datname = '{0}' AND state = 'active' AND query LIKE 'COPY%')", db.name)) == "0" {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -1112,27 +1102,28 @@ fn an_ingest_killed_at_random_points_stores_all_or_nothing() {
         let now = db.counts();
         assert!(
             now == empty || now == whole,
-            "a partial ingest: {now} (whole {whole})"
+            "round {round}: a partial ingest: {now} (whole {whole})"
         );
         let ingests = db.scalar("SELECT count(*) FROM ingests");
         assert_eq!(
             ingests == "1",
             now == whole,
-            "{ingests} ingest rows with {now}"
+            "round {round}: {ingests} ingest rows with {now}"
         );
         if now == whole {
             merged += 1;
         }
+        // The bundle again: the same end state as the unbroken ingest.
+        let _ = db.fleet(&lab, "ingest", &[s(&b)]);
+        assert_eq!(db.counts(), whole, "round {round}");
+        assert_eq!(
+            db.scalar("SELECT encode(checkpoint, 'hex') FROM logs"),
+            whole_cp,
+            "round {round}"
+        );
     }
     eprintln!("{kills} of 12 ingests killed while running; the bundle was in after {merged}");
     assert!(kills > 0, "no kill landed during an ingest");
-    // The bundle again: the same end state as the unbroken ingest.
-    let _ = db.fleet(&lab, "ingest", &[s(&b)]);
-    assert_eq!(db.counts(), whole);
-    assert_eq!(
-        db.scalar("SELECT encode(checkpoint, 'hex') FROM logs"),
-        reference.scalar("SELECT encode(checkpoint, 'hex') FROM logs")
-    );
 }
 
 /// Signs a prehash with a private key in the token, as any PIN holder can.
@@ -1194,9 +1185,7 @@ fn der(tag: u8, content: &[u8]) -> Vec<u8> {
 #[test]
 fn a_pin_holder_can_slip_in_neither_an_enrollment_nor_a_certificate() {
     use sha2::Digest as _;
-    let db = Db::new();
-    let (lab, id) = lab(Kind::SoftHsm);
-    db.ok(&lab, "init", &["--oem", "oem/signing-key.pub.pem"]);
+    let (db, lab, id) = trusting(lab(Kind::SoftHsm));
     run(&lab, &id, 81, 2);
     let b = export(&lab, &id, "b");
     db.ok(&lab, "ingest", &[s(&b)]);

@@ -143,10 +143,10 @@ pub enum WitnessCmd {
         /// The witness's name in its cosignatures: a schema-less URL, say acme.example/fleet.
         #[arg(long)]
         name: String,
-        /// Make the key in the OEM's PKCS#11 token instead of a key file, e.g.
-        /// "pkcs11:token=oem;object=fleet-witness?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=pin.txt".
+        /// Make the key in this PKCS#11 token (RFC 7512 URI with module-path and
+        /// pin-source, as `oem init` takes) instead of a key file.
         #[arg(long)]
-        token: Option<String>,
+        pkcs11_uri: Option<String>,
     },
 }
 
@@ -269,10 +269,15 @@ pub fn run(cmd: FleetCmd, w: &mut String) -> Result<u8> {
             // Handled above, on a runtime of its own.
             FleetCmd::Serve { .. } => Ok(2),
             FleetCmd::Witness {
-                cmd: WitnessCmd::Init { out, name, token },
+                cmd:
+                    WitnessCmd::Init {
+                        out,
+                        name,
+                        pkcs11_uri,
+                    },
             } => {
                 use flashgate_fleet::witness::{Witness, KEY_FILE, VKEY_FILE};
-                let (key, place) = match token {
+                let (key, place) = match pkcs11_uri {
                     None => (
                         Witness::init(&out, &name)?,
                         out.join(KEY_FILE).display().to_string(),

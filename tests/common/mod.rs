@@ -22,6 +22,35 @@ pub struct PinHolder {
 }
 
 impl PinHolder {
+    /// Tries to wrap `key` out under an AES key the PIN holder makes, with
+    /// RFC 3394 and RFC 5649; the mechanisms that gave something.
+    pub fn wrapped_out(
+        &self,
+        key: cryptoki::object::ObjectHandle,
+    ) -> Vec<cryptoki::mechanism::MechanismType> {
+        use cryptoki::mechanism::Mechanism;
+        use cryptoki::object::Attribute;
+        let wrapping = self
+            .session
+            .generate_key(
+                &Mechanism::AesKeyGen,
+                &[
+                    Attribute::Token(false),
+                    Attribute::ValueLen(32.into()),
+                    Attribute::Wrap(true),
+                    Attribute::Encrypt(true),
+                ],
+            )
+            .unwrap();
+        let out = [Mechanism::AesKeyWrapPad, Mechanism::AesKeyWrap]
+            .into_iter()
+            .filter(|m| self.session.wrap_key(m, wrapping, key).is_ok())
+            .map(|m| m.mechanism_type())
+            .collect();
+        self.session.destroy_object(wrapping).unwrap();
+        out
+    }
+
     /// The one object with `label` and `class`.
     pub fn object(
         &self,

@@ -81,3 +81,34 @@ pub fn exchange<T: Transport + ?Sized>(
         }),
     }
 }
+
+/// Hello on `link`: the agent's device type, checked to report the UID
+/// that the programming interface read (`expected_uid`), so that an agent
+/// UART wired to another board is caught before any challenge.
+pub fn hello<T: Transport + ?Sized>(
+    link: &mut T,
+    timeout: Duration,
+    stage: Stage,
+    expected_uid: Option<&[u8]>,
+) -> Result<String, TargetError> {
+    let (device_type, uid) = exchange(link, &Message::Hello, timeout, stage)?
+        .into_hello_reply()
+        .map_err(|e| e.at_stage(stage))?;
+    if let Some(id) = expected_uid {
+        if uid != id {
+            return Err(TargetError::Protocol {
+                stage,
+                detail: format!(
+                    "the agent ({device_type}) reports UID {} but the programming interface read {}: check that the agent UART goes to the same board",
+                    hex(&uid),
+                    hex(id)
+                ),
+            });
+        }
+    }
+    Ok(device_type)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -490,22 +490,13 @@ impl Target for AvrIspTarget {
             agent.wait(self.config.agent_boot);
         }
         if !self.session.agent_checked {
-            let (device_type, uid) = self
-                .agent_exchange(&Message::Hello)?
-                .into_hello_reply()
-                .map_err(|e| e.at_stage(stage))?;
-            if let Some(id) = &self.session.identity {
-                if uid != id.uid {
-                    return Err(TargetError::Protocol {
-                        stage,
-                        detail: format!(
-                            "the agent ({device_type}) reports UID {} but the programming interface read {}: check that the agent UART goes to the same board",
-                            hex(&uid),
-                            hex(&id.uid)
-                        ),
-                    });
-                }
-            }
+            let expected = self.session.identity.as_ref().map(|id| id.uid.clone());
+            let timeout = self.config.agent_timeout;
+            let agent = self.agent.as_mut().ok_or(TargetError::Unsupported {
+                stage,
+                capability: Capability::AnswerChallenge,
+            })?;
+            flashgate_agent::uart::hello(agent.as_mut(), timeout, stage, expected.as_deref())?;
             self.session.agent_checked = true;
         }
         self.agent_exchange(&Message::Challenge(request.clone()))?

@@ -271,22 +271,7 @@ impl Target for OpenOcdTarget {
             capability: Capability::AnswerChallenge,
         })?;
         if !self.agent_checked {
-            let (device_type, uid) =
-                flashgate_agent::uart::exchange(agent.as_mut(), &Message::Hello, timeout, stage)?
-                    .into_hello_reply()
-                    .map_err(|e| e.at_stage(stage))?;
-            if let Some(id) = &self.uid {
-                if &uid != id {
-                    return Err(TargetError::Protocol {
-                        stage,
-                        detail: format!(
-                            "the agent ({device_type}) reports UID {} but the debug port read {}: check that the agent UART goes to the same board",
-                            hex::encode(&uid),
-                            hex::encode(id)
-                        ),
-                    });
-                }
-            }
+            flashgate_agent::uart::hello(agent.as_mut(), timeout, stage, self.uid.as_deref())?;
             self.agent_checked = true;
         }
         flashgate_agent::uart::exchange(
