@@ -3,7 +3,10 @@
 //! STM32 DBGMCU and the ROM table.
 //!
 //! The core executes no instruction. Halting, stepping and resuming only change its state;
-//! core registers are kept and transferred through DCRSR/DCRDR while halted. A reset (power
+//! core registers are kept and transferred through DCRSR/DCRDR while halted. Since the PC
+//! never moves, a resumed core stops at once if a breakpoint sits at its PC (an enabled FPB
+//! comparator, or a BKPT instruction in memory), as the real core would before executing
+//! anything: this is how OpenOCD's `step` finds the core halted again. A reset (power
 //! on, SYSRESETREQ, VECTRESET, NRST) loads SP and PC from the vector table in flash and
 //! comes up halted if C_DEBUGEN is set with DEMCR.VC_CORERESET (or C_HALT).
 //!
@@ -92,6 +95,8 @@ pub mod demcr {
 pub mod dfsr {
     /// Halt request or step.
     pub const HALTED: u32 = 1 << 0;
+    /// Breakpoint (FPB comparator or BKPT instruction).
+    pub const BKPT: u32 = 1 << 1;
     /// Vector catch.
     pub const VCATCH: u32 = 1 << 3;
 }
@@ -385,6 +390,40 @@ impl Core {
             (None, true) => {}
         }
         self.regrdy = true;
+    }
+
+    /// The PC of a running core that may stop at a breakpoint (halting debug enabled).
+    pub fn running_pc(&self) -> Option<u32> {
+        let debug = self.ctrl & dhcsr::C_DEBUGEN != 0;
+        (debug && self.state() == CoreState::Running).then_some(self.regs[15])
+    }
+
+    /// Whether an enabled FPB code comparator matches `pc` (FPB revision 1: code region
+    /// only, REPLACE selecting the half-word).
+    pub fn fpb_hit(&self, pc: u32) -> bool {
+        if !self.fp_enabled || pc >= 0x2000_0000 {
+            return false;
+        }
+        (0..6).any(|i| {
+            let comp = self.store.get(&(FP_CTRL + 8 + 4 * i)).copied().unwrap_or(0);
+            let replace = comp >> 30;
+            comp & 1 != 0
+                && (comp & 0x1FFF_FFFC) == (pc & 0x1FFF_FFFC)
+                && if pc & 2 == 0 {
+                    replace & 1 != 0
+                } else {
+                    replace & 2 != 0
+                }
+        })
+    }
+
+    /// The running core reaches a breakpoint at its PC: debug state, DFSR.BKPT.
+    pub fn breakpoint(&mut self) {
+        if self.running_pc().is_some() {
+            self.halted = true;
+            self.dfsr |= dfsr::BKPT;
+            self.stats.halts += 1;
+        }
     }
 
     /// The core register REGSEL `sel` names (for inspection).

@@ -90,6 +90,7 @@ impl System {
         self.flash.reset();
         self.peripherals.clear();
         self.core.reset(vectors(&self.flash.main));
+        self.check_breakpoint();
     }
 
     /// NRST asserted.
@@ -102,6 +103,17 @@ impl System {
             CoreRequest::None => {}
             CoreRequest::SystemReset => self.system_reset(),
             CoreRequest::CoreReset => self.core.reset(vectors(&self.flash.main)),
+        }
+        self.check_breakpoint();
+    }
+
+    /// A running core whose PC holds a breakpoint halts before executing anything.
+    fn check_breakpoint(&mut self) {
+        if let Some(pc) = self.core.running_pc() {
+            let bkpt = self.peek(pc & !1, 2).is_some_and(|b| b[1] == 0xBE);
+            if bkpt || self.core.fpb_hit(pc) {
+                self.core.breakpoint();
+            }
         }
     }
 

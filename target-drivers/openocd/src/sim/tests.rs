@@ -157,7 +157,11 @@ fn idcodes_and_ir_capture_through_the_pins() {
     assert_eq!((ids >> 32) as u32, BOUNDARY_IDCODE);
     assert_eq!(ids >> 64, 0xFFFF);
     let captured = p.scan(true, 0x1FF, 9);
-    assert_eq!(captured, (0b00001 << 4) | 0b0001, "boundary scan 00001, debug 0001");
+    assert_eq!(
+        captured,
+        (0b00001 << 4) | 0b0001,
+        "boundary scan 00001, debug 0001"
+    );
     p.ir = BYPASS;
     assert_eq!(p.scan(false, 0b1, 3), 0b100, "two bypass bits");
     let mut wrong = Probe::new("timing=zero,idcode=0x4ba00477,bs-idcode=0x06410041");
@@ -523,4 +527,31 @@ fn the_agent_answers_only_while_the_core_runs_an_image() {
     let (reply, took) = uart.feed(&hello);
     let wire = |n: usize| Duration::from_nanos((n as u64 * 10_000_000_000).div_ceil(115_200));
     assert_eq!(took, wire(hello.len()) + wire(reply.len()));
+}
+
+#[test]
+fn a_resumed_core_stops_at_a_breakpoint_on_its_pc() {
+    let mut p = Probe::new("timing=zero");
+    p.power_up();
+    p.write32(regs::DHCSR, regs::dhcsr::DBGKEY | 0b11);
+    p.write32(regs::DCRDR, 0x0800_0102);
+    p.write32(regs::DCRSR, 15 | (1 << 16));
+    // An FPB comparator on the upper half-word of 0x08000100.
+    p.write32(regs::FP_CTRL, 3);
+    p.write32(regs::FP_CTRL + 8, 0x0800_0100 | (2 << 30) | 1);
+    p.write32(regs::DFSR, 0x1F);
+    p.write32(regs::DHCSR, regs::dhcsr::DBGKEY | 1);
+    assert_eq!(p.sim.core_state(), CoreState::Halted);
+    assert_eq!(p.read32(regs::DFSR), regs::dfsr::BKPT);
+    // The lower half-word does not match; without the comparator the core runs.
+    p.write32(regs::FP_CTRL + 8, 0x0800_0100 | (1 << 30) | 1);
+    p.write32(regs::DHCSR, regs::dhcsr::DBGKEY | 1);
+    assert_eq!(p.sim.core_state(), CoreState::Running);
+    // A BKPT instruction at the PC (OpenOCD's soft breakpoints outside the code region).
+    p.write32(regs::DHCSR, regs::dhcsr::DBGKEY | 0b11);
+    p.write32(SRAM_BASE + 0x10, 0x0000_BE00);
+    p.write32(regs::DCRDR, SRAM_BASE + 0x10);
+    p.write32(regs::DCRSR, 15 | (1 << 16));
+    p.write32(regs::DHCSR, regs::dhcsr::DBGKEY | 1);
+    assert_eq!(p.sim.core_state(), CoreState::Halted);
 }
