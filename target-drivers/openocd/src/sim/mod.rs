@@ -33,6 +33,7 @@
 
 mod agent;
 mod chain;
+mod cli;
 mod core;
 mod dap;
 mod flash;
@@ -47,6 +48,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 pub use self::agent::AgentUart;
+pub use self::cli::{cli_options, serve_cli};
 pub use self::core::{CoreState, CoreStats};
 pub use self::dap::DapStats;
 pub use self::flash::{FlashStats, FLASH_BASE, FLASH_SIZE, OPTION_BYTES, PAGE_SIZE};

@@ -555,3 +555,75 @@ fn a_resumed_core_stops_at_a_breakpoint_on_its_pc() {
     p.write32(regs::DHCSR, regs::dhcsr::DBGKEY | 1);
     assert_eq!(p.sim.core_state(), CoreState::Halted);
 }
+
+fn wait_for(path: &std::path::Path) {
+    let t = std::time::Instant::now();
+    while !path.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the socket never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn serve_on_a_socket_until_stopped() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("s.sock");
+    let stop = Stop::new();
+    let thread = {
+        let (socket, stop) = (socket.clone(), stop.clone());
+        std::thread::spawn(move || serve(SimOptions::zero(), &socket, &stop))
+    };
+    wait_for(&socket);
+    let mut bytes = b"262626262604260404".to_vec();
+    for _ in 0..32 {
+        bytes.extend_from_slice(b"0R4");
+    }
+    bytes.push(b'Q');
+    let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    s.write_all(&bytes).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap(); // The server closes after Q.
+    let idcode = out
+        .iter()
+        .rev()
+        .fold(0u32, |v, &b| (v << 1) | u32::from(b == b'1'));
+    assert_eq!(idcode, DEBUG_IDCODE);
+    stop.stop();
+    let sim = thread.join().unwrap().unwrap();
+    assert!(!socket.exists(), "removed after itself");
+    assert_eq!(sim.lock().stats().connections, 1);
+}
+
+#[test]
+fn a_stale_socket_is_replaced_and_other_files_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    std::fs::write(&path, "not a socket").unwrap();
+    let sim = SimHandle::from_options(SimOptions::zero()).unwrap();
+    let e = Server::start(sim.clone(), &path).unwrap_err().to_string();
+    assert!(e.contains("is not a stale socket"), "{e}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
+    std::fs::remove_file(&path).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists(), "a stale socket is left behind");
+    let server = Server::start(sim, &path).unwrap();
+    assert!(server.is_running());
+    assert!(server.agent_pty().is_none());
+    server.stop().unwrap();
+    assert!(!path.exists());
+}
+
+#[test]
+fn the_cli_takes_the_state_path_and_checks_options() {
+    let o = cli_options(Some("/tmp/chip.json".into()), "timing=zero").unwrap();
+    assert_eq!(
+        o.state_file.as_deref(),
+        Some(std::path::Path::new("/tmp/chip.json"))
+    );
+    assert_eq!(o.timing, SimTiming::zero());
+    assert!(cli_options(None, "timing=warp").is_err());
+}
