@@ -25,12 +25,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let s = sim.lock().stats();
     eprintln!(
         "{} bytes in, {} TCK cycles, {} half-words programmed, {} pages and {} mass erased, \
+         BSY seen {} times, {} stalls, \
          simulated {:?}",
         s.bytes_in,
         s.tck_cycles,
         s.flash.halfwords,
         s.flash.page_erases,
         s.flash.mass_erases,
+        s.flash.busy_reads,
+        s.flash.stalls,
         s.sim_time
     );
     Ok(())

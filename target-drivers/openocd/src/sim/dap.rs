@@ -80,9 +80,9 @@ pub mod csw {
     pub const DBG_STATUS: u32 = 1 << 6;
     /// TrInProg: a transfer is in progress.
     pub const TR_IN_PROG: u32 = 1 << 7;
-    /// HPROT[0] (data access), fixed at one on the Cortex-M3.
+    /// HPROT bit 0 (data access), fixed at one on the Cortex-M3.
     pub const HPROT0: u32 = 1 << 24;
-    /// HPROT[4:1] and MasterType: writable.
+    /// HPROT bits 4:1 and MasterType: writable.
     pub const PROT: u32 = 0x3E00_0000;
     /// Value after power-on.
     pub const RESET: u32 = 0x0300_0040;

@@ -153,6 +153,10 @@ pub struct FlashStats {
     pub option_erases: u64,
     /// Option half-words programmed.
     pub option_writes: u64,
+    /// FLASH_SR reads that found BSY set.
+    pub busy_reads: u64,
+    /// Bus transfers to flash stalled because the FPEC was busy.
+    pub stalls: u64,
 }
 
 /// Main flash, option bytes and the FPEC.
@@ -239,8 +243,9 @@ impl Flash {
         self.settle(now);
     }
 
-    fn stall(&self, now: u64) -> Result<(), BusError> {
+    fn stall(&mut self, now: u64) -> Result<(), BusError> {
         if self.busy(now) {
+            self.stats.stalls += 1;
             Err(BusError::Stall {
                 until: self.busy_until,
             })
@@ -349,7 +354,11 @@ impl Flash {
         self.settle(now);
         match offset {
             0x00 => self.acr,
-            0x0C => self.sr | if self.busy(now) { sr::BSY } else { 0 },
+            0x0C if self.busy(now) => {
+                self.stats.busy_reads += 1;
+                self.sr | sr::BSY
+            }
+            0x0C => self.sr,
             0x10 => self.cr,
             0x14 => self.ar,
             0x1C => self.loaded.obr(),
