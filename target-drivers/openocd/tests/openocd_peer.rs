@@ -414,3 +414,38 @@ fn the_agent_answers_on_its_pty_once_openocd_releases_the_core() {
     drop(link);
     bench.stop();
 }
+
+#[test]
+fn a_wrong_idcode_is_reported_as_unexpected() {
+    let bench = Bench::start("timing=zero,idcode=0x4ba00477");
+    let r = bench.openocd(&["init"]);
+    assert!(!r.timed_out, "{}", r.output);
+    assert!(
+        r.output
+            .contains("stm32f1x.cpu       UNEXPECTED: 0x4ba00477"),
+        "{}",
+        r.output
+    );
+    assert!(
+        r.output.contains("expected 1 of 1: 0x3ba00477"),
+        "{}",
+        r.output
+    );
+    bench.stop();
+}
+
+#[test]
+fn realistic_timing_keeps_bsy_set_and_openocd_waits_it_out() {
+    let bench = Bench::start("timing=realistic");
+    let image: Vec<u8> = (0..4096u32).map(|i| (i * 13 + 1) as u8).collect();
+    std::fs::write(bench.path("fw.bin"), &image).unwrap();
+    let r = bench.openocd(&["init", "program fw.bin 0x08000000 verify"]);
+    assert_ok(&r, "program with realistic timing");
+    assert!(r.output.contains("** Verified OK **"), "{}", r.output);
+    let s = bench.sim().lock().stats();
+    assert_eq!(s.flash.page_erases, 4);
+    assert!(s.flash.busy_reads > 0, "OpenOCD polled a busy FPEC");
+    // Four page erases of 20 ms alone take 80 ms of simulated time.
+    assert!(s.sim_time > Duration::from_millis(80), "{:?}", s.sim_time);
+    bench.stop();
+}
