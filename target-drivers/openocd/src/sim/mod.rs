@@ -43,7 +43,7 @@ mod remote_bitbang;
 mod state;
 pub mod tap;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -481,8 +481,8 @@ impl JtagSim {
     }
 
     /// The state file, if any.
-    pub fn state_file(&self) -> Option<&PathBuf> {
-        self.options.state_file.as_ref()
+    pub fn state_file(&self) -> Option<&Path> {
+        self.options.state_file.as_deref()
     }
 }
 
