@@ -1,4 +1,4 @@
-//! `flashgate sim ...`: simulated chips on pseudo-terminals.
+//! `flashgate sim ...`: simulated chips on pseudo-terminals (and, for OpenOCD, a Unix socket).
 
 use std::path::PathBuf;
 
@@ -31,6 +31,19 @@ pub enum SimCmd {
         #[arg(long, default_value = "")]
         options: String,
     },
+    /// An STM32F103 seen from its JTAG port, for OpenOCD's remote_bitbang on a Unix socket;
+    /// with `agent=on`, the agent on a pty once the core runs.
+    Stm32Jtag {
+        /// The Unix socket to serve (OpenOCD: `remote_bitbang port 0`, `remote_bitbang host PATH`).
+        #[arg(long)]
+        socket: PathBuf,
+        /// Load the chip from this file if it exists, and save it there as it changes.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Simulator options, e.g. `timing=realistic,agent=on` (see target-drivers/openocd/README.md).
+        #[arg(long, default_value = "")]
+        options: String,
+    },
 }
 
 /// Serves the simulator until it is stopped.
@@ -60,6 +73,14 @@ pub fn run(cmd: SimCmd) -> Result<u8> {
             options,
         } => {
             flashgate_stm32_uart::serve_cli(&part, state, &options)?;
+            Ok(0)
+        }
+        SimCmd::Stm32Jtag {
+            socket,
+            state,
+            options,
+        } => {
+            flashgate_openocd::sim::serve_cli(&socket, state, &options)?;
             Ok(0)
         }
     }
