@@ -179,12 +179,15 @@ pub enum Driver {
     AvrIsp,
     /// STM32 system-memory bootloader over UART.
     Stm32Uart,
+    /// An ARM Cortex-M part through its debug port, driven by OpenOCD.
+    Openocd,
 }
 
 policy_words!(Driver {
     Sim => "sim",
     AvrIsp => "avr-isp",
     Stm32Uart => "stm32-uart",
+    Openocd => "openocd",
 });
 
 /// Which device flash the pipeline checks reads erased after the chip erase
