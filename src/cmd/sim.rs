@@ -80,7 +80,16 @@ pub fn run(cmd: SimCmd) -> Result<u8> {
             state,
             options,
         } => {
-            flashgate_openocd::sim::serve_cli(&socket, state, &options)?;
+            let sim = flashgate_openocd::sim::serve_cli(&socket, state, &options)?;
+            let s = sim.lock().stats();
+            eprintln!(
+                "stm32-jtag: {} TCK cycles, {} half-words programmed, {} page and {} mass erases, simulated {:.3} s",
+                s.tck_cycles,
+                s.flash.halfwords,
+                s.flash.page_erases,
+                s.flash.mass_erases,
+                s.sim_time.as_secs_f64()
+            );
             Ok(0)
         }
     }
