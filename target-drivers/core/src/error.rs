@@ -126,6 +126,19 @@ pub enum TargetError {
         detail: String,
     },
 
+    /// The programming tool the driver runs (OpenOCD) failed; the text is its
+    /// own sentence, saying what to do.
+    #[error("{detail} (during {stage})")]
+    Tool {
+        /// Stage that was running.
+        stage: Stage,
+        /// The address the tool was working on, if any (its text names it
+        /// where it matters).
+        address: Option<u32>,
+        /// What the tool said, ending with what to do.
+        detail: String,
+    },
+
     /// The on-device provisioning agent answered with an error or could not be understood.
     #[error("the provisioning agent failed during {stage}: {detail}")]
     Agent {
@@ -179,6 +192,7 @@ impl TargetError {
             | TargetError::BrownOut { stage, .. }
             | TargetError::OutOfRange { stage, .. }
             | TargetError::Protocol { stage, .. }
+            | TargetError::Tool { stage, .. }
             | TargetError::Agent { stage, .. }
             | TargetError::Unsupported { stage, .. }
             | TargetError::InvalidRequest { stage, .. } => Some(*stage),
@@ -202,6 +216,7 @@ impl TargetError {
             | TargetError::BrownOut { stage, .. }
             | TargetError::OutOfRange { stage, .. }
             | TargetError::Protocol { stage, .. }
+            | TargetError::Tool { stage, .. }
             | TargetError::Agent { stage, .. }
             | TargetError::Unsupported { stage, .. }
             | TargetError::InvalidRequest { stage, .. } => *stage = new,
@@ -227,6 +242,7 @@ impl TargetError {
             | TargetError::OutOfRange { .. }
             | TargetError::SecretMismatch { .. }
             | TargetError::Protocol { .. }
+            | TargetError::Tool { .. }
             | TargetError::Agent { .. }
             | TargetError::Unsupported { .. }
             | TargetError::InvalidRequest { .. }
@@ -241,7 +257,8 @@ impl TargetError {
             | TargetError::Timeout { address, .. }
             | TargetError::Nack { address, .. }
             | TargetError::AlreadyLocked { address, .. }
-            | TargetError::BrownOut { address, .. } => *address,
+            | TargetError::BrownOut { address, .. }
+            | TargetError::Tool { address, .. } => *address,
             TargetError::VerifyMismatch { address, .. }
             | TargetError::NotBlank { address, .. }
             | TargetError::OutOfRange { address, .. } => Some(*address),

@@ -82,10 +82,11 @@ impl OpenOcdTarget {
         let _ = std::fs::remove_file(&path);
         match done {
             Ok(_) => Ok(()),
-            Err(OpenOcdError::Command { detail, .. }) => Err(TargetError::Protocol {
+            Err(OpenOcdError::Command { detail, .. }) => Err(ocd_error(
                 stage,
-                detail: OpenOcdError::FlashWrite { address, detail }.to_string(),
-            }),
+                Some(address),
+                OpenOcdError::FlashWrite { address, detail },
+            )),
             Err(e) => Err(ocd_error(stage, Some(address), e)),
         }
     }
@@ -110,14 +111,14 @@ impl OpenOcdTarget {
                 Ok(_) => {}
                 Err(OpenOcdError::Command { .. }) => {
                     // OpenOCD's message would repeat the value: the address only.
-                    return Err(TargetError::Protocol {
+                    return Err(ocd_error(
                         stage,
-                        detail: OpenOcdError::FlashWrite {
+                        Some(at),
+                        OpenOcdError::FlashWrite {
                             address: at,
                             detail: "flash fillh failed".to_owned(),
-                        }
-                        .to_string(),
-                    });
+                        },
+                    ));
                 }
                 Err(e) => return Err(ocd_error(stage, Some(at), e)),
             }

@@ -70,8 +70,9 @@ impl std::fmt::Debug for OpenOcdTarget {
 pub(crate) fn ocd_error(stage: Stage, address: Option<u32>, e: OpenOcdError) -> TargetError {
     match e {
         OpenOcdError::Connection { .. } => TargetError::ContactLost { stage, address },
-        other => TargetError::Protocol {
+        other => TargetError::Tool {
             stage,
+            address,
             detail: other.to_string(),
         },
     }
