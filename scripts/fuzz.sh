@@ -9,7 +9,7 @@ seconds=${1:-20}
 shift || true
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(package policy location firmware_ihex checkpoint audit_record audit_bundle agent_frame avr_stk500 stm32_an3155 client_identity deny_list signed_note)
+[ ${#targets[@]} -gt 0 ] || targets=(package policy location firmware_ihex checkpoint audit_record audit_bundle agent_frame avr_stk500 stm32_an3155 client_identity deny_list signed_note remote_bitbang)
 for t in "${targets[@]}"; do
   echo "fuzz: $t for ${seconds}s"
   mkdir -p "corpus/$t"
