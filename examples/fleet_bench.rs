@@ -621,12 +621,13 @@ fn psql_times(cluster: &PrivateCluster, sql: &str, runs: usize) -> Vec<f64> {
 /// (`cross_check` in `crates/fleet/src/ingest.rs`), for one ingest.
 fn duplicate_uid_sql(ingest_id: i64) -> String {
     format!(
-        "SELECT 'duplicate-uid', encode(a.uid, 'hex'), min(a.product), \
-           'UID ' || encode(a.uid, 'hex') || ' passed ' || count(*) || ' times: ' || \
-           string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) \
-         FROM (SELECT DISTINCT uid FROM units WHERE ingest_id = {ingest_id} AND result = 'passed') n \
-         JOIN units a ON a.uid = n.uid AND a.result = 'passed' \
-         GROUP BY a.uid HAVING count(*) > 1"
+        "SELECT 'duplicate-uid', encode(d.uid, 'hex'), x.product, \
+           'UID ' || encode(d.uid, 'hex') || ' passed ' || x.n || ' times: ' || x.list \
+         FROM (SELECT n.uid FROM (SELECT DISTINCT uid FROM units WHERE ingest_id = {ingest_id} AND result = 'passed') n \
+               WHERE (SELECT count(*) FROM units o WHERE o.uid = n.uid AND o.result = 'passed') > 1) d \
+         CROSS JOIN LATERAL (SELECT count(*) AS n, min(a.product) AS product, \
+           string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) AS list \
+           FROM units a WHERE a.uid = d.uid AND a.result = 'passed') x"
     )
 }
 
