@@ -600,8 +600,8 @@ fn psql(cluster: &PrivateCluster, script: &str) -> String {
 
 /// Times `sql` `runs` times in one psql session (`\timing`: planning,
 /// execution and the rows' transfer, as a client sees it); in ms.
-fn psql_times(cluster: &PrivateCluster, sql: &str, runs: usize) -> Vec<f64> {
-    let mut script = String::from("\\o /dev/null\n\\timing on\n");
+fn psql_times(cluster: &PrivateCluster, session: &str, sql: &str, runs: usize) -> Vec<f64> {
+    let mut script = format!("{session}\\o /dev/null\n\\timing on\n");
     for _ in 0..runs {
         script.push_str(sql);
         script.push_str(";\n");
@@ -616,6 +616,9 @@ fn psql_times(cluster: &PrivateCluster, sql: &str, runs: usize) -> Vec<f64> {
     assert_eq!(times.len(), runs, "psql timing output: {out}");
     times
 }
+
+/// The session setting the ingest's cross-checks run with.
+const CROSS_CHECK_SESSION: &str = "SET jit = off;\n";
 
 /// The SELECT of the ingest's duplicate-UID cross-check
 /// (`cross_check` in `crates/fleet/src/ingest.rs`), for one ingest.
@@ -829,7 +832,7 @@ fn measure_one(a: &Args) {
 
     // The duplicate-UID query of the last ingest: its UIDs against every record.
     let dup_sql = duplicate_uid_sql(last_ingest);
-    let times = sorted(psql_times(&cluster, &dup_sql, a.runs));
+    let times = sorted(psql_times(&cluster, CROSS_CHECK_SESSION, &dup_sql, a.runs));
     let (med, max) = (percentile(&times, 50.0), percentile(&times, 100.0));
     println!(
         "   duplicate-UID query (ingest {last_ingest}'s UIDs against all records), {} runs: median {med:.1} ms, max {max:.1} ms",
@@ -838,7 +841,7 @@ fn measure_one(a: &Args) {
     results.insert("duplicate-UID query, median ms".to_owned(), med);
     results.insert("duplicate-UID query, max ms".to_owned(), max);
     let fleet_wide = "SELECT encode(uid, 'hex'), count(*) FROM units WHERE result = 'passed' AND uid IS NOT NULL GROUP BY uid HAVING count(*) > 1";
-    let times = sorted(psql_times(&cluster, fleet_wide, 5));
+    let times = sorted(psql_times(&cluster, "", fleet_wide, 5));
     println!(
         "   fleet-wide duplicate-UID scan (every record, no ingest filter), 5 runs: median {:.1} ms",
         percentile(&times, 50.0)
@@ -913,23 +916,35 @@ fn measure_one(a: &Args) {
     // The plans.
     let row = &rows[0];
     let plans = [
-        ("duplicate-UID query".to_owned(), dup_sql.clone()),
+        (
+            "duplicate-UID query".to_owned(),
+            format!("{CROSS_CHECK_SESSION}EXPLAIN (ANALYZE, BUFFERS) {dup_sql}"),
+        ),
         (
             "lookup by serial".to_owned(),
-            device_sql(&format!("u.serial = '{}'", row[0])),
+            format!(
+                "EXPLAIN (ANALYZE, BUFFERS) {}",
+                device_sql(&format!("u.serial = '{}'", row[0]))
+            ),
         ),
         (
             "lookup by UID".to_owned(),
-            device_sql(&format!("u.uid = '\\x{}'::bytea", row[1])),
+            format!(
+                "EXPLAIN (ANALYZE, BUFFERS) {}",
+                device_sql(&format!("u.uid = '\\x{}'::bytea", row[1]))
+            ),
         ),
         (
             "lookup by cert hash".to_owned(),
-            device_sql(&format!("u.cert_sha256 = '\\x{}'::bytea", row[2])),
+            format!(
+                "EXPLAIN (ANALYZE, BUFFERS) {}",
+                device_sql(&format!("u.cert_sha256 = '\\x{}'::bytea", row[2]))
+            ),
         ),
     ];
     let mut used = Vec::new();
     for (name, sql) in &plans {
-        let plan = psql(&cluster, &format!("EXPLAIN (ANALYZE, BUFFERS) {sql};"));
+        let plan = psql(&cluster, &format!("{sql};"));
         println!("\n-- EXPLAIN ANALYZE, {name}:\n{}", plan.trim_end());
         used.push(format!("{name}: {}", indexes_in(&plan).join(", ")));
     }

@@ -1200,6 +1200,10 @@ async fn cross_check(
     out: &mut IngestReport,
 ) -> Result<(), FleetError> {
     let now = now_ms();
+    // These plans are costed per new row, far above `jit_above_cost` for a
+    // large bundle: compiling them took longer than running them (over
+    // half a second of a 100,000-unit bundle's duplicate-serial check).
+    tx.batch_execute("SET LOCAL jit = off").await?;
     // Each query opens or refreshes one anomaly per duplicated value. The
     // values this ingest added are counted one at a time through the
     // value's index (a correlated subquery runs per row, so no estimate of
