@@ -31,7 +31,9 @@
 //!    process of its own (`fleet_bench measure-one ...`) so that its peak
 //!    RSS is its own: a private PostgreSQL cluster, `init`, the OEM key,
 //!    then every bundle ingested in turn (records/s with verification, peak
-//!    RSS after the first and the last), the ingest's duplicate-UID query
+//!    RSS after the first and the last; each bundle is read once just
+//!    before, as one just received is in the page cache, and that read is
+//!    timed apart), the ingest's duplicate-UID query
 //!    (20 runs through psql), device lookups by serial, UID and certificate
 //!    hash (1,000 each through `Fleet::device`), the full report (20 runs),
 //!    and `EXPLAIN ANALYZE` of the duplicate-UID query and of one lookup
@@ -508,7 +510,7 @@ fn measure(a: &Args) {
         a.units,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let mut header = format!("{:<34} {:>12}", "figure", "target");
+    let mut header = format!("{:<42} {:>12}", "figure", "target");
     for (fsync, _) in &results {
         header.push_str(&format!(
             " {:>18}",
@@ -528,7 +530,7 @@ fn measure(a: &Args) {
     ];
     for (name, target, higher) in TARGETS {
         let mut line = format!(
-            "{:<34} {:>12}",
+            "{:<42} {:>12}",
             name,
             format!("{} {}", if *higher { ">=" } else { "<" }, target)
         );
@@ -544,7 +546,7 @@ fn measure(a: &Args) {
         println!("{line}");
     }
     for name in extra {
-        let mut line = format!("{:<34} {:>12}", name, "-");
+        let mut line = format!("{:<42} {:>12}", name, "-");
         for (_, r) in &results {
             let v = r.get(name).copied().unwrap_or(f64::NAN);
             line.push_str(&format!(" {v:>13.1}     "));
@@ -558,6 +560,16 @@ fn result_file(base: &Path, fsync: bool) -> PathBuf {
         "results-fsync-{}.json",
         if fsync { "on" } else { "off" }
     ))
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// VmHWM of this process, in MiB.
@@ -710,6 +722,10 @@ fn measure_one(a: &Args) {
             .join(" ")
     );
     println!("   server: {}", psql(&cluster, "SELECT version();").trim());
+    println!(
+        "   load average (the machine is shared): {}",
+        load_average()
+    );
 
     // As `flashgate fleet` runs: a current-thread runtime.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -725,23 +741,16 @@ fn measure_one(a: &Args) {
         fleet
     });
 
-    // Every bundle file read once, so that the ingests measure the
-    // collector and the database rather than the disk (a bundle just
-    // received is in the page cache).
-    let t = Instant::now();
-    let (mut files, mut bytes) = (0u64, 0u64);
-    for i in 0..a.appliances {
-        let (f, b) = read_all(&bundle_dir(&base, i));
-        files += f;
-        bytes += b;
-    }
+    // The verifier alone on the first bundle, for the share of the ingest
+    // it takes. Each bundle is read once just before it is used, so that
+    // the figures are of the collector and the database rather than of
+    // this shared machine's disk: a bundle just received is in the page
+    // cache (this machine's page cache does not keep all ten for long).
+    let (files, bytes, read_s) = read_all_timed(&bundle_dir(&base, 0));
     println!(
-        "   bundles read into the page cache: {files} files, {} MiB, {:.1} s",
-        bytes >> 20,
-        t.elapsed().as_secs_f64()
+        "   bundle 1 read into the page cache: {files} files, {} MiB, {read_s:.1} s",
+        bytes >> 20
     );
-
-    // The verifier alone on the first bundle, for the share of the ingest it takes.
     let t = Instant::now();
     let v = flashgate::bundle::verify_bundle(&bundle_dir(&base, 0), &oem_key, None, None).unwrap();
     assert!(v.report.is_clean(), "{}", v.report);
@@ -755,6 +764,7 @@ fn measure_one(a: &Args) {
     let mut rates = Vec::new();
     for i in 0..a.appliances {
         let dir = bundle_dir(&base, i);
+        let (_, _, read_s) = read_all_timed(&dir);
         let t = Instant::now();
         let r = rt
             .block_on(fleet.ingest(
@@ -776,7 +786,7 @@ fn measure_one(a: &Args) {
             *kinds.entry(an.split(':').next().unwrap_or("")).or_default() += 1;
         }
         println!(
-            "   ingest {:>2}: {} records in {s:.2} s = {rate:.0} records/s, peak RSS {rss:.1} MiB, anomalies {kinds:?}",
+            "   ingest {:>2}: {} records in {s:.2} s = {rate:.0} records/s (read first in {read_s:.1} s), peak RSS {rss:.1} MiB, anomalies {kinds:?}",
             i + 1,
             r.records_added,
         );
@@ -952,6 +962,7 @@ fn measure_one(a: &Args) {
     for u in &used {
         println!("     {u}");
     }
+    println!("\n   load average at the end: {}", load_average());
     std::fs::write(
         result_file(&base, fsync),
         serde_json::to_string_pretty(&results).unwrap(),
@@ -959,6 +970,13 @@ fn measure_one(a: &Args) {
     .unwrap();
     drop(fleet);
     drop(cluster);
+}
+
+/// [`read_all`], timed: (files, bytes, seconds).
+fn read_all_timed(dir: &Path) -> (u64, u64, f64) {
+    let t = Instant::now();
+    let (files, bytes) = read_all(dir);
+    (files, bytes, t.elapsed().as_secs_f64())
 }
 
 /// Reads every file under `dir`; returns (files, bytes).
