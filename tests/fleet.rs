@@ -163,7 +163,7 @@ fn ingest_is_idempotent_and_incremental_and_devices_are_found_with_proofs() {
     db.ok(&lab, "init", &["--oem", "oem/signing-key.pub.pem"]);
     // A second init is a no-op.
     let again = db.ok(&lab, "init", &[]);
-    assert!(again.contains("schema is at version 1"), "{again}");
+    assert!(again.contains("schema is at version 2"), "{again}");
 
     let out = db.ok(&lab, "ingest", &[s(&b1), "--cm", "acme-ems", "--json"]);
     let r = json(&out);

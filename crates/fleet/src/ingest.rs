@@ -1210,43 +1210,57 @@ async fn cross_check(
     out: &mut IngestReport,
 ) -> Result<(), FleetError> {
     let now = now_ms();
-    // Each query opens or refreshes one anomaly per duplicated value.
+    // These plans are costed per new row, far above `jit_above_cost` for a
+    // large bundle: compiling them took longer than running them (over
+    // half a second of a 100,000-unit bundle's duplicate-serial check).
+    tx.batch_execute("SET LOCAL jit = off").await?;
+    // Each query opens or refreshes one anomaly per duplicated value. The
+    // values this ingest added are counted one at a time through the
+    // value's index (a correlated subquery runs per row, so no estimate of
+    // the new rows can turn it into a scan of the whole table, let alone a
+    // join of every new row with every stored one, which is what a fresh
+    // database's missing statistics chose); only a duplicated value gets
+    // its details, from a LATERAL lookup.
     let checks: [(&str, &str); 5] = [
         (
             "duplicate-uid",
-            "SELECT 'duplicate-uid', encode(a.uid, 'hex'), min(a.product), \
-               'UID ' || encode(a.uid, 'hex') || ' passed ' || count(*) || ' times: ' || \
-               string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) \
-             FROM (SELECT DISTINCT uid FROM units WHERE ingest_id = $1 AND result = 'passed') n \
-             JOIN units a ON a.uid = n.uid AND a.result = 'passed' \
-             GROUP BY a.uid HAVING count(*) > 1",
+            "SELECT 'duplicate-uid', encode(d.uid, 'hex'), x.product, \
+               'UID ' || encode(d.uid, 'hex') || ' passed ' || x.n || ' times: ' || x.list \
+             FROM (SELECT n.uid FROM (SELECT DISTINCT uid FROM units WHERE ingest_id = $1 AND result = 'passed') n \
+                   WHERE (SELECT count(*) FROM units o WHERE o.uid = n.uid AND o.result = 'passed') > 1) d \
+             CROSS JOIN LATERAL (SELECT count(*) AS n, min(a.product) AS product, \
+               string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) AS list \
+               FROM units a WHERE a.uid = d.uid AND a.result = 'passed') x",
         ),
         (
             "duplicate-serial",
-            "SELECT 'duplicate-serial', a.product || ':' || a.serial, a.product, \
-               'serial ' || a.serial || ' of product ' || a.product || ' issued ' || count(*) || ' times: ' || \
-               string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) \
-             FROM (SELECT DISTINCT product, serial FROM units WHERE ingest_id = $1 AND serial IS NOT NULL) n \
-             JOIN units a ON a.serial = n.serial AND a.product = n.product \
-             GROUP BY a.product, a.serial HAVING count(*) > 1",
+            "SELECT 'duplicate-serial', d.product || ':' || d.serial, d.product, \
+               'serial ' || d.serial || ' of product ' || d.product || ' issued ' || x.n || ' times: ' || x.list \
+             FROM (SELECT n.product, n.serial FROM (SELECT DISTINCT product, serial FROM units WHERE ingest_id = $1 AND serial IS NOT NULL) n \
+                   WHERE (SELECT count(*) FROM units o WHERE o.serial = n.serial AND o.product = n.product) > 1) d \
+             CROSS JOIN LATERAL (SELECT count(*) AS n, \
+               string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) AS list \
+               FROM units a WHERE a.serial = d.serial AND a.product = d.product) x",
         ),
         (
             "duplicate-certificate",
-            "SELECT 'duplicate-certificate', encode(a.cert_sha256, 'hex'), min(a.product), \
-               'certificate ' || encode(a.cert_sha256, 'hex') || ' issued ' || count(*) || ' times: ' || \
-               string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) \
-             FROM (SELECT DISTINCT cert_sha256 FROM units WHERE ingest_id = $1 AND cert_sha256 IS NOT NULL) n \
-             JOIN units a ON a.cert_sha256 = n.cert_sha256 \
-             GROUP BY a.cert_sha256 HAVING count(*) > 1",
+            "SELECT 'duplicate-certificate', encode(d.cert_sha256, 'hex'), x.product, \
+               'certificate ' || encode(d.cert_sha256, 'hex') || ' issued ' || x.n || ' times: ' || x.list \
+             FROM (SELECT n.cert_sha256 FROM (SELECT DISTINCT cert_sha256 FROM units WHERE ingest_id = $1 AND cert_sha256 IS NOT NULL) n \
+                   WHERE (SELECT count(*) FROM units o WHERE o.cert_sha256 = n.cert_sha256) > 1) d \
+             CROSS JOIN LATERAL (SELECT count(*) AS n, min(a.product) AS product, \
+               string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) AS list \
+               FROM units a WHERE a.cert_sha256 = d.cert_sha256) x",
         ),
         (
             "duplicate-device-key",
-            "SELECT 'duplicate-device-key', encode(c.spki_sha256, 'hex'), NULL, \
-               'one device public key (SPKI SHA-256 ' || encode(c.spki_sha256, 'hex') || ') in ' || count(*) || ' certificates: ' || \
-               string_agg(encode(c.cert_sha256, 'hex') || ' (job ' || encode(c.job_id, 'hex') || ')', ', ' ORDER BY c.cert_sha256) \
-             FROM (SELECT DISTINCT spki_sha256 FROM certificates WHERE ingest_id = $1) n \
-             JOIN certificates c ON c.spki_sha256 = n.spki_sha256 \
-             GROUP BY c.spki_sha256 HAVING count(*) > 1",
+            "SELECT 'duplicate-device-key', encode(d.spki_sha256, 'hex'), NULL, \
+               'one device public key (SPKI SHA-256 ' || encode(d.spki_sha256, 'hex') || ') in ' || x.n || ' certificates: ' || x.list \
+             FROM (SELECT n.spki_sha256 FROM (SELECT DISTINCT spki_sha256 FROM certificates WHERE ingest_id = $1) n \
+                   WHERE (SELECT count(*) FROM certificates o WHERE o.spki_sha256 = n.spki_sha256) > 1) d \
+             CROSS JOIN LATERAL (SELECT count(*) AS n, \
+               string_agg(encode(c.cert_sha256, 'hex') || ' (job ' || encode(c.job_id, 'hex') || ')', ', ' ORDER BY c.cert_sha256) AS list \
+               FROM certificates c WHERE c.spki_sha256 = d.spki_sha256) x",
         ),
         (
             "over-built",

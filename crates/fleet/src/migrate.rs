@@ -7,8 +7,14 @@ use tokio_postgres::Client;
 use crate::error::FleetError;
 
 /// The migrations, in order: (version, name, SQL).
-pub const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "fleet", include_str!("../migrations/0001_fleet.sql"))];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "fleet", include_str!("../migrations/0001_fleet.sql")),
+    (
+        2,
+        "certificates_ingest",
+        include_str!("../migrations/0002_certificates_ingest.sql"),
+    ),
+];
 
 /// The schema version this program writes.
 #[must_use]
