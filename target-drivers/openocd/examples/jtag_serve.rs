@@ -1,6 +1,6 @@
 //! Serves a simulated STM32F103 on a Unix socket for OpenOCD's remote_bitbang driver, as
 //! `flashgate sim stm32-jtag` does:
-//! `cargo run -p flashgate-openocd --example serve -- SOCKET [STATE] [OPTIONS]`, e.g.
+//! `cargo run -p flashgate-openocd --example jtag_serve -- SOCKET [STATE] [OPTIONS]`, e.g.
 //! `... -- /tmp/stm32.sock /tmp/chip.json timing=zero,agent=on`.
 //! Prints the socket path (and the agent's pty with `agent=on`); stop it with Ctrl-C, and it
 //! prints what the chip saw.

@@ -1,5 +1,5 @@
 //! Programming 64 KiB through OpenOCD, run on purpose (not a test):
-//! `cargo run -p flashgate-openocd --release --example bench`.
+//! `cargo run -p flashgate-openocd --release --example openocd_bench`.
 //!
 //! Against the JTAG simulator with realistic flash timing at a simulated
 //! adapter clock of 1 MHz (`tck-khz=1000`; remote_bitbang itself has no
