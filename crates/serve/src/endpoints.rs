@@ -134,8 +134,8 @@ pub(crate) async fn authorize(request: Request, next: Next) -> Response {
         .map(|m| m.as_str().to_owned());
     let method = request.method().as_str().to_owned();
     let row = matched.as_deref().and_then(|p| find(&method, p));
-    match row {
-        Some(e) if e.roles.contains(&caller.role()) => next.run(request).await,
+    let refusal = match row {
+        Some(e) if e.roles.contains(&caller.role()) => return next.run(request).await,
         Some(e) => ApiError::forbidden(caller.role().as_str(), e.action).into_response(),
         // Not in the table: offered to no one.
         None => ApiError::not_found(format!(
@@ -143,5 +143,19 @@ pub(crate) async fn authorize(request: Request, next: Next) -> Response {
             request.uri().path()
         ))
         .into_response(),
-    }
+    };
+    // A refused upload is read to its end (bounded in size and time) before
+    // the answer: closing on unread bytes resets the connection, and the
+    // client would get a broken pipe instead of the sentence.
+    let _ = tokio::time::timeout(
+        DRAIN_TIME,
+        axum::body::to_bytes(request.into_body(), DRAIN_LIMIT),
+    )
+    .await;
+    refusal
 }
+
+/// How much of a refused request's body is read before the answer.
+const DRAIN_LIMIT: usize = 16 << 20;
+/// How long that read may take.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
