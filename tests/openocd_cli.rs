@@ -61,10 +61,7 @@ impl JtagChip {
         let interface = lab.path(&format!("{name}-interface.cfg"));
         std::fs::write(
             &interface,
-            format!(
-                "adapter driver remote_bitbang\nremote_bitbang port 0\nremote_bitbang host {}\nset WORKAREASIZE 0\n",
-                socket.display()
-            ),
+            flashgate_openocd::sim::openocd_interface_cfg(&socket),
         )
         .unwrap();
         Self {

@@ -27,14 +27,7 @@ const OPTIONS: &str = "timing=realistic,tck-khz=1000";
 
 fn interface(dir: &Path, socket: &Path) -> std::path::PathBuf {
     let p = dir.join("interface.cfg");
-    std::fs::write(
-        &p,
-        format!(
-            "adapter driver remote_bitbang\nremote_bitbang port 0\nremote_bitbang host {}\nset WORKAREASIZE 0\n",
-            socket.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&p, flashgate_openocd::sim::openocd_interface_cfg(socket)).unwrap();
     p
 }
 

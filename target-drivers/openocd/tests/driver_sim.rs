@@ -31,10 +31,7 @@ impl Chip {
         // flash half-word by half-word through the debug port).
         std::fs::write(
             &interface,
-            format!(
-                "adapter driver remote_bitbang\nremote_bitbang port 0\nremote_bitbang host {}\nset WORKAREASIZE 0\n",
-                socket.display()
-            ),
+            flashgate_openocd::sim::openocd_interface_cfg(&socket),
         )
         .unwrap();
         Chip {

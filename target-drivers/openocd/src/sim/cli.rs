@@ -44,3 +44,15 @@ pub fn serve_cli(
     shutdown.wait();
     server.stop()
 }
+
+/// An OpenOCD interface config that reaches a simulator served on `socket`:
+/// remote_bitbang on that Unix socket, and no work area (the simulated core
+/// runs no code, so OpenOCD writes flash half-word by half-word through the
+/// debug port).
+#[must_use]
+pub fn openocd_interface_cfg(socket: &Path) -> String {
+    format!(
+        "adapter driver remote_bitbang\nremote_bitbang port 0\nremote_bitbang host {}\nset WORKAREASIZE 0\n",
+        socket.display()
+    )
+}

@@ -48,7 +48,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 pub use self::agent::AgentUart;
-pub use self::cli::{cli_options, serve_cli};
+pub use self::cli::{cli_options, openocd_interface_cfg, serve_cli};
 pub use self::core::{CoreState, CoreStats};
 pub use self::dap::DapStats;
 pub use self::flash::{FlashStats, FLASH_BASE, FLASH_SIZE, OPTION_BYTES, PAGE_SIZE};

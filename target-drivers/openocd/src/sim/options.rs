@@ -212,39 +212,15 @@ impl SimOptions {
 
     /// The UID the chip reports.
     pub fn chip_uid(&self) -> [u8; 12] {
-        self.uid.unwrap_or_else(|| derive_uid(self.seed))
+        // The UART simulator's derivation: one seed, one chip, whichever port it is seen from.
+        self.uid
+            .unwrap_or_else(|| flashgate_stm32_uart::sim::derive_uid(self.seed))
     }
 
     /// Simulated nanoseconds per TCK cycle.
     pub fn tck_period_ns(&self) -> u64 {
         1_000_000 / u64::from(self.tck_khz.max(1))
     }
-}
-
-/// A plausible STM32 UID from a seed: X/Y wafer coordinates, wafer number, lot `SIM` + digits
-/// (the same derivation as the UART simulator's).
-fn derive_uid(seed: u64) -> [u8; 12] {
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    let b = z.to_le_bytes();
-    let d = format!("{:04}", (z >> 40) % 10_000);
-    let d = d.as_bytes();
-    [
-        b[0],
-        b[1] & 0x03,
-        b[2],
-        b[3] & 0x03,
-        b[4] % 25 + 1,
-        b'S',
-        b'I',
-        b'M',
-        d[0],
-        d[1],
-        d[2],
-        d[3],
-    ]
 }
 
 /// Decimal or `0x` hexadecimal.

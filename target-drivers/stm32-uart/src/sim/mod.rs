@@ -61,7 +61,7 @@ use flashgate_target::Location;
 pub use control::ControlServer;
 pub use fault::{Fault, FaultKind, Trigger};
 pub use handle::SimHandle;
-pub use options::{SimOptions, SimTiming};
+pub use options::{derive_uid, SimOptions, SimTiming};
 pub use state::STATE_FORMAT;
 pub use wiring::{PinSource, Wiring};
 

@@ -167,7 +167,8 @@ impl SimOptions {
 }
 
 /// A plausible STM32 UID from a seed: X/Y wafer coordinates, wafer number, lot `SIM` + digits.
-fn derive_uid(seed: u64) -> [u8; 12] {
+/// The JTAG simulator derives its chips' UIDs with it too.
+pub fn derive_uid(seed: u64) -> [u8; 12] {
     let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
