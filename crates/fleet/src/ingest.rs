@@ -819,6 +819,22 @@ async fn merge_records(
     let mut runs: Vec<(flashgate_audit::record::RunStarted, u64, u64)> = Vec::new();
     let mut reserved: BTreeMap<[u8; 16], u64> = BTreeMap::new();
     let mut cadence: HashMap<[u8; 16], RunCadence> = HashMap::new();
+    // Each run's channels: the runs this log started before, then this
+    // bundle's own `run-started` records as they come.
+    let mut channels: HashMap<[u8; 16], u64> = HashMap::new();
+    for r in tx
+        .query(
+            "SELECT run_id, channels FROM runs WHERE log_id = $1",
+            &[&stored.log_id],
+        )
+        .await?
+    {
+        let id: &[u8] = r.get(0);
+        let n: i32 = r.get(1);
+        if let Ok(id) = <[u8; 16]>::try_from(id) {
+            channels.insert(id, u64::try_from(n).unwrap_or(1));
+        }
+    }
     let mut cadence_findings: Vec<(String, String)> = Vec::new();
     let mut next_boundary = boundaries
         .iter()
@@ -861,7 +877,10 @@ async fn merge_records(
                 });
                 imported.push((j.clone(), time));
             }
-            RecordKind::RunStarted(r) => runs.push((r.clone(), seq, rec.time)),
+            RecordKind::RunStarted(r) => {
+                channels.insert(r.run_id, u64::from(r.channels));
+                runs.push((r.clone(), seq, rec.time));
+            }
             RecordKind::UnitsReserved(r) => *reserved.entry(r.job_id).or_default() += r.count,
             RecordKind::UnitPassed(u) => {
                 let counter = to_i64(u.counter)?;
@@ -891,8 +910,7 @@ async fn merge_records(
                     &jobs,
                     &mut cadence,
                     &mut cadence_findings,
-                    &u.job_id,
-                    &u.run_id,
+                    (&u.job_id, &u.run_id, channels.get(&u.run_id).copied()),
                     seq,
                     rec.time,
                     appliance_id,
@@ -926,8 +944,7 @@ async fn merge_records(
                     &jobs,
                     &mut cadence,
                     &mut cadence_findings,
-                    &u.job_id,
-                    &u.run_id,
+                    (&u.job_id, &u.run_id, channels.get(&u.run_id).copied()),
                     seq,
                     rec.time,
                     appliance_id,
@@ -1089,16 +1106,16 @@ fn product_of(jobs: &HashMap<[u8; 16], JobSeen>, job: &[u8; 16]) -> String {
 }
 
 /// Counts one unit against its run's checkpoint cadence; a run that went
-/// past `checkpoint_every_units` units, or past `checkpoint_every_seconds`
+/// past `checkpoint_every_units` units (or its channel count, when that is
+/// larger: each channel may have one unit recorded while a checkpoint is
+/// signed, docs/FORMATS.md §11.3), or past `checkpoint_every_seconds`
 /// (with one second's grace) before its last unit, without a checkpoint
 /// in between, is a gap.
-#[allow(clippy::too_many_arguments)]
 fn cadence_unit(
     jobs: &HashMap<[u8; 16], JobSeen>,
     cadence: &mut HashMap<[u8; 16], RunCadence>,
     findings: &mut Vec<(String, String)>,
-    job: &[u8; 16],
-    run: &[u8; 16],
+    (job, run, channels): (&[u8; 16], &[u8; 16], Option<u64>),
     seq: u64,
     time: u64,
     appliance_id: &str,
@@ -1116,7 +1133,9 @@ fn cadence_unit(
     if c.flagged {
         return;
     }
-    let over_units = j.every_units.is_some_and(|n| c.units > n);
+    let over_units = j
+        .every_units
+        .is_some_and(|n| c.units > n.max(channels.unwrap_or(1)));
     let over_time = c.units > 1
         && j.every_ms
             .is_some_and(|ms| prev_ms.saturating_sub(c.first_ms) > ms.saturating_add(1000));
@@ -1293,4 +1312,55 @@ async fn cross_check(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Units of one run, one per `step_ms`, until the first gap is found;
+    /// the number of the unit found, if any.
+    fn first_gap(every_units: u64, channels: Option<u64>, units: u64) -> Option<u64> {
+        let (job, run) = ([1u8; 16], [2u8; 16]);
+        let jobs = HashMap::from([(
+            job,
+            JobSeen {
+                product: "p".to_owned(),
+                every_units: Some(every_units),
+                every_ms: Some(60_000),
+            },
+        )]);
+        let mut cadence = HashMap::new();
+        let mut findings = Vec::new();
+        for n in 1..=units {
+            cadence_unit(
+                &jobs,
+                &mut cadence,
+                &mut findings,
+                (&job, &run, channels),
+                n,
+                1_000 + n,
+                "a",
+            );
+            if !findings.is_empty() {
+                return Some(n);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_run_may_reach_its_policy_count_and_no_further() {
+        assert_eq!(first_gap(100, Some(8), 100), None);
+        assert_eq!(first_gap(100, Some(8), 101), Some(101));
+        assert_eq!(first_gap(100, None, 101), Some(101));
+    }
+
+    #[test]
+    fn more_channels_than_the_policy_count_allow_one_unit_each() {
+        assert_eq!(first_gap(4, Some(8), 8), None);
+        assert_eq!(first_gap(4, Some(8), 9), Some(9));
+        assert_eq!(first_gap(4, Some(1), 5), Some(5));
+    }
 }

@@ -22,6 +22,9 @@ pub struct RunLedger {
     job_id: [u8; 16],
     run_id: [u8; 16],
     quota: u64,
+    /// Unit records counted before a checkpoint is signed: the policy's
+    /// `checkpoint_every_units` less one per other channel (see
+    /// [`RunLedger::maybe_checkpoint`]).
     every_units: u64,
     every: std::time::Duration,
     since: Mutex<(u64, Instant)>,
@@ -75,7 +78,7 @@ impl RunLedger {
                 job_id,
                 run_id,
                 quota: policy.job().quota,
-                every_units: u64::from(a.checkpoint_every_units),
+                every_units: units_before_checkpoint(a.checkpoint_every_units, channels),
                 every: std::time::Duration::from_secs(u64::from(a.checkpoint_every_seconds)),
                 since: Mutex::new((0, Instant::now())),
                 cert_dir: appliance.certificate_dir(&job_id),
@@ -85,6 +88,14 @@ impl RunLedger {
         ))
     }
 
+    /// Counts a unit and signs a checkpoint when enough were counted.
+    ///
+    /// A channel counts its unit after the record is durable, and the
+    /// checkpoint signs the log as it is when signed, so at the moment the
+    /// count is reset each other channel may hold one durable unit that is
+    /// not yet counted; it falls under the checkpoint after this one. The
+    /// threshold is lowered by one per other channel so that no checkpoint
+    /// covers more than the policy's units since the one before.
     fn maybe_checkpoint(&self) -> Result<(), LedgerError> {
         let due = {
             let mut s = self
@@ -107,6 +118,14 @@ impl RunLedger {
         }
         Ok(())
     }
+}
+
+/// The count at which [`RunLedger::maybe_checkpoint`] signs: the policy's
+/// `every` units less one per channel beyond the first, at least 1.
+fn units_before_checkpoint(every: u32, channels: u32) -> u64 {
+    u64::from(every)
+        .saturating_sub(u64::from(channels.saturating_sub(1)))
+        .max(1)
 }
 
 fn hex32(s: &Option<String>) -> Option<[u8; 32]> {
