@@ -103,6 +103,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 fn pin_holder(kind: Kind) -> common::PinHolder {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::error::{Error, RvError};
+    let turn = common::token_turn(kind);
     let pkcs11 = Pkcs11::new(kind.module()).unwrap();
     match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
@@ -119,7 +120,11 @@ fn pin_holder(kind: Kind) -> common::PinHolder {
         Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
         Err(e) => panic!("log in: {e}"),
     }
-    common::PinHolder { session, pkcs11 }
+    common::PinHolder {
+        session,
+        pkcs11,
+        turn,
+    }
 }
 
 /// Every attribute that says what a key can do or where it can go.

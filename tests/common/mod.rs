@@ -15,10 +15,27 @@ pub mod station;
 pub const PIN: &str = "4711-test-pin";
 
 /// A hostile PIN holder's session. Field order matters: the session closes
-/// before the module is finalised.
+/// before the module is finalised, and the module is finalised before the
+/// next test of the process takes its turn.
 pub struct PinHolder {
     pub session: cryptoki::session::Session,
     pub pkcs11: cryptoki::context::Pkcs11,
+    pub turn: std::sync::MutexGuard<'static, ()>,
+}
+
+/// One PIN holder per module and process at a time. A module reads its
+/// configuration variable once, at C_Initialize, and its C_Finalize ends
+/// every session in the process: two tests' holders side by side would
+/// share (and pull away) one module's state, on whichever lab's token it
+/// was initialised with.
+pub fn token_turn(kind: Kind) -> std::sync::MutexGuard<'static, ()> {
+    static SOFT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static KRY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let m = match kind {
+        Kind::SoftHsm => &SOFT,
+        Kind::Kryoptic => &KRY,
+    };
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl PinHolder {
@@ -161,6 +178,7 @@ impl Lab {
     /// process, after its configuration variable is set).
     pub fn pin_holder(&self) -> PinHolder {
         use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+        let turn = token_turn(self.kind);
         std::env::set_var(&self.env.0, &self.env.1);
         let pkcs11 = Pkcs11::new(self.kind.module()).unwrap();
         match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
@@ -181,7 +199,11 @@ impl Lab {
         session
             .login(cryptoki::session::UserType::User, Some(&PIN.into()))
             .unwrap();
-        PinHolder { session, pkcs11 }
+        PinHolder {
+            session,
+            pkcs11,
+            turn,
+        }
     }
 
     /// The environment variable that selects the lab's token, and its value.

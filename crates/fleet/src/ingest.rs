@@ -807,20 +807,9 @@ async fn merge_records(
         Type::BYTEA,
         Type::INT8,
     ];
-    let sink = tx
-        .copy_in(
-            "COPY units (log_id, seq, appliance_id, job_id, product, run_id, counter, result, stage, uid, serial, cert_sha256, time_ms, rework_of, record, ingest_id) FROM STDIN BINARY",
-        )
-        .await?;
-    let writer = BinaryCopyInWriter::new(sink, &unit_types);
-    pin_mut!(writer);
-    let mut file = bundle.records().map_err(|e| bundle_err(dir, e))?;
-    let mut imported: Vec<(flashgate_audit::record::JobImported, i64)> = Vec::new();
-    let mut runs: Vec<(flashgate_audit::record::RunStarted, u64, u64)> = Vec::new();
-    let mut reserved: BTreeMap<[u8; 16], u64> = BTreeMap::new();
-    let mut cadence: HashMap<[u8; 16], RunCadence> = HashMap::new();
-    // Each run's channels: the runs this log started before, then this
-    // bundle's own `run-started` records as they come.
+    // Each run's channels: the runs this log started before (asked before
+    // the COPY starts, as the connection takes no query during one), then
+    // this bundle's own `run-started` records as they come.
     let mut channels: HashMap<[u8; 16], u64> = HashMap::new();
     for r in tx
         .query(
@@ -835,6 +824,18 @@ async fn merge_records(
             channels.insert(id, u64::try_from(n).unwrap_or(1));
         }
     }
+    let sink = tx
+        .copy_in(
+            "COPY units (log_id, seq, appliance_id, job_id, product, run_id, counter, result, stage, uid, serial, cert_sha256, time_ms, rework_of, record, ingest_id) FROM STDIN BINARY",
+        )
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &unit_types);
+    pin_mut!(writer);
+    let mut file = bundle.records().map_err(|e| bundle_err(dir, e))?;
+    let mut imported: Vec<(flashgate_audit::record::JobImported, i64)> = Vec::new();
+    let mut runs: Vec<(flashgate_audit::record::RunStarted, u64, u64)> = Vec::new();
+    let mut reserved: BTreeMap<[u8; 16], u64> = BTreeMap::new();
+    let mut cadence: HashMap<[u8; 16], RunCadence> = HashMap::new();
     let mut cadence_findings: Vec<(String, String)> = Vec::new();
     let mut next_boundary = boundaries
         .iter()
