@@ -52,7 +52,9 @@ pub struct ImportedLabJob {
 }
 
 /// Creates `dir` (emptied first), a fresh `token` ("softhsm" or "kryoptic"),
-/// OEM keys, and enrolls an appliance.
+/// OEM keys, and enrolls an appliance. Once per process and module: a
+/// PKCS#11 module reads its configuration (the token directory) once, and
+/// two labs' stations on one module in one process break it.
 pub fn setup(dir: &Path, token: &str, module: Option<PathBuf>) -> Result<Setup, LabError> {
     setup_for(dir, token, module, None)
 }
