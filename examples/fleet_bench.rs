@@ -790,6 +790,14 @@ fn measure_one(a: &Args) {
             i + 1,
             r.records_added,
         );
+        println!(
+            "      phases: {}",
+            r.phases
+                .iter()
+                .map(|(p, d)| format!("{p} {:.2} s", d.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         if i == 0 {
             results.insert("peak RSS after 1 bundle, MiB".to_owned(), rss);
         }

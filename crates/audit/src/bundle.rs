@@ -178,14 +178,30 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<FileEntry, AuditError> {
-    let mut f = File::create(path).map_err(|e| AuditError::io("cannot create", path, e))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
+    let f = write_unsynced(path, bytes)?;
+    f.sync_all()
         .map_err(|e| AuditError::io("cannot write", path, e))?;
     Ok(FileEntry {
         sha256: hex::encode(Sha256::digest(bytes)),
         bytes: bytes.len() as u64,
     })
+}
+
+/// Writes a file and leaves its durability to one [`sync_filesystem`]
+/// later: a bundle's certificates are many small files, and one fsync
+/// each is most of an export's time.
+fn write_unsynced(path: &Path, bytes: &[u8]) -> Result<File, AuditError> {
+    let mut f = File::create(path).map_err(|e| AuditError::io("cannot create", path, e))?;
+    f.write_all(bytes)
+        .map_err(|e| AuditError::io("cannot write", path, e))?;
+    Ok(f)
+}
+
+/// Makes everything written on `dir`'s file system durable (syncfs(2)),
+/// data and directory entries alike.
+fn sync_filesystem(dir: &Path) -> Result<(), AuditError> {
+    let d = File::open(dir).map_err(|e| AuditError::io("cannot open", dir, e))?;
+    rustix::fs::syncfs(&d).map_err(|e| AuditError::io("cannot sync", dir, e.into()))
 }
 
 /// Copies the complete frames of a framed file; returns (entry, count).
@@ -283,7 +299,7 @@ pub fn export(
     let mut hashes: Vec<[u8; 32]> = Vec::with_capacity(extras.certificates.len());
     for der in &extras.certificates {
         let h: [u8; 32] = Sha256::digest(der).into();
-        write_file(&certs_dir.join(format!("{}.der", hex::encode(h))), der)?;
+        write_unsynced(&certs_dir.join(format!("{}.der", hex::encode(h))), der)?;
         hashes.push(h);
     }
     if let Some(dir) = &extras.certificate_dir {
@@ -296,11 +312,13 @@ pub fn export(
                 let der =
                     std::fs::read(&path).map_err(|e| AuditError::io("cannot read", &path, e))?;
                 let h: [u8; 32] = Sha256::digest(&der).into();
-                write_file(&certs_dir.join(format!("{}.der", hex::encode(h))), &der)?;
+                write_unsynced(&certs_dir.join(format!("{}.der", hex::encode(h))), &der)?;
                 hashes.push(h);
             }
         }
     }
+    // Every certificate is durable before the index that lists it.
+    sync_filesystem(&certs_dir)?;
     hashes.sort_unstable();
     hashes.dedup();
     let certificates: Vec<String> = hashes.into_iter().map(hex::encode).collect();

@@ -23,8 +23,9 @@ use std::path::{Path, PathBuf};
 use flashgate_audit::checkpoint::UnverifiedCheckpoint;
 use flashgate_audit::record::{Record, RecordKind};
 use flashgate_audit::{AnomalyKind, Bundle, RecordFile};
-use flashgate_formats::bundle::{BundleError, BundleVerification};
+use flashgate_formats::bundle::BundleError;
 use flashgate_formats::enrollment::VerifiedEnrollment;
+use flashgate_formats::package::Manifest;
 use flashgate_tlog::leaf_hash;
 use futures_util::pin_mut;
 use serde::Serialize;
@@ -108,6 +109,30 @@ pub struct IngestReport {
     /// The appliance's log key.
     #[serde(skip)]
     pub log_key: [u8; 65],
+    /// Where the time went, phase by phase (for the benchmark).
+    #[serde(skip)]
+    pub phases: Vec<(&'static str, std::time::Duration)>,
+}
+
+/// Marks the end of each phase of an ingest.
+struct Clock {
+    at: std::time::Instant,
+    phases: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Clock {
+    fn start() -> Self {
+        Self {
+            at: std::time::Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        self.phases.push((phase, now - self.at));
+        self.at = now;
+    }
 }
 
 impl std::fmt::Display for IngestReport {
@@ -191,6 +216,7 @@ impl Fleet {
         dir: &Path,
         options: &IngestOptions,
     ) -> Result<IngestReport, FleetError> {
+        let mut clock = Clock::start();
         let index_path = dir.join(flashgate_audit::bundle::INDEX_FILE);
         let index_bytes = std::fs::read(&index_path).map_err(|e| read_err(&index_path, e))?;
         let bundle_sha: [u8; 32] = Sha256::digest(&index_bytes).into();
@@ -211,6 +237,7 @@ impl Fleet {
             checkpoint: None,
             log_id: None,
             log_key,
+            phases: Vec::new(),
         };
         if self
             .client
@@ -263,6 +290,7 @@ impl Fleet {
         }
 
         let segment = first_segment(&bundle)?;
+        let pinned = known.is_some().then(|| enrollment.fingerprint());
         // Concurrent ingests of one appliance: the second re-verifies
         // against what the first stored.
         for _attempt in 0..3 {
@@ -275,21 +303,24 @@ impl Fleet {
                 )
                 .await?
                 .get(0);
-            let (verification, oem_key) = self
-                .verify(
-                    dir,
+            let (checked, oem_key) = self.verify_manifest(dir, pinned.as_deref()).await?;
+            let manifest = checked.manifest().clone();
+            let policy = checked.policy().clone();
+            let job_hex = hex::encode(manifest.job_id);
+            // The log's full verification runs on a thread of its own while
+            // the records load inside a savepoint; its report then decides
+            // whether the load stays. Most bundles are clean, so this
+            // overlaps the two largest parts of an ingest.
+            let verifying = {
+                let (dir, previous) = (
+                    dir.to_owned(),
                     stored.as_ref().and_then(|s| s.checkpoint.clone()),
-                    known.is_some().then(|| enrollment.fingerprint()),
-                )
-                .await?;
-            let report = &verification.report;
-            let job_hex = hex::encode(verification.manifest.job_id);
-            let report_json = flashgate_audit::VerifyOutput::verified(
-                appliance_id.clone(),
-                enrollment.fingerprint(),
-                report.clone(),
-            )
-            .to_json();
+                );
+                tokio::task::spawn_blocking(move || {
+                    flashgate_formats::bundle::verify_log(&dir, checked, previous)
+                        .map_err(|e| bundle_err(&dir, e))
+                })
+            };
 
             let tx = self.client.transaction().await?;
             // Serialises ingests of one appliance; re-checked below.
@@ -313,14 +344,94 @@ impl Fleet {
                     ],
                 )
                 .await?;
-            if inserted == 0 && known.is_none() {
-                // Another ingest pinned it meanwhile: start again.
-                continue;
-            }
             let again = stored_log_in(&tx, &appliance_id, segment).await?;
-            if again.as_ref().map(|s| s.size) != stored.as_ref().map(|s| s.size) {
+            if (inserted == 0 && known.is_none())
+                || again.as_ref().map(|s| s.size) != stored.as_ref().map(|s| s.size)
+            {
+                // Another ingest pinned it or grew the log meanwhile: start again.
+                drop(tx);
+                let _ = verifying.await;
                 continue;
             }
+            let ingest_id: i64 = tx
+                .query_one(
+                    "INSERT INTO ingests (bundle_sha256, appliance_id, job_id, at_ms, outcome, records_added, report) \
+                     VALUES ($1, $2, $3, $4, 'pending', 0, '') RETURNING ingest_id",
+                    &[
+                        &bundle_sha.as_slice(),
+                        &appliance_id,
+                        &manifest.job_id.as_slice(),
+                        &now,
+                    ],
+                )
+                .await?
+                .get(0);
+            let mut out = IngestReport {
+                job_id: job_hex.clone(),
+                log_size: stored.as_ref().map_or(0, |s| s.size),
+                ..base.clone()
+            };
+            let last_cp = last_checkpoint(&bundle, &log_key)?;
+
+            // The load, speculative until the verifier has spoken.
+            tx.batch_execute("SAVEPOINT load").await?;
+            let log = match again {
+                Some(s) => s,
+                None => {
+                    let log_id: i32 = tx
+                        .query_one(
+                            "INSERT INTO logs (appliance_id, segment, size, frontier) VALUES ($1, $2, 0, ''::bytea) RETURNING log_id",
+                            &[&appliance_id, &segment],
+                        )
+                        .await?
+                        .get(0);
+                    StoredLog {
+                        log_id,
+                        size: 0,
+                        frontier: Vec::new(),
+                        checkpoint: None,
+                    }
+                }
+            };
+            let grows = last_cp
+                .as_ref()
+                .filter(|(size, _)| *size > log.size)
+                .cloned();
+            let loaded = match &grows {
+                Some((new_size, _)) => {
+                    let loaded = async {
+                        let added = merge_records(
+                            &tx,
+                            &bundle,
+                            (&manifest, &policy, &oem_key),
+                            &appliance_id,
+                            &log,
+                            *new_size,
+                            ingest_id,
+                            &mut out,
+                        )
+                        .await?;
+                        clock.mark("units and nodes");
+                        store_certificates(&tx, &bundle, &manifest.job_id, ingest_id).await?;
+                        clock.mark("certificates");
+                        Ok::<_, FleetError>(added)
+                    }
+                    .await;
+                    Some(loaded)
+                }
+                None => None,
+            };
+            let verification = verifying
+                .await
+                .map_err(|e| FleetError::Inconsistent(format!("the verifier stopped: {e}")))??;
+            clock.mark("verify (rest)");
+            let report = &verification.report;
+            let report_json = flashgate_audit::VerifyOutput::verified(
+                appliance_id.clone(),
+                enrollment.fingerprint(),
+                report.clone(),
+            )
+            .to_json();
 
             // What the verifier found decides whether anything is merged.
             let fork = report.has(AnomalyKind::PreviousCheckpointMismatch);
@@ -341,29 +452,16 @@ impl Fleet {
             } else {
                 Outcome::Flagged
             };
-            let ingest_id: i64 = tx
-                .query_one(
-                    "INSERT INTO ingests (bundle_sha256, appliance_id, job_id, at_ms, outcome, records_added, report) \
-                     VALUES ($1, $2, $3, $4, $5, 0, $6) RETURNING ingest_id",
-                    &[
-                        &bundle_sha.as_slice(),
-                        &appliance_id,
-                        &verification.manifest.job_id.as_slice(),
-                        &now,
-                        &outcome.as_str(),
-                        &report_json,
-                    ],
-                )
-                .await?
-                .get(0);
-            let mut out = IngestReport {
-                job_id: job_hex.clone(),
-                outcome,
-                log_size: stored.as_ref().map_or(0, |s| s.size),
-                ..base.clone()
-            };
-            let last_cp = last_checkpoint(&bundle, &log_key)?;
+            out.outcome = outcome;
             if !outcome.merged() {
+                // Nothing of the load stays, whatever became of it.
+                tx.batch_execute("ROLLBACK TO SAVEPOINT load").await?;
+                out.anomalies.clear();
+                tx.execute(
+                    "UPDATE ingests SET outcome = $2, report = $3 WHERE ingest_id = $1",
+                    &[&ingest_id, &outcome.as_str(), &report_json],
+                )
+                .await?;
                 let (kind, what) = match outcome {
                     Outcome::Fork => ("log-fork", "does not extend the stored log (fork)"),
                     Outcome::Rollback => (
@@ -387,7 +485,7 @@ impl Fleet {
                     &format!("{appliance_id}:{}", hex::encode(bundle_sha)),
                     None,
                     Some(&appliance_id),
-                    Some(&verification.manifest.job_id),
+                    Some(&manifest.job_id),
                     &detail,
                     ingest_id,
                 )
@@ -412,61 +510,32 @@ impl Fleet {
                 tx.commit().await?;
                 return Ok(out);
             }
-
-            let stored = match again {
-                Some(s) => s,
-                None => {
-                    let log_id: i32 = tx
-                        .query_one(
-                            "INSERT INTO logs (appliance_id, segment, size, frontier) VALUES ($1, $2, 0, ''::bytea) RETURNING log_id",
-                            &[&appliance_id, &segment],
-                        )
-                        .await?
-                        .get(0);
-                    StoredLog {
-                        log_id,
-                        size: 0,
-                        frontier: Vec::new(),
-                        checkpoint: None,
-                    }
-                }
-            };
-            out.log_id = Some(stored.log_id);
-            let (new_size, new_cp) = match last_cp {
-                Some((size, bytes)) if size > stored.size => (size, bytes),
-                // Nothing signed beyond what is stored.
-                _ => {
-                    out.log_size = stored.size;
-                    out.checkpoint = stored.checkpoint.clone();
-                    finish_flagged(&tx, &mut out, report, dir, ingest_id).await?;
-                    tx.commit().await?;
-                    return Ok(out);
-                }
-            };
-
-            let added = merge_records(
-                &tx,
-                &bundle,
-                (&verification, &oem_key),
-                &appliance_id,
-                &stored,
-                new_size,
-                ingest_id,
-                &mut out,
+            tx.batch_execute("RELEASE SAVEPOINT load").await?;
+            tx.execute(
+                "UPDATE ingests SET outcome = $2, report = $3 WHERE ingest_id = $1",
+                &[&ingest_id, &outcome.as_str(), &report_json],
             )
             .await?;
-            store_certificates(&tx, &bundle, &verification.manifest.job_id, ingest_id).await?;
+            out.log_id = Some(log.log_id);
+            let (Some((new_size, new_cp)), Some(added)) = (grows, loaded) else {
+                // Nothing signed beyond what is stored.
+                out.log_size = log.size;
+                out.checkpoint = log.checkpoint.clone();
+                finish_flagged(&tx, &mut out, report, dir, ingest_id).await?;
+                tx.commit().await?;
+                return Ok(out);
+            };
+            let added = added?;
             // The stored checkpoint and the new one, by a consistency proof
             // from the stored nodes.
             let new_root = *flashgate_audit::verify_checkpoint(&new_cp, &log_key)
                 .map_err(|e| bundle_err(dir, e))?
                 .root();
-            if let Some(old) = &stored.checkpoint {
+            if let Some(old) = &log.checkpoint {
                 let old_v = flashgate_audit::verify_checkpoint(old, &log_key)
                     .map_err(|e| FleetError::Inconsistent(format!("the stored checkpoint: {e}")))?;
                 let proof =
-                    tree_store::consistency_proof(&tx, stored.log_id, old_v.size(), new_size)
-                        .await?;
+                    tree_store::consistency_proof(&tx, log.log_id, old_v.size(), new_size).await?;
                 flashgate_tlog::verify_consistency(
                     old_v.size(),
                     new_size,
@@ -487,13 +556,15 @@ impl Fleet {
             // statements start, and duplicates between the two are found.
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CROSS_CHECK_LOCK])
                 .await?;
+            clock.mark("consistency");
             cross_check(&tx, ingest_id, &mut out).await?;
+            clock.mark("cross-checks");
             finish_flagged(&tx, &mut out, report, dir, ingest_id).await?;
             let checkpoint_ms = added.last_ms;
             tx.execute(
                 "UPDATE logs SET size = $2, frontier = $3, checkpoint = $4, checkpoint_ms = coalesce($5, checkpoint_ms, $6) WHERE log_id = $1",
                 &[
-                    &stored.log_id,
+                    &log.log_id,
                     &to_i64(new_size)?,
                     &added.frontier,
                     &new_cp,
@@ -513,6 +584,8 @@ impl Fleet {
             )
             .await?;
             tx.commit().await?;
+            clock.mark("commit");
+            out.phases = clock.phases;
             out.records_added = added.records;
             out.log_size = new_size;
             out.checkpoint = Some(new_cp);
@@ -539,38 +612,26 @@ impl Fleet {
         row.map(|r| stored_from_row(&r)).transpose()
     }
 
-    /// The offline verifier with each trusted OEM key in turn.
-    async fn verify(
+    /// The bundle's manifest checked with each trusted OEM key in turn.
+    async fn verify_manifest(
         &self,
         dir: &Path,
-        previous: Option<Vec<u8>>,
-        pinned: Option<String>,
-    ) -> Result<(BundleVerification, [u8; 65]), FleetError> {
+        pinned: Option<&str>,
+    ) -> Result<(flashgate_formats::bundle::VerifiedManifest, [u8; 65]), FleetError> {
         let keys = self.oem_keys().await?;
         if keys.is_empty() {
             return Err(FleetError::NoOemKey);
         }
-        let dir_owned = dir.to_owned();
-        // The verifier is synchronous and reads files: off the runtime's threads.
-        tokio::task::spawn_blocking(move || {
-            for key in &keys {
-                match flashgate_formats::bundle::verify_bundle(
-                    &dir_owned,
-                    key,
-                    pinned.as_deref(),
-                    previous.clone(),
-                ) {
-                    Err(BundleError::NotSignedByOem) => continue,
-                    Err(e) => return Err(bundle_err(&dir_owned, e)),
-                    Ok(v) => return Ok((v, *key)),
-                }
+        for key in &keys {
+            match flashgate_formats::bundle::verify_manifest(dir, key, pinned) {
+                Err(BundleError::NotSignedByOem) => continue,
+                Err(e) => return Err(bundle_err(dir, e)),
+                Ok(v) => return Ok((v, *key)),
             }
-            Err(FleetError::UnknownOemKey {
-                path: dir_owned.display().to_string(),
-            })
+        }
+        Err(FleetError::UnknownOemKey {
+            path: dir.display().to_string(),
         })
-        .await
-        .map_err(|e| FleetError::Inconsistent(format!("the verifier stopped: {e}")))?
     }
 
     /// Records an anomaly outside an ingest (its own transaction).
@@ -731,7 +792,7 @@ struct Added {
 async fn merge_records(
     tx: &Transaction<'_>,
     bundle: &Bundle,
-    (verification, oem_key): (&BundleVerification, &[u8; 65]),
+    (manifest, policy, oem_key): (&Manifest, &flashgate_policy::Policy, &[u8; 65]),
     appliance_id: &str,
     stored: &StoredLog,
     new_size: u64,
@@ -764,9 +825,6 @@ async fn merge_records(
         );
     }
     // The bundle's own job: its cadence from the verified policy.
-    let manifest = &verification.manifest;
-    let policy = flashgate_policy::Policy::from_toml_str(&manifest.policy_toml)
-        .map_err(|e| bundle_err(dir, e))?;
     let audit = policy.audit();
     let own = jobs.entry(manifest.job_id).or_insert_with(|| JobSeen {
         product: policy.job().product.as_str().to_owned(),

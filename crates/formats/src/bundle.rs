@@ -105,16 +105,41 @@ fn job_facts(
     }
 }
 
-/// The OEM side: checks the bundle's manifest with the OEM's signing key,
-/// ties the bundle's enrollment record to the one the manifest names (and
-/// to `pinned_fingerprint` when given), then verifies the log with that
-/// record's log key.
-pub fn verify_bundle(
+/// A bundle's manifest checked with the OEM's key and tied to its
+/// enrollment record: what [`verify_bundle`] checks before the log.
+#[derive(Debug)]
+pub struct VerifiedManifest {
+    enrollment: VerifiedEnrollment,
+    manifest: Manifest,
+    policy: flashgate_policy::Policy,
+    manifest_sign1: Vec<u8>,
+}
+
+impl VerifiedManifest {
+    /// The appliance's enrollment record, as carried by the bundle.
+    pub fn enrollment(&self) -> &VerifiedEnrollment {
+        &self.enrollment
+    }
+
+    /// The job the bundle is about.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The job's signed policy.
+    pub fn policy(&self) -> &flashgate_policy::Policy {
+        &self.policy
+    }
+}
+
+/// The first half of [`verify_bundle`]: the manifest with the OEM's signing
+/// key, and the bundle's enrollment record against the one the manifest
+/// names (and `pinned_fingerprint` when given). Cheap: the log is not read.
+pub fn verify_manifest(
     bundle: &Path,
     oem_key: &[u8; 65],
     pinned_fingerprint: Option<&str>,
-    previous_checkpoint: Option<Vec<u8>>,
-) -> Result<BundleVerification, BundleError> {
+) -> Result<VerifiedManifest, BundleError> {
     let b = flashgate_audit::Bundle::open(bundle)?;
     let enrollment = VerifiedEnrollment::parse(&b.enrollment()?)?;
     if let Some(pinned) = pinned_fingerprint {
@@ -147,18 +172,47 @@ pub fn verify_bundle(
         });
     }
     let policy = flashgate_policy::Policy::from_toml_str(&manifest.policy_toml)?;
+    Ok(VerifiedManifest {
+        enrollment,
+        manifest,
+        policy,
+        manifest_sign1: manifest_bytes,
+    })
+}
+
+/// The second half of [`verify_bundle`]: the log, against what the
+/// verified manifest says it must show.
+pub fn verify_log(
+    bundle: &Path,
+    checked: VerifiedManifest,
+    previous_checkpoint: Option<Vec<u8>>,
+) -> Result<BundleVerification, BundleError> {
     let report = flashgate_audit::verify_bundle(
         bundle,
         &flashgate_audit::VerifyOptions {
-            log_key: enrollment.record().log_public,
-            appliance_id: enrollment.record().appliance_id.clone(),
-            facts: job_facts(&manifest, &policy, &manifest_bytes),
+            log_key: checked.enrollment.record().log_public,
+            appliance_id: checked.enrollment.record().appliance_id.clone(),
+            facts: job_facts(&checked.manifest, &checked.policy, &checked.manifest_sign1),
             previous_checkpoint,
         },
     )?;
     Ok(BundleVerification {
-        enrollment,
-        manifest,
+        enrollment: checked.enrollment,
+        manifest: checked.manifest,
         report,
     })
+}
+
+/// The OEM side: checks the bundle's manifest with the OEM's signing key,
+/// ties the bundle's enrollment record to the one the manifest names (and
+/// to `pinned_fingerprint` when given), then verifies the log with that
+/// record's log key.
+pub fn verify_bundle(
+    bundle: &Path,
+    oem_key: &[u8; 65],
+    pinned_fingerprint: Option<&str>,
+    previous_checkpoint: Option<Vec<u8>>,
+) -> Result<BundleVerification, BundleError> {
+    let checked = verify_manifest(bundle, oem_key, pinned_fingerprint)?;
+    verify_log(bundle, checked, previous_checkpoint)
 }
