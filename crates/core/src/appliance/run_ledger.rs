@@ -101,12 +101,24 @@ impl RunLedger {
     /// before signing let channels add units while the signer waited for
     /// the log, and about one checkpoint in 3,000 covered 101 of 100.)
     fn maybe_checkpoint(&self) -> Result<(), LedgerError> {
+        self.checkpoint_when(|s| {
+            s.0 += 1;
+            s.0 >= self.every_units || s.1.elapsed() >= self.every
+        })
+    }
+
+    /// Signs a checkpoint if `due` says so, holding the count (units since
+    /// the last checkpoint, and when it was) from the decision until it is
+    /// reset after signing.
+    fn checkpoint_when(
+        &self,
+        due: impl FnOnce(&mut (u64, Instant)) -> bool,
+    ) -> Result<(), LedgerError> {
         let mut s = self
             .since
             .lock()
             .map_err(|_| LedgerError::Store("poisoned".to_owned()))?;
-        s.0 += 1;
-        if s.0 >= self.every_units || s.1.elapsed() >= self.every {
+        if due(&mut s) {
             self.audit
                 .ledger
                 .checkpoint(&self.audit.signer)
@@ -234,19 +246,9 @@ impl Ledger for RunLedger {
     }
 
     fn tick(&self) -> Result<(), LedgerError> {
-        // As in `maybe_checkpoint`, the count stays locked until signed.
-        let mut s = self
-            .since
-            .lock()
-            .map_err(|_| LedgerError::Store("poisoned".to_owned()))?;
-        if s.1.elapsed() >= self.every && self.audit.ledger.log().unprotected() > 0 {
-            self.audit
-                .ledger
-                .checkpoint(&self.audit.signer)
-                .map_err(|e| LedgerError::Store(e.to_string()))?;
-            *s = (0, Instant::now());
-        }
-        Ok(())
+        self.checkpoint_when(|s| {
+            s.1.elapsed() >= self.every && self.audit.ledger.log().unprotected() > 0
+        })
     }
 
     fn run_finished(&self, reason: &str) -> Result<(), LedgerError> {
