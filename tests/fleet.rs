@@ -102,7 +102,7 @@ impl Db {
     fn counts(&self) -> String {
         self.scalar(
             "SELECT (SELECT count(*) FROM units) || ',' || (SELECT count(*) FROM nodes) || ',' || \
-             (SELECT count(*) FROM certificates) || ',' || (SELECT count(*) FROM jobs) || ',' || \
+             (SELECT count(cert_der) FROM units) || ',' || (SELECT count(*) FROM jobs) || ',' || \
              (SELECT count(*) FROM runs) || ',' || (SELECT string_agg(size::text, ',' ORDER BY log_id) FROM logs) || ',' || \
              (SELECT coalesce(sum(n), 0) FROM unit_counts) || ',' || (SELECT coalesce(sum(reserved), 0) FROM jobs)",
         )
@@ -163,7 +163,7 @@ fn ingest_is_idempotent_and_incremental_and_devices_are_found_with_proofs() {
     db.ok(&lab, "init", &["--oem", "oem/signing-key.pub.pem"]);
     // A second init is a no-op.
     let again = db.ok(&lab, "init", &[]);
-    assert!(again.contains("schema is at version 2"), "{again}");
+    assert!(again.contains("schema is at version 3"), "{again}");
 
     let out = db.ok(&lab, "ingest", &[s(&b1), "--cm", "acme-ems", "--json"]);
     let r = json(&out);
@@ -1279,4 +1279,44 @@ fn a_pin_holder_can_slip_in_neither_an_enrollment_nor_a_certificate() {
     // The real certificate is ours.
     let out = json(&db.ok(&lab, "device", &["--cert", s(&cert_path), "--json"]));
     assert_eq!(out["verdict"], "ours");
+}
+
+/// A database left at schema version 2 keeps each certificate when `fleet
+/// init` moves it onto its unit row (version 3); a certificate no unit
+/// names goes with the old table, as nothing could reach it.
+#[test]
+fn migrating_a_version_2_database_keeps_every_units_certificate() {
+    let db = Db::new();
+    let v2 = format!(
+        "CREATE TABLE fleet_schema (version bigint PRIMARY KEY, name text NOT NULL, applied_ms bigint NOT NULL); \
+         {} {} \
+         INSERT INTO fleet_schema VALUES (1, 'fleet', 0), (2, 'certificates_ingest', 0); \
+         INSERT INTO units (log_id, seq, appliance_id, job_id, product, counter, result, uid, serial, cert_sha256, time_ms, record, ingest_id) \
+           VALUES (1, 0, 'a', '\\x01', 'p', 0, 'passed', '\\xaa', 'S-1', '\\xc1', 0, '\\x00', 1), \
+                  (1, 1, 'a', '\\x01', 'p', 1, 'failed', '\\xbb', 'S-2', NULL, 0, '\\x00', 1); \
+         INSERT INTO certificates VALUES ('\\xc1', '\\x51', '\\x01', '\\xde', 1), ('\\xc2', '\\x52', '\\x01', '\\xdf', 1); \
+         SELECT 'v2'",
+        include_str!("../crates/fleet/migrations/0001_fleet.sql"),
+        include_str!("../crates/fleet/migrations/0002_certificates_ingest.sql"),
+    );
+    // psql prints each statement's tag, then the last query's value.
+    assert!(db.scalar(&v2).ends_with("INSERT 0 2\nv2"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flashgate"))
+        .args(["fleet", "init", "--db", &db.url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(db.scalar("SELECT max(version) FROM fleet_schema"), "3");
+    assert_eq!(
+        db.scalar(
+            "SELECT string_agg(seq || ':' || coalesce(encode(cert_der, 'hex'), '-') || ':' || coalesce(encode(spki_sha256, 'hex'), '-'), ' ' ORDER BY seq) FROM units"
+        ),
+        "0:de:51 1:-:-"
+    );
+    assert_eq!(db.scalar("SELECT to_regclass('certificates') IS NULL"), "t");
 }

@@ -412,8 +412,6 @@ impl Fleet {
                         )
                         .await?;
                         clock.mark("units and nodes");
-                        store_certificates(&tx, &bundle, &manifest.job_id, ingest_id).await?;
-                        clock.mark("certificates");
                         Ok::<_, FleetError>(added)
                     }
                     .await;
@@ -864,6 +862,8 @@ async fn merge_records(
         Type::INT8,
         Type::BYTEA,
         Type::INT8,
+        Type::BYTEA,
+        Type::BYTEA,
     ];
     // Each run's channels: the runs this log started before (asked before
     // the COPY starts, as the connection takes no query during one), then
@@ -884,7 +884,7 @@ async fn merge_records(
     }
     let sink = tx
         .copy_in(
-            "COPY units (log_id, seq, appliance_id, job_id, product, run_id, counter, result, stage, uid, serial, cert_sha256, time_ms, rework_of, record, ingest_id) FROM STDIN BINARY",
+            "COPY units (log_id, seq, appliance_id, job_id, product, run_id, counter, result, stage, uid, serial, cert_sha256, time_ms, rework_of, record, ingest_id, cert_der, spki_sha256) FROM STDIN BINARY",
         )
         .await?;
     let writer = BinaryCopyInWriter::new(sink, &unit_types);
@@ -944,6 +944,7 @@ async fn merge_records(
             RecordKind::UnitPassed(u) => {
                 let counter = to_i64(u.counter)?;
                 let rework = u.rework_of.map(to_i64).transpose()?;
+                let cert = unit_certificate(bundle, &u.cert_sha256)?;
                 writer
                     .as_mut()
                     .write(&[
@@ -963,6 +964,8 @@ async fn merge_records(
                         &rework,
                         &bytes,
                         &ingest_id,
+                        &cert.as_ref().map(|c| c.der.as_slice()),
+                        &cert.as_ref().map(|c| c.spki_sha256.as_slice()),
                     ])
                     .await?;
                 cadence_unit(
@@ -978,6 +981,10 @@ async fn merge_records(
             RecordKind::UnitFailed(u) => {
                 let counter = to_i64(u.counter)?;
                 let rework = u.rework_of.map(to_i64).transpose()?;
+                let cert = match &u.cert_sha256 {
+                    Some(sha) => unit_certificate(bundle, sha)?,
+                    None => None,
+                };
                 writer
                     .as_mut()
                     .write(&[
@@ -997,6 +1004,8 @@ async fn merge_records(
                         &rework,
                         &bytes,
                         &ingest_id,
+                        &cert.as_ref().map(|c| c.der.as_slice()),
+                        &cert.as_ref().map(|c| c.spki_sha256.as_slice()),
                     ])
                     .await?;
                 cadence_unit(
@@ -1030,6 +1039,8 @@ async fn merge_records(
                         &None::<i64>,
                         &bytes,
                         &ingest_id,
+                        &None::<&[u8]>,
+                        &None::<&[u8]>,
                     ])
                     .await?;
             }
@@ -1213,72 +1224,40 @@ fn cadence_unit(
     }
 }
 
-/// Every device certificate of the bundle, by hash, with its public key's.
-async fn store_certificates(
-    tx: &Transaction<'_>,
+/// A unit's certificate (DER) and the SHA-256 of its SubjectPublicKeyInfo.
+struct UnitCertificate {
+    der: Vec<u8>,
+    spki_sha256: [u8; 32],
+}
+
+/// The certificate a unit record names, with the SHA-256 of its
+/// SubjectPublicKeyInfo, when the bundle holds it under that name, its
+/// bytes hash to it and it parses. Anything else is the verifier's finding
+/// and is not stored.
+fn unit_certificate(
     bundle: &Bundle,
-    job_id: &[u8; 16],
-    ingest_id: i64,
-) -> Result<(), FleetError> {
+    sha256: &[u8; 32],
+) -> Result<Option<UnitCertificate>, FleetError> {
     use x509_cert::der::{Decode, Encode};
-    let dir = bundle.dir().join(flashgate_audit::bundle::CERTS_DIR);
-    tx.batch_execute("CREATE TEMP TABLE cert_in (LIKE certificates) ON COMMIT DROP")
-        .await?;
-    let sink = tx
-        .copy_in(
-            "COPY cert_in (cert_sha256, spki_sha256, job_id, der, ingest_id) FROM STDIN BINARY",
-        )
-        .await?;
-    let writer = BinaryCopyInWriter::new(
-        sink,
-        &[
-            Type::BYTEA,
-            Type::BYTEA,
-            Type::BYTEA,
-            Type::BYTEA,
-            Type::INT8,
-        ],
-    );
-    pin_mut!(writer);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            writer.finish().await?;
-            return Ok(());
-        }
-        Err(e) => return Err(read_err(&dir, e)),
+    let Some(der) = bundle
+        .certificate(sha256)
+        .map_err(|e| bundle_err(bundle.dir(), e))?
+    else {
+        return Ok(None);
     };
-    for entry in entries {
-        let path = entry.map_err(|e| read_err(&dir, e))?.path();
-        let der = std::fs::read(&path).map_err(|e| read_err(&path, e))?;
-        // Malformed files are the verifier's finding; they are not stored.
-        let Ok(cert) = x509_cert::Certificate::from_der(&der) else {
-            continue;
-        };
-        let Ok(spki) = cert.tbs_certificate().subject_public_key_info().to_der() else {
-            continue;
-        };
-        let sha: [u8; 32] = Sha256::digest(&der).into();
-        let spki_sha: [u8; 32] = Sha256::digest(&spki).into();
-        writer
-            .as_mut()
-            .write(&[
-                &sha.as_slice(),
-                &spki_sha.as_slice(),
-                &job_id.as_slice(),
-                &der,
-                &ingest_id,
-            ])
-            .await?;
+    if Sha256::digest(&der).as_slice() != sha256 {
+        return Ok(None);
     }
-    writer.finish().await?;
-    tx.execute(
-        "INSERT INTO certificates SELECT * FROM cert_in ON CONFLICT (cert_sha256) DO NOTHING",
-        &[],
-    )
-    .await?;
-    tx.batch_execute("DROP TABLE cert_in").await?;
-    Ok(())
+    let Ok(cert) = x509_cert::Certificate::from_der(&der) else {
+        return Ok(None);
+    };
+    let Ok(spki) = cert.tbs_certificate().subject_public_key_info().to_der() else {
+        return Ok(None);
+    };
+    Ok(Some(UnitCertificate {
+        spki_sha256: Sha256::digest(&spki).into(),
+        der,
+    }))
 }
 
 /// The fleet-wide cross-checks over the rows this ingest added.
@@ -1334,11 +1313,11 @@ async fn cross_check(
             "duplicate-device-key",
             "SELECT 'duplicate-device-key', encode(d.spki_sha256, 'hex'), NULL, \
                'one device public key (SPKI SHA-256 ' || encode(d.spki_sha256, 'hex') || ') in ' || x.n || ' certificates: ' || x.list \
-             FROM (SELECT n.spki_sha256 FROM (SELECT DISTINCT spki_sha256 FROM certificates WHERE ingest_id = $1) n \
-                   WHERE (SELECT count(*) FROM certificates o WHERE o.spki_sha256 = n.spki_sha256) > 1) d \
+             FROM (SELECT n.spki_sha256 FROM (SELECT DISTINCT spki_sha256 FROM units WHERE ingest_id = $1 AND spki_sha256 IS NOT NULL) n \
+                   WHERE (SELECT count(DISTINCT o.cert_sha256) FROM units o WHERE o.spki_sha256 = n.spki_sha256) > 1) d \
              CROSS JOIN LATERAL (SELECT count(*) AS n, \
                string_agg(encode(c.cert_sha256, 'hex') || ' (job ' || encode(c.job_id, 'hex') || ')', ', ' ORDER BY c.cert_sha256) AS list \
-               FROM certificates c WHERE c.spki_sha256 = d.spki_sha256) x",
+               FROM (SELECT DISTINCT cert_sha256, job_id FROM units WHERE spki_sha256 = d.spki_sha256) c) x",
         ),
         (
             "over-built",

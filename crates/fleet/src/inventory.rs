@@ -65,9 +65,8 @@ impl Fleet {
         format: InventoryFormat,
         out: &mut (dyn Write + Send),
     ) -> Result<u64, FleetError> {
-        let sql = "SELECT u.serial, u.uid, c.der, u.job_id, u.appliance_id FROM units u \
-                   JOIN certificates c ON c.cert_sha256 = u.cert_sha256 \
-                   WHERE u.result = 'passed' AND ";
+        let sql = "SELECT u.serial, u.uid, u.cert_der, u.job_id, u.appliance_id FROM units u \
+                   WHERE u.result = 'passed' AND u.cert_der IS NOT NULL AND ";
         let (sql, param): (String, Box<dyn tokio_postgres::types::ToSql + Sync + Send>) =
             match selection {
                 Selection::Job(j) => (

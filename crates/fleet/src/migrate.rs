@@ -14,6 +14,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "certificates_ingest",
         include_str!("../migrations/0002_certificates_ingest.sql"),
     ),
+    (
+        3,
+        "unit_certificates",
+        include_str!("../migrations/0003_unit_certificates.sql"),
+    ),
 ];
 
 /// The schema version this program writes.
