@@ -5,10 +5,11 @@
 //! ```
 //!
 //! A 64-channel zero-latency sim run of UNITS units (default 3000), once
-//! with no client and once with 1,000 live event clients (each on its own
-//! connection) plus 200 status requests and 10 unit lookups a second. It
-//! prints both throughputs, their ratio, and the p50/p99 latency of the
-//! status and unit requests under load. Needs SoftHSM2 (`scripts/setup.sh`).
+//! with no client and then twice with 1,000 live event clients (each on
+//! its own connection; first asking for gzip, then not) plus 200 status
+//! requests and 10 unit lookups a second. It prints the throughputs, their
+//! ratios, and the p50/p99 latency of the status and unit requests under
+//! load. Needs SoftHSM2 (`scripts/setup.sh`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -98,7 +99,7 @@ fn main() {
     identity.extend(flashgate::x509::der_to_pem(&client.key_pkcs8_der, "PRIVATE KEY").into_bytes());
     let root = reqwest::Certificate::from_der(ca.certificate_der()).unwrap();
     // A seed per run: a UID the job has seen before is a rework, not a new board.
-    for (name, seed) in [("quiet", 1), ("loaded", 2)] {
+    for (name, seed) in [("quiet", 1), ("loaded-gzip", 2), ("loaded-plain", 3)] {
         setup
             .station
             .define_fixtures(name, &vec![format!("sim:timing=zero,seed={seed}"); 64])
@@ -133,7 +134,13 @@ fn main() {
         let (passed, quiet) = api.wait(&id).await;
         println!("no clients:                    {passed} passed, {quiet:.0} units/s");
 
-        let id = api.start(&job.id, "loaded", units).await;
+        // Event clients that ask for gzip (as browsers do), then ones
+        // that do not. The bytes are counted as they come, not decoded:
+        // a client's decoding is the client machine's work.
+        for gzip in [true, false] {
+        let encoding = if gzip { "gzip" } else { "plain" };
+        let fixtures = format!("loaded-{encoding}");
+        let id = api.start(&job.id, &fixtures, units).await;
         let loaded = Arc::new(AtomicBool::new(true));
         let status_ms = Arc::new(Mutex::new(Vec::new()));
         let unit_ms = Arc::new(Mutex::new(Vec::new()));
@@ -180,12 +187,21 @@ fn main() {
             let wave: Vec<_> = (0..50)
                 .map(|_| {
                     let (sse, url) = (sse.clone(), url.clone());
-                    tokio::spawn(async move { sse.get(&url).send().await })
+                    let accept = if gzip { "gzip" } else { "identity" };
+                    tokio::spawn(async move { sse.get(&url).header("Accept-Encoding", accept).send().await })
                 })
                 .collect();
             for w in wave {
-                if let Ok(Ok(r)) = w.await {
-                    readers.push(tokio::spawn(async move { r.bytes().await.map(|b| b.len()).unwrap_or(0) }));
+                if let Ok(Ok(mut r)) = w.await {
+                    // Counted as it comes: a client that kept the whole
+                    // stream would spend the machine on its own memory.
+                    readers.push(tokio::spawn(async move {
+                        let mut n = 0usize;
+                        while let Ok(Some(chunk)) = r.chunk().await {
+                            n += chunk.len();
+                        }
+                        n
+                    }));
                 }
             }
         }
@@ -198,10 +214,10 @@ fn main() {
             bytes += r.await.unwrap_or(0);
         }
         println!(
-            "{connected} event clients (connected in {connect_s:.1} s), 200 status/s, 10 lookups/s: {passed} passed, {busy:.0} units/s"
+            "{connected} {encoding} event clients (connected in {connect_s:.1} s), 200 status/s, 10 lookups/s: {passed} passed, {busy:.0} units/s"
         );
-        println!("ratio:                         {:.3}", busy / quiet);
-        println!("event bytes delivered:         {:.1} MB", bytes as f64 / 1e6);
+        println!("ratio ({encoding}):                  {:.3}", busy / quiet);
+        println!("event bytes on the wire:       {:.1} MB", bytes as f64 / 1e6);
         let mut s = status_ms.lock().unwrap().clone();
         let mut u = unit_ms.lock().unwrap().clone();
         println!(
@@ -216,6 +232,7 @@ fn main() {
             percentile(&mut u, 0.99),
             u.len()
         );
+        }
         let _ = stop_tx.send(());
         let _ = served.await;
     });

@@ -189,7 +189,29 @@ fn role_matrix_over_every_endpoint() {
 
 /// Reads an SSE stream to its end: (event name, id, JSON) per event.
 fn read_events(r: reqwest::blocking::Response) -> Vec<(String, u64, Value)> {
-    let text = r.text().unwrap();
+    parse_events(&r.text().unwrap())
+}
+
+/// The same, of a stream asked for with `Accept-Encoding: gzip`: one gzip
+/// member, decoded here (the client has no decoder of its own).
+fn read_gzip_events(r: reqwest::blocking::Response) -> Vec<(String, u64, Value)> {
+    use std::io::Read as _;
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let wire = r.bytes().unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&wire[..])
+        .read_to_string(&mut text)
+        .expect("one whole gzip member, CRC and length checked");
+    assert!(
+        wire.len() * 3 < text.len(),
+        "{} of {}",
+        wire.len(),
+        text.len()
+    );
+    parse_events(&text)
+}
+
+fn parse_events(text: &str) -> Vec<(String, u64, Value)> {
     let mut out = Vec::new();
     for block in text.split("\n\n") {
         let (mut name, mut id, mut data) = (String::new(), 0, String::new());
@@ -241,6 +263,17 @@ fn a_run_started_and_watched_over_the_network() {
     );
     assert_eq!(again.len(), events.len() - 10);
     assert_eq!(again[0].1, 11);
+    // Compressed, the same events; from event 10 too (inside a segment).
+    let url = served.url(&format!("/api/v1/runs/{id}/events"));
+    let gzip = |after: Option<&str>| {
+        let mut rq = op.get(&url).header("Accept-Encoding", "br;q=1, gzip;q=0.8");
+        if let Some(a) = after {
+            rq = rq.header("Last-Event-ID", a);
+        }
+        read_gzip_events(rq.send().unwrap())
+    };
+    assert_eq!(gzip(None), events);
+    assert_eq!(gzip(Some("10")), again);
     let status: Value = op
         .get(served.url(&format!("/api/v1/runs/{id}")))
         .send()
@@ -276,6 +309,19 @@ fn a_run_started_and_watched_over_the_network() {
         .json()
         .unwrap();
     assert_eq!(by_uid[0]["serial"], serial);
+    // Whole values only: a part of a serial or a UID finds nothing.
+    for part in [
+        format!("serial={}", &serial[..serial.len() - 1]),
+        format!("uid={}", &uid[2..]),
+    ] {
+        let none: Value = op
+            .get(served.url(&format!("/api/v1/units?{part}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(none, serde_json::json!([]), "{part}");
+    }
     // Metrics count the same units.
     let metrics = served
         .client(Some("metrics"))

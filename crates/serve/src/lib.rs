@@ -19,6 +19,7 @@ mod caller;
 mod console;
 pub mod endpoints;
 mod error;
+mod event_segment;
 mod fixtures;
 pub mod metrics;
 mod openapi;

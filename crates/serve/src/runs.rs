@@ -4,13 +4,16 @@
 //! requests, their summaries once they end.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use flashgate_core::pipeline::{RunEvent, RunSummary, StopHandle};
 use flashgate_core::station::{JobId, RunHandle};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::event_segment::Segment;
 use crate::metrics::Metrics;
 
 /// Events a run keeps for live clients that fall behind or reconnect. A
@@ -33,6 +36,18 @@ pub struct StreamEvent {
 struct Ring {
     events: VecDeque<StreamEvent>,
     next_id: u64,
+    /// Set with `done`, under this lock, so that the sealer sees it.
+    ended: bool,
+}
+
+/// The most events in one segment.
+const SEGMENT_EVENTS: usize = 2048;
+
+/// How long the sealer gathers events into one segment: 20 ms for a few
+/// readers, longer the more there are (up to a quarter of a second for a
+/// thousand), so that the writes to readers, not the events, set the cost.
+fn gather_time(readers: usize) -> Duration {
+    Duration::from_millis(20 + (readers / 5).min(230) as u64)
 }
 
 /// One channel of a run, as of now.
@@ -127,7 +142,15 @@ pub struct ServiceRun {
     parts: Mutex<Vec<Part>>,
     stop_requested_by: Mutex<Option<String>>,
     ring: Mutex<Ring>,
-    /// The last event id, for clients waiting for the next one.
+    /// Wakes the sealer when an event arrives or the run ends.
+    arrived: Condvar,
+    /// The sealed segments that cover the kept events, oldest first.
+    segments: Mutex<VecDeque<Arc<Segment>>>,
+    /// The last event id sealed into a segment, for readers waiting.
+    pub sealed: watch::Sender<u64>,
+    /// Live readers of the events.
+    readers: AtomicUsize,
+    /// The last event id.
     pub latest: watch::Sender<u64>,
     /// True once every part has ended.
     pub done: watch::Sender<bool>,
@@ -180,10 +203,24 @@ impl ServiceRun {
             ring: Mutex::new(Ring {
                 events: VecDeque::new(),
                 next_id: 1,
+                ended: false,
             }),
+            arrived: Condvar::new(),
+            segments: Mutex::new(VecDeque::new()),
+            sealed: watch::channel(0).0,
+            readers: AtomicUsize::new(0),
             latest: watch::channel(0).0,
             done: watch::channel(false).0,
         });
+        {
+            let run = run.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("seal-{}", run.id))
+                .spawn(move || run.seal_segments());
+            if let Err(e) = spawned {
+                tracing::error!("cannot seal a run's events: {e}");
+            }
+        }
         for index in 0..count {
             let run = run.clone();
             let metrics = metrics.clone();
@@ -222,7 +259,9 @@ impl ServiceRun {
             drop(parts);
             if all {
                 self.push_finished();
+                lock(&self.ring).ended = true;
                 self.done.send_replace(true);
+                self.arrived.notify_all();
             }
         }
     }
@@ -266,6 +305,86 @@ impl ServiceRun {
         });
         drop(ring);
         self.latest.send_replace(id);
+        self.arrived.notify_all();
+    }
+
+    /// Seals the events into segments as they come, a gathering time at a
+    /// time, until the run has ended and every event is sealed.
+    fn seal_segments(&self) {
+        let mut sealed = 0u64;
+        loop {
+            let mut ring = lock(&self.ring);
+            while ring.next_id - 1 <= sealed && !ring.ended {
+                ring = self
+                    .arrived
+                    .wait(ring)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if ring.next_id - 1 <= sealed {
+                return;
+            }
+            let ended = ring.ended;
+            drop(ring);
+            if !ended {
+                std::thread::sleep(gather_time(self.readers.load(Ordering::Relaxed)));
+            }
+            loop {
+                let ring = lock(&self.ring);
+                let first_kept = ring.events.front().map_or(ring.next_id, |e| e.id);
+                let from = (sealed + 1).max(first_kept);
+                let skip = usize::try_from(from - first_kept).unwrap_or(usize::MAX);
+                let events: Vec<StreamEvent> = ring
+                    .events
+                    .iter()
+                    .skip(skip)
+                    .take(SEGMENT_EVENTS)
+                    .cloned()
+                    .collect();
+                drop(ring);
+                let Some(last) = events.last().map(|e| e.id) else {
+                    break;
+                };
+                let segment = Arc::new(Segment::of_events(&events));
+                let mut segments = lock(&self.segments);
+                segments.push_back(segment);
+                while segments.front().is_some_and(|s| s.last < first_kept) {
+                    segments.pop_front();
+                }
+                drop(segments);
+                sealed = last;
+                self.sealed.send_replace(last);
+            }
+        }
+    }
+
+    /// The segment to send a reader that has seen up to `seen` (less than
+    /// what is sealed): a sealed one when `seen` ends one, else the rest
+    /// of the one it is in, sealed for this reader; `Err(first kept)` when
+    /// what follows `seen` is no longer kept.
+    pub fn segment_after(&self, seen: u64) -> Result<Arc<Segment>, u64> {
+        let found = {
+            let segments = lock(&self.segments);
+            let at = segments.partition_point(|s| s.last <= seen);
+            segments.get(at).cloned()
+        };
+        match found {
+            Some(s) if s.first == seen + 1 => Ok(s),
+            Some(s) if s.first <= seen => {
+                let n = usize::try_from(s.last - seen).unwrap_or(usize::MAX);
+                let events = self.events_after(seen, n)?;
+                if events.first().map(|e| e.id) != Some(seen + 1) {
+                    return Err(self.first_kept());
+                }
+                Ok(Arc::new(Segment::of_events(&events)))
+            }
+            _ => Err(self.first_kept()),
+        }
+    }
+
+    /// Counts a reader for as long as the guard lives.
+    pub fn reader(self: &Arc<Self>) -> ReaderGuard {
+        self.readers.fetch_add(1, Ordering::Relaxed);
+        ReaderGuard(self.clone())
     }
 
     /// Up to `max` events after `last_seen`, or `Err(first kept)` when the
@@ -352,6 +471,16 @@ impl ServiceRun {
             channels,
             last_event_id: *self.latest.borrow(),
         }
+    }
+}
+
+/// A live reader of a run's events, counted while it lives.
+#[derive(Debug)]
+pub struct ReaderGuard(Arc<ServiceRun>);
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        self.0.readers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

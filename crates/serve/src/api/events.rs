@@ -2,7 +2,9 @@
 //! (docs/EVENTS.md), each with an id; a client that reconnects with
 //! `Last-Event-ID` (or `?after=N`) gets every event after it that is still
 //! kept. A client that falls further behind than that is told so with a
-//! `lagged` event and dropped; the run never waits for a reader.
+//! `lagged` event and dropped; the run never waits for a reader. Readers
+//! at the live edge are sent the run's shared segments (`event_segment`),
+//! gzip-compressed when they accept it.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +21,8 @@ use serde::Deserialize;
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::runs::ServiceRun;
+use crate::event_segment::{accepts_gzip, Encoder, Segment};
+use crate::runs::{ReaderGuard, ServiceRun};
 use crate::server::ConnectionKill;
 
 /// Where to resume.
@@ -32,9 +35,11 @@ pub(crate) struct After {
 
 struct Reader {
     run: Arc<ServiceRun>,
+    _counted: ReaderGuard,
     seen: Arc<AtomicU64>,
-    latest: tokio::sync::watch::Receiver<u64>,
+    sealed: tokio::sync::watch::Receiver<u64>,
     done: tokio::sync::watch::Receiver<bool>,
+    encoder: Encoder,
     ended: bool,
 }
 
@@ -70,98 +75,105 @@ pub(crate) async fn stream(
     if let Some(Extension(kill)) = kill {
         tokio::spawn(watch_lag(Arc::downgrade(&seen), run.clone(), kill));
     }
+    let gzip = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(accepts_gzip);
     let reader = Reader {
-        latest: run.latest.subscribe(),
+        sealed: run.sealed.subscribe(),
         done: run.done.subscribe(),
+        _counted: run.reader(),
         run,
         seen,
+        encoder: Encoder::new(gzip),
         ended: false,
     };
     let stream = futures_util::stream::unfold(reader, next_chunk);
-    Ok((
+    let mut response = (
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
+            (header::VARY, "accept-encoding"),
         ],
         Body::from_stream(stream),
     )
-        .into_response())
+        .into_response();
+    if gzip {
+        response.headers_mut().insert(
+            header::CONTENT_ENCODING,
+            header::HeaderValue::from_static("gzip"),
+        );
+    }
+    Ok(response)
 }
-
-/// How long a reader that is up to date waits after an event for more, so
-/// that a busy run goes out in a few large writes, not one per event per
-/// client.
-const COALESCE: Duration = Duration::from_millis(20);
-
-/// The most events in one write.
-const CHUNK_EVENTS: usize = 512;
 
 /// A comment line when nothing happened for this long, so that proxies and
 /// clients see the connection is alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// `id`, `event` and `data` lines of one event. The data is compact JSON:
-/// never a newline in it, so one `data:` line.
-fn frame(out: &mut Vec<u8>, id: u64, name: &str, data: &str) {
-    use std::io::Write as _;
-    let _ = write!(out, "id: {id}\nevent: {name}\ndata: {data}\n\n");
-}
-
 async fn next_chunk(mut r: Reader) -> Option<(Result<Bytes, Infallible>, Reader)> {
-    let mut waited = false;
     loop {
         if r.ended {
             return None;
         }
         let seen = r.seen.load(Ordering::Relaxed);
-        match r.run.events_after(seen, CHUNK_EVENTS) {
-            Ok(events) if !events.is_empty() => {
-                if !waited && events.len() < CHUNK_EVENTS && !r.run.finished() {
-                    // More are likely on their way: take them in this write.
-                    waited = true;
-                    tokio::time::sleep(COALESCE).await;
-                    continue;
+        if seen < *r.sealed.borrow_and_update() {
+            match r.run.segment_after(seen) {
+                Ok(segment) => {
+                    r.seen.store(segment.last, Ordering::Relaxed);
+                    let bytes = r.encoder.segment(&segment);
+                    return Some((Ok(bytes), r));
                 }
-                let mut out = Vec::with_capacity(events.iter().map(|e| e.data.len() + 48).sum());
-                for e in &events {
-                    frame(&mut out, e.id, &e.name, &e.data);
-                }
-                if let Some(last) = events.last() {
-                    r.seen.store(last.id, Ordering::Relaxed);
-                }
-                return Some((Ok(Bytes::from(out)), r));
-            }
-            Ok(_) if r.run.finished() && *r.latest.borrow() <= seen => return None,
-            Ok(_) => {
-                // The run's next event and its end are two signals: wait
-                // for either (or the keep-alive), then look again.
-                let woke = tokio::time::timeout(KEEP_ALIVE, async {
-                    tokio::select! {
-                        c = r.latest.changed() => c.is_err(),
-                        c = r.done.changed() => c.is_err(),
+                Err(first) => {
+                    r.ended = true;
+                    let data = serde_json::json!({
+                        "event": "lagged",
+                        "last_seen": seen,
+                        "first_kept": first,
+                        "message": "this client fell behind the events the station keeps; read the run's status, then reconnect",
+                    });
+                    let notice = Segment::of_text(
+                        0,
+                        0,
+                        format!("event: lagged\ndata: {data}\n\n").into_bytes(),
+                    );
+                    let mut out = r.encoder.segment(&notice).to_vec();
+                    if let Some(end) = r.encoder.finish() {
+                        out.extend_from_slice(&end);
                     }
-                })
-                .await;
-                match woke {
-                    Ok(true) => r.ended = true,
-                    Ok(false) => {}
-                    Err(_) => return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), r)),
+                    return Some((Ok(Bytes::from(out)), r));
                 }
             }
-            Err(first) => {
+        }
+        if r.run.finished() && *r.run.latest.borrow() <= seen {
+            r.ended = true;
+            match r.encoder.finish() {
+                Some(end) => return Some((Ok(end), r)),
+                None => return None,
+            }
+        }
+        // The next segment and the run's end are two signals: wait for
+        // either (or the keep-alive), then look again.
+        let woke = tokio::time::timeout(KEEP_ALIVE, async {
+            tokio::select! {
+                c = r.sealed.changed() => c.is_err(),
+                c = r.done.changed() => c.is_err(),
+            }
+        })
+        .await;
+        match woke {
+            Ok(true) => {
                 r.ended = true;
-                let data = serde_json::json!({
-                    "event": "lagged",
-                    "last_seen": seen,
-                    "first_kept": first,
-                    "message": "this client fell behind the events the station keeps; read the run's status, then reconnect",
-                });
-                let mut out = Vec::new();
-                let _ = std::io::Write::write_all(
-                    &mut out,
-                    format!("event: lagged\ndata: {data}\n\n").as_bytes(),
-                );
-                return Some((Ok(Bytes::from(out)), r));
+                if let Some(end) = r.encoder.finish() {
+                    return Some((Ok(end), r));
+                }
+            }
+            Ok(false) => {}
+            Err(_) => {
+                let comment = Segment::of_text(0, 0, b": keep-alive\n\n".to_vec());
+                let bytes = r.encoder.segment(&comment);
+                return Some((Ok(bytes), r));
             }
         }
     }

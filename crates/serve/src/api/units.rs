@@ -124,7 +124,17 @@ pub(crate) async fn lookup(
             ))
         }
     };
+    // A record of the unit holds the serial's UTF-8 or the UID's bytes as
+    // they are (CBOR text and byte strings), so a record without them is
+    // passed over before it is decoded: the scan runs at the speed of a
+    // byte search, not of decoding every record of the log.
+    let needle: Vec<u8> = match (&uid, &serial) {
+        (Some(u), _) => hex::decode(u).unwrap_or_default(),
+        (_, Some(s)) => s.as_bytes().to_vec(),
+        _ => Vec::new(),
+    };
     blocking(move || {
+        let finder = memchr::memmem::Finder::new(&needle);
         let path = app.station.appliance().audit_dir().join("audit.log");
         let mut file = RecordFile::open(&path)
             .map_err(|e| ApiError::internal(format!("cannot read the audit log: {e}")))?;
@@ -133,6 +143,9 @@ pub(crate) async fn lookup(
             .next_bytes()
             .map_err(|e| ApiError::internal(format!("cannot read the audit log: {e}")))?
         {
+            if finder.find(bytes).is_none() {
+                continue;
+            }
             let Ok(record) = Record::decode(bytes) else {
                 continue;
             };
