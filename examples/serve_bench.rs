@@ -1,15 +1,16 @@
 //! The station service under load (run on purpose, not in the tests):
 //!
 //! ```sh
-//! cargo run --release --example serve_bench [-- UNITS]
+//! cargo run --release --example serve_bench [-- UNITS [ROUNDS]]
 //! ```
 //!
-//! A 64-channel zero-latency sim run of UNITS units (default 3000), once
-//! with no client and then twice with 1,000 live event clients (each on
-//! its own connection; first asking for gzip, then not) plus 200 status
-//! requests and 10 unit lookups a second. It prints the throughputs, their
-//! ratios, and the p50/p99 latency of the status and unit requests under
-//! load. Needs SoftHSM2 (`scripts/setup.sh`).
+//! ROUNDS (default 3) of: a 64-channel zero-latency sim run of UNITS units
+//! (default 3000) with no client, then two with 1,000 live event clients
+//! (each on its own connection; first asking for gzip, then not) plus 200
+//! status requests and 10 unit lookups a second. It prints each run's
+//! throughput and its ratio to the round's quiet run, the p50/p99 latency
+//! of the status and unit requests under load, and the median ratios (a
+//! shared machine's noise moves single runs by ±10%). Needs SoftHSM2 (`scripts/setup.sh`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,6 +89,10 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(3_000);
+    let rounds: u64 = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(3);
     let dir = std::env::temp_dir().join(format!("flashgate-serve-bench-{}", std::process::id()));
     let setup = flashgate::lab::setup(&dir, "softhsm", None).unwrap();
     let firmware: Vec<u8> = (0..65_536u32).map(|i| (i * 7) as u8).collect();
@@ -99,11 +104,17 @@ fn main() {
     identity.extend(flashgate::x509::der_to_pem(&client.key_pkcs8_der, "PRIVATE KEY").into_bytes());
     let root = reqwest::Certificate::from_der(ca.certificate_der()).unwrap();
     // A seed per run: a UID the job has seen before is a rework, not a new board.
-    for (name, seed) in [("quiet", 1), ("loaded-gzip", 2), ("loaded-plain", 3)] {
-        setup
-            .station
-            .define_fixtures(name, &vec![format!("sim:timing=zero,seed={seed}"); 64])
-            .unwrap();
+    for round in 0..rounds {
+        for (i, name) in ["quiet", "loaded-gzip", "loaded-plain"].iter().enumerate() {
+            let seed = round * 10 + i as u64 + 1;
+            setup
+                .station
+                .define_fixtures(
+                    &format!("{name}-{round}"),
+                    &vec![format!("sim:timing=zero,seed={seed}"); 64],
+                )
+                .unwrap();
+        }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -129,17 +140,19 @@ fn main() {
         // One connection per event client.
         let sse = builder().http1_only().pool_max_idle_per_host(0).build().unwrap();
 
-        println!("64 channels, zero-latency sim, {units} units per run");
-        let id = api.start(&job.id, "quiet", units).await;
+        println!("64 channels, zero-latency sim, {units} units per run, {rounds} rounds of a quiet run and two loaded ones");
+        let mut ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..rounds {
+        let id = api.start(&job.id, &format!("quiet-{round}"), units).await;
         let (passed, quiet) = api.wait(&id).await;
-        println!("no clients:                    {passed} passed, {quiet:.0} units/s");
+        println!("round {round}, no clients:           {passed} passed, {quiet:.0} units/s");
 
         // Event clients that ask for gzip (as browsers do), then ones
         // that do not. The bytes are counted as they come, not decoded:
         // a client's decoding is the client machine's work.
         for gzip in [true, false] {
         let encoding = if gzip { "gzip" } else { "plain" };
-        let fixtures = format!("loaded-{encoding}");
+        let fixtures = format!("loaded-{encoding}-{round}");
         let id = api.start(&job.id, &fixtures, units).await;
         let loaded = Arc::new(AtomicBool::new(true));
         let status_ms = Arc::new(Mutex::new(Vec::new()));
@@ -217,6 +230,7 @@ fn main() {
             "{connected} {encoding} event clients (connected in {connect_s:.1} s), 200 status/s, 10 lookups/s: {passed} passed, {busy:.0} units/s"
         );
         println!("ratio ({encoding}):                  {:.3}", busy / quiet);
+        ratios[usize::from(!gzip)].push(busy / quiet);
         println!("event bytes on the wire:       {:.1} MB", bytes as f64 / 1e6);
         let mut s = status_ms.lock().unwrap().clone();
         let mut u = unit_ms.lock().unwrap().clone();
@@ -232,6 +246,11 @@ fn main() {
             percentile(&mut u, 0.99),
             u.len()
         );
+        }
+        }
+        for (name, r) in ["gzip", "plain"].iter().zip(ratios.iter_mut()) {
+            let list: Vec<String> = r.iter().map(|x| format!("{x:.3}")).collect();
+            println!("ratio ({name}), median of {}: {:.3}  ({})", r.len(), percentile(r, 0.5), list.join(", "));
         }
         let _ = stop_tx.send(());
         let _ = served.await;

@@ -371,20 +371,17 @@ pub fn run(cmd: FleetCmd, w: &mut String) -> Result<u8> {
                 let fleet = Fleet::open(&db.db).await?;
                 let n = match &out {
                     Some(path) => {
-                        let f = std::fs::File::create(path)
+                        let f = tokio::fs::File::create(path)
+                            .await
                             .with_context(|| format!("cannot create {}", path.display()))?;
-                        let mut bw = std::io::BufWriter::new(f);
+                        let mut bw = tokio::io::BufWriter::new(f);
                         let n = fleet.inventory(&selection, format, &mut bw).await?;
-                        std::io::Write::flush(&mut bw)
-                            .with_context(|| format!("cannot write {}", path.display()))?;
                         let _ = writeln!(w, "{n} certificates written to {}", path.display());
                         n
                     }
                     None => {
-                        let mut bw = std::io::BufWriter::new(std::io::stdout());
-                        let n = fleet.inventory(&selection, format, &mut bw).await?;
-                        std::io::Write::flush(&mut bw).context("cannot write the inventory")?;
-                        n
+                        let mut bw = tokio::io::BufWriter::new(tokio::io::stdout());
+                        fleet.inventory(&selection, format, &mut bw).await?
                     }
                 };
                 Ok(if n == 0 { 1 } else { 0 })

@@ -108,6 +108,72 @@ impl Kind {
     }
 }
 
+/// Longer than any one command of the tests takes on a loaded machine.
+pub const COMMAND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Runs `command` (stdin empty, stdout and stderr captured) as
+/// `Command::output` does, but kills it and panics, with what it printed,
+/// once it has run for `limit`.
+pub fn output_within(mut command: Command, limit: std::time::Duration, what: &str) -> Output {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut out);
+            }
+            out
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let started = std::time::Instant::now();
+    let mut nap = std::time::Duration::from_millis(1);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for a child") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let (out, err) = (
+                stdout.join().unwrap_or_default(),
+                stderr.join().unwrap_or_default(),
+            );
+            panic!(
+                "{what} did not end within {} s and was killed (a hang?)\nstdout:\n{}\nstderr:\n{}",
+                limit.as_secs(),
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&err)
+            );
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(std::time::Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -221,9 +287,15 @@ impl Lab {
         c
     }
 
-    /// Runs flashgate in the lab directory.
+    /// Runs flashgate in the lab directory. A command that has not ended
+    /// after [`COMMAND_DEADLINE`] is killed and fails the test, so a hang
+    /// is a failure that names the command, not a CI timeout.
     pub fn fg(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run flashgate")
+        output_within(
+            self.command(args),
+            COMMAND_DEADLINE,
+            &format!("flashgate {args:?}"),
+        )
     }
 
     /// Runs flashgate and asserts success; returns stdout.

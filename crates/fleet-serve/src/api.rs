@@ -22,6 +22,7 @@ use axum::{Extension, Json, Router};
 use flashgate_fleet::device::DeviceQuery;
 use flashgate_fleet::inventory::{InventoryFormat, Selection};
 use flashgate_fleet::{Fleet, FleetError};
+use futures_util::StreamExt as _;
 use serde::Deserialize;
 
 use crate::{FleetCaller, FleetRole};
@@ -157,11 +158,40 @@ async fn inventory(State(fleet): State<Arc<Fleet>>, Query(q): Query<InventoryPar
         Some("json") => (InventoryFormat::Json, "application/json"),
         Some(_) => return bad("format is csv or json"),
     };
-    let mut out = Vec::new();
-    match fleet.inventory(&selection, format, &mut out).await {
-        Ok(_) => ([(header::CONTENT_TYPE, kind)], out).into_response(),
-        Err(e) => failed(&e),
+    // Streamed: rows go out as the database yields them, through a small
+    // pipe, so memory does not grow with the inventory. A failure before
+    // the first rows is an error answer; one after them ends the body with
+    // an error, so the client sees a cut transfer, never a short file that
+    // looks whole.
+    let (mut pipe_in, pipe_out) = tokio::io::duplex(64 * 1024);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let result = fleet.inventory(&selection, format, &mut pipe_in).await;
+        drop(pipe_in);
+        let _ = done_tx.send(result);
+    });
+    let mut rows = Box::pin(tokio_util::io::ReaderStream::new(pipe_out).peekable());
+    if rows.as_mut().peek().await.is_none() {
+        return match done_rx.await {
+            Ok(Err(e)) => failed(&e),
+            _ => failed(&FleetError::Inconsistent(
+                "the inventory ended without its header".to_owned(),
+            )),
+        };
     }
+    let end = futures_util::stream::once(async move {
+        match done_rx.await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(Err(std::io::Error::other(e.to_string()))),
+            Err(_) => Some(Err(std::io::Error::other("the inventory stopped"))),
+        }
+    })
+    .filter_map(std::future::ready);
+    (
+        [(header::CONTENT_TYPE, kind)],
+        axum::body::Body::from_stream(rows.chain(end)),
+    )
+        .into_response()
 }
 
 async fn add_oem_key(

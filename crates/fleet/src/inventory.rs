@@ -6,6 +6,7 @@ use std::io::Write;
 
 use base64::Engine as _;
 use futures_util::{pin_mut, TryStreamExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
 use crate::error::FleetError;
 use crate::Fleet;
@@ -58,13 +59,16 @@ fn csv_field(s: &str) -> String {
 }
 
 impl Fleet {
-    /// Writes the passed units' certificates of `selection`; returns how many.
+    /// Writes the passed units' certificates of `selection`, a few rows at
+    /// a time as they come from the database; returns how many.
     pub async fn inventory(
         &self,
         selection: &Selection,
         format: InventoryFormat,
-        out: &mut (dyn Write + Send),
+        sink: &mut (dyn AsyncWrite + Unpin + Send),
     ) -> Result<u64, FleetError> {
+        /// Rows are formatted here, then written out past this size.
+        const CHUNK: usize = 32 * 1024;
         let sql = "SELECT u.serial, u.uid, u.cert_der, u.job_id, u.appliance_id FROM units u \
                    WHERE u.result = 'passed' AND u.cert_der IS NOT NULL AND ";
         let (sql, param): (String, Box<dyn tokio_postgres::types::ToSql + Sync + Send>) =
@@ -91,6 +95,8 @@ impl Fleet {
             .await?;
         pin_mut!(stream);
         let mut n = 0u64;
+        let mut chunk: Vec<u8> = Vec::with_capacity(2 * CHUNK);
+        let out = &mut chunk;
         match format {
             InventoryFormat::Csv => {
                 writeln!(out, "serial,uid,certificate_pem,job_id,appliance_id").map_err(werr)?;
@@ -131,10 +137,16 @@ impl Fleet {
                 }
             }
             n += 1;
+            if out.len() >= CHUNK {
+                sink.write_all(out).await.map_err(werr)?;
+                out.clear();
+            }
         }
         if format == InventoryFormat::Json {
             writeln!(out, "\n]").map_err(werr)?;
         }
+        sink.write_all(out).await.map_err(werr)?;
+        sink.flush().await.map_err(werr)?;
         Ok(n)
     }
 }
