@@ -776,3 +776,96 @@ fn jobs_and_bundles_over_the_network() {
         .starts_with("import refused"));
     assert!(lines[4]["who"].as_str().unwrap().contains("OU=auditor"));
 }
+
+/// Unit lookups follow the audit log as it grows: units of a run after
+/// the first lookup are found, and so are those of a run long enough to
+/// fill more than one of the index's stretches (4,096 records each).
+#[test]
+fn unit_lookups_follow_the_log_as_it_grows() {
+    let (lab, job) = Lab::with_sim_job(
+        |p| {
+            p.replace("quota = 1000 ", "quota = 10000 ")
+                .replace("end = 1000 ", "end = 99999 ")
+        },
+        4096,
+    );
+    let served = Served::start(&lab, &[]);
+    let op = served.client(Some("operator"));
+    let lookup = |q: &str| -> Vec<Value> {
+        let r: Value = op
+            .get(served.url(&format!("/api/v1/units?{q}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        r.as_array().unwrap().clone()
+    };
+    let finish = |id: &str| {
+        let started = std::time::Instant::now();
+        loop {
+            let s: Value = op
+                .get(served.url(&format!("/api/v1/runs/{id}")))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            if s["finished"] == true {
+                return s;
+            }
+            assert!(started.elapsed().as_secs() < 600, "the run did not end");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    // Before any unit: nothing, and the index has read the log so far.
+    assert!(lookup("serial=ACME-TH-000001").is_empty());
+    let fixtures = served.sim_fixtures(8, ",timing=zero");
+    let first = served.start_run(&job, &fixtures, 10);
+    finish(&first);
+    let one = lookup("serial=ACME-TH-000001");
+    assert_eq!(one.len(), 1, "{one:?}");
+    let uid = one[0]["uid"].as_str().unwrap().to_owned();
+    // A long run: its units go past the first stretch.
+    let second = served.start_run(&job, &fixtures, 4500);
+    // Its serials, from its events as they come (counter values a run
+    // reserved and did not use are skipped, so they are not 11..4510).
+    let events = read_events(
+        op.get(served.url(&format!("/api/v1/runs/{second}/events")))
+            .send()
+            .unwrap(),
+    );
+    let serials: Vec<String> = events
+        .iter()
+        .filter(|e| e.0 == "unit-passed")
+        .map(|e| e.2["unit"]["serial"].as_str().unwrap().to_owned())
+        .collect();
+    let s = finish(&second);
+    assert_eq!(s["passed"].as_u64().unwrap(), serials.len() as u64);
+    assert!(serials.len() > 4096, "{}", serials.len());
+    for serial in [0, 1, 2000, 4095, 4096, serials.len() - 1].map(|i| &serials[i]) {
+        let found = lookup(&format!("serial={serial}"));
+        assert_eq!(found.len(), 1, "{serial}: {found:?}");
+        assert_eq!(found[0]["serial"], serial.as_str());
+        assert_eq!(found[0]["result"], "passed");
+    }
+    assert!(lookup("serial=ACME-TH-099999").is_empty());
+    // By UID, in either run.
+    let late = events
+        .iter()
+        .filter(|e| e.0 == "unit-passed")
+        .nth(4096)
+        .map(|e| &e.2["unit"])
+        .unwrap();
+    for (uid, serial) in [
+        (uid.as_str(), "ACME-TH-000001"),
+        (
+            late["uid"].as_str().unwrap(),
+            late["serial"].as_str().unwrap(),
+        ),
+    ] {
+        let by_uid = lookup(&format!("uid={uid}"));
+        assert_eq!(by_uid.len(), 1, "{by_uid:?}");
+        assert_eq!(by_uid[0]["serial"], serial);
+    }
+    let (exit, _) = served.stop();
+    assert!(exit.success());
+}

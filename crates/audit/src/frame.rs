@@ -62,6 +62,15 @@ impl<R: BufRead> FrameReader<R> {
         }
     }
 
+    /// Reads from `inner`, whose first byte is at `offset` of the file.
+    pub fn new_at(inner: R, offset: u64) -> Self {
+        Self {
+            inner,
+            offset,
+            buf: Vec::new(),
+        }
+    }
+
     /// Offset of the next frame (the end of the last complete one).
     pub fn offset(&self) -> u64 {
         self.offset

@@ -821,9 +821,27 @@ impl RecordFile {
         })
     }
 
+    /// Opens it at `offset`, which must be where a frame starts (one that
+    /// [`RecordFile::offset`] gave).
+    pub fn open_at(path: &Path, offset: u64) -> Result<Self, AuditError> {
+        use std::io::{Seek as _, SeekFrom};
+        let mut f = File::open(path).map_err(|e| AuditError::io("cannot open", path, e))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| AuditError::io("cannot read", path, e))?;
+        Ok(Self {
+            frames: FrameReader::new_at(BufReader::with_capacity(1 << 16, f), offset),
+        })
+    }
+
     /// The next record's offset and bytes; `Ok(None)` at the end. An
     /// incomplete last frame ends the stream.
     pub fn next_bytes(&mut self) -> Result<Option<(u64, &[u8])>, FrameError> {
         self.frames.next_frame()
+    }
+
+    /// Where the next record starts: the end of the last whole one read.
+    #[must_use]
+    pub fn offset(&self) -> u64 {
+        self.frames.offset()
     }
 }

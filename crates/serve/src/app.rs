@@ -11,6 +11,7 @@ use flashgate_core::station::Station;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, StationFigures};
 use crate::runs::RunTable;
+use crate::unit_index::UnitIndex;
 use crate::ServeOptions;
 
 pub(crate) struct App {
@@ -19,6 +20,8 @@ pub(crate) struct App {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) journal: Journal,
     pub(crate) options: ServeOptions,
+    /// Where the audit log's units are, for lookups.
+    pub(crate) units: Mutex<UnitIndex>,
     shutting_down: AtomicBool,
 }
 
@@ -36,7 +39,11 @@ impl App {
                 m.hsm_operation(op, took);
             }
         }));
+        let units = Mutex::new(UnitIndex::new(
+            &station.appliance().audit_dir().join("audit.log"),
+        ));
         Self {
+            units,
             station,
             runs: RunTable::default(),
             metrics,

@@ -26,6 +26,7 @@ mod openapi;
 mod runs;
 mod server;
 pub mod tls;
+mod unit_index;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::blocking;
 use crate::app::App;
 use crate::error::ApiError;
+use crate::unit_index::Key;
 
 /// What to look for: exactly one of `serial` and `uid`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -125,40 +126,54 @@ pub(crate) async fn lookup(
         }
     };
     // A record of the unit holds the serial's UTF-8 or the UID's bytes as
-    // they are (CBOR text and byte strings), so a record without them is
-    // passed over before it is decoded: the scan runs at the speed of a
-    // byte search, not of decoding every record of the log.
+    // they are (CBOR text and byte strings), so within the stretches the
+    // index names, a record without them is passed over before it is
+    // decoded.
     let needle: Vec<u8> = match (&uid, &serial) {
         (Some(u), _) => hex::decode(u).unwrap_or_default(),
         (_, Some(s)) => s.as_bytes().to_vec(),
         _ => Vec::new(),
     };
     blocking(move || {
+        let unreadable = |e: &dyn std::fmt::Display| {
+            ApiError::internal(format!("cannot read the audit log: {e}"))
+        };
+        let key = match &serial {
+            Some(s) => Key::Serial(s),
+            None => Key::Uid(&needle),
+        };
+        let stretches = app
+            .units
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .candidates(key)
+            .map_err(|e| unreadable(&e))?;
         let finder = memchr::memmem::Finder::new(&needle);
         let path = app.station.appliance().audit_dir().join("audit.log");
-        let mut file = RecordFile::open(&path)
-            .map_err(|e| ApiError::internal(format!("cannot read the audit log: {e}")))?;
         let mut out = Vec::new();
-        while let Some((_, bytes)) = file
-            .next_bytes()
-            .map_err(|e| ApiError::internal(format!("cannot read the audit log: {e}")))?
-        {
-            if finder.find(bytes).is_none() {
-                continue;
-            }
-            let Ok(record) = Record::decode(bytes) else {
-                continue;
-            };
-            if let Some(v) = view(&record) {
-                let hit = match (&uid, &serial) {
-                    (Some(want), _) => v.uid.as_ref() == Some(want),
-                    (_, Some(want)) => v.serial.as_ref() == Some(want),
-                    _ => false,
+        'stretches: for (start, end) in stretches {
+            let mut file = RecordFile::open_at(&path, start).map_err(|e| unreadable(&e))?;
+            while file.offset() < end {
+                let Some((_, bytes)) = file.next_bytes().map_err(|e| unreadable(&e))? else {
+                    break;
                 };
-                if hit {
-                    out.push(v);
-                    if out.len() == MAX_UNITS {
-                        break;
+                if finder.find(bytes).is_none() {
+                    continue;
+                }
+                let Ok(record) = Record::decode(bytes) else {
+                    continue;
+                };
+                if let Some(v) = view(&record) {
+                    let hit = match (&uid, &serial) {
+                        (Some(want), _) => v.uid.as_ref() == Some(want),
+                        (_, Some(want)) => v.serial.as_ref() == Some(want),
+                        _ => false,
+                    };
+                    if hit {
+                        out.push(v);
+                        if out.len() == MAX_UNITS {
+                            break 'stretches;
+                        }
                     }
                 }
             }
