@@ -187,6 +187,24 @@ fn role_matrix_over_every_endpoint() {
     assert_eq!(report["verdict"], "clean", "{report:#}");
 }
 
+/// The run's status once it has ended (polled; five minutes at most).
+fn until_finished(served: &Served, op: &reqwest::blocking::Client, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let s: Value = op
+            .get(served.url(&format!("/api/v1/runs/{id}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if s["finished"] == true {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "run {id} stalled");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Reads an SSE stream to its end: (event name, id, JSON) per event.
 fn read_events(r: reqwest::blocking::Response) -> Vec<(String, u64, Value)> {
     parse_events(&r.text().unwrap())
@@ -433,20 +451,7 @@ fn abuse_is_bounded() {
         tls
     });
     // The run is not held up by it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        let s: Value = op
-            .get(served.url(&format!("/api/v1/runs/{id}")))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        if s["finished"] == true {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "the run stalled");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = until_finished(&served, &op, &id);
     assert_eq!(status["passed"], 900);
     // And the stalled reader was dropped: reading now ends at EOF.
     let ended = rt.block_on(async move {
@@ -800,22 +805,7 @@ fn unit_lookups_follow_the_log_as_it_grows() {
             .unwrap();
         r.as_array().unwrap().clone()
     };
-    let finish = |id: &str| {
-        let started = std::time::Instant::now();
-        loop {
-            let s: Value = op
-                .get(served.url(&format!("/api/v1/runs/{id}")))
-                .send()
-                .unwrap()
-                .json()
-                .unwrap();
-            if s["finished"] == true {
-                return s;
-            }
-            assert!(started.elapsed().as_secs() < 600, "the run did not end");
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-    };
+    let finish = |id: &str| until_finished(&served, &op, id);
     // Before any unit: nothing, and the index has read the log so far.
     assert!(lookup("serial=ACME-TH-000001").is_empty());
     let fixtures = served.sim_fixtures(8, ",timing=zero");
