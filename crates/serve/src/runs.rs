@@ -321,6 +321,8 @@ impl ServiceRun {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
             if ring.next_id - 1 <= sealed {
+                drop(ring);
+                self.release_segments();
                 return;
             }
             let ended = ring.ended;
@@ -358,32 +360,40 @@ impl ServiceRun {
     }
 
     /// The segment to send a reader that has seen up to `seen` (less than
-    /// what is sealed): a sealed one when `seen` ends one, else the rest
-    /// of the one it is in, sealed for this reader; `Err(first kept)` when
-    /// what follows `seen` is no longer kept.
+    /// what is sealed): a sealed one when `seen` ends one, else the events
+    /// after `seen` (to the end of the segment they are in, if it is still
+    /// held), sealed for this reader; `Err(first kept)` when what follows
+    /// `seen` is no longer kept. The shared segments only save work: the
+    /// kept events alone give every reader the same stream.
     pub fn segment_after(&self, seen: u64) -> Result<Arc<Segment>, u64> {
         let found = {
             let segments = lock(&self.segments);
             let at = segments.partition_point(|s| s.last <= seen);
             segments.get(at).cloned()
         };
-        match found {
-            Some(s) if s.first == seen + 1 => Ok(s),
-            Some(s) if s.first <= seen => {
-                let n = usize::try_from(s.last - seen).unwrap_or(usize::MAX);
-                let events = self.events_after(seen, n)?;
-                if events.first().map(|e| e.id) != Some(seen + 1) {
-                    return Err(self.first_kept());
-                }
-                Ok(Arc::new(Segment::of_events(&events)))
-            }
-            _ => Err(self.first_kept()),
+        let n = match found {
+            Some(s) if s.first == seen + 1 => return Ok(s),
+            Some(s) if s.first <= seen => usize::try_from(s.last - seen).unwrap_or(usize::MAX),
+            _ => SEGMENT_EVENTS,
+        };
+        let events = self.events_after(seen, n)?;
+        if events.first().map(|e| e.id) != Some(seen + 1) {
+            return Err(self.first_kept());
+        }
+        Ok(Arc::new(Segment::of_events(&events)))
+    }
+
+    /// Lets the shared segments go once the run has ended and nobody is
+    /// reading: a kept run then holds its events once, not twice.
+    fn release_segments(&self) {
+        if self.finished() && self.readers.load(Ordering::SeqCst) == 0 {
+            lock(&self.segments).clear();
         }
     }
 
     /// Counts a reader for as long as the guard lives.
     pub fn reader(self: &Arc<Self>) -> ReaderGuard {
-        self.readers.fetch_add(1, Ordering::Relaxed);
+        self.readers.fetch_add(1, Ordering::SeqCst);
         ReaderGuard(self.clone())
     }
 
@@ -480,7 +490,8 @@ pub struct ReaderGuard(Arc<ServiceRun>);
 
 impl Drop for ReaderGuard {
     fn drop(&mut self) {
-        self.0.readers.fetch_sub(1, Ordering::Relaxed);
+        self.0.readers.fetch_sub(1, Ordering::SeqCst);
+        self.0.release_segments();
     }
 }
 
