@@ -1,18 +1,31 @@
 //! The station service under load (run on purpose, not in the tests):
 //!
 //! ```sh
-//! cargo run --release --example serve_bench [-- UNITS [ROUNDS]]
+//! cargo run --release --example serve_bench [-- UNITS [ROUNDS [split]]]
 //! ```
 //!
-//! ROUNDS (default 3) of: a 64-channel zero-latency sim run of UNITS units
-//! (default 3000) with no client, then two with 1,000 live event clients
-//! (each on its own connection; first asking for gzip, then not) plus 200
-//! status requests and 10 unit lookups a second. It prints each run's
-//! throughput and its ratio to the round's quiet run, the p50/p99 latency
-//! of the status and unit requests under load, and the median ratios (a
-//! shared machine's noise moves single runs by ±10%). Needs SoftHSM2 (`scripts/setup.sh`).
+//! A warm-up run (not counted: a job's first run is slower), then ROUNDS
+//! (default 3) of: a 64-channel zero-latency sim run of UNITS units
+//! (default 3000) with no client, two with 1,000 live event clients (each
+//! on its own connection; first asking for gzip, then not) plus 200 status
+//! requests and 10 unit lookups a second, and a second run with no client.
+//! It prints each run's throughput and its ratio to the mean of the
+//! round's two quiet runs (which bracket the loaded ones, so a drift over
+//! the round does not count as load), the p50/p99 latency of the status
+//! and unit requests under load, and the median ratios (a shared machine's
+//! noise moves single runs by ±10%). FLASHGATE_BENCH_TOKEN picks the token
+//! (`softhsm`, the default, or `kryoptic`).
+//!
+//! By default the clients share the service's process and cores. With
+//! `split` (Linux, `taskset`), the service keeps CPU 0 and the clients run
+//! in a process of their own on CPU 1, as clients on other machines would:
+//! the ratio then measures what serving them costs the station, not what
+//! decrypting a gigabyte costs the clients. Needs SoftHSM2
+//! (`scripts/setup.sh`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +33,7 @@ use std::time::{Duration, Instant};
 use flashgate::station_ca::Role;
 use flashgate_serve::{ServeOptions, Service};
 use serde_json::Value;
+use tokio::io::AsyncReadExt;
 
 const CLIENTS: usize = 1000;
 
@@ -84,17 +98,192 @@ impl Client {
     }
 }
 
+/// What the clients of one loaded run saw.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Load {
+    connected: usize,
+    connect_s: f64,
+    bytes: usize,
+    status_ms: Vec<f64>,
+    unit_ms: Vec<f64>,
+}
+
+/// The TLS client set-up, from the files the service's CA wrote.
+fn builder(dir: &Path) -> reqwest::ClientBuilder {
+    let root =
+        reqwest::Certificate::from_der(&std::fs::read(dir.join("root.der")).unwrap()).unwrap();
+    let identity = std::fs::read(dir.join("identity.pem")).unwrap();
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(root)
+        .identity(reqwest::Identity::from_pem(&identity).unwrap())
+}
+
+/// Loads run `id` until `stop` resolves, then waits for its event streams
+/// to end (they end with the run).
+async fn load(
+    dir: &Path,
+    base: &str,
+    id: &str,
+    units: u64,
+    gzip: bool,
+    stop: impl std::future::Future<Output = ()>,
+) -> Load {
+    let api = Arc::new(Client {
+        http: builder(dir).build().unwrap(),
+        base: base.to_owned(),
+    });
+    // One connection per event client.
+    let sse = builder(dir)
+        .http1_only()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let loaded = Arc::new(AtomicBool::new(true));
+    let status_ms = Arc::new(Mutex::new(Vec::new()));
+    let unit_ms = Arc::new(Mutex::new(Vec::new()));
+    // 200 status requests a second.
+    {
+        let (api, id, loaded, out) = (
+            api.clone(),
+            id.to_owned(),
+            loaded.clone(),
+            status_ms.clone(),
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            while loaded.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let (api, id, out) = (api.clone(), id.clone(), out.clone());
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    let _ = api.json(&format!("/api/v1/runs/{id}")).await;
+                    out.lock().unwrap().push(t.elapsed().as_secs_f64() * 1e3);
+                });
+            }
+        });
+    }
+    // 10 unit lookups a second, of a serial the first run issued.
+    {
+        let (api, loaded, out) = (api.clone(), loaded.clone(), unit_ms.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut n = 0u64;
+            while loaded.load(Ordering::Relaxed) {
+                tick.tick().await;
+                n += 1;
+                let serial = format!("ACME-TH-{:08}", 1 + (n * 7919) % units);
+                let t = Instant::now();
+                let _ = api.json(&format!("/api/v1/units?serial={serial}")).await;
+                out.lock().unwrap().push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        });
+    }
+    // The event clients, in waves of 50. The bytes are counted as they
+    // come, not decoded: a client's decoding is the client machine's work.
+    let url = format!("{base}/api/v1/runs/{id}/events");
+    let connect = Instant::now();
+    let mut readers = Vec::new();
+    for _ in 0..CLIENTS / 50 {
+        let wave: Vec<_> = (0..50)
+            .map(|_| {
+                let (sse, url) = (sse.clone(), url.clone());
+                let accept = if gzip { "gzip" } else { "identity" };
+                tokio::spawn(
+                    async move { sse.get(&url).header("Accept-Encoding", accept).send().await },
+                )
+            })
+            .collect();
+        for w in wave {
+            if let Ok(Ok(mut r)) = w.await {
+                // A client that kept the whole stream would spend the
+                // machine on its own memory.
+                readers.push(tokio::spawn(async move {
+                    let mut n = 0usize;
+                    while let Ok(Some(chunk)) = r.chunk().await {
+                        n += chunk.len();
+                    }
+                    n
+                }));
+            }
+        }
+    }
+    let connected = readers.len();
+    let connect_s = connect.elapsed().as_secs_f64();
+    stop.await;
+    loaded.store(false, Ordering::Relaxed);
+    let mut bytes = 0usize;
+    for r in readers {
+        bytes += r.await.unwrap_or(0);
+    }
+    let status_ms = status_ms.lock().unwrap().clone();
+    let unit_ms = unit_ms.lock().unwrap().clone();
+    Load {
+        connected,
+        connect_s,
+        bytes,
+        status_ms,
+        unit_ms,
+    }
+}
+
+/// `serve_bench load DIR BASE ID UNITS gzip|plain`: the clients' process
+/// of a split run. It loads until its standard input closes and prints
+/// what it saw as one JSON line.
+fn load_process(args: &[String]) {
+    let [dir, base, id, units, encoding] = args else {
+        panic!("usage: serve_bench load DIR BASE ID UNITS gzip|plain");
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let seen = runtime.block_on(load(
+        Path::new(dir),
+        base,
+        id,
+        units.parse().unwrap(),
+        encoding == "gzip",
+        async {
+            let mut rest = Vec::new();
+            let _ = tokio::io::stdin().read_to_end(&mut rest).await;
+        },
+    ));
+    println!("{}", serde_json::to_string(&seen).unwrap());
+}
+
+/// Pins every thread of this process (and those it starts later) to `cpu`.
+fn pin_self(cpu: u32) {
+    let status = Command::new("taskset")
+        .args([
+            "-a",
+            "-cp",
+            &cpu.to_string(),
+            &std::process::id().to_string(),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .expect("taskset (util-linux) runs");
+    assert!(
+        status.success(),
+        "taskset could not pin the service to CPU {cpu}"
+    );
+}
+
 fn main() {
-    let units: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(3_000);
-    let rounds: u64 = std::env::args()
-        .nth(2)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(3);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("load") {
+        return load_process(&args[1..]);
+    }
+    let units: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(3_000);
+    let rounds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let split = args.get(2).map(String::as_str) == Some("split");
     let dir = std::env::temp_dir().join(format!("flashgate-serve-bench-{}", std::process::id()));
-    let setup = flashgate::lab::setup(&dir, "softhsm", None).unwrap();
+    let token = std::env::var("FLASHGATE_BENCH_TOKEN").unwrap_or_else(|_| "softhsm".to_owned());
+    let setup = flashgate::lab::setup(&dir, &token, None).unwrap();
     let firmware: Vec<u8> = (0..65_536u32).map(|i| (i * 7) as u8).collect();
     let job = flashgate::lab::build_and_import(&setup, &policy(), firmware).unwrap();
     let ca = setup.station.init_station_ca("bench").unwrap();
@@ -102,10 +291,16 @@ fn main() {
     let mut identity =
         flashgate::x509::der_to_pem(&client.certificate_der, "CERTIFICATE").into_bytes();
     identity.extend(flashgate::x509::der_to_pem(&client.key_pkcs8_der, "PRIVATE KEY").into_bytes());
-    let root = reqwest::Certificate::from_der(ca.certificate_der()).unwrap();
+    let clients_dir = dir.join("clients");
+    std::fs::create_dir_all(&clients_dir).unwrap();
+    std::fs::write(clients_dir.join("identity.pem"), identity).unwrap();
+    std::fs::write(clients_dir.join("root.der"), ca.certificate_der()).unwrap();
     // A seed per run: a UID the job has seen before is a rework, not a new board.
-    for round in 0..rounds {
-        for (i, name) in ["quiet", "loaded-gzip", "loaded-plain"].iter().enumerate() {
+    for round in 0..=rounds {
+        for (i, name) in ["quiet", "loaded-gzip", "loaded-plain", "after"]
+            .iter()
+            .enumerate()
+        {
             let seed = round * 10 + i as u64 + 1;
             setup
                 .station
@@ -115,6 +310,9 @@ fn main() {
                 )
                 .unwrap();
         }
+    }
+    if split {
+        pin_self(0);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -129,123 +327,82 @@ fn main() {
         let served = tokio::spawn(service.run(async move {
             let _ = stop_rx.await;
         }));
-        let builder = || {
-            reqwest::Client::builder()
-                .use_rustls_tls()
-                .tls_built_in_root_certs(false)
-                .add_root_certificate(root.clone())
-                .identity(reqwest::Identity::from_pem(&identity).unwrap())
-        };
-        let api = Arc::new(Client { http: builder().build().unwrap(), base: base.clone() });
-        // One connection per event client.
-        let sse = builder().http1_only().pool_max_idle_per_host(0).build().unwrap();
+        let api = Arc::new(Client { http: builder(&clients_dir).build().unwrap(), base: base.clone() });
 
-        println!("64 channels, zero-latency sim, {units} units per run, {rounds} rounds of a quiet run and two loaded ones");
+        let place = if split { "the clients in a process of their own on CPU 1, the service on CPU 0" } else { "the clients in the service's process" };
+        println!("64 channels, zero-latency sim, {units} units per run, {rounds} rounds of a quiet run and two loaded ones; {place}");
+        let id = api.start(&job.id, &format!("quiet-{rounds}"), units).await;
+        let (_, warm) = api.wait(&id).await;
+        println!("warm-up, no clients:           {warm:.0} units/s (not counted)");
         let mut ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         for round in 0..rounds {
         let id = api.start(&job.id, &format!("quiet-{round}"), units).await;
-        let (passed, quiet) = api.wait(&id).await;
-        println!("round {round}, no clients:           {passed} passed, {quiet:.0} units/s");
+        let (passed, before) = api.wait(&id).await;
+        println!("round {round}, no clients:           {passed} passed, {before:.0} units/s");
+        let mut loaded_runs = Vec::new();
 
         // Event clients that ask for gzip (as browsers do), then ones
-        // that do not. The bytes are counted as they come, not decoded:
-        // a client's decoding is the client machine's work.
+        // that do not.
         for gzip in [true, false] {
         let encoding = if gzip { "gzip" } else { "plain" };
         let fixtures = format!("loaded-{encoding}-{round}");
         let id = api.start(&job.id, &fixtures, units).await;
-        let loaded = Arc::new(AtomicBool::new(true));
-        let status_ms = Arc::new(Mutex::new(Vec::new()));
-        let unit_ms = Arc::new(Mutex::new(Vec::new()));
-        let mut load = Vec::new();
-        // 200 status requests a second.
-        {
-            let (api, id, loaded, out) = (api.clone(), id.clone(), loaded.clone(), status_ms.clone());
-            load.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(5));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                while loaded.load(Ordering::Relaxed) {
-                    tick.tick().await;
-                    let (api, id, out) = (api.clone(), id.clone(), out.clone());
-                    tokio::spawn(async move {
-                        let t = Instant::now();
-                        let _ = api.json(&format!("/api/v1/runs/{id}")).await;
-                        out.lock().unwrap().push(t.elapsed().as_secs_f64() * 1e3);
-                    });
-                }
-            }));
-        }
-        // 10 unit lookups a second, of a serial the first run issued.
-        {
-            let (api, loaded, out) = (api.clone(), loaded.clone(), unit_ms.clone());
-            load.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(100));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                let mut n = 0u64;
-                while loaded.load(Ordering::Relaxed) {
-                    tick.tick().await;
-                    n += 1;
-                    let serial = format!("ACME-TH-{:08}", 1 + (n * 7919) % units);
-                    let t = Instant::now();
-                    let _ = api.json(&format!("/api/v1/units?serial={serial}")).await;
-                    out.lock().unwrap().push(t.elapsed().as_secs_f64() * 1e3);
-                }
-            }));
-        }
-        // The event clients, in waves of 50.
-        let url = format!("{base}/api/v1/runs/{id}/events");
-        let connect = Instant::now();
-        let mut readers = Vec::new();
-        for _ in 0..CLIENTS / 50 {
-            let wave: Vec<_> = (0..50)
-                .map(|_| {
-                    let (sse, url) = (sse.clone(), url.clone());
-                    let accept = if gzip { "gzip" } else { "identity" };
-                    tokio::spawn(async move { sse.get(&url).header("Accept-Encoding", accept).send().await })
+        let (passed, busy, seen) = if split {
+            let mut child = tokio::process::Command::new("taskset")
+                .args(["-c", "1"])
+                .arg(std::env::current_exe().unwrap())
+                .arg("load")
+                .arg(&clients_dir)
+                .args([base.as_str(), id.as_str(), &units.to_string(), encoding])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("the clients' process starts");
+            let (passed, busy) = api.wait(&id).await;
+            drop(child.stdin.take());
+            let out = child.wait_with_output().await.unwrap();
+            let seen: Load = serde_json::from_slice(&out.stdout).expect("the clients' process reports");
+            (passed, busy, seen)
+        } else {
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            let (dir, base, id2) = (clients_dir.clone(), base.clone(), id.clone());
+            let clients = tokio::spawn(async move {
+                load(&dir, &base, &id2, units, gzip, async move {
+                    let _ = done_rx.await;
                 })
-                .collect();
-            for w in wave {
-                if let Ok(Ok(mut r)) = w.await {
-                    // Counted as it comes: a client that kept the whole
-                    // stream would spend the machine on its own memory.
-                    readers.push(tokio::spawn(async move {
-                        let mut n = 0usize;
-                        while let Ok(Some(chunk)) = r.chunk().await {
-                            n += chunk.len();
-                        }
-                        n
-                    }));
-                }
-            }
-        }
-        let connected = readers.len();
-        let connect_s = connect.elapsed().as_secs_f64();
-        let (passed, busy) = api.wait(&id).await;
-        loaded.store(false, Ordering::Relaxed);
-        let mut bytes = 0usize;
-        for r in readers {
-            bytes += r.await.unwrap_or(0);
-        }
+                .await
+            });
+            let (passed, busy) = api.wait(&id).await;
+            let _ = done_tx.send(());
+            (passed, busy, clients.await.unwrap())
+        };
+        let Load { connected, connect_s, bytes, mut status_ms, mut unit_ms } = seen;
         println!(
             "{connected} {encoding} event clients (connected in {connect_s:.1} s), 200 status/s, 10 lookups/s: {passed} passed, {busy:.0} units/s"
         );
-        println!("ratio ({encoding}):                  {:.3}", busy / quiet);
-        ratios[usize::from(!gzip)].push(busy / quiet);
+        loaded_runs.push((encoding, busy));
         println!("event bytes on the wire:       {:.1} MB", bytes as f64 / 1e6);
-        let mut s = status_ms.lock().unwrap().clone();
-        let mut u = unit_ms.lock().unwrap().clone();
         println!(
             "status  p50 {:.1} ms  p99 {:.1} ms  ({} requests)",
-            percentile(&mut s, 0.5),
-            percentile(&mut s, 0.99),
-            s.len()
+            percentile(&mut status_ms, 0.5),
+            percentile(&mut status_ms, 0.99),
+            status_ms.len()
         );
         println!(
             "unit    p50 {:.1} ms  p99 {:.1} ms  ({} requests)",
-            percentile(&mut u, 0.5),
-            percentile(&mut u, 0.99),
-            u.len()
+            percentile(&mut unit_ms, 0.5),
+            percentile(&mut unit_ms, 0.99),
+            unit_ms.len()
         );
+        }
+        let id = api.start(&job.id, &format!("after-{round}"), units).await;
+        let (passed, after) = api.wait(&id).await;
+        println!("round {round}, no clients again:     {passed} passed, {after:.0} units/s");
+        let quiet = (before + after) / 2.0;
+        for (i, (encoding, busy)) in loaded_runs.into_iter().enumerate() {
+            println!("ratio ({encoding}):                  {:.3}", busy / quiet);
+            ratios[i].push(busy / quiet);
         }
         }
         for (name, r) in ["gzip", "plain"].iter().zip(ratios.iter_mut()) {
