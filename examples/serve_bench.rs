@@ -22,7 +22,7 @@
 //! the ratio then measures what serving them costs the station, not what
 //! decrypting a gigabyte costs the clients. Needs SoftHSM2
 //! (`scripts/setup.sh`).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::panic)]
 
 use std::path::Path;
 use std::process::{Command, Stdio};
