@@ -14,7 +14,9 @@
 //! the round does not count as load), the p50/p99 latency of the status
 //! and unit requests under load, and the median ratios (a shared machine's
 //! noise moves single runs by ±10%). FLASHGATE_BENCH_TOKEN picks the token
-//! (`softhsm`, the default, or `kryoptic`).
+//! (`softhsm`, the default, or `kryoptic`). The service runs as `flashgate
+//! serve` does, its serving threads at a lower priority than the runs;
+//! FLASHGATE_BENCH_EVEN=1 runs them all at one priority instead.
 //!
 //! By default the clients share the service's process and cores. With
 //! `split` (Linux, `taskset`), the service keeps CPU 0 and the clients run
@@ -22,7 +24,12 @@
 //! the ratio then measures what serving them costs the station, not what
 //! decrypting a gigabyte costs the clients. Needs SoftHSM2
 //! (`scripts/setup.sh`).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::panic
+)]
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -314,14 +321,25 @@ fn main() {
     if split {
         pin_self(0);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    // As `flashgate serve` runs: serving threads below the runs' priority
+    // (FLASHGATE_BENCH_EVEN=1: all at one priority, for comparison).
+    let even = std::env::var_os("FLASHGATE_BENCH_EVEN").is_some();
+    let (runtime, launcher) = if even {
+        (
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            None,
+        )
+    } else {
+        let (r, l) = flashgate_serve::priority::runtime().unwrap();
+        (r, Some(l))
+    };
     runtime.block_on(async move {
-        let service = Service::bind(setup.station, ServeOptions::new("127.0.0.1:0".parse().unwrap()))
-            .await
-            .unwrap();
+        let mut options = ServeOptions::new("127.0.0.1:0".parse().unwrap());
+        options.launcher = launcher;
+        let service = Service::bind(setup.station, options).await.unwrap();
         let base = format!("https://{}", service.local_addr().unwrap());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let served = tokio::spawn(service.run(async move {

@@ -550,6 +550,30 @@ fn sigterm_during_a_run_finishes_cleanly() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The runs come first: every serving thread at nice +10, every other
+    // thread (the run's, its channels', the log's) at the process's own.
+    let threads = threads_with_nice(served.child.id());
+    let base = threads
+        .iter()
+        .find(|(tid, ..)| *tid == served.child.id())
+        .map(|(_, _, nice)| *nice)
+        .unwrap();
+    assert!(
+        threads.iter().any(|(_, name, _)| name == "serve"),
+        "{threads:?}"
+    );
+    assert!(
+        threads.iter().any(|(_, name, _)| name.starts_with("run-")),
+        "{threads:?}"
+    );
+    for (_, name, nice) in &threads {
+        let want = if name == "serve" {
+            (base + 10).min(19)
+        } else {
+            base
+        };
+        assert_eq!(*nice, want, "thread {name}: {threads:?}");
+    }
     let (exit, log) = served.stop();
     assert!(exit.success(), "serve exited {exit:?}: {log}");
     // Restart: nothing to recover.
@@ -577,6 +601,25 @@ fn sigterm_during_a_run_finishes_cleanly() {
         .filter(|r| matches!(r.kind, flashgate_audit::RecordKind::RunStopped(_)))
         .count();
     assert_eq!(stopped, 1, "the run is recorded as stopped");
+}
+
+/// Each thread of process `pid`: its id, name and nice value (from
+/// `/proc`).
+fn threads_with_nice(pid: u32) -> Vec<(u32, String, i32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid: u32 = task.unwrap().file_name().to_str().unwrap().parse().unwrap();
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+            continue; // ended meanwhile
+        };
+        // "tid (name) state ..." with the name possibly holding spaces;
+        // nice is the 19th field, the 17th after the name.
+        let (head, rest) = stat.rsplit_once(") ").unwrap();
+        let name = head.split_once(" (").unwrap().1.to_owned();
+        let nice: i32 = rest.split(' ').nth(16).unwrap().parse().unwrap();
+        out.push((tid, name, nice));
+    }
+    out
 }
 
 /// A thousand live clients on one run, each on a connection of its own:

@@ -68,10 +68,10 @@ pub fn run(config: &Path, args: &ServeArgs) -> Result<u8> {
             purpose: "the station service is running".to_owned(),
         },
     )?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the service's runtime")?;
+    // Serving threads yield to the runs, which start from the launcher.
+    let (runtime, launcher) =
+        flashgate_serve::priority::runtime().context("cannot start the service's runtime")?;
+    options.launcher = Some(launcher);
     runtime.block_on(async move {
         let service = Service::bind(station, options).await?;
         if let Some(addr) = service.local_addr() {

@@ -23,6 +23,7 @@ mod event_segment;
 mod fixtures;
 pub mod metrics;
 mod openapi;
+pub mod priority;
 mod runs;
 mod server;
 pub mod tls;
@@ -59,6 +60,10 @@ pub struct ServeOptions {
     pub server_cert: ServerCert,
     /// Whose client certificates are accepted.
     pub client_trust: ClientTrust,
+    /// Where runs are started from, when the serving threads run at a lower
+    /// priority ([`priority::runtime`]); `None` starts them on the thread
+    /// that handles the request.
+    pub launcher: Option<priority::Launcher>,
 }
 
 /// Where the server's certificate comes from.
@@ -109,6 +114,7 @@ impl ServeOptions {
                 days: 30,
             },
             client_trust: ClientTrust::StationCa,
+            launcher: None,
         }
     }
 }

@@ -62,30 +62,44 @@ pub(crate) async fn start(
         return Err(ApiError::bad_request("name at least one job in \"jobs\""));
     }
     let who = caller.audit_name();
-    blocking(move || {
-        let mut options = StartOptions::new(who.clone()).units(request.units);
-        if let Some(b) = request.block {
-            options = options.block(b);
-        }
-        let started = crate::fixtures::start(&app.station, &jobs, &request.fixtures, options);
-        let outcome = match &started {
-            Ok(_) => format!("started jobs {} on {}", list_jobs(&jobs), request.fixtures),
-            Err(e) => format!("start refused: {e}"),
-        };
-        app.journal.record(&who, "run-start", &outcome);
-        let parts = started?;
-        let (key, id) = app.runs.next_id();
-        let run = ServiceRun::spawn(
-            id,
-            request.fixtures.clone(),
-            who,
-            parts,
-            app.metrics.clone(),
-        );
-        app.runs.insert(key, run.clone());
-        Ok((StatusCode::CREATED, Json(run.status())))
+    // Started from the launcher, if there is one: the run's threads take
+    // its priority, above the serving threads'.
+    let launcher = app.options.launcher.clone();
+    blocking(move || match launcher {
+        Some(l) => l.run(move || start_run(&app, &who, &jobs, &request)),
+        None => start_run(&app, &who, &jobs, &request),
     })
     .await
+}
+
+fn start_run(
+    app: &Arc<App>,
+    who: &str,
+    jobs: &[JobId],
+    request: &StartRequest,
+) -> Result<(StatusCode, Json<RunStatus>), ApiError> {
+    let who = who.to_owned();
+    let mut options = StartOptions::new(who.clone()).units(request.units);
+    if let Some(b) = request.block {
+        options = options.block(b);
+    }
+    let started = crate::fixtures::start(&app.station, jobs, &request.fixtures, options);
+    let outcome = match &started {
+        Ok(_) => format!("started jobs {} on {}", list_jobs(jobs), request.fixtures),
+        Err(e) => format!("start refused: {e}"),
+    };
+    app.journal.record(&who, "run-start", &outcome);
+    let parts = started?;
+    let (key, id) = app.runs.next_id();
+    let run = ServiceRun::spawn(
+        id,
+        request.fixtures.clone(),
+        who,
+        parts,
+        app.metrics.clone(),
+    );
+    app.runs.insert(key, run.clone());
+    Ok((StatusCode::CREATED, Json(run.status())))
 }
 
 fn list_jobs(jobs: &[JobId]) -> String {
