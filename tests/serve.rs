@@ -189,7 +189,18 @@ fn role_matrix_over_every_endpoint() {
 
 /// The run's status once it has ended (polled; five minutes at most).
 fn until_finished(served: &Served, op: &reqwest::blocking::Client, id: &str) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    until_status(served, op, id, 300, |s| s["finished"] == true)
+}
+
+/// The run's status once `done` holds of it (polled for `secs` at most).
+fn until_status(
+    served: &Served,
+    op: &reqwest::blocking::Client,
+    id: &str,
+    secs: u64,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     loop {
         let s: Value = op
             .get(served.url(&format!("/api/v1/runs/{id}")))
@@ -197,11 +208,14 @@ fn until_finished(served: &Served, op: &reqwest::blocking::Client, id: &str) -> 
             .unwrap()
             .json()
             .unwrap();
-        if s["finished"] == true {
+        if done(&s) {
             return s;
         }
-        assert!(std::time::Instant::now() < deadline, "run {id} stalled");
-        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run {id} stalled: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -533,23 +547,9 @@ fn sigterm_during_a_run_finishes_cleanly() {
     let fixtures = served.sim_fixtures(4, ",timing=realistic");
     let id = served.start_run(&job, &fixtures, 100000);
     // Let a few units pass.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no unit passed in time"
-        );
-        let s: Value = op
-            .get(served.url(&format!("/api/v1/runs/{id}")))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        if s["passed"].as_u64().unwrap() >= 4 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until_status(&served, &op, &id, 120, |s| {
+        s["passed"].as_u64().unwrap() >= 4
+    });
     // The runs come first: every serving thread at nice +10, every other
     // thread (the run's, its channels', the log's) at the process's own.
     let threads = threads_with_nice(served.child.id());
