@@ -8,7 +8,6 @@
 //! [`Launcher`] thread that keeps the process's own priority.
 
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 
 /// How much lower than the process the serving threads run (nice
 /// increment; Linux gives a thread at +10 about a tenth of the CPU time of
@@ -50,33 +49,20 @@ impl Launcher {
     /// launcher is gone, `f` runs on the calling thread.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let (done_tx, done_rx) = mpsc::sync_channel::<T>(1);
-        let f = Arc::new(Mutex::new(Some(f)));
-        let job_f = f.clone();
         let job: Job = Box::new(move || {
-            let taken = job_f.lock().ok().and_then(|mut g| g.take());
-            if let Some(f) = taken {
-                let _ = done_tx.send(f());
-            }
+            let _ = done_tx.send(f());
         });
-        if self.jobs.send(job).is_ok() {
-            if let Ok(v) = done_rx.recv() {
-                return v;
-            }
+        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
+            job();
         }
-        // Not taken by the launcher (gone, or its job panicked before
-        // taking it): run here.
-        let taken = f.lock().ok().and_then(|mut g| g.take());
-        match taken {
-            Some(f) => f(),
-            None => panic_in_launcher(),
-        }
+        done_rx.recv().unwrap_or_else(|_| panic_in_launcher())
     }
 }
 
 #[allow(clippy::panic)]
 fn panic_in_launcher() -> ! {
-    // The job was taken and did not return: it panicked on the launcher
-    // thread; carry that on here, as a plain call would have.
+    // The job did not return: it panicked on the launcher thread; carry
+    // that on here, as a plain call would have.
     panic!("a job on the launcher thread panicked")
 }
 
@@ -124,7 +110,7 @@ pub fn runtime() -> std::io::Result<(tokio::runtime::Runtime, Launcher)> {
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
 
     fn nice() -> i32 {
@@ -160,5 +146,11 @@ mod tests {
         let there = launcher.run(move || std::thread::current().id() != here);
         assert!(there);
         assert_eq!(launcher.run(|| 41 + 1), 42);
+        // A job that panics panics its caller; the launcher takes the next.
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            launcher.run(|| -> u8 { panic!("the job fails") })
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(launcher.run(|| 7), 7);
     }
 }
