@@ -348,7 +348,7 @@ fn main() {
         let api = Arc::new(Client { http: builder(&clients_dir).build().unwrap(), base: base.clone() });
 
         let place = if split { "the clients in a process of their own on CPU 1, the service on CPU 0" } else { "the clients in the service's process" };
-        println!("64 channels, zero-latency sim, {units} units per run, {rounds} rounds of a quiet run and two loaded ones; {place}");
+        println!("64 channels, zero-latency sim, {units} units per run, {rounds} rounds of two loaded runs between two quiet ones; {place}");
         let id = api.start(&job.id, &format!("quiet-{rounds}"), units).await;
         let (_, warm) = api.wait(&id).await;
         println!("warm-up, no clients:           {warm:.0} units/s (not counted)");

@@ -66,19 +66,18 @@ pub(crate) async fn start(
     // its priority, above the serving threads'.
     let launcher = app.options.launcher.clone();
     blocking(move || match launcher {
-        Some(l) => l.run(move || start_run(&app, &who, &jobs, &request)),
-        None => start_run(&app, &who, &jobs, &request),
+        Some(l) => l.run(move || start_run(&app, who, &jobs, &request)),
+        None => start_run(&app, who, &jobs, &request),
     })
     .await
 }
 
 fn start_run(
-    app: &Arc<App>,
-    who: &str,
+    app: &App,
+    who: String,
     jobs: &[JobId],
     request: &StartRequest,
 ) -> Result<(StatusCode, Json<RunStatus>), ApiError> {
-    let who = who.to_owned();
     let mut options = StartOptions::new(who.clone()).units(request.units);
     if let Some(b) = request.block {
         options = options.block(b);
