@@ -555,8 +555,8 @@ impl Fleet {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CROSS_CHECK_LOCK])
                 .await?;
             clock.mark("consistency");
-            cross_check(&tx, ingest_id, &mut out).await?;
-            clock.mark("cross-checks");
+            cross_check(&tx, ingest_id, &added.passed_uids, &mut out, &mut clock).await?;
+            clock.mark("other cross-checks");
             finish_flagged(&tx, &mut out, report, dir, ingest_id).await?;
             let checkpoint_ms = added.last_ms;
             tx.execute(
@@ -782,6 +782,9 @@ struct Added {
     frontier: Vec<u8>,
     /// Time of the last record added: the last one the new checkpoint covers.
     last_ms: Option<i64>,
+    /// The UIDs of the units that passed, as the records gave them, for
+    /// the duplicate-UID check (a few dozen bytes a unit).
+    passed_uids: Vec<Box<[u8]>>,
 }
 
 /// Streams the records `stored.size .. new_size` into `units`, `runs`,
@@ -903,6 +906,7 @@ async fn merge_records(
     let mut seq_expected = 0u64;
     let mut added = 0u64;
     let mut last_ms: Option<i64> = None;
+    let mut passed_uids: Vec<Box<[u8]>> = Vec::new();
     let log_id = stored.log_id;
     while let Some((_, bytes)) = file.next_bytes().map_err(|e| bundle_err(dir, e))? {
         let seq = seq_expected;
@@ -945,6 +949,7 @@ async fn merge_records(
                 let counter = to_i64(u.counter)?;
                 let rework = u.rework_of.map(to_i64).transpose()?;
                 let cert = unit_certificate(bundle, &u.cert_sha256)?;
+                passed_uids.push(u.uid.as_slice().into());
                 writer
                     .as_mut()
                     .write(&[
@@ -1168,6 +1173,7 @@ async fn merge_records(
         records: added,
         frontier: tree_store::frontier_bytes(&tree),
         last_ms,
+        passed_uids,
     })
 }
 
@@ -1264,7 +1270,9 @@ fn unit_certificate(
 async fn cross_check(
     tx: &Transaction<'_>,
     ingest_id: i64,
+    passed_uids: &[Box<[u8]>],
     out: &mut IngestReport,
+    clock: &mut Clock,
 ) -> Result<(), FleetError> {
     let now = now_ms();
     // These plans are costed per new row, far above `jit_above_cost` for a
@@ -1278,17 +1286,36 @@ async fn cross_check(
     // join of every new row with every stored one, which is what a fresh
     // database's missing statistics chose); only a duplicated value gets
     // its details, from a LATERAL lookup.
-    let checks: [(&str, &str); 5] = [
-        (
-            "duplicate-uid",
-            "SELECT 'duplicate-uid', encode(d.uid, 'hex'), x.product, \
-               'UID ' || encode(d.uid, 'hex') || ' passed ' || x.n || ' times: ' || x.list \
-             FROM (SELECT n.uid FROM (SELECT DISTINCT uid FROM units WHERE ingest_id = $1 AND result = 'passed') n \
-                   WHERE (SELECT count(*) FROM units o WHERE o.uid = n.uid AND o.result = 'passed') > 1) d \
-             CROSS JOIN LATERAL (SELECT count(*) AS n, min(a.product) AS product, \
-               string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) AS list \
-               FROM units a WHERE a.uid = d.uid AND a.result = 'passed') x",
-        ),
+    //
+    // UIDs are checked otherwise, as they are the fleet's most asked
+    // question and every unit has one: the collector sends the bundle's
+    // passed UIDs, sorted (so that the probes walk the index in order), and
+    // each is looked for in the (uid, ingest_id) index among other
+    // ingests' rows only, as two ranges of ingest_id. A UID seen nowhere
+    // else is then answered from the index alone, without reading the
+    // wide row it just added. Repeats within the bundle are found here.
+    let (uids, repeated) = sorted_uids(passed_uids);
+    let dup_uids = "SELECT 'duplicate-uid', encode(d.uid, 'hex'), x.product, \
+           'UID ' || encode(d.uid, 'hex') || ' passed ' || x.n || ' times: ' || x.list \
+         FROM (SELECT n.u AS uid FROM unnest($3::bytea[]) n(u) \
+               WHERE EXISTS (SELECT 1 FROM units o WHERE o.uid = n.u AND o.ingest_id < $1 AND o.result = 'passed') \
+                  OR EXISTS (SELECT 1 FROM units o WHERE o.uid = n.u AND o.ingest_id > $1 AND o.result = 'passed') \
+               UNION SELECT w FROM unnest($4::bytea[]) w) d \
+         CROSS JOIN LATERAL (SELECT count(*) AS n, min(a.product) AS product, \
+           string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) AS list \
+           FROM units a WHERE a.uid = d.uid AND a.result = 'passed') x";
+    for row in tx
+        .query(
+            &upsert_anomalies(dup_uids),
+            &[&ingest_id, &now, &uids, &repeated],
+        )
+        .await?
+    {
+        let d: String = row.get(0);
+        out.anomalies.push(format!("duplicate-uid: {d}"));
+    }
+    clock.mark("duplicate-uid check");
+    let checks: [(&str, &str); 4] = [
         (
             "duplicate-serial",
             "SELECT 'duplicate-serial', d.product || ':' || d.serial, d.product, \
@@ -1330,13 +1357,10 @@ async fn cross_check(
         ),
     ];
     for (kind, select) in checks {
-        let sql = format!(
-            "INSERT INTO anomalies (kind, subject, product, detail, ingest_id, found_ms) \
-             SELECT k, s, p, d, $1, $2 FROM ({select}) AS f(k, s, p, d) \
-             ON CONFLICT (kind, subject) DO UPDATE SET detail = EXCLUDED.detail, ingest_id = EXCLUDED.ingest_id, open = true \
-             RETURNING detail"
-        );
-        for row in tx.query(&sql, &[&ingest_id, &now]).await? {
+        for row in tx
+            .query(&upsert_anomalies(select), &[&ingest_id, &now])
+            .await?
+        {
             let d: String = row.get(0);
             out.anomalies.push(format!("{kind}: {d}"));
         }
@@ -1350,6 +1374,31 @@ async fn cross_check(
     )
     .await?;
     Ok(())
+}
+
+/// Opens or refreshes the anomalies a cross-check's SELECT finds (`$1` is
+/// the ingest, `$2` the time), returning their details.
+fn upsert_anomalies(select: &str) -> String {
+    format!(
+        "INSERT INTO anomalies (kind, subject, product, detail, ingest_id, found_ms) \
+         SELECT k, s, p, d, $1, $2 FROM ({select}) AS f(k, s, p, d) \
+         ON CONFLICT (kind, subject) DO UPDATE SET detail = EXCLUDED.detail, ingest_id = EXCLUDED.ingest_id, open = true \
+         RETURNING detail"
+    )
+}
+
+/// The distinct UIDs, sorted, and those among them that came more than once.
+fn sorted_uids(uids: &[Box<[u8]>]) -> (Vec<&[u8]>, Vec<&[u8]>) {
+    let mut all: Vec<&[u8]> = uids.iter().map(|u| &u[..]).collect();
+    all.sort_unstable();
+    let mut repeated: Vec<&[u8]> = all
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    repeated.dedup();
+    all.dedup();
+    (all, repeated)
 }
 
 #[cfg(test)]
@@ -1386,6 +1435,26 @@ mod tests {
             }
         }
         None
+    }
+
+    #[test]
+    fn uids_are_sent_sorted_once_each_and_repeats_are_named_once() {
+        let uids: Vec<Box<[u8]>> = [
+            &b"\x03"[..],
+            b"\x01\x02",
+            b"\x03",
+            b"\x00",
+            b"\x03",
+            b"\x01\x02",
+        ]
+        .iter()
+        .map(|u| Box::from(*u))
+        .collect();
+        let (all, repeated) = sorted_uids(&uids);
+        assert_eq!(all, [&b"\x00"[..], b"\x01\x02", b"\x03"]);
+        assert_eq!(repeated, [&b"\x01\x02"[..], b"\x03"]);
+        let (all, repeated) = sorted_uids(&[]);
+        assert!(all.is_empty() && repeated.is_empty());
     }
 
     #[test]

@@ -19,6 +19,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "unit_certificates",
         include_str!("../migrations/0003_unit_certificates.sql"),
     ),
+    (
+        4,
+        "uid_ingest_index",
+        include_str!("../migrations/0004_uid_ingest_index.sql"),
+    ),
 ];
 
 /// The schema version this program writes.
