@@ -1,7 +1,7 @@
 //! The station service under load (run on purpose, not in the tests):
 //!
 //! ```sh
-//! cargo run --release --example serve_bench [-- UNITS [ROUNDS [split]]]
+//! cargo run --release --example serve_bench [-- UNITS [ROUNDS [split|netns]]]
 //! ```
 //!
 //! A warm-up run (not counted: a job's first run is slower), then ROUNDS
@@ -13,7 +13,11 @@
 //! round's two quiet runs (which bracket the loaded ones, so a drift over
 //! the round does not count as load), the p50/p99 latency of the status
 //! and unit requests under load, and the median ratios (a shared machine's
-//! noise moves single runs by ±10%). FLASHGATE_BENCH_TOKEN picks the token
+//! noise moves single runs by ±10%). Each run also prints where the CPU
+//! time went: the serving threads, the runs' threads, and CPU 0's softirq
+//! and idle time. A disk whose fsync time wanders moves the throughput of
+//! quiet runs by a factor of two on some machines; the CPU split does not
+//! depend on it. FLASHGATE_BENCH_TOKEN picks the token
 //! (`softhsm`, the default, or `kryoptic`). The service runs as `flashgate
 //! serve` does, its serving threads at a lower priority than the runs;
 //! FLASHGATE_BENCH_EVEN=1 runs them all at one priority instead.
@@ -22,7 +26,13 @@
 //! `split` (Linux, `taskset`), the service keeps CPU 0 and the clients run
 //! in a process of their own on CPU 1, as clients on other machines would:
 //! the ratio then measures what serving them costs the station, not what
-//! decrypting a gigabyte costs the clients. Needs SoftHSM2
+//! decrypting a gigabyte costs the clients. With `netns` (Linux, root,
+//! iproute2), the split clients also sit in a network namespace of their
+//! own, reached over a veth pair whose receive paths are steered (RPS) to
+//! the receiving side's CPU: on loopback the kernel delivers a segment to
+//! the clients' socket on the sender's CPU, which charges the clients'
+//! TCP receive work to the station. A bench killed by a signal leaves its
+//! namespace behind (`ip netns del fgbench-PID`). Needs SoftHSM2
 //! (`scripts/setup.sh`).
 #![allow(
     clippy::unwrap_used,
@@ -102,6 +112,81 @@ impl Client {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+}
+
+/// CPU time of this process's threads (serving ones, named `serve`, and
+/// the rest: the runs) and of CPU 0 (softirq, idle), in clock ticks.
+struct Cpu {
+    at: Instant,
+    serving: u64,
+    rest: u64,
+    softirq: u64,
+    idle: u64,
+}
+
+impl Cpu {
+    fn now() -> Self {
+        let (mut serving, mut rest) = (0, 0);
+        for task in std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            let Some((head, tail)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let f: Vec<u64> = tail
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            let ticks = f.iter().sum::<u64>();
+            if head.ends_with("(serve") {
+                serving += ticks
+            } else {
+                rest += ticks
+            }
+        }
+        let cpu0: Vec<u64> = std::fs::read_to_string("/proc/stat")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("cpu0 "))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let field = |i: usize| cpu0.get(i).copied().unwrap_or(0);
+        Cpu {
+            at: Instant::now(),
+            serving,
+            rest,
+            softirq: field(6),
+            idle: field(3) + field(4),
+        }
+    }
+
+    /// Where CPU time went since `self`, as seconds and as a share of the
+    /// wall time (with `split`, CPU 0 is all the service has).
+    fn since(&self) -> String {
+        let now = Cpu::now();
+        let wall = now.at.duration_since(self.at).as_secs_f64();
+        let s = |t: u64| t as f64 / 100.0;
+        let part = |t: u64| format!("{:.1} s ({:.0}%)", s(t), 100.0 * s(t) / wall);
+        format!(
+            "CPU over {wall:.1} s: serving threads {}, runs {}, CPU 0 softirq {}, CPU 0 idle {}",
+            part(now.serving - self.serving),
+            part(now.rest - self.rest),
+            part(now.softirq - self.softirq),
+            part(now.idle - self.idle),
+        )
     }
 }
 
@@ -287,7 +372,10 @@ fn main() {
     }
     let units: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(3_000);
     let rounds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
-    let split = args.get(2).map(String::as_str) == Some("split");
+    let mode = args.get(2).map(String::as_str);
+    let split = matches!(mode, Some("split" | "netns"));
+    let net_guard = (mode == Some("netns")).then(ClientNet::create);
+    let net = net_guard.as_ref();
     let dir = std::env::temp_dir().join(format!("flashgate-serve-bench-{}", std::process::id()));
     let token = std::env::var("FLASHGATE_BENCH_TOKEN").unwrap_or_else(|_| "softhsm".to_owned());
     let setup = flashgate::lab::setup(&dir, &token, None).unwrap();
@@ -337,7 +425,8 @@ fn main() {
         (r, Some(l))
     };
     runtime.block_on(async move {
-        let mut options = ServeOptions::new("127.0.0.1:0".parse().unwrap());
+        let listen = net.as_ref().map_or("127.0.0.1:0", |_| "10.203.0.1:0");
+        let mut options = ServeOptions::new(listen.parse().unwrap());
         options.launcher = launcher;
         let service = Service::bind(setup.station, options).await.unwrap();
         let base = format!("https://{}", service.local_addr().unwrap());
@@ -347,16 +436,22 @@ fn main() {
         }));
         let api = Arc::new(Client { http: builder(&clients_dir).build().unwrap(), base: base.clone() });
 
-        let place = if split { "the clients in a process of their own on CPU 1, the service on CPU 0" } else { "the clients in the service's process" };
+        let place = match (&net, split) {
+            (Some(_), _) => "the clients in a process of their own on CPU 1 in a network namespace over veth (RPS to each side's CPU), the service on CPU 0",
+            (None, true) => "the clients in a process of their own on CPU 1, the service on CPU 0",
+            (None, false) => "the clients in the service's process",
+        };
         println!("64 channels, zero-latency sim, {units} units per run, {rounds} rounds of two loaded runs between two quiet ones; {place}");
         let id = api.start(&job.id, &format!("quiet-{rounds}"), units).await;
         let (_, warm) = api.wait(&id).await;
         println!("warm-up, no clients:           {warm:.0} units/s (not counted)");
         let mut ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         for round in 0..rounds {
+        let cpu = Cpu::now();
         let id = api.start(&job.id, &format!("quiet-{round}"), units).await;
         let (passed, before) = api.wait(&id).await;
         println!("round {round}, no clients:           {passed} passed, {before:.0} units/s");
+        println!("  {}", cpu.since());
         let mut loaded_runs = Vec::new();
 
         // Event clients that ask for gzip (as browsers do), then ones
@@ -364,10 +459,22 @@ fn main() {
         for gzip in [true, false] {
         let encoding = if gzip { "gzip" } else { "plain" };
         let fixtures = format!("loaded-{encoding}-{round}");
+        let cpu = Cpu::now();
         let id = api.start(&job.id, &fixtures, units).await;
         let (passed, busy, seen) = if split {
-            let mut child = tokio::process::Command::new("taskset")
-                .args(["-c", "1"])
+            let mut child = match &net {
+                Some(net) => {
+                    let mut c = tokio::process::Command::new("ip");
+                    c.args(["netns", "exec", &net.namespace, "taskset", "-c", "1"]);
+                    c
+                }
+                None => {
+                    let mut c = tokio::process::Command::new("taskset");
+                    c.args(["-c", "1"]);
+                    c
+                }
+            };
+            let mut child = child
                 .arg(std::env::current_exe().unwrap())
                 .arg("load")
                 .arg(&clients_dir)
@@ -399,6 +506,7 @@ fn main() {
         println!(
             "{connected} {encoding} event clients (connected in {connect_s:.1} s), 200 status/s, 10 lookups/s: {passed} passed, {busy:.0} units/s"
         );
+        println!("  {}", cpu.since());
         loaded_runs.push((encoding, busy));
         println!("event bytes on the wire:       {:.1} MB", bytes as f64 / 1e6);
         println!(
@@ -414,9 +522,11 @@ fn main() {
             unit_ms.len()
         );
         }
+        let cpu = Cpu::now();
         let id = api.start(&job.id, &format!("after-{round}"), units).await;
         let (passed, after) = api.wait(&id).await;
         println!("round {round}, no clients again:     {passed} passed, {after:.0} units/s");
+        println!("  {}", cpu.since());
         let quiet = (before + after) / 2.0;
         for (i, (encoding, busy)) in loaded_runs.into_iter().enumerate() {
             println!("ratio ({encoding}):                  {:.3}", busy / quiet);
@@ -430,5 +540,71 @@ fn main() {
         let _ = stop_tx.send(());
         let _ = served.await;
     });
+    drop(net_guard);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The clients' network namespace and its veth pair (10.203.0.1 on the
+/// service's side, 10.203.0.2 on the clients'), removed on drop.
+struct ClientNet {
+    namespace: String,
+}
+
+impl ClientNet {
+    fn create() -> Self {
+        let pid = std::process::id();
+        let net = ClientNet {
+            namespace: format!("fgbench-{pid}"),
+        };
+        let host = format!("fgbh{}", pid % 100_000);
+        let ns = net.namespace.as_str();
+        let ip = |args: &[&str]| {
+            let status = Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip (iproute2) runs");
+            assert!(
+                status.success(),
+                "ip {} failed (netns needs root)",
+                args.join(" ")
+            );
+        };
+        ip(&["netns", "add", ns]);
+        ip(&[
+            "link", "add", &host, "type", "veth", "peer", "name", "fgbc", "netns", ns,
+        ]);
+        ip(&["addr", "add", "10.203.0.1/30", "dev", &host]);
+        ip(&["link", "set", &host, "up"]);
+        ip(&["-n", ns, "addr", "add", "10.203.0.2/30", "dev", "fgbc"]);
+        ip(&["-n", ns, "link", "set", "fgbc", "up"]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+        // What the service receives is handled on CPU 0, what the clients
+        // receive on CPU 1, as on two machines.
+        std::fs::write(format!("/sys/class/net/{host}/queues/rx-0/rps_cpus"), "1").unwrap();
+        let status = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "sh",
+                "-c",
+                "echo 2 > /sys/class/net/fgbc/queues/rx-0/rps_cpus",
+            ])
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "could not steer the clients' receive path to CPU 1"
+        );
+        net
+    }
+}
+
+impl Drop for ClientNet {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pair with it.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.namespace])
+            .status();
+    }
 }
