@@ -649,8 +649,9 @@ fn duplicate_uid_sql(ingest_id: i64) -> String {
         "SELECT 'duplicate-uid', encode(d.uid, 'hex'), x.product, \
            'UID ' || encode(d.uid, 'hex') || ' passed ' || x.n || ' times: ' || x.list \
          FROM (SELECT n.u AS uid FROM unnest((SELECT a FROM bench_uids)) n(u) \
-               WHERE EXISTS (SELECT 1 FROM units o WHERE o.uid = n.u AND o.ingest_id < {ingest_id} AND o.result = 'passed') \
-                  OR EXISTS (SELECT 1 FROM units o WHERE o.uid = n.u AND o.ingest_id > {ingest_id} AND o.result = 'passed') \
+               WHERE EXISTS (SELECT 1 FROM units o WHERE o.uid = n.u AND o.ingest_id < {ingest_id} AND o.result = 'passed' OFFSET 0) \
+                  OR (EXISTS (SELECT 1 FROM units h WHERE h.ingest_id > {ingest_id}) \
+                      AND EXISTS (SELECT 1 FROM units o WHERE o.uid = n.u AND o.ingest_id > {ingest_id} AND o.result = 'passed' OFFSET 0)) \
                UNION SELECT w FROM unnest('{{}}'::bytea[]) w) d \
          CROSS JOIN LATERAL (SELECT count(*) AS n, min(a.product) AS product, \
            string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) AS list \

@@ -1294,12 +1294,18 @@ async fn cross_check(
     // ingests' rows only, as two ranges of ingest_id. A UID seen nowhere
     // else is then answered from the index alone, without reading the
     // wide row it just added. Repeats within the bundle are found here.
+    // OFFSET 0 keeps each probe a probe: without it the planner may hash
+    // every stored row of the other ingests, a cost that grows with the
+    // fleet (seen: 0.2 s at the second bundle, 1.1 s at the tenth). Rows of
+    // a later ingest exist only when one committed while this one loaded,
+    // so that probe runs only then.
     let (uids, repeated) = sorted_uids(passed_uids);
     let dup_uids = "SELECT 'duplicate-uid', encode(d.uid, 'hex'), x.product, \
            'UID ' || encode(d.uid, 'hex') || ' passed ' || x.n || ' times: ' || x.list \
          FROM (SELECT n.u AS uid FROM unnest($3::bytea[]) n(u) \
-               WHERE EXISTS (SELECT 1 FROM units o WHERE o.uid = n.u AND o.ingest_id < $1 AND o.result = 'passed') \
-                  OR EXISTS (SELECT 1 FROM units o WHERE o.uid = n.u AND o.ingest_id > $1 AND o.result = 'passed') \
+               WHERE EXISTS (SELECT 1 FROM units o WHERE o.uid = n.u AND o.ingest_id < $1 AND o.result = 'passed' OFFSET 0) \
+                  OR (EXISTS (SELECT 1 FROM units h WHERE h.ingest_id > $1) \
+                      AND EXISTS (SELECT 1 FROM units o WHERE o.uid = n.u AND o.ingest_id > $1 AND o.result = 'passed' OFFSET 0)) \
                UNION SELECT w FROM unnest($4::bytea[]) w) d \
          CROSS JOIN LATERAL (SELECT count(*) AS n, min(a.product) AS product, \
            string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) AS list \
