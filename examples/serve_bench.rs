@@ -127,7 +127,22 @@ struct Cpu {
 
 impl Cpu {
     fn now() -> Self {
-        let (mut serving, mut rest) = (0, 0);
+        // The process's own total keeps the time of threads that have
+        // ended (a run's channels); the serving threads live as long as
+        // the runtime, so theirs is read thread by thread.
+        let ticks = |stat: &str| -> u64 {
+            stat.rsplit_once(')')
+                .map(|(_, tail)| {
+                    tail.split_whitespace()
+                        .skip(11)
+                        .take(2)
+                        .filter_map(|v| v.parse::<u64>().ok())
+                        .sum()
+                })
+                .unwrap_or(0)
+        };
+        let total = ticks(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default());
+        let mut serving = 0;
         for task in std::fs::read_dir("/proc/self/task")
             .into_iter()
             .flatten()
@@ -136,22 +151,11 @@ impl Cpu {
             let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
                 continue;
             };
-            let Some((head, tail)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            let f: Vec<u64> = tail
-                .split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|v| v.parse().ok())
-                .collect();
-            let ticks = f.iter().sum::<u64>();
-            if head.ends_with("(serve") {
-                serving += ticks
-            } else {
-                rest += ticks
+            if stat.contains("(serve)") {
+                serving += ticks(&stat);
             }
         }
+        let rest = total.saturating_sub(serving);
         let cpu0: Vec<u64> = std::fs::read_to_string("/proc/stat")
             .unwrap_or_default()
             .lines()
@@ -182,10 +186,10 @@ impl Cpu {
         let part = |t: u64| format!("{:.1} s ({:.0}%)", s(t), 100.0 * s(t) / wall);
         format!(
             "CPU over {wall:.1} s: serving threads {}, runs {}, CPU 0 softirq {}, CPU 0 idle {}",
-            part(now.serving - self.serving),
-            part(now.rest - self.rest),
-            part(now.softirq - self.softirq),
-            part(now.idle - self.idle),
+            part(now.serving.saturating_sub(self.serving)),
+            part(now.rest.saturating_sub(self.rest)),
+            part(now.softirq.saturating_sub(self.softirq)),
+            part(now.idle.saturating_sub(self.idle)),
         )
     }
 }
