@@ -641,22 +641,14 @@ fn duplicate_uid_session(ingest_id: i64) -> String {
     )
 }
 
-/// The SELECT of the ingest's duplicate-UID cross-check
-/// (`cross_check` in `crates/fleet/src/ingest.rs`), for one ingest, with
-/// the UIDs from [`duplicate_uid_session`] and no repeats within it.
+/// The ingest's duplicate-UID SELECT for one ingest, its parameters
+/// written in: the UIDs from [`duplicate_uid_session`], no repeats within
+/// the bundle.
 fn duplicate_uid_sql(ingest_id: i64) -> String {
-    format!(
-        "SELECT 'duplicate-uid', encode(d.uid, 'hex'), x.product, \
-           'UID ' || encode(d.uid, 'hex') || ' passed ' || x.n || ' times: ' || x.list \
-         FROM (SELECT n.u AS uid FROM unnest((SELECT a FROM bench_uids)) n(u) \
-               WHERE EXISTS (SELECT 1 FROM units o WHERE o.uid = n.u AND o.ingest_id < {ingest_id} AND o.result = 'passed' OFFSET 0) \
-                  OR (EXISTS (SELECT 1 FROM units h WHERE h.ingest_id > {ingest_id}) \
-                      AND EXISTS (SELECT 1 FROM units o WHERE o.uid = n.u AND o.ingest_id > {ingest_id} AND o.result = 'passed' OFFSET 0)) \
-               UNION SELECT w FROM unnest('{{}}'::bytea[]) w) d \
-         CROSS JOIN LATERAL (SELECT count(*) AS n, min(a.product) AS product, \
-           string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) AS list \
-           FROM units a WHERE a.uid = d.uid AND a.result = 'passed') x"
-    )
+    flashgate_fleet::ingest::DUPLICATE_UID_SELECT
+        .replace("$3::bytea[]", "(SELECT a FROM bench_uids)")
+        .replace("$4::bytea[]", "'{}'::bytea[]")
+        .replace("$1", &ingest_id.to_string())
 }
 
 /// The lookup of `Fleet::device` (`crates/fleet/src/device.rs`), for one

@@ -1300,26 +1300,14 @@ async fn cross_check(
     // a later ingest exist only when one committed while this one loaded,
     // so that probe runs only then.
     let (uids, repeated) = sorted_uids(passed_uids);
-    let dup_uids = "SELECT 'duplicate-uid', encode(d.uid, 'hex'), x.product, \
-           'UID ' || encode(d.uid, 'hex') || ' passed ' || x.n || ' times: ' || x.list \
-         FROM (SELECT n.u AS uid FROM unnest($3::bytea[]) n(u) \
-               WHERE EXISTS (SELECT 1 FROM units o WHERE o.uid = n.u AND o.ingest_id < $1 AND o.result = 'passed' OFFSET 0) \
-                  OR (EXISTS (SELECT 1 FROM units h WHERE h.ingest_id > $1) \
-                      AND EXISTS (SELECT 1 FROM units o WHERE o.uid = n.u AND o.ingest_id > $1 AND o.result = 'passed' OFFSET 0)) \
-               UNION SELECT w FROM unnest($4::bytea[]) w) d \
-         CROSS JOIN LATERAL (SELECT count(*) AS n, min(a.product) AS product, \
-           string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) AS list \
-           FROM units a WHERE a.uid = d.uid AND a.result = 'passed') x";
-    for row in tx
-        .query(
-            &upsert_anomalies(dup_uids),
-            &[&ingest_id, &now, &uids, &repeated],
-        )
-        .await?
-    {
-        let d: String = row.get(0);
-        out.anomalies.push(format!("duplicate-uid: {d}"));
-    }
+    open_anomalies(
+        tx,
+        "duplicate-uid",
+        DUPLICATE_UID_SELECT,
+        &[&ingest_id, &now, &uids, &repeated],
+        out,
+    )
+    .await?;
     clock.mark("duplicate-uid check");
     let checks: [(&str, &str); 4] = [
         (
@@ -1363,13 +1351,7 @@ async fn cross_check(
         ),
     ];
     for (kind, select) in checks {
-        for row in tx
-            .query(&upsert_anomalies(select), &[&ingest_id, &now])
-            .await?
-        {
-            let d: String = row.get(0);
-            out.anomalies.push(format!("{kind}: {d}"));
-        }
+        open_anomalies(tx, kind, select, &[&ingest_id, &now], out).await?;
     }
     tx.execute(
         "INSERT INTO unit_counts (job_id, outcome, n) \
@@ -1382,15 +1364,41 @@ async fn cross_check(
     Ok(())
 }
 
+/// The duplicate-UID cross-check's SELECT (see `cross_check`): `$1` is the
+/// ingest, `$3` its passed UIDs, sorted and distinct, `$4` those among them
+/// that the bundle holds more than once. Public for the benchmark, which
+/// times this text.
+pub const DUPLICATE_UID_SELECT: &str = "SELECT 'duplicate-uid', encode(d.uid, 'hex'), x.product, \
+       'UID ' || encode(d.uid, 'hex') || ' passed ' || x.n || ' times: ' || x.list \
+     FROM (SELECT n.u AS uid FROM unnest($3::bytea[]) n(u) \
+           WHERE EXISTS (SELECT 1 FROM units o WHERE o.uid = n.u AND o.ingest_id < $1 AND o.result = 'passed' OFFSET 0) \
+              OR (EXISTS (SELECT 1 FROM units h WHERE h.ingest_id > $1) \
+                  AND EXISTS (SELECT 1 FROM units o WHERE o.uid = n.u AND o.ingest_id > $1 AND o.result = 'passed' OFFSET 0)) \
+           UNION SELECT w FROM unnest($4::bytea[]) w) d \
+     CROSS JOIN LATERAL (SELECT count(*) AS n, min(a.product) AS product, \
+       string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) AS list \
+       FROM units a WHERE a.uid = d.uid AND a.result = 'passed') x";
+
 /// Opens or refreshes the anomalies a cross-check's SELECT finds (`$1` is
-/// the ingest, `$2` the time), returning their details.
-fn upsert_anomalies(select: &str) -> String {
-    format!(
+/// the ingest, `$2` the time) and adds their details to the report.
+async fn open_anomalies(
+    tx: &Transaction<'_>,
+    kind: &str,
+    select: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    out: &mut IngestReport,
+) -> Result<(), FleetError> {
+    let sql = format!(
         "INSERT INTO anomalies (kind, subject, product, detail, ingest_id, found_ms) \
          SELECT k, s, p, d, $1, $2 FROM ({select}) AS f(k, s, p, d) \
          ON CONFLICT (kind, subject) DO UPDATE SET detail = EXCLUDED.detail, ingest_id = EXCLUDED.ingest_id, open = true \
          RETURNING detail"
-    )
+    );
+    for row in tx.query(&sql, params).await? {
+        let d: String = row.get(0);
+        out.anomalies.push(format!("{kind}: {d}"));
+    }
+    Ok(())
 }
 
 /// The distinct UIDs, sorted, and those among them that came more than once.
