@@ -429,7 +429,7 @@ fn main() {
         (r, Some(l))
     };
     runtime.block_on(async move {
-        let listen = net.as_ref().map_or("127.0.0.1:0", |_| "10.203.0.1:0");
+        let listen = net.map_or("127.0.0.1:0", |_| "10.203.0.1:0");
         let mut options = ServeOptions::new(listen.parse().unwrap());
         options.launcher = launcher;
         let service = Service::bind(setup.station, options).await.unwrap();
@@ -440,7 +440,7 @@ fn main() {
         }));
         let api = Arc::new(Client { http: builder(&clients_dir).build().unwrap(), base: base.clone() });
 
-        let place = match (&net, split) {
+        let place = match (net, split) {
             (Some(_), _) => "the clients in a process of their own on CPU 1 in a network namespace over veth (RPS to each side's CPU), the service on CPU 0",
             (None, true) => "the clients in a process of their own on CPU 1, the service on CPU 0",
             (None, false) => "the clients in the service's process",
@@ -466,7 +466,7 @@ fn main() {
         let cpu = Cpu::now();
         let id = api.start(&job.id, &fixtures, units).await;
         let (passed, busy, seen) = if split {
-            let mut child = match &net {
+            let mut child = match net {
                 Some(net) => {
                     let mut c = tokio::process::Command::new("ip");
                     c.args(["netns", "exec", &net.namespace, "taskset", "-c", "1"]);
@@ -585,21 +585,14 @@ impl ClientNet {
         // What the service receives is handled on CPU 0, what the clients
         // receive on CPU 1, as on two machines.
         std::fs::write(format!("/sys/class/net/{host}/queues/rx-0/rps_cpus"), "1").unwrap();
-        let status = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "sh",
-                "-c",
-                "echo 2 > /sys/class/net/fgbc/queues/rx-0/rps_cpus",
-            ])
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "could not steer the clients' receive path to CPU 1"
-        );
+        ip(&[
+            "netns",
+            "exec",
+            ns,
+            "sh",
+            "-c",
+            "echo 2 > /sys/class/net/fgbc/queues/rx-0/rps_cpus",
+        ]);
         net
     }
 }
