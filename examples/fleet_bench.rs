@@ -645,7 +645,7 @@ fn duplicate_uid_session(ingest_id: i64) -> String {
 /// written in: the UIDs from [`duplicate_uid_session`], no repeats within
 /// the bundle.
 fn duplicate_uid_sql(ingest_id: i64) -> String {
-    flashgate_fleet::ingest::DUPLICATE_UID_SELECT
+    flashgate_fleet::ingest::duplicate_uid_select()
         .replace("$3::bytea[]", "(SELECT a FROM bench_uids)")
         .replace("$4::bytea[]", "'{}'::bytea[]")
         .replace("$1", &ingest_id.to_string())

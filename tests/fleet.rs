@@ -163,7 +163,7 @@ fn ingest_is_idempotent_and_incremental_and_devices_are_found_with_proofs() {
     db.ok(&lab, "init", &["--oem", "oem/signing-key.pub.pem"]);
     // A second init is a no-op.
     let again = db.ok(&lab, "init", &[]);
-    assert!(again.contains("schema is at version 4"), "{again}");
+    assert!(again.contains("schema is at version 5"), "{again}");
 
     let out = db.ok(&lab, "ingest", &[s(&b1), "--cm", "acme-ems", "--json"]);
     let r = json(&out);
@@ -361,6 +361,42 @@ fn two_appliances_on_two_tokens_with_a_planted_duplicate_uid() {
         json(&out)["anomalies"].as_array().unwrap().is_empty(),
         "{out}"
     );
+    // Two records planted among the first appliance's stored ones, as if
+    // it had issued them: one names a certificate of the second bundle,
+    // the other a certificate of its own with a device key of the second
+    // bundle's.
+    let mut certs: Vec<PathBuf> = std::fs::read_dir(bb.join("certs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    certs.sort();
+    let cert_hex = |p: &Path| p.file_stem().unwrap().to_str().unwrap().to_owned();
+    let spki = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -inform DER -in {} -pubkey -noout | openssl pkey -pubin -outform DER",
+            s(&certs[1])
+        ))
+        .output()
+        .unwrap();
+    assert!(spki.status.success() && !spki.stdout.is_empty());
+    let spki_hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&spki.stdout));
+    let plant = |seq: u32, cert: &str, spki: &str| {
+        format!(
+            "INSERT INTO units (log_id, seq, appliance_id, job_id, product, run_id, counter, result, stage, uid, serial, cert_sha256, time_ms, record, ingest_id, spki_sha256) \
+             SELECT log_id, {seq}, appliance_id, job_id, product, run_id, {seq}, 'failed', 'verify', NULL, NULL, decode('{cert}', 'hex'), time_ms, record, ingest_id, {spki} \
+             FROM units WHERE result = 'passed' LIMIT 1;"
+        )
+    };
+    db.scalar(&format!(
+        "{}{}SELECT 1",
+        plant(1_000_000, &cert_hex(&certs[0]), "NULL"),
+        plant(
+            1_000_001,
+            &"ab".repeat(32),
+            &format!("decode('{spki_hex}', 'hex')")
+        ),
+    ));
     let out = db.code(&a, "ingest", &[s(&bb), "--cm", "cm-south", "--json"], 1);
     let r = json(&out);
     assert_eq!(r["outcome"], "merged", "{r}");
@@ -370,6 +406,33 @@ fn two_appliances_on_two_tokens_with_a_planted_duplicate_uid() {
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
+    let of_kind = |kind: &str| -> Vec<&str> {
+        found
+            .iter()
+            .copied()
+            .filter(|a| a.starts_with(&format!("{kind}: ")))
+            .collect()
+    };
+    // The same policy at both: both issued its first two serials.
+    assert_eq!(of_kind("duplicate-serial").len(), 2, "{found:#?}");
+    assert!(of_kind("duplicate-serial")[0].contains("serial ACME-TH-00000"));
+    let dup_cert = of_kind("duplicate-certificate");
+    assert_eq!(dup_cert.len(), 1, "{found:#?}");
+    assert!(
+        dup_cert[0].contains(&format!(
+            "certificate {} issued 2 times",
+            cert_hex(&certs[0])
+        )),
+        "{dup_cert:?}"
+    );
+    let dup_key = of_kind("duplicate-device-key");
+    assert_eq!(dup_key.len(), 1, "{found:#?}");
+    assert!(
+        dup_key[0].contains(&format!("SPKI SHA-256 {spki_hex}) in 2 certificates"))
+            && dup_key[0].contains(&"ab".repeat(32))
+            && dup_key[0].contains(&cert_hex(&certs[1])),
+        "{dup_key:?}"
+    );
     assert_eq!(
         found
             .iter()
@@ -1324,11 +1387,16 @@ fn migrating_a_version_2_database_keeps_every_units_certificate() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(db.scalar("SELECT max(version) FROM fleet_schema"), "4");
-    // Version 4: the UID index carries the ingest, and replaces the old one.
+    assert_eq!(db.scalar("SELECT max(version) FROM fleet_schema"), "5");
+    // Versions 4 and 5: each cross-checked value's index carries the
+    // ingest, and replaces the old one.
     assert_eq!(
-        db.scalar("SELECT string_agg(indexname, ' ' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'units' AND indexdef LIKE '%(uid%'"),
-        "units_uid_ingest"
+        db.scalar("SELECT string_agg(indexname || ' ' || substring(indexdef from '\\(.*\\)'), ', ' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'units' AND indexname <> 'units_pkey'"),
+        "units_cert_ingest (cert_sha256, ingest_id) WHERE (cert_sha256 IS NOT NULL), \
+         units_ingest (ingest_id), \
+         units_serial_product_ingest (serial, product, ingest_id) WHERE (serial IS NOT NULL), \
+         units_spki_ingest (spki_sha256, ingest_id) WHERE (spki_sha256 IS NOT NULL), \
+         units_uid_ingest (uid, ingest_id) WHERE (uid IS NOT NULL)"
     );
     assert_eq!(
         db.scalar(

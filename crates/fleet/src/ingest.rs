@@ -34,6 +34,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
+use crate::bundle_values::BundleValues;
 use crate::error::FleetError;
 use crate::tree_store;
 use crate::{now_ms, to_i64, Fleet};
@@ -130,7 +131,11 @@ impl Clock {
 
     fn mark(&mut self, phase: &'static str) {
         let now = std::time::Instant::now();
-        self.phases.push((phase, now - self.at));
+        // A phase repeated (once per part of the values) adds up.
+        match self.phases.iter_mut().find(|p| p.0 == phase) {
+            Some(p) => p.1 += now - self.at,
+            None => self.phases.push((phase, now - self.at)),
+        }
         self.at = now;
     }
 }
@@ -555,8 +560,8 @@ impl Fleet {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CROSS_CHECK_LOCK])
                 .await?;
             clock.mark("consistency");
-            cross_check(&tx, ingest_id, &added.passed_uids, &mut out, &mut clock).await?;
-            clock.mark("other cross-checks");
+            cross_check(&tx, ingest_id, added.values, &mut out, &mut clock).await?;
+            clock.mark("over-built check and unit counts");
             finish_flagged(&tx, &mut out, report, dir, ingest_id).await?;
             let checkpoint_ms = added.last_ms;
             tx.execute(
@@ -782,9 +787,8 @@ struct Added {
     frontier: Vec<u8>,
     /// Time of the last record added: the last one the new checkpoint covers.
     last_ms: Option<i64>,
-    /// The UIDs of the units that passed, as the records gave them, for
-    /// the duplicate-UID check (a few dozen bytes a unit).
-    passed_uids: Vec<Box<[u8]>>,
+    /// The values the cross-checks look up, in bounded memory.
+    values: BundleValues,
 }
 
 /// Streams the records `stored.size .. new_size` into `units`, `runs`,
@@ -906,7 +910,8 @@ async fn merge_records(
     let mut seq_expected = 0u64;
     let mut added = 0u64;
     let mut last_ms: Option<i64> = None;
-    let mut passed_uids: Vec<Box<[u8]>> = Vec::new();
+    let mut values =
+        BundleValues::new(new_size.saturating_sub(stored.size)).map_err(|e| spill_err(&e))?;
     let log_id = stored.log_id;
     while let Some((_, bytes)) = file.next_bytes().map_err(|e| bundle_err(dir, e))? {
         let seq = seq_expected;
@@ -949,7 +954,15 @@ async fn merge_records(
                 let counter = to_i64(u.counter)?;
                 let rework = u.rework_of.map(to_i64).transpose()?;
                 let cert = unit_certificate(bundle, &u.cert_sha256)?;
-                passed_uids.push(u.uid.as_slice().into());
+                let product = product_of(&jobs, &u.job_id);
+                keep_values(
+                    &mut values,
+                    Some(u.uid.as_slice()),
+                    &product,
+                    Some(u.serial.as_str()),
+                    Some(&u.cert_sha256),
+                    cert.as_ref(),
+                )?;
                 writer
                     .as_mut()
                     .write(&[
@@ -957,7 +970,7 @@ async fn merge_records(
                         &seq_i,
                         &appliance_id,
                         &u.job_id.as_slice(),
-                        &product_of(&jobs, &u.job_id),
+                        &product,
                         &Some(u.run_id.as_slice()),
                         &counter,
                         &"passed",
@@ -990,6 +1003,15 @@ async fn merge_records(
                     Some(sha) => unit_certificate(bundle, sha)?,
                     None => None,
                 };
+                let product = product_of(&jobs, &u.job_id);
+                keep_values(
+                    &mut values,
+                    None,
+                    &product,
+                    u.serial.as_deref(),
+                    u.cert_sha256.as_ref(),
+                    cert.as_ref(),
+                )?;
                 writer
                     .as_mut()
                     .write(&[
@@ -997,7 +1019,7 @@ async fn merge_records(
                         &seq_i,
                         &appliance_id,
                         &u.job_id.as_slice(),
-                        &product_of(&jobs, &u.job_id),
+                        &product,
                         &Some(u.run_id.as_slice()),
                         &counter,
                         &"failed",
@@ -1173,7 +1195,7 @@ async fn merge_records(
         records: added,
         frontier: tree_store::frontier_bytes(&tree),
         last_ms,
-        passed_uids,
+        values,
     })
 }
 
@@ -1266,11 +1288,45 @@ fn unit_certificate(
     }))
 }
 
-/// The fleet-wide cross-checks over the rows this ingest added.
+/// The values of one unit record that the cross-checks look up.
+fn keep_values(
+    values: &mut BundleValues,
+    uid: Option<&[u8]>,
+    product: &str,
+    serial: Option<&str>,
+    cert_sha256: Option<&[u8; 32]>,
+    cert: Option<&UnitCertificate>,
+) -> Result<(), FleetError> {
+    let mut keep = || -> std::io::Result<()> {
+        if let Some(uid) = uid {
+            values.uid(uid)?;
+        }
+        if let Some(serial) = serial {
+            values.serial(product, serial)?;
+        }
+        if let Some(sha) = cert_sha256 {
+            values.cert(sha)?;
+            if let Some(c) = cert {
+                values.key(&c.spki_sha256, sha)?;
+            }
+        }
+        Ok(())
+    };
+    keep().map_err(|e| spill_err(&e))
+}
+
+fn spill_err(e: &std::io::Error) -> FleetError {
+    FleetError::Write {
+        path: "the ingest's temporary files (in TMPDIR)".to_owned(),
+        detail: format!("{e}; free some space there or point TMPDIR elsewhere"),
+    }
+}
+
+/// The fleet-wide cross-checks over the values this ingest added.
 async fn cross_check(
     tx: &Transaction<'_>,
     ingest_id: i64,
-    passed_uids: &[Box<[u8]>],
+    values: BundleValues,
     out: &mut IngestReport,
     clock: &mut Clock,
 ) -> Result<(), FleetError> {
@@ -1279,80 +1335,90 @@ async fn cross_check(
     // large bundle: compiling them took longer than running them (over
     // half a second of a 100,000-unit bundle's duplicate-serial check).
     tx.batch_execute("SET LOCAL jit = off").await?;
-    // Each query opens or refreshes one anomaly per duplicated value. The
-    // values this ingest added are counted one at a time through the
-    // value's index (a correlated subquery runs per row, so no estimate of
-    // the new rows can turn it into a scan of the whole table, let alone a
-    // join of every new row with every stored one, which is what a fresh
-    // database's missing statistics chose); only a duplicated value gets
-    // its details, from a LATERAL lookup.
-    //
-    // UIDs are checked otherwise, as they are the fleet's most asked
-    // question and every unit has one: the collector sends the bundle's
-    // passed UIDs, sorted (so that the probes walk the index in order), and
-    // each is looked for in the (uid, ingest_id) index among other
-    // ingests' rows only, as two ranges of ingest_id. A UID seen nowhere
-    // else is then answered from the index alone, without reading the
-    // wide row it just added. Repeats within the bundle are found here.
-    // OFFSET 0 keeps each probe a probe: without it the planner may hash
-    // every stored row of the other ingests, a cost that grows with the
-    // fleet (seen: 0.2 s at the second bundle, 1.1 s at the tenth). Rows of
-    // a later ingest exist only when one committed while this one loaded,
-    // so that probe runs only then.
-    let (uids, repeated) = sorted_uids(passed_uids);
+    // The collector sends each part of the bundle's values sorted and
+    // distinct (so that the probes walk the index in order), with those
+    // the part holds more than once; a part holds every repeat of its
+    // values. Each value is looked for in its (value, ingest_id) index
+    // among other ingests' rows only; see `duplicated`.
+    let (uid_sql, serial_sql, cert_sql, key_sql) = (
+        duplicate_uid_select(),
+        duplicate_serial_select(),
+        duplicate_certificate_select(),
+        duplicate_device_key_select(),
+    );
+    let mut parts = values.into_parts().map_err(|e| spill_err(&e))?;
+    while let Some(mut part) = parts.next_part().map_err(|e| spill_err(&e))? {
+        let uids = part.uids();
+        open_anomalies(
+            tx,
+            "duplicate-uid",
+            &uid_sql,
+            &[&ingest_id, &now, &uids.all, &uids.repeated],
+            out,
+        )
+        .await?;
+        clock.mark("duplicate-uid check");
+        let serials = part.serials();
+        let columns =
+            |v: &[(String, String)]| -> (Vec<String>, Vec<String>) { v.iter().cloned().unzip() };
+        let (products, numbers) = columns(&serials.all);
+        let (rep_products, rep_numbers) = columns(&serials.repeated);
+        open_anomalies(
+            tx,
+            "duplicate-serial",
+            &serial_sql,
+            &[
+                &ingest_id,
+                &now,
+                &products,
+                &numbers,
+                &rep_products,
+                &rep_numbers,
+            ],
+            out,
+        )
+        .await?;
+        let certs = part.certs();
+        let slices = |v: &[[u8; 32]]| -> Vec<Vec<u8>> { v.iter().map(|h| h.to_vec()).collect() };
+        open_anomalies(
+            tx,
+            "duplicate-certificate",
+            &cert_sql,
+            &[
+                &ingest_id,
+                &now,
+                &slices(&certs.all),
+                &slices(&certs.repeated),
+            ],
+            out,
+        )
+        .await?;
+        let (pairs, shared) = part.keys();
+        let (keys, key_certs): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
+            pairs.iter().map(|(k, c)| (k.to_vec(), c.to_vec())).unzip();
+        open_anomalies(
+            tx,
+            "duplicate-device-key",
+            &key_sql,
+            &[&ingest_id, &now, &keys, &key_certs, &slices(&shared)],
+            out,
+        )
+        .await?;
+        clock.mark("serial, certificate and device-key checks");
+    }
     open_anomalies(
         tx,
-        "duplicate-uid",
-        DUPLICATE_UID_SELECT,
-        &[&ingest_id, &now, &uids, &repeated],
+        "over-built",
+        "SELECT 'over-built', j.product || ':' || j.security_version, j.product, \
+           'product ' || j.product || ' security version ' || j.security_version || ': ' || sum(j.reserved) || \
+           ' units used against ' || sum(j.quota) || ' issued in ' || count(*) || ' job(s)' \
+         FROM jobs j \
+         WHERE (j.product, j.security_version) IN (SELECT product, security_version FROM jobs WHERE job_id IN (SELECT DISTINCT job_id FROM units WHERE ingest_id = $1)) \
+         GROUP BY j.product, j.security_version HAVING sum(j.reserved) > sum(j.quota)",
+        &[&ingest_id, &now],
         out,
     )
     .await?;
-    clock.mark("duplicate-uid check");
-    let checks: [(&str, &str); 4] = [
-        (
-            "duplicate-serial",
-            "SELECT 'duplicate-serial', d.product || ':' || d.serial, d.product, \
-               'serial ' || d.serial || ' of product ' || d.product || ' issued ' || x.n || ' times: ' || x.list \
-             FROM (SELECT n.product, n.serial FROM (SELECT DISTINCT product, serial FROM units WHERE ingest_id = $1 AND serial IS NOT NULL) n \
-                   WHERE (SELECT count(*) FROM units o WHERE o.serial = n.serial AND o.product = n.product) > 1) d \
-             CROSS JOIN LATERAL (SELECT count(*) AS n, \
-               string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) AS list \
-               FROM units a WHERE a.serial = d.serial AND a.product = d.product) x",
-        ),
-        (
-            "duplicate-certificate",
-            "SELECT 'duplicate-certificate', encode(d.cert_sha256, 'hex'), x.product, \
-               'certificate ' || encode(d.cert_sha256, 'hex') || ' issued ' || x.n || ' times: ' || x.list \
-             FROM (SELECT n.cert_sha256 FROM (SELECT DISTINCT cert_sha256 FROM units WHERE ingest_id = $1 AND cert_sha256 IS NOT NULL) n \
-                   WHERE (SELECT count(*) FROM units o WHERE o.cert_sha256 = n.cert_sha256) > 1) d \
-             CROSS JOIN LATERAL (SELECT count(*) AS n, min(a.product) AS product, \
-               string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) AS list \
-               FROM units a WHERE a.cert_sha256 = d.cert_sha256) x",
-        ),
-        (
-            "duplicate-device-key",
-            "SELECT 'duplicate-device-key', encode(d.spki_sha256, 'hex'), NULL, \
-               'one device public key (SPKI SHA-256 ' || encode(d.spki_sha256, 'hex') || ') in ' || x.n || ' certificates: ' || x.list \
-             FROM (SELECT n.spki_sha256 FROM (SELECT DISTINCT spki_sha256 FROM units WHERE ingest_id = $1 AND spki_sha256 IS NOT NULL) n \
-                   WHERE (SELECT count(DISTINCT o.cert_sha256) FROM units o WHERE o.spki_sha256 = n.spki_sha256) > 1) d \
-             CROSS JOIN LATERAL (SELECT count(*) AS n, \
-               string_agg(encode(c.cert_sha256, 'hex') || ' (job ' || encode(c.job_id, 'hex') || ')', ', ' ORDER BY c.cert_sha256) AS list \
-               FROM (SELECT DISTINCT cert_sha256, job_id FROM units WHERE spki_sha256 = d.spki_sha256) c) x",
-        ),
-        (
-            "over-built",
-            "SELECT 'over-built', j.product || ':' || j.security_version, j.product, \
-               'product ' || j.product || ' security version ' || j.security_version || ': ' || sum(j.reserved) || \
-               ' units used against ' || sum(j.quota) || ' issued in ' || count(*) || ' job(s)' \
-             FROM jobs j \
-             WHERE (j.product, j.security_version) IN (SELECT product, security_version FROM jobs WHERE job_id IN (SELECT DISTINCT job_id FROM units WHERE ingest_id = $1)) \
-             GROUP BY j.product, j.security_version HAVING sum(j.reserved) > sum(j.quota)",
-        ),
-    ];
-    for (kind, select) in checks {
-        open_anomalies(tx, kind, select, &[&ingest_id, &now], out).await?;
-    }
     tx.execute(
         "INSERT INTO unit_counts (job_id, outcome, n) \
          SELECT job_id, CASE WHEN result = 'failed' THEN coalesce(stage, 'failed') ELSE result END, count(*) \
@@ -1364,20 +1430,107 @@ async fn cross_check(
     Ok(())
 }
 
-/// The duplicate-UID cross-check's SELECT (see `cross_check`): `$1` is the
-/// ingest, `$3` its passed UIDs, sorted and distinct, `$4` those among them
-/// that the bundle holds more than once. Public for the benchmark, which
-/// times this text.
-pub const DUPLICATE_UID_SELECT: &str = "SELECT 'duplicate-uid', encode(d.uid, 'hex'), x.product, \
-       'UID ' || encode(d.uid, 'hex') || ' passed ' || x.n || ' times: ' || x.list \
-     FROM (SELECT n.u AS uid FROM unnest($3::bytea[]) n(u) \
-           WHERE EXISTS (SELECT 1 FROM units o WHERE o.uid = n.u AND o.ingest_id < $1 AND o.result = 'passed' OFFSET 0) \
-              OR (EXISTS (SELECT 1 FROM units h WHERE h.ingest_id > $1) \
-                  AND EXISTS (SELECT 1 FROM units o WHERE o.uid = n.u AND o.ingest_id > $1 AND o.result = 'passed' OFFSET 0)) \
-           UNION SELECT w FROM unnest($4::bytea[]) w) d \
-     CROSS JOIN LATERAL (SELECT count(*) AS n, min(a.product) AS product, \
-       string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq) AS list \
-       FROM units a WHERE a.uid = d.uid AND a.result = 'passed') x";
+/// The values of `values` (a FROM item `n(...)`, projected by `select`)
+/// that another ingest's rows also hold (`cond`, over `o` and `n`), and
+/// those of `repeats` (the bundle's own repeats, same columns).
+///
+/// Each value is probed in its (value, ingest_id) index among other
+/// ingests' rows only, as two ranges of `ingest_id`: a value seen nowhere
+/// else is answered from the index alone, without a visit to the wide row
+/// the bundle just added. `OFFSET 0` keeps each probe a probe: without it
+/// the planner may hash every stored row of the other ingests, a cost that
+/// grows with the fleet (seen: 0.2 s at the second bundle, 1.1 s at the
+/// tenth). Rows of a later ingest exist only when one committed while
+/// this one loaded (the cross-check lock orders the rest), so that probe
+/// runs only then.
+fn duplicated(select: &str, values: &str, cond: &str, repeats: &str) -> String {
+    format!(
+        "SELECT {select} FROM {values} \
+         WHERE EXISTS (SELECT 1 FROM units o WHERE {cond} AND o.ingest_id < $1 OFFSET 0) \
+            OR (EXISTS (SELECT 1 FROM units h WHERE h.ingest_id > $1) \
+                AND EXISTS (SELECT 1 FROM units o WHERE {cond} AND o.ingest_id > $1 OFFSET 0)) \
+         UNION SELECT * FROM {repeats}"
+    )
+}
+
+/// The details of a duplicated value, built only for the few found: its
+/// count and where each of its records was made.
+const WHERE_MADE: &str = "string_agg('appliance ' || a.appliance_id || ' job ' || encode(a.job_id, 'hex') || ' counter ' || a.counter, ', ' ORDER BY a.appliance_id, a.seq)";
+
+/// The duplicate-UID cross-check's SELECT: `$1` is the ingest, `$3` a part
+/// of its passed UIDs, sorted and distinct, `$4` those among them that the
+/// bundle holds more than once. Public for the benchmark, which times this
+/// text.
+#[must_use]
+pub fn duplicate_uid_select() -> String {
+    format!(
+        "SELECT 'duplicate-uid', encode(d.uid, 'hex'), x.product, \
+           'UID ' || encode(d.uid, 'hex') || ' passed ' || x.n || ' times: ' || x.list \
+         FROM ({}) d(uid) \
+         CROSS JOIN LATERAL (SELECT count(*) AS n, min(a.product) AS product, {WHERE_MADE} AS list \
+           FROM units a WHERE a.uid = d.uid AND a.result = 'passed') x",
+        duplicated(
+            "n.u",
+            "unnest($3::bytea[]) n(u)",
+            "o.uid = n.u AND o.result = 'passed'",
+            "unnest($4::bytea[]) w(u)"
+        )
+    )
+}
+
+/// `$3`, `$4`: products and serials of a part, `$5`, `$6`: its repeats.
+fn duplicate_serial_select() -> String {
+    format!(
+        "SELECT 'duplicate-serial', d.product || ':' || d.serial, d.product, \
+           'serial ' || d.serial || ' of product ' || d.product || ' issued ' || x.n || ' times: ' || x.list \
+         FROM ({}) d(product, serial) \
+         CROSS JOIN LATERAL (SELECT count(*) AS n, {WHERE_MADE} AS list \
+           FROM units a WHERE a.serial = d.serial AND a.product = d.product) x",
+        duplicated(
+            "n.p, n.s",
+            "unnest($3::text[], $4::text[]) n(p, s)",
+            "o.serial = n.s AND o.product = n.p",
+            "unnest($5::text[], $6::text[]) w(p, s)"
+        )
+    )
+}
+
+/// `$3`: certificate hashes of a part, `$4`: its repeats.
+fn duplicate_certificate_select() -> String {
+    format!(
+        "SELECT 'duplicate-certificate', encode(d.c, 'hex'), x.product, \
+           'certificate ' || encode(d.c, 'hex') || ' issued ' || x.n || ' times: ' || x.list \
+         FROM ({}) d(c) \
+         CROSS JOIN LATERAL (SELECT count(*) AS n, min(a.product) AS product, {WHERE_MADE} AS list \
+           FROM units a WHERE a.cert_sha256 = d.c) x",
+        duplicated(
+            "n.c",
+            "unnest($3::bytea[]) n(c)",
+            "o.cert_sha256 = n.c",
+            "unnest($4::bytea[]) w(c)"
+        )
+    )
+}
+
+/// `$3`, `$4`: (device key, certificate) pairs of a part, `$5`: the keys
+/// it holds in more than one certificate. The same certificate elsewhere
+/// is a duplicate certificate, not a shared key.
+fn duplicate_device_key_select() -> String {
+    format!(
+        "SELECT 'duplicate-device-key', encode(d.k, 'hex'), NULL, \
+           'one device public key (SPKI SHA-256 ' || encode(d.k, 'hex') || ') in ' || x.n || ' certificates: ' || x.list \
+         FROM ({}) d(k) \
+         CROSS JOIN LATERAL (SELECT count(*) AS n, \
+           string_agg(encode(c.cert_sha256, 'hex') || ' (job ' || encode(c.job_id, 'hex') || ')', ', ' ORDER BY c.cert_sha256) AS list \
+           FROM (SELECT DISTINCT cert_sha256, job_id FROM units WHERE spki_sha256 = d.k) c) x",
+        duplicated(
+            "n.k",
+            "unnest($3::bytea[], $4::bytea[]) n(k, c)",
+            "o.spki_sha256 = n.k AND o.cert_sha256 <> n.c",
+            "unnest($5::bytea[]) w(k)"
+        )
+    )
+}
 
 /// Opens or refreshes the anomalies a cross-check's SELECT finds (`$1` is
 /// the ingest, `$2` the time) and adds their details to the report.
@@ -1399,20 +1552,6 @@ async fn open_anomalies(
         out.anomalies.push(format!("{kind}: {d}"));
     }
     Ok(())
-}
-
-/// The distinct UIDs, sorted, and those among them that came more than once.
-fn sorted_uids(uids: &[Box<[u8]>]) -> (Vec<&[u8]>, Vec<&[u8]>) {
-    let mut all: Vec<&[u8]> = uids.iter().map(|u| &u[..]).collect();
-    all.sort_unstable();
-    let mut repeated: Vec<&[u8]> = all
-        .windows(2)
-        .filter(|w| w[0] == w[1])
-        .map(|w| w[0])
-        .collect();
-    repeated.dedup();
-    all.dedup();
-    (all, repeated)
 }
 
 #[cfg(test)]
@@ -1449,26 +1588,6 @@ mod tests {
             }
         }
         None
-    }
-
-    #[test]
-    fn uids_are_sent_sorted_once_each_and_repeats_are_named_once() {
-        let uids: Vec<Box<[u8]>> = [
-            &b"\x03"[..],
-            b"\x01\x02",
-            b"\x03",
-            b"\x00",
-            b"\x03",
-            b"\x01\x02",
-        ]
-        .iter()
-        .map(|u| Box::from(*u))
-        .collect();
-        let (all, repeated) = sorted_uids(&uids);
-        assert_eq!(all, [&b"\x00"[..], b"\x01\x02", b"\x03"]);
-        assert_eq!(repeated, [&b"\x01\x02"[..], b"\x03"]);
-        let (all, repeated) = sorted_uids(&[]);
-        assert!(all.is_empty() && repeated.is_empty());
     }
 
     #[test]

@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod bundle_values;
 pub mod cluster;
 pub mod device;
 mod error;

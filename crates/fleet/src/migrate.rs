@@ -24,6 +24,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "uid_ingest_index",
         include_str!("../migrations/0004_uid_ingest_index.sql"),
     ),
+    (
+        5,
+        "value_ingest_indexes",
+        include_str!("../migrations/0005_value_ingest_indexes.sql"),
+    ),
 ];
 
 /// The schema version this program writes.
