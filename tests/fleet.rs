@@ -310,6 +310,20 @@ fn ingest_is_idempotent_and_incremental_and_devices_are_found_with_proofs() {
     ));
     assert_eq!(inv.as_array().unwrap().len(), 5);
     assert_eq!(inv[0]["job_id"], id.as_str());
+    // The counts kept at ingest, over both ingests, are the stored rows'.
+    let by_outcome = |sql: &str| {
+        db.scalar(&format!(
+            "SELECT string_agg(encode(job_id, 'hex') || ' ' || o || ' ' || n, ', ' ORDER BY job_id, o) FROM ({sql}) c"
+        ))
+    };
+    let kept = by_outcome("SELECT job_id, outcome AS o, n FROM unit_counts");
+    assert!(kept.contains(" passed 5"), "{kept}");
+    assert_eq!(
+        kept,
+        by_outcome(
+            "SELECT job_id, CASE WHEN result = 'failed' THEN stage ELSE result END AS o, count(*) AS n FROM units GROUP BY 1, 2"
+        )
+    );
 }
 
 /// Copies a directory tree (`cp -a`).
