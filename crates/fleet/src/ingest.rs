@@ -1381,8 +1381,6 @@ async fn cross_check(
         .await?;
         clock.mark("duplicate-uid check");
         let serials = part.serials();
-        let columns =
-            |v: &[(String, String)]| -> (Vec<String>, Vec<String>) { v.iter().cloned().unzip() };
         let (products, numbers) = columns(&serials.all);
         let (rep_products, rep_numbers) = columns(&serials.repeated);
         open_anomalies(
@@ -1401,7 +1399,6 @@ async fn cross_check(
         )
         .await?;
         let certs = part.certs();
-        let slices = |v: &[[u8; 32]]| -> Vec<Vec<u8>> { v.iter().map(|h| h.to_vec()).collect() };
         open_anomalies(
             tx,
             "duplicate-certificate",
@@ -1416,8 +1413,10 @@ async fn cross_check(
         )
         .await?;
         let (pairs, shared) = part.keys();
-        let (keys, key_certs): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
-            pairs.iter().map(|(k, c)| (k.to_vec(), c.to_vec())).unzip();
+        let (keys, key_certs): (Vec<&[u8]>, Vec<&[u8]>) = pairs
+            .iter()
+            .map(|(k, c)| (k.as_slice(), c.as_slice()))
+            .unzip();
         open_anomalies(
             tx,
             "duplicate-device-key",
@@ -1457,6 +1456,15 @@ async fn cross_check(
     )
     .await?;
     Ok(())
+}
+
+/// Parameters that borrow a part's values rather than copy them.
+fn columns(v: &[(String, String)]) -> (Vec<&str>, Vec<&str>) {
+    v.iter().map(|(p, s)| (p.as_str(), s.as_str())).unzip()
+}
+
+fn slices(v: &[[u8; 32]]) -> Vec<&[u8]> {
+    v.iter().map(<[u8; 32]>::as_slice).collect()
 }
 
 /// The values of `values` (a FROM item `n(...)`, projected by `select`)
