@@ -158,6 +158,12 @@ enum Store {
     },
 }
 
+/// Where one value goes.
+enum Place<'a> {
+    Memory(&'a mut Part),
+    File(&'a mut BufWriter<File>),
+}
+
 /// The cross-checked values of one bundle, as its records load.
 pub(crate) struct BundleValues {
     // Keyed per process, so that a crafted bundle cannot pile its values
@@ -195,27 +201,28 @@ impl BundleValues {
         })
     }
 
-    fn file(&mut self, key: impl Hash) -> Option<&mut BufWriter<File>> {
-        let Store::Files { files, .. } = &mut self.store else {
-            return None;
-        };
-        // Truncation is the point: any bits of the hash pick a part.
-        #[allow(clippy::cast_possible_truncation)]
-        let i = (self.hasher.hash_one(key) % files.len() as u64) as usize;
-        files.get_mut(i)
+    /// The part file for `key`, or the memory part when there is one part.
+    fn place(&mut self, key: impl Hash) -> Place<'_> {
+        match &mut self.store {
+            Store::Memory(p) => Place::Memory(p),
+            Store::Files { files, .. } => {
+                // Truncation is the point: any bits of the hash pick a part.
+                #[allow(clippy::cast_possible_truncation)]
+                let i = (self.hasher.hash_one(key) % files.len() as u64) as usize;
+                Place::File(&mut files[i])
+            }
+        }
     }
 
     /// A passed unit's UID.
     pub(crate) fn uid(&mut self, uid: &[u8]) -> io::Result<()> {
-        match self.file((UID, uid)) {
-            Some(w) => {
+        match self.place((UID, uid)) {
+            Place::File(w) => {
                 w.write_all(&[UID])?;
                 write_field(w, uid)
             }
-            None => {
-                if let Store::Memory(p) = &mut self.store {
-                    p.uids.push(uid.to_vec());
-                }
+            Place::Memory(p) => {
+                p.uids.push(uid.to_vec());
                 Ok(())
             }
         }
@@ -223,16 +230,14 @@ impl BundleValues {
 
     /// A unit's serial, within its product.
     pub(crate) fn serial(&mut self, product: &str, serial: &str) -> io::Result<()> {
-        match self.file((SERIAL, product, serial)) {
-            Some(w) => {
+        match self.place((SERIAL, product, serial)) {
+            Place::File(w) => {
                 w.write_all(&[SERIAL])?;
                 write_field(w, product.as_bytes())?;
                 write_field(w, serial.as_bytes())
             }
-            None => {
-                if let Store::Memory(p) = &mut self.store {
-                    p.serials.push((product.to_owned(), serial.to_owned()));
-                }
+            Place::Memory(p) => {
+                p.serials.push((product.to_owned(), serial.to_owned()));
                 Ok(())
             }
         }
@@ -240,15 +245,13 @@ impl BundleValues {
 
     /// The certificate hash a unit record names.
     pub(crate) fn cert(&mut self, cert: &[u8; 32]) -> io::Result<()> {
-        match self.file((CERT, cert)) {
-            Some(w) => {
+        match self.place((CERT, cert)) {
+            Place::File(w) => {
                 w.write_all(&[CERT])?;
                 w.write_all(cert)
             }
-            None => {
-                if let Store::Memory(p) = &mut self.store {
-                    p.certs.push(*cert);
-                }
+            Place::Memory(p) => {
+                p.certs.push(*cert);
                 Ok(())
             }
         }
@@ -257,16 +260,14 @@ impl BundleValues {
     /// A stored certificate's device key (SPKI SHA-256).
     pub(crate) fn key(&mut self, spki: &[u8; 32], cert: &[u8; 32]) -> io::Result<()> {
         // By the key alone: all of one key's certificates share a part.
-        match self.file((KEY, spki)) {
-            Some(w) => {
+        match self.place((KEY, spki)) {
+            Place::File(w) => {
                 w.write_all(&[KEY])?;
                 w.write_all(spki)?;
                 w.write_all(cert)
             }
-            None => {
-                if let Store::Memory(p) = &mut self.store {
-                    p.keys.push((*spki, *cert));
-                }
+            Place::Memory(p) => {
+                p.keys.push((*spki, *cert));
                 Ok(())
             }
         }
