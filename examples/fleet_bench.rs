@@ -33,7 +33,9 @@
 //!    then every bundle ingested in turn (records/s with verification, peak
 //!    RSS after the first and the last; each bundle is read once just
 //!    before, as one just received is in the page cache, and that read is
-//!    timed apart), the ingest's duplicate-UID query
+//!    timed apart; the CPU time of this process, the verifier's thread
+//!    included, and of the whole PostgreSQL cluster is counted per bundle,
+//!    which bounds what the cores could do), the ingest's duplicate-UID query
 //!    (20 runs through psql), device lookups by serial, UID and certificate
 //!    hash (1,000 each through `Fleet::device`), the full report (20 runs),
 //!    and `EXPLAIN ANALYZE` of the duplicate-UID query and of one lookup
@@ -582,6 +584,52 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// CPU seconds (user + system) of process `pid` from `/proc/PID/stat`,
+/// with those of its children it has waited for when `reaped`. The kernel
+/// reports these in USER_HZ ticks, 100 per second on Linux.
+fn cpu_seconds(pid: &str, reaped: bool) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name, which ends at the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // utime, stime, cutime, cstime are fields 14-17: 11-14 of `rest`.
+    let ticks = f.get(11).copied().unwrap_or(0)
+        + f.get(12).copied().unwrap_or(0)
+        + if reaped {
+            f.get(13).copied().unwrap_or(0) + f.get(14).copied().unwrap_or(0)
+        } else {
+            0
+        };
+    ticks as f64 / 100.0
+}
+
+/// CPU seconds spent so far by the whole cluster: the postmaster, the
+/// children it reaped (autovacuum workers that ended count there) and the
+/// live ones (the backend, WAL writer, checkpointer).
+fn cluster_cpu_seconds(postmaster: &str) -> f64 {
+    let mut total = cpu_seconds(postmaster, true);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .unwrap_or("");
+        if ppid == postmaster {
+            total += cpu_seconds(&name, false);
+        }
+    }
+    total
+}
+
 /// Runs `script` through psql against the cluster's `fleet` database;
 /// returns its standard output.
 fn psql(cluster: &PrivateCluster, script: &str) -> String {
@@ -764,12 +812,22 @@ fn measure_one(a: &Args) {
     println!("   verification alone of bundle 1: {verify_s:.2} s");
 
     println!("   peak RSS before ingest: {:.1} MiB", peak_rss_mib());
+    let data_dir = psql(&cluster, "SHOW data_directory;");
+    let postmaster = std::fs::read_to_string(Path::new(data_dir.trim()).join("postmaster.pid"))
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let mut total_records = 0u64;
     let mut total_s = 0.0;
+    let mut total_cpu = (0.0, 0.0);
     let mut rates = Vec::new();
     for i in 0..a.appliances {
         let dir = bundle_dir(&base, i);
         let (_, _, read_s) = read_all_timed(&dir);
+        let cpu_before = (cpu_seconds("self", false), cluster_cpu_seconds(&postmaster));
         let t = Instant::now();
         let r = rt
             .block_on(fleet.ingest(
@@ -780,6 +838,11 @@ fn measure_one(a: &Args) {
             ))
             .unwrap();
         let s = t.elapsed().as_secs_f64();
+        let cpu = (
+            cpu_seconds("self", false) - cpu_before.0,
+            cluster_cpu_seconds(&postmaster) - cpu_before.1,
+        );
+        total_cpu = (total_cpu.0 + cpu.0, total_cpu.1 + cpu.1);
         assert!(r.outcome.merged(), "{r}");
         total_records += r.records_added;
         total_s += s;
@@ -794,6 +857,12 @@ fn measure_one(a: &Args) {
             "   ingest {:>2}: {} records in {s:.2} s = {rate:.0} records/s (read first in {read_s:.1} s), peak RSS {rss:.1} MiB, anomalies {kinds:?}",
             i + 1,
             r.records_added,
+        );
+        println!(
+            "      CPU: collector and verifier {:.2} s, PostgreSQL {:.2} s; {:.0}% of {cores} cores over the ingest",
+            cpu.0,
+            cpu.1,
+            100.0 * (cpu.0 + cpu.1) / (s * cores as f64)
         );
         println!(
             "      phases: {}",
@@ -826,6 +895,24 @@ fn measure_one(a: &Args) {
         "   ingest: {total_records} records ({units} units) in {total_s:.1} s = {:.0} records/s",
         total_records as f64 / total_s
     );
+    // With every core busy the whole time, the ingest could go no faster
+    // than the CPU it needs allows.
+    let per_100k = |c: f64| c * 100_000.0 / total_records as f64;
+    let bound = total_records as f64 / ((total_cpu.0 + total_cpu.1) / cores as f64);
+    println!(
+        "   ingest CPU per 100,000 records: collector and verifier {:.2} s, PostgreSQL {:.2} s; on {cores} cores fully used, at most {bound:.0} records/s",
+        per_100k(total_cpu.0),
+        per_100k(total_cpu.1),
+    );
+    results.insert(
+        "ingest CPU per 100,000 records, collector and verifier, s".to_owned(),
+        per_100k(total_cpu.0),
+    );
+    results.insert(
+        "ingest CPU per 100,000 records, PostgreSQL, s".to_owned(),
+        per_100k(total_cpu.1),
+    );
+    results.insert("ingest records/s bound by its CPU".to_owned(), bound);
     let last_ingest: i64 = psql(
         &cluster,
         "SELECT max(ingest_id) FROM ingests WHERE outcome = 'merged';",

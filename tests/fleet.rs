@@ -1141,6 +1141,56 @@ fn a_tampered_bundle_is_refused_and_stores_nothing() {
     );
 }
 
+/// A checkpoint whose signature was changed, with `bundle.json` made to
+/// match so that only the signature is wrong: the collector verifies only
+/// the largest checkpoint itself and leaves the rest to the verifier, so
+/// both an earlier checkpoint and the largest are tried. Either is refused
+/// whole, and the ingest names the checkpoint.
+#[test]
+fn a_checkpoint_with_a_changed_signature_is_refused_whichever_it_is() {
+    use sha2::{Digest as _, Sha256};
+    let (db, lab, id) = trusting(lab(Kind::SoftHsm));
+    run(&lab, &id, 62, 3);
+    run(&lab, &id, 63, 3);
+    let b = export(&lab, &id, "b");
+    let cps = std::fs::read(b.join("checkpoints.log")).unwrap();
+    // Frames: u32be length || tagged COSE_Sign1, whose last bytes are the
+    // signature.
+    let mut ends = Vec::new();
+    let mut at = 0;
+    while at + 4 <= cps.len() {
+        let n = u32::from_be_bytes(cps[at..at + 4].try_into().unwrap()) as usize;
+        at += 4 + n;
+        ends.push(at);
+    }
+    assert!(ends.len() >= 2, "{} checkpoints", ends.len());
+    assert_eq!(at, cps.len());
+    for (which, end) in [("first", ends[0]), ("last", *ends.last().unwrap())] {
+        let t = export(&lab, &id, &format!("t-{which}"));
+        let mut bytes = cps.clone();
+        bytes[end - 1] ^= 0x01;
+        std::fs::write(t.join("checkpoints.log"), &bytes).unwrap();
+        let index_path = t.join("bundle.json");
+        let mut index = json(&std::fs::read_to_string(&index_path).unwrap());
+        index["files"]["checkpoints.log"]["sha256"] = hex::encode(Sha256::digest(&bytes)).into();
+        std::fs::write(&index_path, serde_json::to_vec_pretty(&index).unwrap()).unwrap();
+        let out = db.code(&lab, "ingest", &[s(&t), "--json"], 1);
+        let r = json(&out);
+        assert_eq!(r["outcome"], "refused", "{which}: {r}");
+        assert!(
+            r.to_string()
+                .contains("the checkpoint signature does not verify"),
+            "{which}: the refusal names the signature: {r}"
+        );
+        assert_eq!(db.scalar("SELECT count(*) FROM units"), "0", "{which}");
+        assert_eq!(db.scalar("SELECT count(*) FROM logs"), "0", "{which}");
+    }
+    // The untouched bundle still goes in whole.
+    let r = json(&db.ok(&lab, "ingest", &[s(&b), "--json"]));
+    assert_eq!(r["outcome"], "merged", "{r}");
+    assert_eq!(db.scalar("SELECT count(*) FROM units"), "6");
+}
+
 /// An ingest killed with SIGKILL at random points leaves all of the bundle
 /// or none of it; the next ingest ends where an unbroken one does. Each
 /// kill is on a database of its own, so that every one meets a whole
