@@ -861,8 +861,11 @@ fn unit_lookups_follow_the_log_as_it_grows() {
     let second = served.start_run(&job, &fixtures, 4500);
     // Its serials, from its events as they come (counter values a run
     // reserved and did not use are skipped, so they are not 11..4510).
+    // The stream lasts as long as the run, which in a debug build on a
+    // slow machine takes longer than the client's usual 60 s per request.
     let events = read_events(
         op.get(served.url(&format!("/api/v1/runs/{second}/events")))
+            .timeout(Duration::from_secs(600))
             .send()
             .unwrap(),
     );
