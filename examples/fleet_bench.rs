@@ -44,6 +44,9 @@
 //! Needs SoftHSM2 and PostgreSQL (`scripts/setup.sh`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+#[path = "common/proc_stat.rs"]
+mod proc_stat;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -584,28 +587,11 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-/// CPU seconds (user + system) of process `pid` from `/proc/PID/stat`,
-/// with those of its children it has waited for when `reaped`. The kernel
-/// reports these in USER_HZ ticks, 100 per second on Linux.
+/// CPU seconds (user + system) of process `pid`, with those of its
+/// children it has waited for when `reaped`.
 fn cpu_seconds(pid: &str, reaped: bool) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name, which ends at the last ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    // utime, stime, cutime, cstime are fields 14-17: 11-14 of `rest`.
-    let ticks = f.get(11).copied().unwrap_or(0)
-        + f.get(12).copied().unwrap_or(0)
-        + if reaped {
-            f.get(13).copied().unwrap_or(0) + f.get(14).copied().unwrap_or(0)
-        } else {
-            0
-        };
-    ticks as f64 / 100.0
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    proc_stat::cpu_ticks(&stat, reaped) as f64 / proc_stat::TICKS_PER_SECOND
 }
 
 /// CPU seconds spent so far by the whole cluster: the postmaster, the
@@ -614,17 +600,17 @@ fn cpu_seconds(pid: &str, reaped: bool) -> f64 {
 fn cluster_cpu_seconds(postmaster: &str) -> f64 {
     let mut total = cpu_seconds(postmaster, true);
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
             continue;
         }
         let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, r)| r.split_whitespace().nth(1))
-            .unwrap_or("");
-        if ppid == postmaster {
-            total += cpu_seconds(&name, false);
+        if proc_stat::fields(&stat).get(1) == Some(&postmaster) {
+            total += proc_stat::cpu_ticks(&stat, false) as f64 / proc_stat::TICKS_PER_SECOND;
         }
     }
     total

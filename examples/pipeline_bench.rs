@@ -16,6 +16,9 @@
 //! Needs SoftHSM2 (`scripts/setup.sh`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+#[path = "common/proc_stat.rs"]
+mod proc_stat;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,12 +29,8 @@ use flashgate_target::{Fixture, Target};
 use flashgate_target_sim::SimFixture;
 
 fn cpu_seconds() -> f64 {
-    // utime + stime of this process, in clock ticks (100 Hz on Linux).
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    proc_stat::cpu_ticks(&stat, false) as f64 / proc_stat::TICKS_PER_SECOND
 }
 
 fn policy() -> String {

@@ -41,6 +41,9 @@
     clippy::panic
 )]
 
+#[path = "common/proc_stat.rs"]
+mod proc_stat;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -130,17 +133,7 @@ impl Cpu {
         // The process's own total keeps the time of threads that have
         // ended (a run's channels); the serving threads live as long as
         // the runtime, so theirs is read thread by thread.
-        let ticks = |stat: &str| -> u64 {
-            stat.rsplit_once(')')
-                .map(|(_, tail)| {
-                    tail.split_whitespace()
-                        .skip(11)
-                        .take(2)
-                        .filter_map(|v| v.parse::<u64>().ok())
-                        .sum()
-                })
-                .unwrap_or(0)
-        };
+        let ticks = |stat: &str| proc_stat::cpu_ticks(stat, false);
         let total = ticks(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default());
         let mut serving = 0;
         for task in std::fs::read_dir("/proc/self/task")
@@ -182,7 +175,7 @@ impl Cpu {
     fn since(&self) -> String {
         let now = Cpu::now();
         let wall = now.at.duration_since(self.at).as_secs_f64();
-        let s = |t: u64| t as f64 / 100.0;
+        let s = |t: u64| t as f64 / proc_stat::TICKS_PER_SECOND;
         let part = |t: u64| format!("{:.1} s ({:.0}%)", s(t), 100.0 * s(t) / wall);
         format!(
             "CPU over {wall:.1} s: serving threads {}, runs {}, CPU 0 softirq {}, CPU 0 idle {}",
